@@ -1,0 +1,5 @@
+"""Pure renderers: (pipeline, stage) -> Kubernetes objects. No I/O, no kubernetes/kopf imports.
+
+Rendering sits behind this package so a Trainer v2 `TrainJob` renderer can be added beside
+`pytorchjob.py` without touching the callers.
+"""

@@ -1,0 +1,24 @@
+"""Deterministic names and labels of the objects a pipeline owns."""
+
+from zhinao_k8s.api.v1alpha1 import StageBase, TrainingPipeline
+
+LABEL_PIPELINE = "zhinao.ai/pipeline"
+LABEL_STAGE = "zhinao.ai/stage"
+LABEL_KIND = "zhinao.ai/stage-kind"
+
+
+def job_name(pipeline: TrainingPipeline, stage: StageBase) -> str:
+    """`<pipeline>-<stage>`: at most 40 + 1 + 20 = 61 characters, a valid DNS label."""
+    return f"{pipeline.metadata.name}-{stage.name}"
+
+
+def labels(pipeline: TrainingPipeline, stage: StageBase) -> dict[str, str]:
+    return {
+        "app.kubernetes.io/name": "zhinao-trainer",
+        "app.kubernetes.io/part-of": "zhinao-k8s",
+        "app.kubernetes.io/managed-by": "zhinao-k8s",
+        "app.kubernetes.io/component": stage.kind,
+        LABEL_PIPELINE: pipeline.metadata.name,
+        LABEL_STAGE: stage.name,
+        LABEL_KIND: stage.kind,
+    }
