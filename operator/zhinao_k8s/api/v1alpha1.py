@@ -12,6 +12,7 @@ from pydantic import Field, field_validator, model_validator
 from zhinao.config._base import SpecModel
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.tokenizer import TokenizerParams
+from zhinao_k8s.api.policy import RetryPolicy
 
 GROUP = "zhinao.ai"
 VERSION = "v1alpha1"
@@ -166,6 +167,10 @@ class PipelineSpec(SpecModel):
     metrics: Metrics = Field(default_factory=Metrics)
     stages: list[Stage] = Field(min_length=1)
     """Run in order; each starts when the previous one has Succeeded."""
+
+    retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    suspend: bool = False
+    """True pauses the pipeline: the running stage's PyTorchJob is suspended and no new stage starts."""
 
     @model_validator(mode="after")
     def _stage_references(self) -> "PipelineSpec":

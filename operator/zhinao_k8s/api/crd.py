@@ -1,0 +1,203 @@
+"""The TrainingPipeline CustomResourceDefinition, generated from the spec and status models.
+
+Pure: pydantic JSON Schema in, a structural openAPIV3Schema out (`make generate` writes it to
+manifests/crds/ and charts/zhinao-operator/crds/; a test fails when the checked-in copy drifts).
+
+What "structural" (apiextensions.k8s.io/v1) asks of the pydantic schema:
+- no `$ref`: every definition is inlined;
+- no `anyOf` with `null`: `X | None` becomes X with `nullable: true`;
+- every node has a `type`; no `title`, no `const`, no `additionalProperties: false` next to
+  `properties` (the API server prunes unknown fields instead of rejecting them);
+- draft 2020 numeric `exclusiveMinimum: 0` becomes OpenAPI 3.0 `minimum: 0, exclusiveMinimum: true`;
+- a discriminated union (`stages[]`, one schema per `kind`) becomes one object with the union of
+  the branches' fields and `kind` as an enum; fields the branches define differently keep their
+  shape where they can and are otherwise left to the operator, which validates every spec with the
+  pydantic models and reports a bad one in `status`.
+
+Defaults are not copied into the CRD: the models apply them, so the API server stores exactly what
+the user wrote and `kubectl get -o yaml` is the user's document. They are named in descriptions.
+"""
+
+import copy
+import json
+from typing import Any
+
+from zhinao_k8s.api.v1alpha1 import API_VERSION, GROUP, KIND, VERSION, PipelineSpec
+from zhinao_k8s.status import PipelineStatus
+
+PLURAL = "trainingpipelines"
+SINGULAR = "trainingpipeline"
+SHORT_NAMES = ["tp", "tpipe"]
+CRD_NAME = f"{PLURAL}.{GROUP}"
+MAX_NAME_LENGTH = 40  # Metadata.name: child jobs are `<name>-<stage>` and must fit 63 characters
+
+PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Pending, Running, Suspended, Succeeded or Failed"},
+    {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage", "description": "The first stage that has not Succeeded"},
+    {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Succeeded stages / stages"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+_DROP = {"title", "default", "discriminator", "examples"}
+
+
+def _inline(node: Any, defs: dict) -> Any:
+    if isinstance(node, dict):
+        if "$ref" in node:
+            target = copy.deepcopy(defs[node["$ref"].split("/")[-1]])
+            extra = {k: v for k, v in node.items() if k != "$ref"}
+            return _inline({**target, **extra}, defs)
+        return {k: _inline(v, defs) for k, v in node.items() if k != "$defs"}
+    if isinstance(node, list):
+        return [_inline(v, defs) for v in node]
+    return node
+
+
+def _describe_default(node: dict) -> None:
+    if node.get("default") is not None and not isinstance(node["default"], (dict, list)):
+        text = node.get("description", "").rstrip()
+        shown = json.dumps(node["default"])
+        node["description"] = (text + " " if text else "") + f"Default: {shown}."
+
+
+def _strip_description(node: Any) -> Any:
+    if isinstance(node, dict):
+        return {k: _strip_description(v) for k, v in node.items() if k != "description"}
+    if isinstance(node, list):
+        return [_strip_description(v) for v in node]
+    return node
+
+
+def _merge(a: dict, b: dict) -> dict:
+    """One schema accepting what either branch of a union accepts (as far as structure goes)."""
+    if _strip_description(a) == _strip_description(b):
+        return a
+    if a.get("type") == b.get("type") == "string" and "enum" in a and "enum" in b:
+        return {**a, "enum": a["enum"] + [v for v in b["enum"] if v not in a["enum"]]}
+    if a.get("type") == b.get("type") == "object" and "properties" in a and "properties" in b:
+        props = dict(a["properties"])
+        for key, schema in b["properties"].items():
+            props[key] = _merge(props[key], schema) if key in props else schema
+        out = {**a, "properties": props}
+        required = [k for k in a.get("required", []) if k in b.get("required", [])]
+        out.pop("required", None)
+        if required:
+            out["required"] = required
+        out["description"] = (a.get("description") or b.get("description") or "") + \
+            " Fields depend on the stage kind; the operator checks them and reports errors in status."
+        out["description"] = out["description"].strip()
+        return out
+    keep = a.get("description") or b.get("description")
+    out = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
+    if keep:
+        out["description"] = keep
+    return out
+
+
+def structural(node: Any) -> Any:
+    """A pydantic JSON Schema node (refs already inlined) -> a structural OpenAPI v3 schema node."""
+    if isinstance(node, list):
+        return [structural(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    node = dict(node)
+    _describe_default(node)
+    for key in _DROP:
+        node.pop(key, None)
+    for union in ("anyOf", "oneOf"):
+        if union in node:
+            branches = [structural(b) for b in node.pop(union)]
+            nullable = any(b.get("type") == "null" for b in branches)
+            branches = [b for b in branches if b.get("type") != "null"]
+            merged = branches[0]
+            for other in branches[1:]:
+                merged = _merge(merged, other)
+            rest = {k: structural(v) for k, v in node.items()}
+            node = {**merged, **rest}
+            if nullable:
+                node["nullable"] = True
+            return node
+    if "const" in node:
+        node["enum"] = [node.pop("const")]
+    for bound, plain in (("exclusiveMinimum", "minimum"), ("exclusiveMaximum", "maximum")):
+        if bound in node and not isinstance(node[bound], bool):
+            node[plain] = node.pop(bound)
+            node[bound] = True
+    if "properties" in node:
+        node.pop("additionalProperties", None)
+        node["properties"] = {k: structural(v) for k, v in node["properties"].items()}
+        node.setdefault("type", "object")
+    elif node.get("type") == "object":
+        extra = node.pop("additionalProperties", True)
+        if extra is True or extra == {}:
+            node["x-kubernetes-preserve-unknown-fields"] = True
+        elif extra is not False:
+            node["additionalProperties"] = structural(extra)
+    if "items" in node:
+        node["items"] = structural(node["items"])
+    if "type" not in node and "x-kubernetes-preserve-unknown-fields" not in node:
+        node["x-kubernetes-preserve-unknown-fields"] = True  # `Any`
+    return node
+
+
+def model_schema(model: type) -> dict:
+    raw = model.model_json_schema(by_alias=True, mode="validation")
+    return structural(_inline(raw, raw.get("$defs", {})))
+
+
+def openapi_schema() -> dict:
+    spec = model_schema(PipelineSpec)
+    spec["description"] = "What to train: the stages, run in order, and how they run."
+    status = model_schema(PipelineStatus)
+    status["description"] = "Written by the operator; other fields (kopf's bookkeeping) are kept."
+    status["x-kubernetes-preserve-unknown-fields"] = True
+    return {
+        "type": "object",
+        "description": "A chain of training stages (tokenizer, pretrain, ...) run as PyTorchJobs, one after another.",
+        "required": ["spec"],
+        "properties": {
+            "apiVersion": {"type": "string"},
+            "kind": {"type": "string"},
+            "metadata": {"type": "object"},
+            "spec": spec,
+            "status": status,
+        },
+        "x-kubernetes-validations": [{
+            "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
+            "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters: child PyTorchJobs are named <pipeline>-<stage>",
+        }],
+    }
+
+
+def crd() -> dict:
+    return {
+        "apiVersion": "apiextensions.k8s.io/v1",
+        "kind": "CustomResourceDefinition",
+        "metadata": {
+            "name": CRD_NAME,
+            "labels": {"app.kubernetes.io/name": "zhinao-operator", "app.kubernetes.io/part-of": "zhinao-k8s"},
+        },
+        "spec": {
+            "group": GROUP,
+            "names": {
+                "kind": KIND,
+                "listKind": f"{KIND}List",
+                "plural": PLURAL,
+                "singular": SINGULAR,
+                "shortNames": list(SHORT_NAMES),
+                "categories": ["zhinao"],
+            },
+            "scope": "Namespaced",
+            "versions": [{
+                "name": VERSION,
+                "served": True,
+                "storage": True,
+                "subresources": {"status": {}},
+                "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
+                "schema": {"openAPIV3Schema": openapi_schema()},
+            }],
+        },
+    }
+
+
+__all__ = ["crd", "openapi_schema", "structural", "model_schema", "PLURAL", "CRD_NAME", "API_VERSION"]

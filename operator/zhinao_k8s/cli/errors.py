@@ -1,0 +1,45 @@
+"""One readable line per failure instead of a traceback (ZHINAO_DEBUG=1 shows the traceback)."""
+
+import functools
+import os
+import sys
+
+import typer
+from rich.console import Console
+
+from zhinao_k8s.api.load import SpecError
+
+err = Console(stderr=True, highlight=False)
+EXIT_SPEC = 2
+EXIT_FAILED = 1
+
+
+def friendly(fn):
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except typer.Exit:
+            raise
+        except SpecError as exc:
+            err.print(f"[bold red]invalid spec[/] {exc.source}:")
+            for line in exc.problems:
+                err.print(f"  {line}", markup=False)
+            raise typer.Exit(EXIT_SPEC) from None
+        except KeyboardInterrupt:
+            err.print("interrupted")
+            raise typer.Exit(130) from None
+        except Exception as exc:  # the user sees one line; developers set ZHINAO_DEBUG=1
+            if os.environ.get("ZHINAO_DEBUG") == "1":
+                raise
+            err.print(f"[bold red]error:[/] {type(exc).__name__}: {exc}", markup=True, highlight=False)
+            err.print("(set ZHINAO_DEBUG=1 for a traceback)", style="dim")
+            raise typer.Exit(EXIT_FAILED) from None
+
+    return wrapper
+
+
+def die(message: str, code: int = EXIT_FAILED) -> None:
+    err.print(f"[bold red]error:[/] {message}")
+    sys.stderr.flush()
+    raise typer.Exit(code)

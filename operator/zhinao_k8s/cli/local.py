@@ -1,0 +1,138 @@
+"""Offline commands: validate, render, run (local PyTorchJob runner), demo."""
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+import yaml
+from rich.console import Console
+from rich.table import Table
+
+from zhinao_k8s.api.load import load_pipeline, parse_pipeline
+from zhinao_k8s.api.v1alpha1 import TrainingPipeline
+from zhinao_k8s.cli.errors import EXIT_FAILED
+from zhinao_k8s.cli.progress import RunDisplay
+from zhinao_k8s.examples import example_text
+from zhinao_k8s.render.pytorchjob import render_pipeline
+from zhinao_k8s.runner.pipeline import PipelineResult, run_pipeline
+
+out = Console(highlight=False)
+SpecArg = Annotated[Path, typer.Argument(help="TrainingPipeline YAML file.", exists=False)]
+
+
+class _NoAliases(yaml.SafeDumper):
+    def ignore_aliases(self, data):
+        return True
+
+
+def to_yaml(objs: list[dict]) -> str:
+    return yaml.dump_all(objs, Dumper=_NoAliases, sort_keys=False, default_flow_style=False)
+
+
+def validate(spec: SpecArg) -> None:
+    """Check a spec; print one `field.path: reason` line per problem (exit code 2)."""
+    pipeline = load_pipeline(spec)
+    out.print(f"[green]ok[/] {pipeline.metadata.name}: {len(pipeline.spec.stages)} stages "
+              f"({', '.join(s.name for s in pipeline.spec.stages)})")
+
+
+def render(spec: SpecArg) -> None:
+    """Print the PyTorchJobs the pipeline runs as YAML (offline; pipe into `kubectl apply -f -`)."""
+    print(to_yaml(render_pipeline(load_pipeline(spec))), end="")
+
+
+def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
+    """Secret manifests (data base64 or stringData) -> {name: {key: value}}."""
+    import base64
+
+    secrets: dict[str, dict[str, str]] = {}
+    for path in paths:
+        for doc in yaml.safe_load_all(path.read_text()):
+            if not doc or doc.get("kind") != "Secret":
+                continue
+            data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
+            data.update(doc.get("stringData") or {})
+            secrets[doc["metadata"]["name"]] = data
+    return secrets
+
+
+def run_local(pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: list[str] | None, verbose: bool) -> PipelineResult:
+    workdir.mkdir(parents=True, exist_ok=True)
+    if verbose:
+        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
+    with RunDisplay(pipeline, workdir) as display:
+        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
+
+
+def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
+    from zhinao.storage import open_store
+
+    table = Table(title="summary")
+    for col in ("stage", "result", "seconds", "restarts", "outputs"):
+        table.add_column(col)
+    for name, job in result.stages:
+        stage = pipeline.stage(name)
+        uri = pipeline.output_of(stage)
+        table.add_row(name, "[green]Succeeded[/]" if job.succeeded else "[red]Failed[/]", f"{job.seconds:.1f}",
+                      str(job.restarts), uri)
+    out.print(table)
+    for name, job in result.stages:
+        if not job.succeeded:
+            out.print(f"[red]{name} failed:[/] {job.reason}")
+            continue
+        store = open_store(pipeline.output_of(pipeline.stage(name)))
+        if store.exists("summary.json"):
+            summary = json.loads(store.get_bytes("summary.json"))
+            if "loss_first" in summary:
+                out.print(
+                    f"[bold]{name}[/]: {summary['tokens']:,} tokens, loss {summary['loss_first']:.3f} -> "
+                    f"{summary['loss_last']:.3f}, {summary['tokens_per_second']:,.0f} tokens/s, "
+                    f"MFU {summary['mfu_mean']:.2%}\n  checkpoints {summary['checkpoints']}\n  weights     {summary['hf']}"
+                    f"\n  loss curve  {summary['loss_curve']}"
+                )
+
+
+def run(
+    spec: SpecArg,
+    workdir: Annotated[Path, typer.Option(help="Logs and per-replica scratch directories.")] = Path("runs/local"),
+    secret: Annotated[list[Path], typer.Option(help="Kubernetes Secret manifest(s) the jobs reference.")] = [],
+    stage: Annotated[list[str], typer.Option(help="Run only these stages (repeatable).")] = [],
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream every replica's log.")] = False,
+) -> None:
+    """Run every stage locally, exactly as the rendered PyTorchJobs would run on a cluster.
+
+    One process per replica with the training operator's environment (MASTER_ADDR, WORLD_SIZE,
+    RANK, PET_*), restarted as a whole on failure up to the stage's backoffLimit.
+    """
+    pipeline = load_pipeline(spec)
+    result = run_local(pipeline, workdir, parse_secrets(secret), stage or None, verbose)
+    print_result(result, pipeline)
+    if not result.succeeded:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def demo_pipeline(workdir: Path) -> TrainingPipeline:
+    """The embedded demo spec with its storage moved under `workdir`."""
+    store = f"file://{(workdir / 'store').resolve()}"
+    text = example_text("demo").replace("file://runs/demo/store", store)
+    return parse_pipeline(text, "embedded demo spec")
+
+
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where the corpus, checkpoints and report go.")] = Path("runs/demo"),
+    docs: Annotated[int, typer.Option(help="Documents in the demo corpus.")] = 3000,
+) -> None:
+    """Build a corpus from the Python standard library's docstrings, train a tokenizer, and pretrain
+    a tiny 360Zhinao model with 2 ranks through the local PyTorchJob runner (CPU, a few minutes)."""
+    from zhinao.data.demo_corpus import build_demo_corpus
+
+    pipeline = demo_pipeline(workdir)
+    corpus_uri = pipeline.stage("tokenizer").inputs["corpus"]
+    counts = build_demo_corpus(corpus_uri, n_docs=docs)
+    out.print(f"demo corpus: {counts} -> {corpus_uri}")
+    (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
+    result = run_local(pipeline, workdir, {}, None, False)
+    print_result(result, pipeline)
+    if not result.succeeded:
+        raise typer.Exit(EXIT_FAILED)

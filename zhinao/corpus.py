@@ -1,0 +1,48 @@
+"""Read documents from a corpus prefix in object storage (the data stage's output or raw JSONL).
+
+Bad lines are counted and skipped here: the data stage is where they are kept as rejects.
+"""
+
+import gzip
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from zhinao.storage import ObjectStore
+
+log = logging.getLogger(__name__)
+SUFFIXES = (".jsonl", ".jsonl.gz")
+
+
+@dataclass
+class Document:
+    text: str
+    source: str
+
+
+def corpus_keys(store: ObjectStore) -> list[str]:
+    """`docs/*` when the prefix is a data-stage output, else every JSONL file under it."""
+    keys = [k for k in store.list("docs/") if k.endswith(SUFFIXES)]
+    return keys or [k for k in store.list() if k.endswith(SUFFIXES) and not k.startswith("rejects/")]
+
+
+def read_documents(
+    store: ObjectStore, *, text_field: str = "text", source_field: str = "source", keys: list[str] | None = None
+) -> Iterator[Document]:
+    bad = 0
+    for key in keys if keys is not None else corpus_keys(store):
+        raw = store.get_bytes(key)
+        if key.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        for line in raw.splitlines():
+            try:
+                doc = json.loads(line)
+                text = doc[text_field]
+            except (ValueError, KeyError, TypeError):
+                bad += 1
+                continue
+            if isinstance(text, str) and text:
+                yield Document(text, str(doc.get(source_field) or "default"))
+    if bad:
+        log.warning("skipped %d unreadable lines in %s (run the data stage to keep them as rejects)", bad, store.uri)

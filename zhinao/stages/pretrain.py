@@ -1,0 +1,171 @@
+"""Pretrain stage: pack the corpus into token shards, then train the 360Zhinao architecture.
+
+inputs:  tokenizer  (a tokenizer-stage output, or a prefix holding tokenizer.json)
+         corpus     (JSONL documents or a data-stage output)    -- packed into <output>/tokens/
+         tokens     (optional: already packed shards; then corpus is not read)
+output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
+"""
+
+import io
+import json
+import logging
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zhinao.config.pretrain import PretrainParams
+from zhinao.config.runtime import StageRuntime
+from zhinao.corpus import read_documents
+from zhinao.data.packing import TOKEN_DTYPE, batch_indices, pack_source
+from zhinao.metrics import flops_per_token
+from zhinao.model import build_config, build_model, matmul_params
+from zhinao.report import loss_curve_png
+from zhinao.storage import ObjectStore, open_store
+from zhinao.tokenizer import EOD, load as load_tokenizer
+from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
+from zhinao.training.optim import build_adamw, build_scheduler
+from zhinao.training.session import TrainingSession, autocast_dtype
+
+Params = PretrainParams
+log = logging.getLogger(__name__)
+INDEX = "tokens/index.json"
+
+
+def fetch_tokenizer(uri: str, dest: Path) -> Path:
+    store = open_store(uri)
+    prefix = "tokenizer/" if store.exists("tokenizer/tokenizer.json") else ""
+    dest.mkdir(parents=True, exist_ok=True)
+    for key in store.list(prefix):
+        if "/" not in key[len(prefix):]:
+            store.get_file(key, dest / key[len(prefix):])
+    return dest
+
+
+def pack_corpus(corpus: ObjectStore, tokenizer, out: ObjectStore, params: PretrainParams) -> dict:
+    """Tokenize every document and write one .npy shard of (n, seqLen) sequences per source."""
+    by_source: dict[str, list[list[int]]] = {}
+    for doc in read_documents(corpus, text_field=params.text_field, source_field=params.source_field):
+        by_source.setdefault(doc.source, []).append(tokenizer(doc.text, add_special_tokens=False)["input_ids"])
+    eod = tokenizer.convert_tokens_to_ids(EOD)
+    index = {"seq_len": params.seq_len, "vocab_size": len(tokenizer), "shards": []}
+    for source in sorted(by_source):
+        seqs = pack_source(by_source[source], seq_len=params.seq_len, eod_id=eod)
+        if not len(seqs):
+            log.warning("source %r has fewer than seqLen=%d tokens; nothing packed", source, params.seq_len)
+            continue
+        buf = io.BytesIO()
+        np.save(buf, seqs)
+        key = f"tokens/{source}-00000.npy"
+        out.put_bytes(key, buf.getvalue())
+        index["shards"].append({"key": key, "source": source, "sequences": int(len(seqs)), "tokens": int(seqs.size)})
+    if not index["shards"]:
+        raise SystemExit(f"corpus {corpus.uri} yields no sequence of {params.seq_len} tokens")
+    out.put_bytes(INDEX, json.dumps(index, indent=2).encode())
+    return index
+
+
+def load_tokens(store: ObjectStore, dest: Path) -> np.ndarray:
+    index = json.loads(store.get_bytes(INDEX))
+    dest.mkdir(parents=True, exist_ok=True)
+    arrays = []
+    for shard in index["shards"]:
+        path = dest / Path(shard["key"]).name
+        store.get_file(shard["key"], path)
+        arrays.append(np.load(path, mmap_mode="r"))
+    return np.concatenate(arrays).astype(TOKEN_DTYPE, copy=False)
+
+
+def build_engine(model, params: PretrainParams, session: TrainingSession) -> Engine:
+    optimizer = build_adamw(model, lr=params.lr, betas=(params.adam_beta1, params.adam_beta2),
+                            eps=params.adam_eps, weight_decay=params.weight_decay)
+    scheduler = build_scheduler(optimizer, warmup=params.warmup_steps, total=params.max_steps, floor=params.min_lr_ratio)
+    common = dict(env=session.env, device=session.device, autocast_dtype=autocast_dtype(params.precision, session.device),
+                  grad_clip=params.grad_clip)
+    if params.zero_stage == 0:
+        return DDPEngine(model, optimizer, scheduler, **common)
+    return DeepSpeedEngine(model.to(session.device), optimizer, scheduler, zero_stage=params.zero_stage,
+                           micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, **common)
+
+
+def run(rt: StageRuntime, params: PretrainParams) -> None:
+    session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
+    env, out = session.env, session.out
+    if "tokenizer" not in rt.inputs:
+        raise SystemExit("pretrain stage needs inputs.tokenizer")
+    tok_dir = fetch_tokenizer(rt.inputs["tokenizer"], session.workdir / "tokenizer")
+    tokenizer = load_tokenizer(tok_dir)
+
+    tokens_store = open_store(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
+    if env.is_main and not tokens_store.exists(INDEX):
+        if "corpus" not in rt.inputs:
+            raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
+        pack_corpus(open_store(rt.inputs["corpus"]), tokenizer, out, params)
+    session.barrier()
+    data = load_tokens(tokens_store, session.workdir / "tokens")
+    if data.shape[1] != params.seq_len:
+        raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
+
+    config = build_config(params.model_size, vocab_size=len(tokenizer),
+                          max_position_embeddings=max(4096, params.seq_len), attention=params.attention)
+    model = build_model(config, seed=params.seed)
+    engine = build_engine(model, params, session)
+    meta = session.resume(engine)
+    start = meta.get("step", 0)
+    fpt = flops_per_token(n_params=matmul_params(model), n_layers=config.num_hidden_layers,
+                          hidden=config.hidden_size, seq_len=params.seq_len)
+    metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
+    log.info("training %s (%.1fM params) on %d sequences of %d tokens, steps %d..%d, world size %d",
+             params.model_size, sum(p.numel() for p in model.parameters()) / 1e6, len(data), params.seq_len,
+             start + 1, params.max_steps, env.world_size)
+
+    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps
+    for step in range(start, params.max_steps):
+        began = time.perf_counter()
+        batches = [
+            torch.from_numpy(data[batch_indices(n_sequences=len(data), step=step, micro_step=m, rank=env.rank,
+                                                world_size=env.world_size, micro_batch=params.micro_batch_size,
+                                                grad_accum=params.grad_accum_steps, seed=params.seed)].astype(np.int64)
+                             ).to(session.device)
+            for m in range(params.grad_accum_steps)
+        ]
+        lr = engine.lr
+        loss, grad_norm = engine.train_step(batches)
+        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens_per_step,
+                            samples=params.micro_batch_size * params.grad_accum_steps,
+                            step_seconds=time.perf_counter() - began)
+        if (step + 1) % params.log_every == 0 and env.is_main:
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, params.max_steps, loss, lr, grad_norm)
+        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
+            session.save_checkpoint(engine, step + 1, {"step": step + 1, "world_size": env.world_size,
+                                                       "tokens": (step + 1) * tokens_per_step * env.world_size})
+
+    hf = session.export_hf(engine, tokenizer_dir=tok_dir)
+    session.upload_metrics()
+    if env.is_main:
+        write_summary(out, params, env.world_size, hf)
+    session.close()
+
+
+def write_summary(out: ObjectStore, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
+    records = [json.loads(line) for line in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if line.strip()]
+    steps = [r for r in records if r.get("event", "step") == "step"]
+    train_seconds = sum(r["step_seconds"] for r in steps)
+    tokens = sum(r["tokens"] for r in steps) * world_size
+    summary = {
+        "steps": len(steps),
+        "tokens": tokens,
+        "loss_first": steps[0]["loss"],
+        "loss_last": steps[-1]["loss"],
+        "tokens_per_second": tokens / train_seconds if train_seconds else None,
+        "mfu_mean": float(np.mean([r["mfu"] for r in steps if r.get("mfu") is not None] or [float("nan")])),
+        "checkpoints": out.url("checkpoints"),
+        "hf": hf_uri,
+        "metrics": out.url("metrics"),
+        "loss_curve": out.url("report/loss.png"),
+    }
+    out.put_bytes("report/loss.png", loss_curve_png(steps, title=f"pretrain ({params.model_size})"))
+    out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    return summary

@@ -1,0 +1,201 @@
+"""The two ways a stage trains data-parallel: PyTorch DDP (zeroStage 0) or DeepSpeed ZeRO 1-3.
+
+Both expose the same four operations the loop needs, so stages never branch on the engine.
+"""
+
+import contextlib
+import logging
+import random
+from abc import ABC, abstractmethod
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from zhinao.distributed import DistEnv
+
+log = logging.getLogger(__name__)
+
+
+def rng_state() -> dict:
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+class Engine(ABC):
+    model: torch.nn.Module
+    """The unwrapped model (what gets exported)."""
+
+    def __init__(self, env: DistEnv, device: torch.device, autocast_dtype: torch.dtype | None):
+        self.env = env
+        self.device = device
+        self.autocast_dtype = autocast_dtype
+
+    def _autocast(self):
+        if self.autocast_dtype is None:
+            return torch.autocast(self.device.type, enabled=False)
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+
+    @abstractmethod
+    def train_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
+        """One optimizer step over the micro-batches; returns (mean loss across ranks, grad norm)."""
+
+    @abstractmethod
+    def save(self, directory: Path) -> dict[str, Path]:
+        """Write this rank's share of the training state; returns {part name: file}."""
+
+    @abstractmethod
+    def load(self, directory: Path) -> None:
+        """Restore the state from a directory holding every rank's parts."""
+
+    @abstractmethod
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """The whole model's weights on rank 0 (None elsewhere). Collective: call on every rank."""
+
+    @property
+    @abstractmethod
+    def lr(self) -> float: ...
+
+    def _mean_across_ranks(self, value: float) -> float:
+        if self.env.world_size == 1:
+            return value
+        t = torch.tensor([value], dtype=torch.float64, device=self.device)
+        dist.all_reduce(t)
+        return t.item() / self.env.world_size
+
+    def _save_rng(self, directory: Path) -> dict[str, Path]:
+        path = directory / f"rng-rank{self.env.rank}.pt"
+        torch.save(rng_state(), path)
+        return {path.name: path}
+
+    def _load_rng(self, directory: Path) -> None:
+        path = directory / f"rng-rank{self.env.rank}.pt"
+        if path.exists():
+            set_rng_state(torch.load(path, weights_only=False))
+        else:
+            log.warning("no RNG state for rank %d in %s (world size changed?); keeping the seeded state", self.env.rank, directory)
+
+
+class DDPEngine(Engine):
+    def __init__(self, model, optimizer, scheduler, *, env, device, autocast_dtype, grad_clip: float):
+        super().__init__(env, device, autocast_dtype)
+        self.model = model.to(device)
+        self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
+        self.wrapped = (
+            torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
+            if env.world_size > 1 else self.model
+        )
+
+    def train_step(self, micro_batches):
+        self.model.train()
+        total = 0.0
+        for i, batch in enumerate(micro_batches):
+            last = i == len(micro_batches) - 1
+            sync = self.wrapped.no_sync() if (not last and self.env.world_size > 1) else contextlib.nullcontext()
+            with sync, self._autocast():
+                loss = self.wrapped(input_ids=batch, labels=batch).loss / len(micro_batches)
+            loss.backward()
+            total += loss.item()
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._mean_across_ranks(total), grad_norm
+
+    def save(self, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        parts = self._save_rng(directory)
+        if self.env.is_main:  # DDP replicas are identical: one copy of the state suffices
+            for name, obj in (("model.pt", self.model.state_dict()), ("optimizer.pt", self.optimizer.state_dict()),
+                              ("scheduler.pt", self.scheduler.state_dict())):
+                torch.save(obj, directory / name)
+                parts[name] = directory / name
+        return parts
+
+    def load(self, directory):
+        self.model.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
+        self.optimizer.load_state_dict(torch.load(directory / "optimizer.pt", map_location=self.device))
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt"))
+        self._load_rng(directory)
+
+    def full_state_dict(self):
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.env.is_main else None
+
+    @property
+    def lr(self):
+        return self.scheduler.get_last_lr()[0]
+
+
+class DeepSpeedEngine(Engine):
+    TAG = "state"
+
+    def __init__(self, model, optimizer, scheduler, *, env, device, autocast_dtype, grad_clip: float,
+                 zero_stage: int, micro_batch: int, grad_accum: int):
+        super().__init__(env, device, None)  # DeepSpeed owns mixed precision through its config
+        import deepspeed
+
+        config = {
+            "train_micro_batch_size_per_gpu": micro_batch,
+            "gradient_accumulation_steps": grad_accum,
+            "gradient_clipping": grad_clip,
+            "zero_optimization": {"stage": zero_stage},
+            "zero_allow_untested_optimizer": True,
+            "bf16": {"enabled": autocast_dtype == torch.bfloat16},
+            "steps_per_print": 10**9,
+            "wall_clock_breakdown": False,
+        }
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+        )
+        self.model = self.engine.module
+        self.zero_stage = zero_stage
+
+    def train_step(self, micro_batches):
+        self.engine.train()
+        total = 0.0
+        for batch in micro_batches:
+            loss = self.engine(input_ids=batch.to(self.engine.device), labels=batch.to(self.engine.device)).loss
+            self.engine.backward(loss)
+            self.engine.step()
+            total += loss.item() / len(micro_batches)
+        norm = self.engine.get_global_grad_norm()
+        return self._mean_across_ranks(total), float(norm if norm is not None else float("nan"))
+
+    def save(self, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        self.engine.save_checkpoint(str(directory), tag=self.TAG)
+        # Each rank saves into its own directory, so every file there is this rank's part.
+        parts = {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
+        parts.update(self._save_rng(directory))
+        return parts
+
+    def load(self, directory):
+        self.engine.load_checkpoint(str(directory), tag=self.TAG)
+        self._load_rng(directory)
+
+    def full_state_dict(self):
+        if self.zero_stage < 3:
+            return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.env.is_main else None
+        import deepspeed
+
+        params = list(self.model.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
+            return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self.env.is_main else None
+
+    @property
+    def lr(self):
+        return self.engine.get_lr()[0]
+

@@ -1,0 +1,143 @@
+"""Everything around the optimizer step that every training stage needs.
+
+Process group and device, metrics (Prometheus + JSONL in object storage), resumable checkpoints,
+and the Hugging Face export the next stage starts from. Stages own only their model and data.
+"""
+
+import json
+import logging
+import os
+import tempfile
+import time
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from zhinao.checkpoint import CheckpointManager
+from zhinao.config.runtime import StageRuntime
+from zhinao.distributed import DistEnv
+from zhinao.metrics import TrainingMetrics, metrics_port_from_env, peak_flops
+from zhinao.storage import ObjectStore, open_store
+from zhinao.training.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """bf16 where the hardware has it (the report trains in BF16); fp32 on CPU under `auto`."""
+    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return None
+
+
+class TrainingSession:
+    def __init__(self, rt: StageRuntime, *, keep_checkpoints: int):
+        self.rt = rt
+        self.env = DistEnv.from_env()
+        if torch.cuda.is_available():
+            self.device = torch.device("cuda", self.env.local_rank)
+            torch.cuda.set_device(self.device)
+        else:
+            self.device = torch.device("cpu")
+        if self.env.world_size > 1 and not dist.is_initialized():
+            backend = "nccl" if self.device.type == "cuda" else "gloo"
+            dist.init_process_group(backend, timeout=timedelta(minutes=30))
+        self.workdir = Path(os.environ.get("ZHINAO_WORKDIR") or tempfile.mkdtemp(prefix="zhinao-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.out: ObjectStore = open_store(rt.output)
+        self.checkpoints = CheckpointManager(self.out, prefix="checkpoints", keep=keep_checkpoints)
+        self.metrics: TrainingMetrics | None = None
+
+    # -- collectives that degrade to no-ops in a single process
+    def barrier(self) -> None:
+        if self.env.world_size > 1:
+            dist.barrier()
+
+    def gather(self, obj) -> list:
+        if self.env.world_size == 1:
+            return [obj]
+        out = [None] * self.env.world_size
+        dist.all_gather_object(out, obj)
+        return out
+
+    # -- metrics
+    @property
+    def metrics_key(self) -> str:
+        return f"metrics/rank-{self.env.rank}.jsonl"
+
+    def open_metrics(self, *, flops_per_token: float | None, resumed_step: int) -> TrainingMetrics:
+        """Continue the stage's JSONL log from object storage, dropping steps a restart will redo."""
+        path = self.workdir / self.metrics_key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        previous = self.out.get_bytes(self.metrics_key).decode().splitlines() if self.out.exists(self.metrics_key) else []
+        kept = [line for line in previous if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
+        path.write_text("".join(line + "\n" for line in kept))
+        peak, how = peak_flops(self.device)
+        log.info("MFU peak: %.3g FLOP/s (%s)", peak, how)
+        self.metrics = TrainingMetrics(
+            pipeline=self.rt.pipeline, stage=self.rt.stage, rank=self.env.rank,
+            port=metrics_port_from_env(self.env.local_rank), log_path=path,
+            flops_per_token=flops_per_token, peak_flops=peak,
+        )
+        return self.metrics
+
+    def upload_metrics(self) -> None:
+        if self.metrics is not None:
+            self.metrics.flush()
+            self.out.put_file(self.metrics_key, self.metrics.log_path)
+
+    # -- checkpoints
+    def resume(self, engine: Engine) -> dict:
+        """Load the newest valid checkpoint into `engine`; returns its meta ({} on a fresh start)."""
+        loaded = self.checkpoints.load_latest(self.workdir / "ckpt-load")
+        steps = self.gather(loaded.step if loaded else None)
+        if len(set(steps)) != 1:
+            raise RuntimeError(f"ranks disagree on the checkpoint to resume from: {steps}")
+        if loaded is None:
+            return {}
+        engine.load(loaded.dir)
+        log.info("resumed from step %d of %s", loaded.step, self.out.url("checkpoints"))
+        return loaded.meta
+
+    def save_checkpoint(self, engine: Engine, step: int, meta: dict) -> float:
+        started = time.perf_counter()
+        local = self.workdir / "ckpt-save" / f"step-{step:08d}" / f"rank-{self.env.rank}"
+        parts = engine.save(local)
+        sums = self.checkpoints.upload_parts(step, parts)
+        merged: dict[str, str] = {}
+        for rank_sums in self.gather(sums):
+            merged.update(rank_sums)
+        if self.env.is_main:
+            self.checkpoints.commit(step, merged, meta)
+        self.barrier()  # nobody moves on until `latest` names a complete checkpoint
+        seconds = time.perf_counter() - started
+        if self.metrics is not None:
+            self.metrics.record_checkpoint(seconds, step)
+        self.upload_metrics()
+        for path in parts.values():
+            path.unlink(missing_ok=True)
+        return seconds
+
+    # -- hand-off to the next stage
+    def export_hf(self, engine: Engine, *, tokenizer_dir: Path | None) -> str | None:
+        """safetensors + config (+ tokenizer) under <output>/hf/, loadable with from_pretrained."""
+        state = engine.full_state_dict()
+        if not self.env.is_main:
+            return None
+        with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
+            engine.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            if tokenizer_dir is not None:
+                for path in tokenizer_dir.iterdir():
+                    (Path(tmp) / path.name).write_bytes(path.read_bytes())
+            for path in sorted(Path(tmp).iterdir()):
+                self.out.put_file(f"hf/{path.name}", path)
+        return self.out.url("hf")
+
+    def close(self) -> None:
+        if self.metrics is not None:
+            self.upload_metrics()
+            self.metrics.close()
+        if self.env.world_size > 1 and dist.is_initialized():
+            dist.destroy_process_group()
