@@ -129,6 +129,8 @@ class LocalJobRunner:
             scratch = self.scratch_dir(replica)
             scratch.mkdir(parents=True, exist_ok=True)
             env["ZHINAO_WORKDIR"] = str(scratch)
+            # A pod's CPU limit keeps its threads to itself; here the replicas share one machine.
+            env.setdefault("OMP_NUM_THREADS", str(self.threads_per_process()))
             # A pod's HOME is its own; keep the user's locally so library caches are reused.
             env["HOME"] = self.environ.get("HOME", str(scratch))
             metrics_port = None
@@ -157,6 +159,10 @@ class LocalJobRunner:
             )
         if self.echo_logs:
             self._start_echo_threads()
+
+    def threads_per_process(self) -> int:
+        processes = len(replicas(self.job)) * int(self.job["spec"].get("nprocPerNode", "1"))
+        return int(self.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // processes))
 
     def _base_env(self) -> dict[str, str]:
         """The user's environment minus anything that would make the replica think it is in a job already."""
