@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
-from zhinao.storage import open_store
+from zhinao.storage import StorageError, open_store
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import run_pipeline
 
@@ -76,3 +76,62 @@ def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
     assert summary["loss_last"] < summary["loss_first"]
     model = AutoModelForCausalLM.from_pretrained(summary["hf"].removeprefix("file://"))
     assert model.config.model_type == "qwen2" and not model.config.tie_word_embeddings
+
+
+def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
+    tmp_path, stage_assets, make_pretrain_spec, fresh_s3_server
+):
+    from zhinao.checkpoint import parse_step_name
+    from zhinao.storage import RetryPolicy
+
+    server = fresh_s3_server
+    spec = json.loads(make_pretrain_spec("outage", "s3://zhinao-ci/runs", stage_assets, maxSteps=30, checkpointEvery=10))
+    spec["spec"]["storage"].update(endpoint=server.endpoint, credentials={"secretRef": {"name": "s3"}})
+    secrets = {"s3": {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}}
+    store = server.store("s3://zhinao-ci/runs/outage/pretrain")
+    probe = server.store("s3://zhinao-ci/runs/outage/pretrain", retry=RetryPolicy(attempts=1))
+    metrics_log = tmp_path / "w" / "scratch" / "outage-pretrain" / "master-0" / "metrics" / "rank-0.jsonl"
+    observed_latest: list[str] = []
+    outage = threading.Event()
+
+    def chaos():
+        # Take S3 down just before the step-20 checkpoint, so its upload meets a dead endpoint.
+        deadline = time.time() + 300
+        while time.time() < deadline:
+            lines = metrics_log.read_text().splitlines() if metrics_log.exists() else []
+            if any(json.loads(l).get("step") == 19 for l in lines if l.strip()):
+                break
+            time.sleep(0.02)
+        server.stop()
+        outage.set()
+        time.sleep(4)
+        server.start()
+
+    def watch_latest():
+        # Whenever `latest` can be read, the checkpoint it names must be complete.
+        while not done.wait(0.05):
+            try:
+                name = probe.get_bytes("checkpoints/latest").decode().strip()
+                manifest = json.loads(probe.get_bytes(f"checkpoints/{name}/manifest.json"))
+                complete = all(probe.exists(f"checkpoints/{name}/{part}") for part in manifest["parts"])
+            except StorageError:  # server down, or nothing committed yet
+                continue
+            observed_latest.append((name, complete))
+
+    done = threading.Event()
+    threads = [threading.Thread(target=chaos, daemon=True), threading.Thread(target=watch_latest, daemon=True)]
+    for t in threads:
+        t.start()
+    pipeline = parse_pipeline(json.dumps(spec))
+    result = run_pipeline(pipeline, workdir=tmp_path / "w", secrets=secrets)
+    done.set()
+    for t in threads:
+        t.join(10)
+    assert outage.is_set()
+    assert result.succeeded, result.stages[0][1].reason
+    log = (result.stages[0][1].log_dir / "master-0.log").read_text()
+    assert "retrying" in log.lower() or "retry" in log.lower()
+    assert store.get_bytes("checkpoints/latest").decode().strip() == "step-00000030"
+    assert observed_latest and all(complete for _, complete in observed_latest), observed_latest
+    assert {parse_step_name(n) for n, _ in observed_latest} <= {10, 20, 30}
+    assert store.exists("hf/model.safetensors")
