@@ -135,3 +135,45 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     assert observed_latest and all(complete for _, complete in observed_latest), observed_latest
     assert {parse_step_name(n) for n, _ in observed_latest} <= {10, 20, 30}
     assert store.exists("hf/model.safetensors")
+
+
+def test_prometheus_scrapes_loss_and_throughput_of_a_real_pretraining_run(tmp_path, stage_assets, make_pretrain_spec, prometheus):
+    spec = make_pretrain_spec("scraped", f"file://{tmp_path}/store", stage_assets, replicas=1, maxSteps=200, checkpointEvery=200)
+
+    def listener(event, data):
+        if event == "started" and data["metrics_port"]:  # the port the runner gave this "pod"
+            prometheus.set_targets([f"127.0.0.1:{data['metrics_port']}"])
+
+    results: list = []
+    runner = threading.Thread(target=lambda: results.append(run(spec, tmp_path / "w", listener)[1]), daemon=True)
+    runner.start()
+    try:
+        first = prometheus.wait_for('zhinao_train_loss{pipeline="scraped",stage="pretrain"}', timeout=120)
+        tps = prometheus.wait_for('zhinao_tokens_per_second{pipeline="scraped"}', timeout=30)
+        prometheus.wait_for('zhinao_step{pipeline="scraped"} > 100', timeout=180)
+        last = prometheus.query('zhinao_train_loss{pipeline="scraped"}')
+    finally:
+        runner.join(300)
+    assert results and results[0].succeeded
+    labels, value = first[0]
+    assert labels["rank"] == "0" and labels["stage"] == "pretrain" and value > 0
+    assert tps[0][1] > 0
+    assert last[0][1] < value  # the loss Prometheus saw fell while training
+
+
+@pytest.mark.parametrize("zero_stage", [1, 2, 3])
+def test_deepspeed_zero_trains_with_two_ranks_and_checkpoints_every_rank_shard(tmp_path, stage_assets, make_pretrain_spec,
+                                                                               zero_stage):
+    spec = make_pretrain_spec(f"zero{zero_stage}", f"file://{tmp_path}/store", stage_assets, replicas=1, nproc=2,
+                              zeroStage=zero_stage, maxSteps=6, warmupSteps=1, checkpointEvery=3)
+    pipeline, result = run(spec, tmp_path / "w")
+    job = result.stages[0][1]
+    assert result.succeeded, (job.log_dir / "master-0.log").read_text()[-3000:]
+    out = open_store(pipeline.output_of(pipeline.stage("pretrain")))
+    manifest = json.loads(out.get_bytes("checkpoints/step-00000006/manifest.json"))
+    shards = [p for p in manifest["parts"] if "optim_states" in p]
+    assert len(shards) == 2, manifest["parts"]  # one optimizer partition per rank
+    summary = json.loads(out.get_bytes("summary.json"))
+    assert summary["loss_last"] < summary["loss_first"]
+    model = AutoModelForCausalLM.from_pretrained(summary["hf"].removeprefix("file://"))
+    assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith("weight"))
