@@ -1,0 +1,145 @@
+"""Pretraining throughput: our pretrain stage against a plain Hugging Face `Trainer`, in one run.
+
+Same model (the tiny 360Zhinao config), same packed token sequences, same batch, same optimizer
+settings, both with checkpointing on; ours also serves Prometheus metrics and writes the JSONL log.
+Wall-clock tokens/s of the training call is compared (model and data set-up excluded for both).
+
+    python bench/train_throughput.py [--steps 60] [--seq-len 256] [--micro-batch 8]
+"""
+
+import argparse
+import json
+import os
+import platform
+import socket
+import sys
+import tempfile
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from zhinao.config.pretrain import PretrainParams
+from zhinao.config.runtime import StageRuntime
+from zhinao.data.packing import pack_source
+from zhinao.model import build_config, build_model
+from zhinao.tokenizer import to_transformers, train_bpe
+
+RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+
+
+def corpus() -> list[str]:
+    import importlib
+    import inspect
+
+    texts = []
+    for name in ("json", "os", "re", "collections", "itertools", "functools", "pathlib", "subprocess", "threading",
+                 "logging", "argparse", "typing", "asyncio", "email", "http.client", "unittest", "decimal"):
+        for _, obj in inspect.getmembers(importlib.import_module(name)):
+            doc = inspect.getdoc(obj)
+            if doc and len(doc) > 100:
+                texts.append(doc)
+    return texts
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:
+    texts = corpus()
+    tok = to_transformers(train_bpe(texts, vocab_size=4096))
+    tok_dir = root / "tokenizer"
+    tok.save_pretrained(tok_dir)
+    ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
+    seqs = pack_source(ids, seq_len=seq_len, eod_id=tok.convert_tokens_to_ids("<eod>"))
+    tokens_dir = root / "packed" / "tokens"
+    tokens_dir.mkdir(parents=True)
+    np.save(tokens_dir / "bench-00000.npy", seqs)
+    (tokens_dir / "index.json").write_text(json.dumps({"seq_len": seq_len, "vocab_size": len(tok), "shards": [
+        {"key": "tokens/bench-00000.npy", "source": "bench", "sequences": len(seqs), "tokens": int(seqs.size)}]}))
+    return tok_dir, seqs, len(tok)
+
+
+def run_ours(root: Path, tok_dir: Path, params: PretrainParams) -> float:
+    os.environ.update(ZHINAO_WORKDIR=str(root / "ours-work"), ZHINAO_METRICS_PORT=str(free_port()),
+                      ZHINAO_METRICS_ADDR="127.0.0.1")
+    from zhinao.stages import pretrain
+
+    rt = StageRuntime(pipeline="bench", stage="pretrain", kind="pretrain", params=params.to_wire(),
+                      inputs={"tokenizer": f"file://{tok_dir}", "tokens": f"file://{root / 'packed'}"},
+                      output=f"file://{root / 'ours'}")
+    pretrain.run(rt, params)
+    finished = time.time()
+    records = [json.loads(l) for l in (root / "ours" / "metrics" / "rank-0.jsonl").read_text().splitlines()]
+    steps = [r for r in records if r.get("event") == "step"]
+    # From the start of the first step to the end of the final checkpoint, export and summary.
+    loop_seconds = finished - (steps[0]["ts"] - steps[0]["step_seconds"])
+    return sum(r["tokens"] for r in steps) / loop_seconds
+
+
+def run_hf_trainer(root: Path, seqs: np.ndarray, vocab: int, params: PretrainParams) -> float:
+    from transformers import Trainer, TrainingArguments
+
+    class Packed(torch.utils.data.Dataset):
+        def __len__(self):
+            return len(seqs)
+
+        def __getitem__(self, i):
+            ids = torch.from_numpy(seqs[i].astype(np.int64))
+            return {"input_ids": ids, "labels": ids}
+
+    config = build_config(params.model_size, vocab_size=vocab, max_position_embeddings=4096, attention="sdpa")
+    model = build_model(config, seed=params.seed)
+    args = TrainingArguments(
+        output_dir=str(root / "hf"), per_device_train_batch_size=params.micro_batch_size, max_steps=params.max_steps,
+        learning_rate=params.lr, lr_scheduler_type="cosine", warmup_steps=params.warmup_steps,
+        weight_decay=params.weight_decay, adam_beta1=params.adam_beta1, adam_beta2=params.adam_beta2,
+        adam_epsilon=params.adam_eps, max_grad_norm=params.grad_clip, save_steps=params.checkpoint_every,
+        save_total_limit=params.keep_checkpoints, logging_steps=params.log_every, report_to="none", use_cpu=True,
+        dataloader_num_workers=0, seed=params.seed, disable_tqdm=True,
+    )
+    trainer = Trainer(model=model, args=args, train_dataset=Packed())
+    started = time.perf_counter()
+    trainer.train()
+    trainer.save_model(str(root / "hf" / "final"))  # ours exports HF weights at the end too
+    wall = time.perf_counter() - started
+    return params.max_steps * params.micro_batch_size * params.seq_len / wall
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=60)
+    ap.add_argument("--seq-len", type=int, default=256)
+    ap.add_argument("--micro-batch", type=int, default=8)
+    ap.add_argument("--model-size", default="tiny")
+    args = ap.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    params = PretrainParams(model_size=args.model_size, seq_len=args.seq_len, micro_batch_size=args.micro_batch,
+                            max_steps=args.steps, warmup_steps=max(1, args.steps // 10),
+                            checkpoint_every=max(1, args.steps // 3), log_every=1)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        tok_dir, seqs, vocab = prepare(root, args.seq_len)
+        hf = run_hf_trainer(root, seqs, vocab, params)
+        ours = run_ours(root, tok_dir, params)
+    result = {
+        "date": date.today().isoformat(), "machine": f"{platform.machine()} {os.cpu_count()} cores, {platform.processor() or 'cpu'}",
+        "torch": torch.__version__, "python": sys.version.split()[0],
+        "config": {"model": args.model_size, "seq_len": args.seq_len, "micro_batch": args.micro_batch, "steps": args.steps,
+                   "checkpoint_every": params.checkpoint_every},
+        "ours_tokens_per_s": round(ours, 1), "hf_trainer_tokens_per_s": round(hf, 1), "ratio": round(ours / hf, 3),
+    }
+    RESULTS.parent.mkdir(exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"ours (zhinao pretrain stage)   {ours:10,.0f} tokens/s")
+    print(f"Hugging Face Trainer           {hf:10,.0f} tokens/s")
+    print(f"ratio ours / HF Trainer        {ours / hf:10.2f}x   -> {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
