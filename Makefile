@@ -58,6 +58,36 @@ test: install servers tools ## Install everything and run the whole test suite.
 test-fast: install ## Run the tests that start no training processes.
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
+##@ Generate
+
+.PHONY: generate
+generate: install ## Regenerate the CRD (manifests/, chart crds/) and example manifests from the spec models.
+	$(BIN)/python hack/generate.py
+
+.PHONY: verify
+verify: install ## Fail when generated files are stale (CI runs this through the test suite too).
+	$(BIN)/python hack/generate.py --check
+
+##@ Helm
+
+.PHONY: chart-lint
+chart-lint: tools ## helm lint --strict every chart with each ci/*-values.yaml.
+	@for c in charts/*/; do $(HELM) lint --strict $$c; for f in $$c/ci/*-values.yaml; do [ -e "$$f" ] && $(HELM) lint --strict $$c -f $$f; done; done
+
+.PHONY: test-operator
+test-operator: install tools ## Operator, CLI, CRD and chart tests (kmock + real helm, no cluster).
+	$(BIN)/python -m pytest -q tests/zhinao_k8s tests/charts $(PYTEST_ARGS)
+
+##@ Build
+
+IMAGE_REGISTRY ?= ghcr.io/zhinao-k8s
+IMAGE_TAG ?= 0.1.0
+.PHONY: images
+images: ## Build the trainer and operator images (needs a Docker engine).
+	@if ! docker info >/dev/null 2>&1; then echo "no Docker engine: skipping images"; exit 0; fi; \
+	docker build -f images/trainer/Dockerfile -t $(IMAGE_REGISTRY)/trainer:$(IMAGE_TAG) . && \
+	docker build -f images/operator/Dockerfile -t $(IMAGE_REGISTRY)/operator:$(IMAGE_TAG) .
+
 ##@ Demo
 
 .PHONY: demo

@@ -5,13 +5,13 @@ from typing import Annotated
 import typer
 
 from zhinao_k8s import __version__
-from zhinao_k8s.cli import local
+from zhinao_k8s.cli import cluster, local
 from zhinao_k8s.cli.errors import friendly
 
 app = typer.Typer(
     name="zhinao-k8s",
     help="Train LLMs the 360Zhinao way on Kubernetes: one TrainingPipeline spec -> Kubeflow PyTorchJobs.\n\n"
-    "Offline: validate, render, run (local runner), demo.",
+    "Offline: validate, render, run (local runner), demo. On a cluster: submit, status, list, logs, delete.",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
@@ -34,6 +34,7 @@ def _root(
 
 for command in (local.validate, local.render, local.run, local.demo):
     app.command(epilog="Docs: docs/ in the repository.")(friendly(command))
+cluster.register(app)  # submit, status, list, logs, delete, `operator run`
 
 
 def main() -> None:

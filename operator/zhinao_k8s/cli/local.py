@@ -121,18 +121,56 @@ def demo_pipeline(workdir: Path) -> TrainingPipeline:
 
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the corpus, checkpoints and report go.")] = Path("runs/demo"),
-    docs: Annotated[int, typer.Option(help="Documents in the demo corpus.")] = 3000,
+    docs: Annotated[int | None, typer.Option(help="Documents in the demo corpus (default: all it finds).")] = None,
+    fresh: Annotated[bool, typer.Option(help="Start from an empty workdir; --no-fresh resumes a previous demo.")] = True,
 ) -> None:
     """Build a corpus from the Python standard library's docstrings, train a tokenizer, and pretrain
-    a tiny 360Zhinao model with 2 ranks through the local PyTorchJob runner (CPU, a few minutes)."""
+    a tiny 360Zhinao model with 2 ranks through the local PyTorchJob runner (CPU, a few minutes).
+
+    Everything lands under WORKDIR: pipeline.yaml (the spec that ran), store/ (the object store:
+    corpus, tokenizer, checkpoints, HF weights, metrics), logs/ and REPORT.md with the loss curve."""
+    import shutil
+
     from zhinao.data.demo_corpus import build_demo_corpus
 
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
     pipeline = demo_pipeline(workdir)
-    corpus_uri = pipeline.stage("tokenizer").inputs["corpus"]
+    corpus_uri = pipeline.stage(pipeline.spec.stages[0].name).inputs["corpus"]
     counts = build_demo_corpus(corpus_uri, n_docs=docs)
-    out.print(f"demo corpus: {counts} -> {corpus_uri}")
+    out.print(f"demo corpus -> {corpus_uri}: {counts}")
     (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
     result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
+    report = write_report(workdir, pipeline, result)
+    out.print(f"report: {report}")
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
+
+
+def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
+    """REPORT.md beside the run: one section per stage with its summary and plots."""
+    from zhinao.storage import open_store
+
+    lines = [f"# {pipeline.metadata.name}: local run report", "",
+             "| stage | kind | result | seconds | restarts |", "|---|---|---|---|---|"]
+    for name, job in result.stages:
+        lines.append(f"| {name} | {pipeline.stage(name).kind} | {'Succeeded' if job.succeeded else 'Failed'} "
+                     f"| {job.seconds:.1f} | {job.restarts} |")
+    for name, job in result.stages:
+        store = open_store(pipeline.output_of(pipeline.stage(name)))
+        lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
+        if store.exists("summary.json"):
+            lines += ["", "```json", store.get_bytes("summary.json").decode().strip(), "```"]
+        for key in store.list("report/"):
+            if key.endswith(".png"):
+                local = workdir / "report" / f"{name}-{Path(key).name}"
+                local.parent.mkdir(parents=True, exist_ok=True)
+                local.write_bytes(store.get_bytes(key))
+                lines += ["", f"![{name} {Path(key).stem}](report/{local.name})"]
+            elif key.endswith(".md"):
+                lines += ["", store.get_bytes(key).decode().strip()]
+    path = workdir / "REPORT.md"
+    path.write_text("\n".join(lines) + "\n")
+    return path
