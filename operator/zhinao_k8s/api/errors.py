@@ -2,8 +2,6 @@
 
 from pydantic import ValidationError
 
-from zhinao.config._base import SpecModel
-
 
 def _path(loc: tuple, tags: frozenset[str]) -> str:
     out = ""
@@ -47,5 +45,3 @@ def format_errors(exc: ValidationError, stage_kinds: tuple[str, ...] = ()) -> li
         lines.append(f"{path}: {_reason(err)}" if path else _reason(err))
     return lines
 
-
-__all__ = ["format_errors", "SpecModel"]

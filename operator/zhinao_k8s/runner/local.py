@@ -12,6 +12,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -170,8 +171,6 @@ class LocalJobRunner:
         return {k: v for k, v in self.environ.items() if k not in drop and not k.startswith("PET_")}
 
     def _start_echo_threads(self) -> None:
-        import threading
-
         def pump(r: RunningReplica) -> None:
             with open(r.log_path, "ab") as log:
                 for line in r.process.stdout:
