@@ -50,9 +50,12 @@ def fresh_s3_server() -> Iterator[SeaweedS3]:
 
 
 @pytest.fixture
-def s3_store(s3_server: SeaweedS3) -> ObjectStore:
-    """s3://test-<uuid>/run on the shared server, opened with its credentials."""
-    return s3_server.store()
+def s3_store(s3_server: SeaweedS3) -> Iterator[ObjectStore]:
+    """s3://test-<uuid>/run on the shared server, opened with its credentials (default
+    RetryPolicy); the bucket is created by the first write and dropped afterwards."""
+    store = s3_server.store()
+    yield store
+    s3_server.drop_bucket(store.bucket)
 
 
 # ============================================================================================

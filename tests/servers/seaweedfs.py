@@ -145,6 +145,17 @@ class SeaweedS3:
             retry=retry or RetryPolicy(),
         )
 
+    def drop_bucket(self, bucket: str) -> None:
+        """Delete a bucket and everything in it (weed mini allows deleting a non-empty bucket);
+        a missing bucket or a stopped server is fine. Each bucket is a SeaweedFS collection with
+        its own volumes, so tests that make many buckets should drop them."""
+        if not self.running:
+            return
+        try:
+            self.client().remove_bucket(bucket)
+        except Exception:  # noqa: BLE001 - best-effort cleanup
+            pass
+
     def _identities(self) -> dict:
         return {
             "identities": [
@@ -175,7 +186,7 @@ class SeaweedS3:
             "-master.telemetry=false",
             "-volume.preStopSeconds=0",
             "-master.volumeSizeLimitMB=64",
-            "-volume.max=16",
+            "-volume.max=2000",  # S3 makes one collection (>= 1 volume) per bucket; tests make many buckets
             f"-filer.localSocket={self.tmpdir / 'filer.sock'}",
             f"-s3.localSocket={self.tmpdir / 's3.sock'}",
         ]

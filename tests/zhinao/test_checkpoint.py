@@ -29,8 +29,12 @@ FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, connect_timeout=
 @pytest.fixture(params=["file", "s3"])
 def store(request, tmp_path):
     if request.param == "file":
-        return open_store(f"file://{tmp_path}/store", retry=FAST)
-    return request.getfixturevalue("s3_server").store(retry=FAST)
+        yield open_store(f"file://{tmp_path}/store", retry=FAST)
+        return
+    server = request.getfixturevalue("s3_server")
+    store = server.store(retry=FAST)
+    yield store
+    server.drop_bucket(store.bucket)
 
 
 def make_parts(d: Path, step: int, names=("model.pt", "optimizer.pt", "rng/rank0.pt")) -> dict[str, Path]:

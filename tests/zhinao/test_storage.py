@@ -31,8 +31,12 @@ MiB = 1 << 20
 @pytest.fixture(params=["file", "s3"])
 def store(request, tmp_path):
     if request.param == "file":
-        return open_store(f"file://{tmp_path}/root", retry=FAST)
-    return request.getfixturevalue("s3_server").store(retry=FAST)
+        yield open_store(f"file://{tmp_path}/root", retry=FAST)
+        return
+    server = request.getfixturevalue("s3_server")
+    store = server.store(retry=FAST)
+    yield store
+    server.drop_bucket(store.bucket)
 
 
 def _no_temp_files(d: Path) -> bool:
@@ -217,6 +221,12 @@ def test_wrong_credentials_are_refused_with_a_clear_error(s3_server, caplog):
         wrong_secret.put_bytes("k", b"x")
     assert time.monotonic() - t0 < 5, "refusals must not be retried"
     assert not [r for r in caplog.records if r.name == "zhinao.storage"]
+    # and the server really enforces credentials: anonymous requests are refused too
+    import minio
+    from minio.error import S3Error
+
+    with pytest.raises(S3Error, match="AccessDenied"):
+        minio.Minio(s3_server.endpoint.removeprefix("http://"), secure=False).list_buckets()
 
 
 def test_unreachable_endpoint_fails_after_retries(caplog):
