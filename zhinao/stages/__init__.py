@@ -14,6 +14,7 @@ from zhinao.config.runtime import StageRuntime
 STAGE_MODULES = {
     "tokenizer": "zhinao.stages.tokenizer",
     "pretrain": "zhinao.stages.pretrain",
+    "longctx": "zhinao.stages.longctx",
 }
 
 

@@ -10,6 +10,7 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from zhinao.config._base import SpecModel
+from zhinao.config.longctx import LongContextParams
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.tokenizer import TokenizerParams
 from zhinao_k8s.api.policy import RetryPolicy
@@ -154,8 +155,13 @@ class PretrainStage(StageBase):
     params: PretrainParams = Field(default_factory=PretrainParams)
 
 
-Stage = Annotated[Union[TokenizerStage, PretrainStage], Field(discriminator="kind")]
-STAGE_KINDS = ("tokenizer", "pretrain")
+class LongContextStage(StageBase):
+    kind: Literal["longctx"]
+    params: LongContextParams = Field(default_factory=LongContextParams)
+
+
+Stage = Annotated[Union[TokenizerStage, PretrainStage, LongContextStage], Field(discriminator="kind")]
+STAGE_KINDS = ("tokenizer", "pretrain", "longctx")
 
 
 class PipelineSpec(SpecModel):

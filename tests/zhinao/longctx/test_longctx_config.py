@@ -1,0 +1,26 @@
+"""LongContextParams: report defaults and the cross-field checks."""
+
+import pytest
+from pydantic import ValidationError
+
+from zhinao.config.longctx import LongContextParams
+
+
+def test_defaults_follow_the_report():
+    p = LongContextParams()
+    assert p.rope_theta == 5e7 and p.seq_len == 32768 and p.max_positions == 32768
+    assert (p.needle.num_lengths, p.needle.num_depths) == (10, 21)
+    wire = LongContextParams.model_validate({"seqLen": 1024, "sequenceParallel": 4, "needle": {"lengths": [512]}})
+    assert wire.sequence_parallel == 4 and wire.to_wire()["needle"]["lengths"] == [512]
+
+
+@pytest.mark.parametrize("params, message", [
+    ({"seqLen": 1000, "sequenceParallel": 3}, "divisible"),
+    ({"sequenceParallel": 2, "zeroStage": 2}, "zeroStage"),
+    ({"seqLen": 4096, "maxPositionEmbeddings": 2048}, "maxPositionEmbeddings"),
+    ({"warmupSteps": 100, "maxSteps": 100}, "warmupSteps"),
+    ({"ropeTheta": 1e6, "ropeBase": 1e6}, "ropeBase"),
+])
+def test_inconsistent_params_are_rejected(params, message):
+    with pytest.raises(ValidationError, match=message):
+        LongContextParams.model_validate(params)

@@ -1,0 +1,74 @@
+"""The long-context stage end to end through the local runner: 2 ranks, one sequence split across both."""
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from zhinao.model import build_config, build_model
+from zhinao.storage import open_store
+from zhinao.tokenizer import load as load_tokenizer
+from zhinao_k8s.api.load import parse_pipeline
+from zhinao_k8s.runner.pipeline import run_pipeline
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def base_model(stage_assets, tmp_path_factory) -> str:
+    """What a pretrain stage leaves: <prefix>/hf/ with a tiny model (rope base 10000) and its tokenizer."""
+    hf = tmp_path_factory.mktemp("pretrained") / "hf"
+    tokenizer_dir = Path(stage_assets["tokenizer"].removeprefix("file://"))
+    tokenizer = load_tokenizer(tokenizer_dir)
+    build_model(build_config("tiny", vocab_size=len(tokenizer), attention="sdpa"), seed=7).save_pretrained(hf)
+    for path in tokenizer_dir.iterdir():
+        shutil.copy(path, hf / path.name)
+    return f"file://{hf.parent}"
+
+
+def longctx_spec(name: str, storage: str, model: str, corpus: str, **params) -> str:
+    merged = {"seqLen": 256, "sequenceParallel": 2, "microBatchSize": 2, "maxSteps": 6, "warmupSteps": 1,
+              "checkpointEvery": 3, "lr": 3e-3, "syntheticMix": 0.25, "syntheticSamples": 6, "syntheticQuestions": 2,
+              "needle": {"lengths": [160, 256], "numDepths": 3, "maxNewTokens": 6}, **params}
+    return json.dumps({
+        "apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": name},
+        "spec": {"storage": {"uri": storage}, "stages": [{
+            "name": "longctx", "kind": "longctx", "replicas": 1, "nprocPerNode": 2, "backoffLimit": 0,
+            "inputs": {"model": model, "corpus": corpus}, "params": merged}]},
+    })
+
+
+def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(tmp_path, stage_assets, base_model):
+    pipeline = parse_pipeline(longctx_spec("long", f"file://{tmp_path}/store", base_model, stage_assets["corpus"]))
+    result = run_pipeline(pipeline, workdir=tmp_path / "w")
+    job = result.stages[0][1]
+    log = (job.log_dir / "master-0.log").read_text()
+    assert result.succeeded, log[-3000:]
+    assert "rope base 10000 -> 5e+07" in log and "sequence parallel 2 x data parallel 1" in log
+
+    out = open_store(pipeline.output_of(pipeline.stage("longctx")))
+    summary = json.loads(out.get_bytes("summary.json"))
+    assert summary["steps"] == 6 and summary["sequence_parallel"] == 2 and summary["data_parallel"] == 1
+    assert summary["tokens"] == 6 * 2 * 256  # one group: 2 sequences of 256 tokens per step
+    assert summary["synthetic_sequences"] > 0
+    assert summary["loss_last"] < summary["loss_first"]
+
+    hf_dir = summary["hf"].removeprefix("file://")
+    raw = json.loads(Path(hf_dir, "config.json").read_text())
+    assert raw["rope_parameters"]["rope_theta"] == 5e7 and raw["max_position_embeddings"] == 256
+    model = AutoModelForCausalLM.from_pretrained(hf_dir)
+    assert model.config._attn_implementation != "zhinao_ring"
+    assert AutoConfig.from_pretrained(hf_dir).rope_parameters["rope_theta"] == 5e7
+    assert load_tokenizer(hf_dir).convert_tokens_to_ids("<|im_end|>") is not None
+
+    needle = json.loads(out.get_bytes("report/needle.json"))
+    assert needle["lengths"] == [160, 256] and needle["depths"] == [0.0, 50.0, 100.0]
+    assert len(needle["cells"]) == 6 and all(0 <= c["score"] <= 100 for c in needle["cells"])
+    assert all(c["prompt_tokens"] == c["length"] for c in needle["cells"])
+    assert out.get_bytes("report/needle.png")[:8] == b"\x89PNG\r\n\x1a\n"
+    rows = [json.loads(l) for l in out.get_bytes("sft/long-qa.jsonl").decode().splitlines()]
+    assert len(rows) == 6 and {r["kind"] for r in rows} == {"multi_doc_qa", "single_doc_qa"}
+    manifest = json.loads(out.get_bytes("checkpoints/step-00000006/manifest.json"))
+    assert "model.pt" in manifest["parts"]
