@@ -61,11 +61,11 @@ test-fast: install ## Run the tests that start no training processes.
 ##@ Generate
 
 .PHONY: generate
-generate: install ## Regenerate the CRD (manifests/, chart crds/) and example manifests from the spec models.
+generate: install tools ## Regenerate the CRD, values schema, manifests/operator/ and examples from the spec models.
 	$(BIN)/python hack/generate.py
 
 .PHONY: verify
-verify: install ## Fail when generated files are stale (CI runs this through the test suite too).
+verify: install tools ## Fail when generated files are stale (CI runs this through the test suite too).
 	$(BIN)/python hack/generate.py --check
 
 ##@ Helm
@@ -99,3 +99,7 @@ demo: install ## Build a corpus, train a tokenizer and pretrain a tiny model wit
 .PHONY: bench
 bench: install ## Run the benchmarks and print their results (see docs/benchmarks.md).
 	$(BIN)/python bench/train_throughput.py
+
+.PHONY: bench-operator
+bench-operator: install ## TrainingPipelines against kmock with the real operator (see docs/benchmarks-operator.md).
+	$(BIN)/python bench/operator_scale.py

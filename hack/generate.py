@@ -5,19 +5,26 @@ fails instead when a checked-in file differs.
 - manifests/examples/pipeline.yaml: a GPU-sized TrainingPipeline
 - manifests/examples/<stage>.yaml: the PyTorchJob the renderer makes for each of its stages, for
   clusters without the operator (`kubectl apply -f`, one stage after the other)
+- charts/zhinao-pipeline/values.schema.json: the chart's own keys plus `pipeline`, which is the JSON
+  Schema of PipelineSpec itself, so the chart accepts exactly the specs the models accept
+- manifests/operator/*.yaml: the operator install bundle for `kubectl apply -f`, rendered from
+  charts/zhinao-operator with `bin/helm template` and its default values (needs `make tools`)
 
 Nothing here talks to a cluster or the network.
 """
 
 import argparse
+import copy
 import difflib
+import json
+import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 from zhinao_k8s.api.crd import crd
-from zhinao_k8s.api.v1alpha1 import TrainingPipeline
+from zhinao_k8s.api.v1alpha1 import PipelineSpec, TrainingPipeline
 from zhinao_k8s.render.pytorchjob import render_pytorchjob
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -64,6 +71,181 @@ def dump(doc: dict) -> str:
     return HEADER + yaml.safe_dump(doc, sort_keys=False, width=120, allow_unicode=True)
 
 
+# ---------------------------------------------------------------------------------------------
+# charts/zhinao-pipeline/values.schema.json
+# ---------------------------------------------------------------------------------------------
+
+PIPELINE_VALUES_SCHEMA = "charts/zhinao-pipeline/values.schema.json"
+DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+
+# The chart's own keys; `pipeline` is filled in from PipelineSpec. Hand-written definitions are
+# lowercase, pydantic's are CamelCase model names, so the two never collide (asserted below).
+_CHART_DEFINITIONS = {
+    "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    "interval": {"type": "string", "pattern": "^[0-9]+(ms|s|m|h)$"},
+}
+_CHART_PROPERTIES = {
+    "global": {"type": "object"},
+    "name": {
+        "type": "string", "maxLength": 40, "pattern": f"^$|{DNS_LABEL}",
+        "description": "Pipeline name (metadata.name; jobs are <name>-<stage>). Empty: the release name.",
+    },
+    "commonLabels": {"$ref": "#/definitions/labels"},
+    "operator": {
+        "type": "object", "additionalProperties": False, "required": ["enabled"],
+        "properties": {"enabled": {"type": "boolean"}},
+    },
+    "jobs": {
+        "type": "object", "additionalProperties": False,
+        "properties": {"stages": {"type": "array", "uniqueItems": True, "items": {"type": "string", "pattern": DNS_LABEL}}},
+    },
+    "minio": {
+        "type": "object", "additionalProperties": False, "required": ["enabled"],
+        "properties": {
+            "enabled": {"type": "boolean"},
+            "service": {"type": "string", "pattern": DNS_LABEL},
+            "namespace": {"type": "string", "pattern": DNS_LABEL},
+            "port": {"type": "integer", "minimum": 1, "maximum": 65535},
+        },
+    },
+    "monitoring": {
+        "type": "object", "additionalProperties": False,
+        "properties": {
+            "podMonitor": {
+                "type": "object", "additionalProperties": False, "required": ["enabled"],
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "interval": {"$ref": "#/definitions/interval"},
+                    "allLocalRanks": {"type": "boolean"},
+                    "labels": {"$ref": "#/definitions/labels"},
+                },
+            },
+            "dashboard": {
+                "type": "object", "additionalProperties": False, "required": ["enabled"],
+                "properties": {
+                    "enabled": {"type": "boolean"},
+                    "namespace": {"type": "string", "pattern": f"^$|{DNS_LABEL}"},
+                    "labels": {"$ref": "#/definitions/labels"},
+                },
+            },
+        },
+    },
+}
+
+
+def _draft07(node, defs_prefix: str = "#/$defs/"):
+    """pydantic's JSON Schema (draft 2020-12 style `$defs`) -> draft-07 `definitions`; titles dropped."""
+    if isinstance(node, list):
+        return [_draft07(v) for v in node]
+    if not isinstance(node, dict):
+        return node
+    out = {}
+    for key, value in node.items():
+        if key == "title" and isinstance(value, str):
+            continue
+        if key == "$ref" and value.startswith(defs_prefix):
+            value = "#/definitions/" + value[len(defs_prefix):]
+        elif key == "discriminator":  # OpenAPI, not JSON Schema: refs in it are rewritten for readers only
+            value = {"propertyName": value["propertyName"],
+                     "mapping": {k: "#/definitions/" + v.split("/")[-1] for k, v in value["mapping"].items()}}
+            out[key] = value
+            continue
+        out[key] = _draft07(value)
+    return out
+
+
+def pipeline_values_schema() -> dict:
+    raw = PipelineSpec.model_json_schema(by_alias=True, mode="validation")
+    model_defs = _draft07(raw.pop("$defs", {}))
+    clash = set(model_defs) & set(_CHART_DEFINITIONS)
+    assert not clash, f"definition names used twice: {clash}"
+    spec = _draft07(raw)
+    spec["description"] = "The TrainingPipeline spec, field for field (generated from PipelineSpec)."
+    return {
+        "$schema": "http://json-schema.org/draft-07/schema#",
+        "$comment": "GENERATED by hack/generate.py (`make generate`): do not edit. `pipeline` is PipelineSpec's JSON Schema.",
+        "title": "zhinao-pipeline values",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["operator", "pipeline"],
+        "definitions": {**copy.deepcopy(_CHART_DEFINITIONS), **model_defs},
+        "properties": {**copy.deepcopy(_CHART_PROPERTIES), "pipeline": spec},
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# manifests/operator/: the operator for `kubectl apply -f`, rendered from the chart
+# ---------------------------------------------------------------------------------------------
+
+HELM = ROOT / "bin" / "helm"
+OPERATOR_NAMESPACE = "zhinao-system"
+OPERATOR_RELEASE = "zhinao-operator"  # the chart's full name is then just `zhinao-operator`
+BUNDLE_KUBE_VERSION = "1.35.0"
+# kubectl applies a directory's files in name order: the namespace before what lives in it.
+BUNDLE_FILES = {
+    "manifests/operator/00-namespace.yaml": ("Namespace",),
+    "manifests/operator/10-rbac.yaml": ("ServiceAccount", "ClusterRole", "ClusterRoleBinding"),
+    "manifests/operator/20-operator.yaml": ("Service", "Deployment"),
+}
+
+
+def _helm_template_operator() -> list[dict]:
+    env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "HELM_CACHE_HOME": "/tmp/helm-cache",
+           "HELM_CONFIG_HOME": "/tmp/helm-config", "HELM_DATA_HOME": "/tmp/helm-data"}
+    # Default values, minus the `helm test` pod (there is no `helm test` without Helm).
+    out = subprocess.run(
+        [str(HELM), "template", OPERATOR_RELEASE, str(ROOT / "charts" / "zhinao-operator"),
+         "--namespace", OPERATOR_NAMESPACE, "--kube-version", BUNDLE_KUBE_VERSION,
+         "--set", "testFramework.enabled=false"],
+        capture_output=True, text=True, env=env, timeout=60, check=True)
+    return [d for d in yaml.safe_load_all(out.stdout) if d]
+
+
+def _unhelm(obj: dict) -> dict:
+    """Labels that would claim Helm manages the object are replaced: kubectl does."""
+    obj = copy.deepcopy(obj)
+    for meta in (obj["metadata"], obj.get("spec", {}).get("template", {}).get("metadata", {})):
+        labels = meta.get("labels")
+        if labels:
+            labels.pop("helm.sh/chart", None)
+            if "app.kubernetes.io/managed-by" in labels:
+                labels["app.kubernetes.io/managed-by"] = "kubectl"
+    return obj
+
+
+def operator_bundle() -> dict[str, str]:
+    """manifests/operator/*.yaml from `helm template` of the operator chart (default values)."""
+    if not HELM.exists():
+        raise FileNotFoundError(f"{HELM} is missing: run `make tools`")
+    objs = [_unhelm(o) for o in _helm_template_operator()]
+    namespace = {
+        "apiVersion": "v1",
+        "kind": "Namespace",
+        "metadata": {
+            "name": OPERATOR_NAMESPACE,
+            "labels": {
+                "app.kubernetes.io/part-of": "zhinao-k8s",
+                # The operator pod meets the `restricted` Pod Security Standard; keep it that way.
+                "pod-security.kubernetes.io/enforce": "restricted",
+            },
+        },
+    }
+    by_kind: dict[str, list[dict]] = {"Namespace": [namespace]}
+    for o in objs:
+        by_kind.setdefault(o["kind"], []).append(o)
+    placed = {k for kinds in BUNDLE_FILES.values() for k in kinds}
+    stray = set(by_kind) - placed
+    assert not stray, f"the operator chart renders kinds the bundle does not place: {stray}"
+    intro = ("# The zhinao operator for `kubectl apply`, rendered from charts/zhinao-operator (default values).\n"
+             "# Apply the CRD first: kubectl apply -f manifests/crds/ -f manifests/operator/\n")
+    files = {}
+    for rel, kinds in BUNDLE_FILES.items():
+        docs = [o for k in kinds for o in by_kind.get(k, [])]
+        files[rel] = HEADER + intro + "---\n".join(
+            yaml.safe_dump(d, sort_keys=False, width=120, allow_unicode=True) for d in docs)
+    return files
+
+
 def example_pipeline() -> TrainingPipeline:
     return TrainingPipeline.model_validate(EXAMPLE_PIPELINE)
 
@@ -79,13 +261,24 @@ def generated_files() -> dict[str, str]:
     pipeline = example_pipeline()
     for stage in pipeline.spec.stages:
         files[f"manifests/examples/{stage.name}.yaml"] = dump(render_pytorchjob(pipeline, stage))
+    files[PIPELINE_VALUES_SCHEMA] = json.dumps(pipeline_values_schema(), indent=2) + "\n"
     return files
 
 
-def check(root: Path = ROOT) -> list[str]:
+def all_generated_files(with_helm: bool | None = None) -> dict[str, str]:
+    """generated_files() plus the operator bundle; `with_helm=None`: the bundle only if bin/helm exists."""
+    files = generated_files()
+    if with_helm or (with_helm is None and HELM.exists()):
+        files.update(operator_bundle())
+    elif with_helm is None:
+        sys.stderr.write(f"note: {HELM} is missing, manifests/operator/ skipped (run `make tools`)\n")
+    return files
+
+
+def check(root: Path = ROOT, files: dict[str, str] | None = None) -> list[str]:
     """Unified diffs of every generated file that is missing or differs on disk."""
     problems = []
-    for rel, want in generated_files().items():
+    for rel, want in (generated_files() if files is None else files).items():
         path = root / rel
         have = path.read_text(encoding="utf-8") if path.exists() else ""
         if have != want:
@@ -99,13 +292,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--check", action="store_true", help="fail when a checked-in file differs; write nothing")
     args = parser.parse_args(argv)
     if args.check:
-        problems = check()
+        problems = check(files=all_generated_files())
         for p in problems:
             sys.stderr.write(p + "\n")
         if problems:
             sys.stderr.write(f"{len(problems)} generated file(s) are stale: run `make generate`\n")
         return 1 if problems else 0
-    for rel, text in generated_files().items():
+    for rel, text in all_generated_files().items():
         path = ROOT / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text, encoding="utf-8")

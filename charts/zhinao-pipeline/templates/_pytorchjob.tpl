@@ -1,0 +1,136 @@
+{{/*
+Return the pod template of one stage's replicas. Takes (dict "spec" "name" "stage").
+
+CONTRACT: this mirrors operator/zhinao_k8s/render/pytorchjob.py (`_pod_template`, `_env`,
+`_resources`) field for field, with the models' defaults for keys left out. Helm cannot run the
+Python renderer, so tests/charts/test_helm_pipeline_chart.py renders the same spec both ways and
+fails when the two differ. Change both together.
+*/}}
+{{- define "zhinao-pipeline.podTemplate" -}}
+{{- $spec := .spec }}
+{{- $stage := .stage }}
+{{- $storage := default dict $spec.storage }}
+{{- $metrics := default dict $spec.metrics }}
+{{- $metricsOn := eq (include "zhinao-pipeline.get" (dict "map" $metrics "key" "enabled" "fallback" true)) "true" }}
+{{- $metricsPort := int (include "zhinao-pipeline.get" (dict "map" $metrics "key" "port" "fallback" 9400)) }}
+{{- $res := default dict $stage.resources }}
+{{- $gpu := int (default 0 $res.gpu) }}
+{{- $runtime := dict "pipeline" .name "stage" $stage.name "kind" $stage.kind "params" (default dict $stage.params)
+      "inputs" (include "zhinao-pipeline.inputs" . | fromJson) "output" (include "zhinao-pipeline.output" .) }}
+metadata:
+  labels:
+    {{- include "zhinao-pipeline.trainerLabels" . | nindent 4 }}
+  {{- if $metricsOn }}
+  annotations:
+    prometheus.io/scrape: "true"
+    prometheus.io/port: {{ $metricsPort | quote }}
+    prometheus.io/path: /metrics
+  {{- else }}
+  annotations: {}
+  {{- end }}
+spec:
+  securityContext:
+    runAsNonRoot: true
+    runAsUser: 1000
+    runAsGroup: 1000
+    fsGroup: 1000
+    seccompProfile:
+      type: RuntimeDefault
+  containers:
+    # `pytorch`: the training operator finds the rendezvous port on the container of this name.
+    - name: pytorch
+      image: {{ $stage.image | default $spec.image | default "ghcr.io/zhinao-k8s/trainer:0.1.0" | quote }}
+      imagePullPolicy: {{ default "IfNotPresent" $spec.imagePullPolicy }}
+      command: ["torchrun"]
+      args:
+        - --master-addr=$(MASTER_ADDR)
+        - --master-port=$(MASTER_PORT)
+        # The PyTorchJob restarts the whole job (backoffLimit), never torchrun alone.
+        - --max-restarts=0
+        - -m
+        - zhinao
+      env:
+        - name: ZHINAO_STAGE_SPEC
+          value: {{ toJson $runtime | quote }}
+        - name: ZHINAO_WORKDIR
+          value: /scratch
+        - name: HOME
+          value: /tmp
+        {{- if $metricsOn }}
+        - name: ZHINAO_METRICS_PORT
+          value: {{ $metricsPort | quote }}
+        {{- end }}
+        {{- with $storage.endpoint }}
+        - name: ZHINAO_S3_ENDPOINT
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with $storage.region }}
+        - name: AWS_REGION
+          value: {{ . | quote }}
+        {{- end }}
+        {{- with $storage.credentials }}
+        {{- $ref := .secretRef }}
+        - name: AWS_ACCESS_KEY_ID
+          valueFrom:
+            secretKeyRef:
+              name: {{ $ref.name | quote }}
+              key: {{ default "AWS_ACCESS_KEY_ID" $ref.accessKeyIdKey | quote }}
+        - name: AWS_SECRET_ACCESS_KEY
+          valueFrom:
+            secretKeyRef:
+              name: {{ $ref.name | quote }}
+              key: {{ default "AWS_SECRET_ACCESS_KEY" $ref.secretAccessKeyKey | quote }}
+        {{- end }}
+      ports:
+        - name: pytorchjob-port
+          containerPort: 23456
+          protocol: TCP
+        {{- if $metricsOn }}
+        - name: metrics
+          containerPort: {{ $metricsPort }}
+          protocol: TCP
+        {{- end }}
+      {{- /* requests == limits: Guaranteed QoS, training pods are the last to be evicted. */}}
+      resources:
+        {{- range $part := list "requests" "limits" }}
+        {{ $part }}:
+          cpu: {{ default "2" $res.cpu | quote }}
+          memory: {{ default "8Gi" $res.memory | quote }}
+          {{- if $gpu }}
+          nvidia.com/gpu: {{ $gpu | quote }}
+          {{- end }}
+        {{- end }}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        runAsNonRoot: true
+        capabilities:
+          drop: ["ALL"]
+      volumeMounts:
+        - name: scratch
+          mountPath: /scratch
+        - name: tmp
+          mountPath: /tmp
+        - name: dshm
+          mountPath: /dev/shm
+  volumes:
+    - name: scratch
+      emptyDir: {}
+    - name: tmp
+      emptyDir: {}
+    # NCCL and dataloader workers need more shared memory than the 64Mi default.
+    - name: dshm
+      emptyDir:
+        medium: Memory
+{{- end }}
+
+{{/* Return the training pods' labels (render/names.py `labels`). Takes (dict "name" "stage"). */}}
+{{- define "zhinao-pipeline.trainerLabels" -}}
+app.kubernetes.io/name: zhinao-trainer
+app.kubernetes.io/part-of: zhinao-k8s
+app.kubernetes.io/managed-by: zhinao-k8s
+app.kubernetes.io/component: {{ .stage.kind }}
+zhinao.ai/pipeline: {{ .name }}
+zhinao.ai/stage: {{ .stage.name }}
+zhinao.ai/stage-kind: {{ .stage.kind }}
+{{- end }}
