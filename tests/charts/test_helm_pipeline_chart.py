@@ -304,7 +304,7 @@ def test_dashboard_metric_names_exist_in_docs() -> None:
 
 @pytest.mark.parametrize("args, message", [
     (["--set", "replicas=2"], "additional properties"),
-    (["--set", "pipeline.stages[0].name=x", "--set", "pipeline.stages[0].kind=rlhf"], "oneof"),
+    (["--set", "pipeline.stages[0].name=x", "--set", "pipeline.stages[0].kind=no-such-kind"], "oneof"),
     (["--set", "name=Not_A_Label"], "name"),
     (["--set", "name=" + "a" * 41], "name"),
     (["--set", "pipeline.storage.endpoint=null"], "endpoint is required"),

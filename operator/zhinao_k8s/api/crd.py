@@ -87,6 +87,10 @@ def _merge(a: dict, b: dict) -> dict:
             " Fields depend on the stage kind; the operator checks them and reports errors in status."
         out["description"] = out["description"].strip()
         return out
+    if a.get("type") == b.get("type") and a.get("type") in ("integer", "number", "string", "boolean", "array"):
+        # Same type, different constraints: keep only the constraints both branches share.
+        shared = {k: v for k, v in a.items() if k != "description" and b.get(k) == v}
+        return {**shared, "description": a.get("description") or b.get("description", "")}
     keep = a.get("description") or b.get("description")
     out = {"type": "object", "x-kubernetes-preserve-unknown-fields": True}
     if keep:

@@ -1,0 +1,138 @@
+"""Document-level near-duplicate removal: MinHash-LSH across shards (report section 2.1.3).
+
+Four exchanges through object storage, each routed so that no rank sees more than its share:
+
+1. band keys -> rank (key mod world): equal (band, key) groups give candidate pairs (smallest gid, other);
+2. pairs -> rank owning the smaller doc, which attaches that doc's signature;
+3. (pair, signature) -> rank owning the other doc, which keeps the pair when the estimated Jaccard
+   of the two signatures reaches the threshold (datatrove keeps every candidate: threshold 0);
+4. confirmed edges are gathered by every rank, and connected components are formed the same way
+   everywhere; each component keeps its smallest gid, and each rank drops its own other members.
+
+Signatures stay on the local disk of the rank that computed them (memory-mapped on demand).
+"""
+
+from array import array
+
+import numpy as np
+
+from zhinao.config.data import MinHashConfig
+from zhinao.data.dedup import StepContext
+from zhinao.data.exchange import Comm, Spool
+from zhinao.data.io import Doc
+from zhinao.data.minhash import MinHasher, estimated_jaccard, has_tokens
+from zhinao.data.steps import Drop
+
+_U64 = np.uint64
+BAND = np.dtype([("band", "<u2"), ("key", "<u8"), ("gid", "<u8")])
+PAIR = np.dtype([("a", "<u8"), ("b", "<u8")])
+_BATCH = 512
+
+
+def candidate_pairs(entries: np.ndarray) -> np.ndarray:
+    """(a, b) for every document b sharing a (band, key) bucket with a smaller gid a, a being the
+    bucket's smallest gid; duplicates across bands removed."""
+    if len(entries) == 0:
+        return np.zeros(0, dtype=PAIR)
+    order = np.lexsort([entries["gid"], entries["key"], entries["band"]])
+    e = entries[order]
+    new = np.concatenate([[True], (e["band"][1:] != e["band"][:-1]) | (e["key"][1:] != e["key"][:-1])])
+    head = np.maximum.accumulate(np.where(new, np.arange(len(e)), 0))
+    pairs = np.empty(int((~new).sum()), dtype=PAIR)
+    pairs["a"], pairs["b"] = e["gid"][head[~new]], e["gid"][~new]
+    pairs = pairs[pairs["a"] != pairs["b"]]
+    return np.unique(pairs)
+
+
+def components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(node gids, smallest gid of each node's connected component) by min-label propagation with
+    pointer jumping."""
+    if len(edges) == 0:
+        return np.zeros(0, dtype=_U64), np.zeros(0, dtype=_U64)
+    nodes, inv = np.unique(np.concatenate([edges["a"], edges["b"]]), return_inverse=True)
+    a, b = inv[: len(edges)], inv[len(edges) :]
+    label = np.arange(len(nodes))  # nodes are sorted, so the smallest index is the smallest gid
+    while True:
+        m = np.minimum(label[a], label[b])
+        new = label.copy()
+        np.minimum.at(new, a, m)
+        np.minimum.at(new, b, m)
+        new = new[new]
+        if np.array_equal(new, label):
+            return nodes, nodes[label]
+        label = new
+
+
+class MinHashDedup:
+    names = ("minhash",)
+
+    def __init__(self, cfg: MinHashConfig, ctx: StepContext):
+        self.cfg, self.ctx = cfg, ctx
+        self.hasher = MinHasher(num_perm=cfg.num_perm, ngram=cfg.ngram, bands=cfg.bands, rows=cfg.rows, seed=cfg.seed)
+        self.world = ctx.sharding.world_size
+        self.keys = Spool(BAND, self.world, ctx.tmp, "minhash-keys")
+        self._sig_path = ctx.tmp / "minhash-sigs.bin"
+        self._sig_file = open(self._sig_path, "wb")
+        self._gids = array("Q")  # gids in signature-file order (increasing: input order)
+        self._pending: list[int] = []
+        self._pending_text: list[str] = []
+        self.dropped: set[int] = set()
+        self.clusters: tuple[np.ndarray, np.ndarray] | None = None
+        """(gids in some cluster, the cluster's smallest gid) after `sync`, for inspection."""
+
+    def collect(self, doc: Doc) -> None:
+        self._pending.append(doc.gid)
+        self._pending_text.append(doc.text)
+        if len(self._pending) >= _BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending:
+            return
+        gids = np.array(self._pending, dtype=_U64)
+        sig = self.hasher.signatures(self._pending_text)
+        self._sig_file.write(sig.tobytes())
+        self._gids.extend(self._pending)
+        ok = has_tokens(sig)
+        keys = self.hasher.band_keys(sig[ok])
+        n, bands = keys.shape
+        recs = np.empty(n * bands, dtype=BAND)
+        recs["band"] = np.tile(np.arange(bands, dtype=np.uint16), n)
+        recs["key"] = keys.reshape(-1)
+        recs["gid"] = np.repeat(gids[ok], bands)
+        self.keys.add(recs, (recs["key"] % _U64(self.world)).astype(np.int64))
+        self._pending, self._pending_text = [], []
+
+    def _signatures_of(self, gids: np.ndarray) -> np.ndarray:
+        local = np.frombuffer(self._gids, dtype=_U64)
+        rows = np.searchsorted(local, gids)
+        sigs = np.memmap(self._sig_path, dtype=np.uint32, mode="r").reshape(-1, self.cfg.num_perm)
+        return np.asarray(sigs[rows])
+
+    def sync(self, comm: Comm) -> None:
+        self._flush()
+        self._sig_file.close()
+        got = comm.exchange("minhash/band-keys", self.keys.parts())
+        pairs = candidate_pairs(np.concatenate(got))
+        self.keys.remove()
+        owner = self.ctx.sharding.owner
+        if self.cfg.threshold > 0:
+            pairs = comm.route("minhash/pairs", pairs, owner(pairs["a"]))
+            with_sig = np.empty(len(pairs), dtype=[("a", "<u8"), ("b", "<u8"), ("sig", "<u4", (self.cfg.num_perm,))])
+            with_sig["a"], with_sig["b"] = pairs["a"], pairs["b"]
+            with_sig["sig"] = self._signatures_of(pairs["a"]) if len(pairs) else 0
+            with_sig = comm.route("minhash/pair-sigs", with_sig, owner(with_sig["b"]))
+            if len(with_sig):
+                j = estimated_jaccard(with_sig["sig"], self._signatures_of(with_sig["b"]))
+                with_sig = with_sig[j >= self.cfg.threshold]
+            pairs = np.empty(len(with_sig), dtype=PAIR)
+            pairs["a"], pairs["b"] = with_sig["a"], with_sig["b"]
+        edges = np.concatenate(comm.allgather("minhash/edges", pairs))
+        nodes, root = components(edges)
+        self.clusters = (nodes, root)
+        mine = owner(nodes) == self.ctx.rank
+        self.dropped = set(nodes[mine & (nodes != root)].tolist())
+        self._sig_path.unlink(missing_ok=True)
+
+    def apply(self, doc: Doc) -> Drop | None:
+        return Drop("minhash", "near_duplicate") if doc.gid in self.dropped else None

@@ -1,0 +1,206 @@
+"""Vectorised MinHash signatures and LSH band keys over a batch of documents.
+
+Everything after `str.lower()` is numpy over the whole batch, so the per-document Python cost is a
+few list operations (measured in bench/data_pipeline.py against datasketch and datatrove):
+
+1. The batch is one UTF-32 codepoint array; a lookup table classes each codepoint as separator,
+   word character or CJK character. Tokens are runs of word characters, or single CJK characters.
+2. Token hashes are polynomial hashes mod 2^64 taken from one prefix sum: with Q = P^-1 mod 2^64,
+   hash(s..e) = P^(e-1) * (C[e] - C[s]) where C = cumsum(cp[j] * Q^j). Deterministic in every
+   process (unlike Python's salted `hash`), which cross-shard LSH needs.
+3. A shingle is n consecutive tokens of one document, hashed as sum(tok[i+k] * R_k) then mixed.
+4. Permutation i maps a shingle hash x to (a_i * x + b_i) >> 32 (multiply-add-shift, a universal
+   family; no modulo, which numpy does slowly). The signature is the minimum per document.
+"""
+
+from functools import lru_cache
+
+import numpy as np
+
+from zhinao.data.text import CJK
+
+_U64 = np.uint64
+_P = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64
+_Q = pow(_P, -1, 1 << 64)
+_MIX1 = _U64(0xBF58476D1CE4E5B9)
+_MIX2 = _U64(0x94D049BB133111EB)
+_CHUNK_ROWS = 2048  # shingles per permutation block: 2048 x 128 x 8 B = 2 MiB stays in cache
+SENTINEL = np.uint32(0xFFFFFFFF)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, in place: spreads polynomial-hash structure over all 64 bits."""
+    x ^= x >> _U64(30)
+    x *= _MIX1
+    x ^= x >> _U64(27)
+    x *= _MIX2
+    x ^= x >> _U64(31)
+    return x
+
+
+@lru_cache(maxsize=1)
+def _char_classes() -> np.ndarray:
+    """0 separator, 1 word character, 2 CJK character, for every BMP codepoint."""
+    table = np.zeros(0x10000, dtype=np.uint8)
+    for cp in range(0x10000):
+        ch = chr(cp)
+        if ch.isalnum():
+            table[cp] = 1
+    for lo, hi in _cjk_ranges():
+        if lo < 0x10000:
+            table[lo : min(hi, 0xFFFF) + 1] = 2
+    return table
+
+
+def _cjk_ranges() -> list[tuple[int, int]]:
+    chars = list(CJK)
+    return [(ord(chars[i]), ord(chars[i + 2])) for i in range(0, len(chars), 3)]
+
+
+class _Powers:
+    """P^i and Q^i mod 2^64 for i < n, grown on demand (cumprod wraps mod 2^64 like C)."""
+
+    def __init__(self) -> None:
+        self.p = np.ones(1, dtype=_U64)
+        self.q = np.ones(1, dtype=_U64)
+
+    def upto(self, n: int) -> tuple[np.ndarray, np.ndarray]:
+        if n > len(self.p):
+            size = max(n, 2 * len(self.p), 1 << 16)
+            self.p, self.q = (self._powers(base, size) for base in (_P, _Q))
+        return self.p[:n], self.q[:n]
+
+    @staticmethod
+    def _powers(base: int, size: int) -> np.ndarray:
+        factors = np.full(size, base, dtype=_U64)
+        factors[0] = 1
+        return np.cumprod(factors, dtype=_U64)
+
+
+_POWERS = _Powers()
+
+
+def token_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes of every token of the batch in order, number of tokens per document)."""
+    lowered = [t.lower() for t in texts]
+    starts_cp = np.zeros(len(lowered) + 1, dtype=np.int64)
+    np.cumsum([len(t) + 1 for t in lowered], out=starts_cp[1:])
+    # "\0" between documents is a separator, so no token spans two documents.
+    cp = np.frombuffer("\0".join(lowered).encode("utf-32-le"), dtype=np.uint32)
+    if cp.size == 0:
+        return np.zeros(0, dtype=_U64), np.zeros(len(texts), dtype=np.int64)
+    cls = np.zeros(cp.size, dtype=np.uint8)
+    bmp = cp < 0x10000
+    cls[bmp] = _char_classes()[cp[bmp]]
+    if not bmp.all():
+        astral = ~bmp
+        cls[astral & (cp >= 0x20000) & (cp <= 0x2FA1F)] = 2
+    word = cls == 1
+    prev_word = np.concatenate([[False], word[:-1]])
+    next_word = np.concatenate([word[1:], [False]])
+    cjk = cls == 2
+    tok_start = np.flatnonzero(cjk | (word & ~prev_word))
+    tok_end = np.flatnonzero(cjk | (word & ~next_word)) + 1
+
+    ppow, qpow = _POWERS.upto(cp.size)
+    prefix = np.zeros(cp.size + 1, dtype=_U64)
+    np.cumsum(cp.astype(_U64) * qpow, out=prefix[1:])
+    h = (prefix[tok_end] - prefix[tok_start]) * ppow[tok_end - 1]
+    # Length in the low bits separates "ab" from a hash-equal string of another length.
+    h += (tok_end - tok_start).astype(_U64)
+    _mix(h)
+    doc_of = np.searchsorted(starts_cp, tok_start, side="right") - 1
+    return h, np.bincount(doc_of, minlength=len(texts)).astype(np.int64)
+
+
+@lru_cache(maxsize=8)
+def _shingle_weights(n: int) -> np.ndarray:
+    return np.random.default_rng(0x5EED + n).integers(1, 1 << 63, size=n, dtype=np.uint64) * _U64(2) + _U64(1)
+
+
+def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
+    """arange(s, s + n) for every (s, n), concatenated, without a Python loop."""
+    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+    return np.repeat(starts, lengths) + within
+
+
+def shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
+    """(hashes of every shingle of the batch, shingles per document). A document with fewer than
+    `ngram` tokens (but at least one) has one shingle made of all its tokens."""
+    tok, per_doc = token_hashes(texts)
+    weights = _shingle_weights(ngram)
+    doc_start = np.concatenate([[0], np.cumsum(per_doc)[:-1]]).astype(np.int64)
+    short = (per_doc > 0) & (per_doc < ngram)
+    n_sh = np.where(short, 1, np.maximum(per_doc - ngram + 1, 0))
+    out = np.empty(int(n_sh.sum()), dtype=_U64)
+    out_start = np.concatenate([[0], np.cumsum(n_sh)[:-1]]).astype(np.int64)
+
+    full_docs = np.flatnonzero(per_doc >= ngram)
+    if full_docs.size:
+        # Every window of the batch at once; only those inside one document are kept.
+        total = tok.size - ngram + 1
+        windows = np.zeros(total, dtype=_U64)
+        for k in range(ngram):
+            windows += tok[k : k + total] * weights[k]
+        lengths = n_sh[full_docs]
+        out[_ranges(out_start[full_docs], lengths)] = windows[_ranges(doc_start[full_docs], lengths)]
+    for d in np.flatnonzero(short):
+        s, m = doc_start[d], per_doc[d]
+        out[out_start[d]] = np.sum(tok[s : s + m] * weights[:m], dtype=_U64)
+    return _mix(out), n_sh
+
+
+class MinHasher:
+    """MinHash signatures (uint32, `num_perm` per document) and LSH band keys."""
+
+    def __init__(self, *, num_perm: int = 128, ngram: int = 5, bands: int = 16, rows: int = 8, seed: int = 42):
+        if bands * rows > num_perm:
+            raise ValueError(f"bands*rows ({bands}*{rows}) exceeds num_perm ({num_perm})")
+        self.num_perm, self.ngram, self.bands, self.rows = num_perm, ngram, bands, rows
+        rng = np.random.default_rng(seed)
+        self.a = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) * _U64(2) + _U64(1)
+        self.b = rng.integers(0, 1 << 63, size=num_perm, dtype=np.uint64) * _U64(2)
+        self._band_w = rng.integers(0, 1 << 63, size=rows, dtype=np.uint64) * _U64(2) + _U64(1)
+
+    def signatures(self, texts: list[str]) -> np.ndarray:
+        """(len(texts), num_perm) uint32; a document without tokens is all SENTINEL."""
+        sh, per_doc = shingle_hashes(texts, self.ngram)
+        sig = np.full((len(texts), self.num_perm), SENTINEL, dtype=np.uint32)
+        if sh.size == 0:
+            return sig
+        owner = np.repeat(np.arange(len(texts)), per_doc)
+        buf = np.empty((_CHUNK_ROWS, self.num_perm), dtype=np.uint64)
+        for lo in range(0, sh.size, _CHUNK_ROWS):
+            hi = min(lo + _CHUNK_ROWS, sh.size)
+            block = buf[: hi - lo]
+            np.multiply(sh[lo:hi, None], self.a, out=block)
+            block += self.b
+            block >>= _U64(32)
+            docs = owner[lo:hi]
+            # Rows of one document are contiguous: reduce each document's run inside the block.
+            cuts = np.flatnonzero(np.diff(docs)) + 1
+            seg = np.concatenate([[0], cuts])
+            mins = np.minimum.reduceat(block, seg, axis=0).astype(np.uint32)
+            ids = docs[seg]
+            np.minimum(sig[ids], mins, out=mins)
+            sig[ids] = mins
+        return sig
+
+    def band_keys(self, sig: np.ndarray) -> np.ndarray:
+        """(n, bands) uint64: one hash per band of `rows` signature values."""
+        n = sig.shape[0]
+        keys = np.empty((n, self.bands), dtype=_U64)
+        for j in range(self.bands):
+            part = sig[:, j * self.rows : (j + 1) * self.rows].astype(_U64)
+            k = (part * self._band_w).sum(axis=1, dtype=_U64) + _U64(j)
+            keys[:, j] = _mix(k)
+        return keys
+
+
+def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:
+    """Share of equal signature positions, row by row."""
+    return (sig_a == sig_b).mean(axis=-1)
+
+
+def has_tokens(sig: np.ndarray) -> np.ndarray:
+    return sig[:, 0] != SENTINEL
