@@ -19,7 +19,8 @@ def loss_curve_png(records: list[dict], *, title: str) -> bytes:
     lr_ax = ax.twinx()
     lr_ax.plot(steps, [r["lr"] for r in records], color="#ff7f0e", alpha=0.6, label="learning rate")
     lr_ax.set_ylabel("learning rate")
-    fig.legend(loc="upper right")
+    handles = ax.get_legend_handles_labels()[0] + lr_ax.get_legend_handles_labels()[0]
+    ax.legend(handles, [h.get_label() for h in handles], loc="center right")
     fig.tight_layout()
     buf = io.BytesIO()
     fig.savefig(buf, format="png")

@@ -121,7 +121,7 @@ def demo_pipeline(workdir: Path) -> TrainingPipeline:
 
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the corpus, checkpoints and report go.")] = Path("runs/demo"),
-    docs: Annotated[int | None, typer.Option(help="Documents in the demo corpus (default: all it finds).")] = None,
+    docs: Annotated[int, typer.Option(help="Real documents in the demo corpus (plus planted junk and duplicates).")] = 1500,
     fresh: Annotated[bool, typer.Option(help="Start from an empty workdir; --no-fresh resumes a previous demo.")] = True,
 ) -> None:
     """Build a corpus from the Python standard library's docstrings, train a tokenizer, and pretrain
@@ -137,9 +137,8 @@ def demo(
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     pipeline = demo_pipeline(workdir)
-    corpus_uri = pipeline.stage(pipeline.spec.stages[0].name).inputs["corpus"]
-    counts = build_demo_corpus(corpus_uri, n_docs=docs)
-    out.print(f"demo corpus -> {corpus_uri}: {counts}")
+    counts = build_demo_corpus(pipeline.spec.storage.uri, n_docs=docs)
+    out.print(f"demo corpus -> {pipeline.spec.storage.uri}/corpus: {counts}")
     (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
     result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
@@ -161,9 +160,10 @@ def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResu
     for name, job in result.stages:
         store = open_store(pipeline.output_of(pipeline.stage(name)))
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
-        if store.exists("summary.json"):
+        keys = store.list("report/")
+        if store.exists("summary.json") and not any(k.endswith(".md") for k in keys):
             lines += ["", "```json", store.get_bytes("summary.json").decode().strip(), "```"]
-        for key in store.list("report/"):
+        for key in keys:
             if key.endswith(".png"):
                 local = workdir / "report" / f"{name}-{Path(key).name}"
                 local.parent.mkdir(parents=True, exist_ok=True)
