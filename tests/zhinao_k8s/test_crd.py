@@ -97,7 +97,7 @@ def test_full_spec_and_status_validate_against_the_crd_schema() -> None:
 
 @pytest.mark.parametrize("bad, where", [
     ({"replicas": 0}, "minimum"),
-    ({"kind": "rlhf"}, "enum"),
+    ({"kind": "no-such-kind"}, "enum"),
     ({"resources": {"gpu": "eight"}}, "type"),
 ])
 def test_crd_schema_rejects_what_the_models_reject(bad: dict, where: str) -> None:

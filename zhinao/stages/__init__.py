@@ -12,9 +12,13 @@ from importlib import import_module
 from zhinao.config.runtime import StageRuntime
 
 STAGE_MODULES = {
+    "data": "zhinao.stages.data",
     "tokenizer": "zhinao.stages.tokenizer",
     "pretrain": "zhinao.stages.pretrain",
     "longctx": "zhinao.stages.longctx",
+    "sft": "zhinao.stages.sft",
+    "reward": "zhinao.stages.reward",
+    "rlhf": "zhinao.stages.rlhf",
 }
 
 

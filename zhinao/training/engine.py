@@ -7,7 +7,9 @@ import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -16,6 +18,9 @@ import torch.distributed as dist
 from zhinao.distributed import DistEnv
 
 log = logging.getLogger(__name__)
+
+LossFn = Callable[[torch.nn.Module, Any], torch.Tensor]
+"""(model, micro_batch) -> scalar loss of that micro-batch."""
 
 
 def rng_state() -> dict:
@@ -50,8 +55,13 @@ class Engine(ABC):
         return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     @abstractmethod
-    def train_step(self, micro_batches: list[torch.Tensor]) -> tuple[float, float]:
-        """One optimizer step over the micro-batches; returns (mean loss across ranks, grad norm)."""
+    def train_step(self, micro_batches: list, loss_fn: LossFn | None = None) -> tuple[float, float]:
+        """One optimizer step over the micro-batches; returns (mean loss across ranks, grad norm).
+
+        Without `loss_fn` a micro-batch is a (B, T) tensor of token ids trained as a causal LM on
+        itself (pretraining). With it, a micro-batch is whatever `loss_fn(model, batch)` takes, and
+        `model` is the forward-callable wrapper (DDP / DeepSpeed engine) whose gradients sync.
+        """
 
     @abstractmethod
     def save(self, directory: Path) -> dict[str, Path]:
@@ -99,14 +109,15 @@ class DDPEngine(Engine):
             if env.world_size > 1 else self.model
         )
 
-    def train_step(self, micro_batches):
+    def train_step(self, micro_batches, loss_fn=None):
         self.model.train()
         total = 0.0
         for i, batch in enumerate(micro_batches):
             last = i == len(micro_batches) - 1
             sync = self.wrapped.no_sync() if (not last and self.env.world_size > 1) else contextlib.nullcontext()
             with sync, self._autocast():
-                loss = self.wrapped(input_ids=batch, labels=batch).loss / len(micro_batches)
+                loss = loss_fn(self.wrapped, batch) if loss_fn else self.wrapped(input_ids=batch, labels=batch).loss
+                loss = loss / len(micro_batches)
             loss.backward()
             total += loss.item()
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip).item()
@@ -163,11 +174,14 @@ class DeepSpeedEngine(Engine):
         self.model = self.engine.module
         self.zero_stage = zero_stage
 
-    def train_step(self, micro_batches):
+    def train_step(self, micro_batches, loss_fn=None):
         self.engine.train()
         total = 0.0
         for batch in micro_batches:
-            loss = self.engine(input_ids=batch.to(self.engine.device), labels=batch.to(self.engine.device)).loss
+            if loss_fn is not None:
+                loss = loss_fn(self.engine, batch)
+            else:
+                loss = self.engine(input_ids=batch.to(self.engine.device), labels=batch.to(self.engine.device)).loss
             self.engine.backward(loss)
             self.engine.step()
             total += loss.item() / len(micro_batches)

@@ -10,8 +10,12 @@ from typing import Annotated, Literal, Union
 from pydantic import Field, field_validator, model_validator
 
 from zhinao.config._base import SpecModel
+from zhinao.config.data import DataParams
 from zhinao.config.longctx import LongContextParams
 from zhinao.config.pretrain import PretrainParams
+from zhinao.config.reward import RewardParams
+from zhinao.config.rlhf import RLHFParams
+from zhinao.config.sft import SFTParams
 from zhinao.config.tokenizer import TokenizerParams
 from zhinao_k8s.api.policy import RetryPolicy
 
@@ -145,6 +149,11 @@ class StageBase(SpecModel):
         return v
 
 
+class DataStage(StageBase):
+    kind: Literal["data"]
+    params: DataParams = Field(default_factory=DataParams)
+
+
 class TokenizerStage(StageBase):
     kind: Literal["tokenizer"]
     params: TokenizerParams = Field(default_factory=TokenizerParams)
@@ -160,8 +169,24 @@ class LongContextStage(StageBase):
     params: LongContextParams = Field(default_factory=LongContextParams)
 
 
-Stage = Annotated[Union[TokenizerStage, PretrainStage, LongContextStage], Field(discriminator="kind")]
-STAGE_KINDS = ("tokenizer", "pretrain", "longctx")
+class SFTStage(StageBase):
+    kind: Literal["sft"]
+    params: SFTParams = Field(default_factory=SFTParams)
+
+
+class RewardStage(StageBase):
+    kind: Literal["reward"]
+    params: RewardParams = Field(default_factory=RewardParams)
+
+
+class RLHFStage(StageBase):
+    kind: Literal["rlhf"]
+    params: RLHFParams = Field(default_factory=RLHFParams)
+
+
+Stage = Annotated[Union[DataStage, TokenizerStage, PretrainStage, LongContextStage, SFTStage, RewardStage, RLHFStage],
+                  Field(discriminator="kind")]
+STAGE_KINDS = ("data", "tokenizer", "pretrain", "longctx", "sft", "reward", "rlhf")
 
 
 class PipelineSpec(SpecModel):

@@ -1,0 +1,143 @@
+"""The RLHF stage on real tiny models (ReMax, PPO, DPO, ORPO), its resume, and the whole demo chain
+pretrain -> SFT -> RM -> RLHF through the local PyTorchJob runner."""
+
+import json
+import math
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
+from zhinao.storage import open_store
+from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
+from zhinao_k8s.api.load import parse_pipeline
+from zhinao_k8s.runner.pipeline import run_pipeline
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory):
+    root = tmp_path_factory.mktemp("rl")
+    torch.set_num_threads(1)
+    policy = tiny_policy(root / "policy")
+    prefs = write_jsonl(root / "prefs", preference_pairs(all_pairs()[:20], per_pair=2))
+    run_stage("reward", {"model": policy, "preferences": prefs}, f"file://{root}/rm", maxSteps=2, maxLen=64,
+              microBatchSize=8, lr=1e-3)
+    return {"policy": policy, "reward": f"file://{root}/rm", "prompts": write_jsonl(root / "prompts", rl_prompts(all_pairs()[:40])),
+            "preferences": prefs}
+
+
+ONLINE = dict(lr=1e-3, maxSteps=4, microBatchSize=4, maxNewTokens=3, checkpointEvery=2, evalPrompts=4, evalSamples=1,
+              rules={"arithmetic": 1.0}, klCoef=0.1)
+
+
+def test_remax_resumes_mid_run_to_identical_weights_and_reports(tmp_path, assets, monkeypatch):
+    inputs = {k: assets[k] for k in ("policy", "reward", "prompts")}
+    ref = f"file://{tmp_path}/ref"
+    run_stage("rlhf", inputs, ref, **ONLINE)
+    out = f"file://{tmp_path}/crashed"
+    with monkeypatch.context() as m:
+        crash_on_step(m, 4)  # after the step-2 checkpoint
+        with pytest.raises(Crash):
+            run_stage("rlhf", inputs, out, **ONLINE)
+    run_stage("rlhf", inputs, out, **ONLINE)
+    assert_same_weights(hf_weights(ref), hf_weights(out))
+    a, b = hf_weights(ref), hf_weights(f"file://{assets['policy'].removeprefix('file://')}")
+    assert any(not torch.equal(a[k], b[k]) for k in a)  # it did train
+    store = open_store(out)
+    s = json.loads(store.get_bytes("summary.json"))
+    assert s["algorithm"] == "remax" and s["eval_prompts"] == 4
+    assert set(s["eval_before"]) == {"greedy", "sampled"} and "rule" in s["eval_after"]["sampled"]
+    steps = [json.loads(l) for l in store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
+    steps = [r for r in steps if r.get("event") == "step"]
+    assert [r["step"] for r in steps] == [1, 2, 3, 4]
+    assert all({"reward_mean", "reward_greedy_mean", "kl", "reward_rm_mean"} <= r.keys() for r in steps)
+    assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
+    assert store.exists("report/rlhf.png") and store.exists("report/rlhf.md")
+
+
+def test_ppo_trains_policy_and_critic_and_exports_the_policy_only(tmp_path, assets):
+    out = f"file://{tmp_path}/ppo"
+    run_stage("rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out,
+              **{**ONLINE, "algorithm": "ppo", "maxSteps": 2, "ppoEpochs": 2})
+    store = open_store(out)
+    exported = hf_weights(out)
+    assert not any(k.startswith(("critic", "policy.")) for k in exported)
+    assert exported.keys() == hf_weights(assets["policy"]).keys()
+    ckpt = store.get_bytes("checkpoints/latest").decode().strip()
+    local = tmp_path / "model.pt"
+    store.get_file(f"checkpoints/{ckpt}/model.pt", local)
+    state = torch.load(local)
+    assert any(k.startswith("critic.score") for k in state)  # the critic is resumable
+    steps = [json.loads(l) for l in store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
+    assert all("value_mean" in r for r in steps if r.get("event") == "step")
+
+
+@pytest.mark.parametrize("algorithm", ["dpo", "orpo"])
+def test_offline_preference_optimisation(tmp_path, assets, algorithm):
+    out = f"file://{tmp_path}/{algorithm}"
+    run_stage("rlhf", {"policy": assets["policy"], "preferences": assets["preferences"]}, out,
+              algorithm=algorithm, lr=3e-3, maxSteps=6, microBatchSize=8, maxLen=64, checkpointEvery=6)
+    store = open_store(out)
+    steps = [json.loads(l) for l in store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
+    steps = [r for r in steps if r.get("event") == "step"]
+    if algorithm == "dpo":  # policy == reference at step 1: margin 0, loss ln 2
+        assert steps[0]["loss"] == pytest.approx(math.log(2), abs=1e-4)
+        assert steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
+    assert steps[-1]["reward_margin"] > steps[0]["reward_margin"]
+    assert "pref_accuracy" in steps[-1]
+    load_file(out.removeprefix("file://") + "/hf/model.safetensors")
+
+
+# ------------------------------------------------------------------------------ the demo chain
+
+def demo_stages(data: dict[str, str]) -> list[dict]:
+    """The alignment stages of the demo pipeline (docs/alignment.md prints the same as YAML)."""
+    return [
+        {"name": "sft", "kind": "sft", "inputs": {"model": "stage://pretrain", "data": data["sft"]},
+         "params": {"lr": 5e-3, "maxLen": 128, "microBatchSize": 16, "maxSteps": 300, "warmupRatio": 0.03,
+                    "dedup": False, "checkpointEvery": 100}},
+        {"name": "rm", "kind": "reward", "inputs": {"model": "stage://sft", "preferences": data["preferences"]},
+         "params": {"lr": 1e-3, "maxLen": 64, "microBatchSize": 32, "maxSteps": 100, "warmupRatio": 0.05,
+                    "checkpointEvery": 50}},
+        {"name": "rlhf", "kind": "rlhf",
+         "inputs": {"policy": "stage://sft", "reward": "stage://rm", "prompts": data["prompts"],
+                    "evalPrompts": data["evalPrompts"]},
+         "params": {"algorithm": "remax", "lr": 2e-4, "maxSteps": 40, "microBatchSize": 32, "maxNewTokens": 6,
+                    "klCoef": 0.05, "rmWeight": 1.0, "rules": {"arithmetic": 1.0}, "evalSamples": 8,
+                    "checkpointEvery": 20}},
+    ]
+
+
+@pytest.mark.slow
+def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_assets, monkeypatch):
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    store = f"file://{tmp_path}/store"
+    data = write_demo_alignment_data(store)
+    pretrain = {"name": "pretrain", "kind": "pretrain", "inputs": {"tokenizer": stage_assets["tokenizer"],
+                                                                    "corpus": stage_assets["corpus"]},
+                "params": {"seqLen": 64, "microBatchSize": 4, "maxSteps": 30, "warmupSteps": 3, "checkpointEvery": 30}}
+    spec = {"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "chain"},
+            "spec": {"storage": {"uri": store}, "stages": [pretrain, *demo_stages(data)]}}
+    pipeline = parse_pipeline(json.dumps(spec))
+    result = run_pipeline(pipeline, workdir=tmp_path / "w")
+    last = result.stages[-1][1]
+    assert result.succeeded, (last.log_dir / "master-0.log").read_text()[-3000:]
+    summary = {name: json.loads(open_store(pipeline.output_of(pipeline.stage(name))).get_bytes("summary.json"))
+               for name in ("sft", "rm", "rlhf")}
+    print(json.dumps({"sft": [summary["sft"]["loss_first"], summary["sft"]["loss_last"]],
+                      "rm": summary["rm"]["eval_curve"], "rlhf": [summary["rlhf"]["eval_before"], summary["rlhf"]["eval_after"]]}))
+    assert summary["sft"]["loss_last"] < 0.5 * summary["sft"]["loss_first"]
+    assert summary["rm"]["held_out_accuracy"] > 0.6
+    before, after = summary["rlhf"]["eval_before"], summary["rlhf"]["eval_after"]
+    assert after["sampled"]["rule"] > before["sampled"]["rule"]
+    for name, png in (("sft", "sft_loss.png"), ("rm", "rm_accuracy.png"), ("rlhf", "rlhf.png")):
+        assert open_store(pipeline.output_of(pipeline.stage(name))).exists(f"report/{png}")

@@ -1,0 +1,95 @@
+"""Hyperparameters of the RLHF stage (report section 3.2): ReMax by default, PPO, DPO, ORPO.
+
+The report's RL is "a PPO variant similar to ReMax (no value network)"; its hyperparameters are
+not published, so the defaults here are conventional starting points, not the report's.
+"""
+
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from zhinao.config.sft import OptimParams
+
+RULES = ("arithmetic", "code_switch", "function_call")
+
+
+class RLHFParams(OptimParams):
+    algorithm: Literal["remax", "ppo", "dpo", "orpo"] = "remax"
+    """`remax`: REINFORCE with the greedy response as baseline, no critic (the report's choice);
+    `ppo`: clipped PPO with a value network (critic); `dpo`/`orpo`: offline, from preference pairs."""
+
+    lr: float = Field(default=1e-6, gt=0)
+    """Policy learning rate (not in the report)."""
+
+    max_steps: int = Field(default=100, ge=1)
+    """Optimizer steps (online: one rollout batch each; offline: one batch of pairs each)."""
+
+    warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
+
+    # -- rollouts (remax, ppo)
+    max_new_tokens: int = Field(default=128, ge=1)
+    temperature: float = Field(default=1.0, gt=0)
+    """Sampling temperature of the rollouts (the greedy baseline ignores it)."""
+
+    top_k: int = Field(default=0, ge=0)
+    """0: no top-k truncation (sample from the full distribution, as the policy gradient assumes)."""
+
+    max_prompt_len: int = Field(default=512, ge=8)
+    """Prompts longer than this (in tokens) are dropped."""
+
+    system_prompt: str | None = None
+    """Prepended as a system turn to prompts without one (use the SFT stage's value)."""
+
+    # -- reward
+    kl_coef: float = Field(default=0.05, ge=0)
+    """beta in R(y) = score(y) - beta * sum_t KL_t(pi || pi_ref)."""
+
+    kl_estimator: Literal["k1", "k3"] = "k1"
+    rm_weight: float = Field(default=1.0, ge=0)
+    """Weight of the reward model's score in the total score (needs inputs.reward when > 0)."""
+
+    rules: dict[str, float] = Field(default_factory=dict)
+    """Rule-based rewards added to the score, name -> weight. Names: arithmetic, code_switch,
+    function_call (see zhinao.rule_rewards)."""
+
+    # -- ppo
+    ppo_epochs: int = Field(default=2, ge=1)
+    """Passes over each rollout batch."""
+
+    clip_range: float = Field(default=0.2, gt=0)
+    value_clip: float = Field(default=0.2, gt=0)
+    vf_coef: float = Field(default=0.5, gt=0)
+    """Weight of the critic's loss in the joint policy + critic loss."""
+
+    critic_lr: float = Field(default=5e-6, gt=0)
+    gamma: float = Field(default=1.0, gt=0, le=1)
+    lam: float = Field(default=0.95, ge=0, le=1)
+
+    # -- dpo / orpo
+    beta: float = Field(default=0.1, gt=0)
+    """DPO temperature."""
+
+    orpo_lambda: float = Field(default=0.1, gt=0)
+    """Weight of ORPO's odds-ratio term."""
+
+    max_len: int = Field(default=1024, ge=16)
+    """DPO/ORPO: longest prompt + response in tokens."""
+
+    # -- evaluation on held-out prompts (online algorithms)
+    eval_prompts: int = Field(default=64, ge=0)
+    """Prompts held out of training (from inputs.evalPrompts, else the last ones of inputs.prompts)
+    on which the checked (rule) reward is measured before and after training."""
+
+    eval_samples: int = Field(default=2, ge=1)
+    """Sampled responses per held-out prompt (plus one greedy)."""
+
+    @model_validator(mode="after")
+    def _check(self) -> "RLHFParams":
+        for name in self.rules:
+            if name not in RULES:
+                raise ValueError(f"unknown rule reward {name!r}; known: {', '.join(RULES)}")
+        if self.algorithm in ("remax", "ppo") and self.zero_stage == 3:
+            raise ValueError("online RL generates with the full policy on every rank: use zeroStage 0-2")
+        if self.algorithm in ("remax", "ppo") and self.rm_weight == 0 and not self.rules:
+            raise ValueError("online RL needs a reward: rmWeight > 0 or at least one rule")
+        return self

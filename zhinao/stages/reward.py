@@ -1,0 +1,221 @@
+"""Reward-model stage: a scalar head on the SFT model, trained with the pairwise Bradley-Terry loss.
+
+inputs:  model        (an SFT output prefix; its hf/ export is loaded with a fresh score head)
+         preferences  (JSONL: {"prompt": str | messages, "chosen": str, "rejected": str, "task"?, "margin"?})
+output:  checkpoints/ hf/ (AutoModelForSequenceClassification, num_labels=1) metrics/
+         report/rm_accuracy.png report/reward.md summary.json
+
+The score of a (prompt, response) is the head's output at the last token of the chat-formatted
+sequence (the response's trailing newline), as `Qwen2ForSequenceClassification` pools it.
+"""
+
+import io
+import json
+import logging
+import time
+
+import numpy as np
+import torch
+from transformers import AutoModelForSequenceClassification
+
+from zhinao.chat import ChatEncoder, as_messages
+from zhinao.config.reward import RewardParams
+from zhinao.config.runtime import StageRuntime
+from zhinao.data.packing import batch_indices
+from zhinao.losses import bradley_terry_loss, pairwise_accuracy
+from zhinao.metrics import flops_per_token
+from zhinao.model import attention_implementation, matmul_params
+from zhinao.stages.sft import build_engine, fetch_hf, metrics_records, read_jsonl, split_holdout, steps_for
+from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.session import TrainingSession
+
+Params = RewardParams
+log = logging.getLogger(__name__)
+
+
+def encode_pairs(records: list[dict], tokenizer, params) -> tuple[list[dict], int]:
+    """[{chosen, rejected, prompt_len, margin}] for the pairs that fit maxLen; returns (pairs, dropped).
+
+    `params` needs max_len and system_prompt (and task, to keep one task's pairs only)."""
+    enc = ChatEncoder(tokenizer)
+    pairs, dropped = [], 0
+    for r in records:
+        task = getattr(params, "task", None)
+        if task is not None and r.get("task") != task:
+            continue
+        try:
+            msgs = as_messages(r["prompt"])
+            prompt_len = len(enc.prompt(msgs, system=params.system_prompt))
+            c = enc.completion(msgs, r["chosen"], system=params.system_prompt).input_ids
+            j = enc.completion(msgs, r["rejected"], system=params.system_prompt).input_ids
+        except (KeyError, TypeError, ValueError):
+            dropped += 1
+            continue
+        if max(len(c), len(j)) > params.max_len or c == j:
+            dropped += 1
+            continue
+        pairs.append({"chosen": c, "rejected": j, "prompt_len": prompt_len, "margin": float(r.get("margin", 0.0))})
+    return pairs, dropped
+
+
+def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
+    length = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), length), dtype=torch.long)
+    for i, s in enumerate(seqs):
+        ids[i, :len(s)] = torch.tensor(s)
+        mask[i, :len(s)] = 1
+    return ids.to(device), mask.to(device)
+
+
+def pair_batch(pairs: list[dict], pad_id: int, device) -> dict:
+    ids, mask = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
+    return {"input_ids": ids, "attention_mask": mask, "margin": torch.tensor([p["margin"] for p in pairs], device=device)}
+
+
+def scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """(r_chosen, r_rejected) of a pair batch."""
+    r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
+    n = len(batch["margin"])
+    return r[:n], r[n:]
+
+
+def load_reward_model(model_dir, attention: str, pad_id: int):
+    model = AutoModelForSequenceClassification.from_pretrained(
+        model_dir, num_labels=1, dtype=torch.float32, attn_implementation=attention_implementation(attention))
+    model.config.pad_token_id = pad_id  # the head pools the last non-pad token
+    return model
+
+
+@torch.no_grad()
+def held_out_accuracy(model, pairs: list[dict], pad_id: int, device, batch: int) -> tuple[float | None, float | None]:
+    """(pairwise accuracy, mean BT loss) on held-out pairs."""
+    if not pairs:
+        return None, None
+    model.eval()
+    right, losses = 0.0, []
+    for start in range(0, len(pairs), batch):
+        chunk = pairs[start:start + batch]
+        c, r = scores(model, pair_batch(chunk, pad_id, device))
+        right += pairwise_accuracy(c, r) * len(chunk)
+        losses.append(bradley_terry_loss(c, r).item() * len(chunk))
+    return right / len(pairs), sum(losses) / len(pairs)
+
+
+def run(rt: StageRuntime, params: RewardParams) -> None:
+    session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
+    env, out = session.env, session.out
+    for name in ("model", "preferences"):
+        if name not in rt.inputs:
+            raise SystemExit(f"reward stage needs inputs.{name}")
+    model_dir, tok_dir = fetch_hf(rt.inputs["model"], session.workdir / "input")
+    tokenizer = load_tokenizer(tok_dir)
+    pad = tokenizer.pad_token_id
+    pairs, dropped = encode_pairs(read_jsonl(rt.inputs["preferences"]), tokenizer, params)
+    train, held = split_holdout(pairs, params.eval_fraction, params.seed)
+    if not train:
+        raise SystemExit("no preference pair to train on (check maxLen and task)")
+
+    torch.manual_seed(params.seed)  # the new score head's init: equal seeds, equal heads
+    model = load_reward_model(model_dir, params.attention, pad)
+    total = steps_for(len(train), params, env.world_size)
+    engine = build_engine(model, params, session, total)
+    meta = session.resume(engine)
+    start = meta.get("step", 0)
+    batch_size = params.micro_batch_size * 2
+    if start == 0:
+        meta["eval"] = [[0, *held_out_accuracy(engine.model, held, pad, session.device, batch_size)]]
+    cfg = model.config
+    metrics = session.open_metrics(
+        flops_per_token=flops_per_token(n_params=matmul_params(model), n_layers=cfg.num_hidden_layers,
+                                        hidden=cfg.hidden_size, seq_len=params.max_len),
+        resumed_step=start)
+    log.info("reward model on %d pairs (%d held out, %d dropped), steps %d..%d", len(train), len(held), dropped,
+             start + 1, total)
+
+    seen: list[tuple[torch.Tensor, torch.Tensor]] = []
+
+    def loss_fn(m, batch):
+        c, r = scores(m, batch)
+        seen.append((c.detach(), r.detach()))
+        return bradley_terry_loss(c, r + batch["margin"], params.margin)
+
+    for step in range(start, total):
+        began = time.perf_counter()
+        batches = [pair_batch([train[i] for i in batch_indices(
+            n_sequences=len(train), step=step, micro_step=m, rank=env.rank, world_size=env.world_size,
+            micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, seed=params.seed)], pad, session.device)
+            for m in range(params.grad_accum_steps)]
+        seen.clear()
+        lr = engine.lr
+        loss, grad_norm = engine.train_step(batches, loss_fn=loss_fn)
+        c, r = torch.cat([s[0] for s in seen]), torch.cat([s[1] for s in seen])
+        extra = {"rm_accuracy": pairwise_accuracy(c, r), "reward_margin": (c - r).mean().item()}
+        if params.eval_every and (step + 1) % params.eval_every == 0 and step + 1 < total:
+            acc, _ = held_out_accuracy(engine.model, held, pad, session.device, batch_size)
+            if acc is not None:
+                extra["rm_eval_accuracy"] = acc
+                meta["eval"].append([step + 1, acc, _])
+        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm,
+                            tokens=sum(int(b["attention_mask"].sum()) for b in batches),
+                            samples=len(c), step_seconds=time.perf_counter() - began, **extra)
+        if (step + 1) % params.log_every == 0 and env.is_main:
+            log.info("step %d/%d loss %.4f acc %.3f lr %.2e", step + 1, total, loss, extra["rm_accuracy"], lr)
+        if (step + 1) % params.checkpoint_every == 0 or step + 1 == total:
+            if step + 1 == total:
+                meta["eval"].append([total, *held_out_accuracy(engine.model, held, pad, session.device, batch_size)])
+            session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
+
+    hf = session.export_hf(engine, tokenizer_dir=tok_dir)
+    session.upload_metrics()
+    if env.is_main:
+        steps = [x for x in metrics_records(out) if x.get("event", "step") == "step"]
+        evals = [e for e in meta["eval"] if e[1] is not None]
+        summary = {
+            "steps": len(steps), "pairs_train": len(train), "pairs_held_out": len(held), "pairs_dropped": dropped,
+            "task": params.task, "loss_first": steps[0]["loss"], "loss_last": steps[-1]["loss"],
+            "held_out_accuracy_before": evals[0][1] if evals else None,
+            "held_out_accuracy": evals[-1][1] if evals else None,
+            "held_out_loss": evals[-1][2] if evals else None,
+            "eval_curve": evals, "hf": hf, "checkpoints": out.url("checkpoints"), "metrics": out.url("metrics"),
+        }
+        out.put_bytes("report/rm_accuracy.png", accuracy_png(steps, evals))
+        out.put_bytes("report/reward.md", reward_markdown(summary).encode())
+        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    session.close()
+
+
+def accuracy_png(steps: list[dict], evals: list[list]) -> bytes:
+    from zhinao.report import plt
+
+    fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
+    x = [s["step"] for s in steps]
+    acc = np.array([s["rm_accuracy"] for s in steps])
+    window = max(1, len(acc) // 20)
+    smooth = np.convolve(acc, np.ones(window) / window, mode="valid")
+    ax.plot(x[window - 1:], smooth, label=f"train batch accuracy (mean of {window})", color="#1f77b4")
+    if evals:
+        ax.plot([e[0] for e in evals], [e[1] for e in evals], "o-", label="held-out pairwise accuracy", color="#d62728")
+    ax.axhline(0.5, color="grey", ls=":", label="chance")
+    ax.set_ylim(0, 1.02)
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("accuracy")
+    ax.set_title("reward model (Bradley-Terry)")
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def reward_markdown(s: dict) -> str:
+    acc = s["held_out_accuracy"]
+    text = f"{acc:.3f}" if acc is not None else "n/a"
+    before = s["held_out_accuracy_before"]
+    return "\n".join([
+        "## Reward model", "",
+        f"Held-out pairwise accuracy {before if before is None else f'{before:.3f}'} (untrained head) -> {text} "
+        f"on {s['pairs_held_out']} pairs after {s['steps']} steps on {s['pairs_train']} pairs (chance: 0.5).",
+        "", "![RM accuracy](rm_accuracy.png)", ""])

@@ -1,0 +1,272 @@
+"""SFT stage: curate chat data, pack it, fine-tune the previous stage's model on the assistant turns.
+
+inputs:  model  (a pretrain/SFT output prefix: its hf/ export is loaded with from_pretrained)
+         data   (SFT JSONL: {"messages": [{"role", "content"}, ...], "source"?, "category"?, ...})
+output:  checkpoints/ hf/ metrics/ report/sft_loss.png summary.json
+"""
+
+import json
+import logging
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from transformers import AutoModelForCausalLM
+
+from zhinao.chat import ChatEncoder, validate_sft_messages
+from zhinao.config.runtime import StageRuntime
+from zhinao.config.sft import OptimParams, SFTParams
+from zhinao.corpus import corpus_keys
+from zhinao.data import sft_tools
+from zhinao.data.packing import batch_indices
+from zhinao.data.sft_packing import Packed, block_causal_mask, pack_examples
+from zhinao.losses import lm_loss
+from zhinao.metrics import flops_per_token
+from zhinao.model import attention_implementation, matmul_params
+from zhinao.report import loss_curve_png
+from zhinao.storage import open_store
+from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
+from zhinao.training.optim import build_scheduler, param_groups
+from zhinao.training.session import TrainingSession, autocast_dtype
+
+Params = SFTParams
+log = logging.getLogger(__name__)
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
+
+
+# ---------------------------------------------------------------- helpers shared by the alignment stages
+
+
+def fetch_hf(uri: str, dest: Path) -> tuple[Path, Path]:
+    """Download a stage output's hf/ export; returns (model dir, tokenizer-only dir)."""
+    store = open_store(uri)
+    prefix = "hf/" if store.exists("hf/config.json") else ""
+    if not store.exists(prefix + "config.json"):
+        raise SystemExit(f"{uri} holds no Hugging Face export (expected hf/config.json)")
+    model_dir, tok_dir = dest / "model", dest / "tokenizer"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    tok_dir.mkdir(parents=True, exist_ok=True)
+    for key in store.list(prefix):
+        name = key[len(prefix):]
+        if "/" not in name:
+            store.get_file(key, model_dir / name)
+            if name in TOKENIZER_FILES:
+                (tok_dir / name).write_bytes((model_dir / name).read_bytes())
+    return model_dir, tok_dir
+
+
+def read_jsonl(uri: str) -> list[dict]:
+    """Every JSON object of the *.jsonl files under a prefix (or data-stage docs/), in key order."""
+    store = open_store(uri)
+    records, bad = [], 0
+    keys = corpus_keys(store)
+    if not keys:
+        raise SystemExit(f"no .jsonl files under {uri}")
+    for key in keys:
+        raw = store.get_bytes(key)
+        if key.endswith(".gz"):
+            import gzip
+
+            raw = gzip.decompress(raw)
+        for line in raw.splitlines():
+            if not line.strip():
+                continue
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                bad += 1
+    if bad:
+        log.warning("skipped %d unparsable lines in %s", bad, uri)
+    return records
+
+
+def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out) by a seeded shuffle; at least one held-out item when fraction > 0."""
+    if fraction <= 0 or len(items) < 2:
+        return list(items), []
+    order = list(range(len(items)))
+    random.Random(seed).shuffle(order)
+    n = max(1, int(round(len(items) * fraction)))
+    held = set(order[:n])
+    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
+
+
+def steps_for(n_items: int, params, world_size: int) -> int:
+    per_step = params.micro_batch_size * params.grad_accum_steps * world_size
+    if getattr(params, "max_steps", None):
+        return params.max_steps
+    return max(1, int(np.ceil(params.epochs * n_items / per_step)))
+
+
+def build_engine(model, params: OptimParams, session: TrainingSession, total_steps: int,
+                 groups: list[dict] | None = None) -> Engine:
+    """AdamW + warmup/cosine from the params; `groups` overrides the parameter groups (e.g. a critic's lr)."""
+    groups = groups or param_groups(model, params.weight_decay)
+    optimizer = torch.optim.AdamW(groups, lr=params.lr, betas=(params.adam_beta1, params.adam_beta2), eps=params.adam_eps)
+    warmup = int(params.warmup_ratio * total_steps)
+    scheduler = build_scheduler(optimizer, warmup=warmup, total=total_steps, floor=params.min_lr_ratio)
+    common = dict(env=session.env, device=session.device, autocast_dtype=autocast_dtype(params.precision, session.device),
+                  grad_clip=params.grad_clip)
+    if params.zero_stage == 0:
+        return DDPEngine(model, optimizer, scheduler, **common)
+    return DeepSpeedEngine(model.to(session.device), optimizer, scheduler, zero_stage=params.zero_stage,
+                           micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, **common)
+
+
+def load_causal_lm(model_dir: Path, attention: str):
+    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
+                                                attn_implementation=attention_implementation(attention))
+
+
+def metrics_records(out, key: str = "metrics/rank-0.jsonl") -> list[dict]:
+    return [json.loads(l) for l in out.get_bytes(key).decode().splitlines() if l.strip()]
+
+
+# ------------------------------------------------------------------------------------- SFT data
+
+
+def curate(records: list[dict], params: SFTParams) -> tuple[list[dict], dict]:
+    """Source rating filter, dedup, label reweighting; returns (records, counts for the summary)."""
+    stats = {"records_in": len(records)}
+    good = []
+    for r in records:
+        try:
+            validate_sft_messages(r.get(params.messages_field) or [])
+            good.append({**r, "messages": r[params.messages_field]})
+        except ValueError as e:
+            log.debug("dropping record: %s", e)
+    stats["invalid"] = len(records) - len(good)
+    if params.min_source_rating is not None:
+        ratings = {**sft_tools.source_ratings(good), **params.source_ratings}
+        good, dropped = sft_tools.drop_low_sources(good, ratings, params.min_source_rating)
+        stats["dropped_sources"] = dropped
+    if params.dedup:
+        good, stats["duplicates"] = sft_tools.dedup(good)
+    if params.label_weights:
+        good = sft_tools.reweight(good, params.label_weights, seed=params.seed)
+    stats["records_used"] = len(good)
+    return good, stats
+
+
+def encode_and_pack(records: list[dict], tokenizer, params: SFTParams) -> Packed:
+    enc = ChatEncoder(tokenizer)
+    examples = []
+    for r in records:
+        e = enc.conversation(r["messages"], system=params.system_prompt)
+        examples.append((e.input_ids, e.labels))
+    return pack_examples(examples, max_len=params.max_len, pad_id=tokenizer.pad_token_id)
+
+
+def to_batch(packed: Packed, rows: np.ndarray, mode: str, attention: str, device: torch.device) -> dict:
+    batch = {
+        "input_ids": torch.from_numpy(packed.input_ids[rows]).to(device),
+        "labels": torch.from_numpy(packed.labels[rows]).to(device),
+        "position_ids": torch.from_numpy(packed.position_ids(mode)[rows]).to(device),
+    }
+    if mode == "document" and attention != "flash_attention_2":
+        allowed = torch.from_numpy(block_causal_mask(packed.doc_ids[rows])).to(device)
+        batch["attention_mask"] = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+    return batch
+
+
+def sft_loss(model, batch: dict) -> torch.Tensor:
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    return lm_loss(model(**inputs).logits, batch["labels"])
+
+
+@torch.no_grad()
+def eval_loss(model, packed: Packed, mode: str, attention: str, device, batch: int) -> float | None:
+    if not len(packed):
+        return None
+    model.eval()
+    losses, weights = [], []
+    for start in range(0, len(packed), batch):
+        rows = np.arange(start, min(start + batch, len(packed)))
+        b = to_batch(packed, rows, mode, attention, device)
+        losses.append(sft_loss(model, b).item())
+        weights.append(int((b["labels"][:, 1:] != -100).sum()))
+    return float(np.average(losses, weights=weights))
+
+
+# ------------------------------------------------------------------------------------------- run
+
+
+def run(rt: StageRuntime, params: SFTParams) -> None:
+    session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
+    env, out = session.env, session.out
+    for name in ("model", "data"):
+        if name not in rt.inputs:
+            raise SystemExit(f"sft stage needs inputs.{name}")
+    model_dir, tok_dir = fetch_hf(rt.inputs["model"], session.workdir / "input")
+    tokenizer = load_tokenizer(tok_dir)
+    records, data_stats = curate(read_jsonl(rt.inputs["data"]), params)
+    train_records, eval_records = split_holdout(records, params.eval_fraction, params.seed)
+    packed = encode_and_pack(train_records, tokenizer, params)
+    held = encode_and_pack(eval_records, tokenizer, params)
+    if not len(packed):
+        raise SystemExit(f"no SFT example fits maxLen={params.max_len}")
+    data_stats.update(rows=len(packed), skipped_too_long=packed.skipped,
+                      target_tokens=int((packed.labels != -100).sum()), tokens=int((packed.doc_ids >= 0).sum()))
+
+    model = load_causal_lm(model_dir, params.attention)
+    attention = model.config._attn_implementation
+    total = steps_for(len(packed), params, env.world_size)
+    engine = build_engine(model, params, session, total)
+    meta = session.resume(engine)
+    start = meta.get("step", 0)
+    if start == 0:
+        meta["eval_loss_before"] = eval_loss(engine.model, held, params.packing, attention, session.device, params.micro_batch_size)
+    cfg = model.config
+    metrics = session.open_metrics(
+        flops_per_token=flops_per_token(n_params=matmul_params(model), n_layers=cfg.num_hidden_layers,
+                                        hidden=cfg.hidden_size, seq_len=params.max_len),
+        resumed_step=start)
+    log.info("SFT on %d rows of %d tokens (%d conversations, %s packing), steps %d..%d",
+             len(packed), params.max_len, len(train_records), params.packing, start + 1, total)
+
+    for step in range(start, total):
+        began = time.perf_counter()
+        batches = [to_batch(packed, batch_indices(n_sequences=len(packed), step=step, micro_step=m, rank=env.rank,
+                                                  world_size=env.world_size, micro_batch=params.micro_batch_size,
+                                                  grad_accum=params.grad_accum_steps, seed=params.seed),
+                            params.packing, attention, session.device)
+                   for m in range(params.grad_accum_steps)]
+        lr = engine.lr
+        loss, grad_norm = engine.train_step(batches, loss_fn=sft_loss)
+        tokens = sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches)
+        targets = sum(int((b["labels"] != -100).sum()) for b in batches)
+        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens,
+                            samples=params.micro_batch_size * params.grad_accum_steps,
+                            step_seconds=time.perf_counter() - began, target_tokens=targets)
+        if (step + 1) % params.log_every == 0 and env.is_main:
+            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, total, loss, lr, grad_norm)
+        if (step + 1) % params.checkpoint_every == 0 or step + 1 == total:
+            session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
+
+    eval_after = eval_loss(engine.model, held, params.packing, attention, session.device, params.micro_batch_size)
+    hf = session.export_hf(engine, tokenizer_dir=tok_dir)
+    session.upload_metrics()
+    if env.is_main:
+        steps = [r for r in metrics_records(out) if r.get("event", "step") == "step"]
+        summary = {
+            "steps": len(steps), "loss_first": steps[0]["loss"], "loss_last": steps[-1]["loss"],
+            "eval_loss_before": meta.get("eval_loss_before"), "eval_loss_after": eval_after,
+            "packing": params.packing, "data": data_stats, "hf": hf, "checkpoints": out.url("checkpoints"),
+            "metrics": out.url("metrics"), "loss_curve": out.url("report/sft_loss.png"),
+            "tokens_per_second": sum(r["tokens"] for r in steps) * env.world_size / max(1e-9, sum(r["step_seconds"] for r in steps)),
+        }
+        out.put_bytes("report/sft_loss.png", loss_curve_png(steps, title=f"SFT ({params.packing} packing)"))
+        out.put_bytes("report/sft.md", sft_markdown(summary).encode())
+        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    session.close()
+
+
+def sft_markdown(s: dict) -> str:
+    lines = ["## SFT", "", f"Training loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} over {s['steps']} steps "
+             f"({s['packing']} packing, {s['data']['rows']} rows, {s['data']['target_tokens']} target tokens)."]
+    if s["eval_loss_after"] is not None:
+        lines.append(f"Held-out loss {s['eval_loss_before']:.3f} -> {s['eval_loss_after']:.3f}.")
+    return "\n".join(lines + ["", "![SFT loss](sft_loss.png)", ""])
