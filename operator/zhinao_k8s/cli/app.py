@@ -5,7 +5,7 @@ from typing import Annotated
 import typer
 
 from zhinao_k8s import __version__
-from zhinao_k8s.cli import cluster, data, local
+from zhinao_k8s.cli import ablation, cluster, data, local
 from zhinao_k8s.cli.errors import friendly
 
 app = typer.Typer(
@@ -36,6 +36,7 @@ for command in (local.validate, local.render, local.run, local.demo):
     app.command(epilog="Docs: docs/ in the repository.")(friendly(command))
 cluster.register(app)  # submit, status, list, logs, delete, `operator run`
 app.add_typer(data.app, name="data")
+app.add_typer(ablation.app, name="ablation")
 
 
 def main() -> None:

@@ -1,0 +1,211 @@
+"""`zhinao-k8s ablation`: run, evaluate, report and render an Ablation (report section 2.6)."""
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zhinao_k8s.cli.errors import friendly
+
+out = Console(highlight=False)
+app = typer.Typer(
+    name="ablation",
+    help="Compare data recipes on a small proxy model: recipes x seeds pretraining runs, evaluations, statistics.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+SpecArg = Annotated[Path, typer.Argument(help="Ablation YAML file.")]
+WorkdirOpt = Annotated[Path, typer.Option(help="Logs, per-replica scratch and evaluation scratch.")]
+
+
+def _load(spec: Path, storage: str | None = None):
+    from zhinao_k8s.api.ablation import load_ablation, parse_ablation
+
+    ablation = load_ablation(spec)
+    if storage:
+        doc = ablation.to_wire()
+        doc["spec"]["storage"]["uri"] = storage
+        ablation = parse_ablation(json.dumps(doc), str(spec))
+    return ablation
+
+
+class Progress:
+    """One line per event, with the elapsed time: runs are minutes apart, a live table adds nothing."""
+
+    def __init__(self):
+        self.began = time.time()
+
+    def __call__(self, event: str, data: dict) -> None:
+        t = f"[dim]{time.time() - self.began:7.1f}s[/]"
+        if event == "prep":
+            out.print(f"{t} prepare: {data['step']}")
+        elif event in ("run-started", "eval-started", "run-skipped"):
+            verb = {"run-started": "train", "eval-started": "evaluate", "run-skipped": "train (done, reused)"}[event]
+            out.print(f"{t} {verb} [bold]{data['run']}[/] ({data['i']}/{data['n']})")
+        elif event == "run-finished":
+            out.print(f"{t}   {data['run']} finished in {data['seconds']:.1f}s")
+        elif event == "report":
+            out.print(f"{t} report: {data['uri']}")
+
+
+@app.command()
+@friendly
+def run(
+    spec: SpecArg,
+    workdir: WorkdirOpt = Path("runs/ablation"),
+    storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri (e.g. file://<dir>).")] = None,
+    in_process: Annotated[bool, typer.Option(help="Train in this process (world size 1) instead of torchrun replicas.")] = False,
+    threads: Annotated[int, typer.Option(help="CPU threads per run (0: leave the default).")] = 1,
+) -> None:
+    """Prepare the data, train every recipe x seed with the local PyTorchJob runner, evaluate, print the report.
+
+    Resumable: prepared data, finished runs and evaluated runs under the storage URI are reused."""
+    from zhinao_k8s.runner.ablation import run_ablation
+
+    ablation = _load(spec, storage)
+    workdir.mkdir(parents=True, exist_ok=True)
+    began = time.time()
+    report = run_ablation(ablation, workdir=workdir, listener=Progress(), in_process=in_process,
+                          threads_per_run=threads or None)
+    print_report(report)
+    out.print(f"[green]done[/] in {time.time() - began:.0f}s")
+
+
+@app.command()
+@friendly
+def prepare(spec: SpecArg, storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None) -> None:
+    """Only build the data (held-out split, shared tokenizer, recipe mixtures), e.g. before submitting the runs."""
+    from zhinao.ablation.prepare import prepare as do_prepare
+    from zhinao_k8s.ablation_plan import prep_uri
+    from zhinao_k8s.runner.ablation import threads
+
+    ablation = _load(spec, storage)
+    with threads(1):
+        summary = do_prepare(ablation.spec, prep_uri(ablation), listener=Progress())
+    out.print_json(data=summary)
+
+
+@app.command()
+@friendly
+def demo(
+    workdir: WorkdirOpt = Path("runs/ablation-demo"),
+    docs: Annotated[int, typer.Option(help="Real documents in the demo corpus.")] = 1500,
+    fresh: Annotated[bool, typer.Option(help="Start from an empty workdir; --no-fresh resumes.")] = True,
+) -> None:
+    """The embedded ablation demo: dedup on vs off and paragraph deletion 10% vs 30% on the demo corpus,
+    tiny proxy, 3 seeds each, through the local PyTorchJob runner (CPU, about 10 minutes on 2 cores)."""
+    import shutil
+
+    from zhinao.data.demo_corpus import build_demo_corpus
+    from zhinao_k8s.api.ablation import parse_ablation
+    from zhinao_k8s.cli.local import to_yaml
+    from zhinao_k8s.examples import example_text
+    from zhinao_k8s.runner.ablation import run_ablation
+
+    if fresh and workdir.exists():
+        shutil.rmtree(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    store = f"file://{(workdir / 'store').resolve()}"
+    ablation = parse_ablation(example_text("ablation-demo").replace("file://runs/ablation-demo/store", store), "embedded ablation demo")
+    if not (workdir / "store" / "corpus").exists():
+        out.print(f"demo corpus: {build_demo_corpus(store, n_docs=docs)}")
+    (workdir / "ablation.yaml").write_text(to_yaml([ablation.to_wire()]))
+    began = time.time()
+    rep = run_ablation(ablation, workdir=workdir, listener=Progress())
+    print_report(rep, metrics=["valid_loss", "bench/avg", "train_loss"])
+    out.print(f"[green]done[/] in {time.time() - began:.0f}s; full report: {workdir / 'store' / ablation.metadata.name / 'report' / 'report.md'}")
+
+
+@app.command()
+@friendly
+def evaluate(spec: SpecArg, workdir: WorkdirOpt = Path("runs/ablation"),
+             storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None) -> None:
+    """Evaluate finished runs (for example after a cluster ran them) and write the report."""
+    from zhinao_k8s.runner.ablation import evaluate_ablation, threads
+
+    ablation = _load(spec, storage)
+    with threads(1):
+        print_report(evaluate_ablation(ablation, workdir=workdir, listener=Progress()))
+
+
+@app.command()
+@friendly
+def report(
+    where: Annotated[str, typer.Argument(help="An Ablation spec file, a report directory, or a report.json.")],
+    storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri when WHERE is a spec.")] = None,
+    metric: Annotated[list[str], typer.Option(help="Only these metrics (repeatable).")] = [],
+) -> None:
+    """Print an ablation's result: metric ranking with flags, per-recipe means/std/CI, pairwise tests."""
+    print_report(load_report(where, storage), metrics=metric or None)
+
+
+@app.command()
+@friendly
+def render(spec: SpecArg) -> None:
+    """Print the PyTorchJobs of every run as YAML (offline). Prepare the data first with `ablation run`
+    or `ablation prepare` pointed at the same storage."""
+    from zhinao_k8s.ablation_plan import plan_runs
+    from zhinao_k8s.cli.local import to_yaml
+    from zhinao_k8s.render.pytorchjob import render_pipeline
+
+    jobs = [job for run in plan_runs(_load(spec)) for job in render_pipeline(run.pipeline)]
+    print(to_yaml(jobs), end="")
+
+
+def load_report(where: str, storage: str | None = None) -> dict:
+    from zhinao.storage import open_store
+
+    path = Path(where)
+    if path.suffix in (".yaml", ".yml") and path.is_file():
+        from zhinao_k8s.ablation_plan import root_uri
+
+        store = open_store(root_uri(_load(path, storage)) + "/report")
+        return json.loads(store.get_bytes("report.json"))
+    if path.is_dir():
+        path = path / "report.json" if (path / "report.json").exists() else path / "report" / "report.json"
+    if not path.is_file():
+        raise FileNotFoundError(f"no report.json at {where} (give an Ablation spec, a report directory or a report.json)")
+    return json.loads(path.read_text())
+
+
+def _f(x, digits: int = 4) -> str:
+    from zhinao.ablation.report import fmt
+
+    return fmt(float(x) if isinstance(x, str) else x, digits)
+
+
+def print_report(rep: dict, metrics: list[str] | None = None) -> None:
+    names = [m for m in rep["metrics"] if metrics is None or m in metrics]
+    out.print(f"[bold]ablation {rep['ablation']}[/]: {len(rep['runs'])} runs, recipes {', '.join(rep['recipes'])}; "
+              f"detected = Welch p < {rep['alpha']}")
+    rank = Table(title="metric quality (most useful first)")
+    for col in ("metric", "seed std", "CV", "sensitivity", "ANOVA p", "detected pairs", "flags"):
+        rank.add_column(col)
+    for q in rep["ranking"]:
+        if q["metric"] in names:
+            flags = ", ".join(q["flags"])
+            rank.add_row(q["metric"], _f(q["noise"]), _f(q["cv"], 3), _f(q["sensitivity"], 2), _f(q["anova_p"], 3),
+                         f"{q['detected_pairs']}/{q['pairs']}", f"[yellow]{flags}[/]" if flags else "[green]ok[/]")
+    out.print(rank)
+    for name in names:
+        m = rep["metrics"][name]
+        t = Table(title=name)
+        for col in ("recipe", "mean", "std", "95% CI", "seeds"):
+            t.add_column(col)
+        for recipe, s in m["recipes"].items():
+            t.add_row(recipe, _f(s["mean"]), _f(s["std"]), f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}]",
+                      ", ".join(_f(v) for v in s.get("values", [])))
+        out.print(t)
+        p = Table(show_header=True)
+        for col in ("a - b", "difference", "effect size d", "Welch p", "detected"):
+            p.add_column(col)
+        for pair in m["pairs"]:
+            p.add_row(f"{pair['a']} - {pair['b']}", _f(pair["diff"]), _f(pair["effect_size"], 2), _f(pair["p"], 3),
+                      "[bold green]yes[/]" if pair["detected"] else "no")
+        out.print(p)

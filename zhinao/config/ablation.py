@@ -1,0 +1,184 @@
+"""Parameters of the ablation environment (report section 2.6) that the training side needs.
+
+The `Ablation` document (zhinao_k8s.api.ablation) is built from these models, as the
+TrainingPipeline is built from the stage params.
+"""
+
+import re
+from typing import Literal
+
+from pydantic import Field, model_validator
+
+from zhinao.config._base import SpecModel
+from zhinao.config.data import DataParams
+from zhinao.config.pretrain import ModelSize
+from zhinao.config.tokenizer import TokenizerParams
+
+RECIPE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+
+
+class BaseData(SpecModel):
+    corpus: str
+    """URI prefix of the fixed base mixture (JSONL documents, or a data-stage output with docs/).
+    Held constant across every run of the ablation."""
+
+    data: DataParams | None = None
+    """Run the data pipeline with these params over `corpus` first (None: use the documents as they are)."""
+
+
+class Recipe(SpecModel):
+    name: str = Field(max_length=16)
+    """DNS label; runs are named `<ablation>-<recipe>-s<seed>`."""
+
+    data: DataParams | None = None
+    """Data-pipeline configuration applied to the experimental corpus (unset fields: the data stage's defaults)."""
+
+    dataset: str | None = None
+    """Or: a prepared dataset (URI prefix of JSONL documents) used as the experimental data as is."""
+
+    corpus: str | None = None
+    """Input of this recipe's data pipeline; default: the ablation's `corpus`."""
+
+    @model_validator(mode="after")
+    def _one_source(self) -> "Recipe":
+        if not RECIPE_NAME.match(self.name):
+            raise ValueError(f"name {self.name!r} must be a DNS label (lowercase letters, digits and '-')")
+        if self.data is not None and self.dataset is not None:
+            raise ValueError("set either data (a data-pipeline configuration) or dataset (a URI), not both")
+        return self
+
+
+class Proxy(SpecModel):
+    """The small model every recipe is trained on. Defaults: the report's 1.8B model on 100B tokens,
+    at 4096 tokens x 512 sequences per step (about 47.7K steps, as the x-axes of its loss plots)."""
+
+    model_size: ModelSize = "1.8b"
+    """Named 360Zhinao-architecture size (`tiny` for CPU)."""
+
+    tokens: int = Field(default=100_000_000_000, ge=1)
+    """Training budget in tokens per run; maxSteps = tokens / (seqLen x global batch)."""
+
+    seq_len: int = Field(default=4096, ge=16)
+    micro_batch_size: int = Field(default=4, ge=1)
+    grad_accum_steps: int = Field(default=2, ge=1)
+    replicas: int = Field(default=8, ge=1)
+    """Pods per run (PyTorchJob Master + Workers)."""
+
+    nproc_per_node: int = Field(default=8, ge=1)
+    gpu: int = Field(default=8, ge=0)
+    """GPUs per pod."""
+
+    cpu: str = "32"
+    memory: str = "256Gi"
+    lr: float = Field(default=3e-4, gt=0)
+    warmup_steps: int = Field(default=2000, ge=0)
+
+    @property
+    def world_size(self) -> int:
+        return self.replicas * self.nproc_per_node
+
+    @property
+    def tokens_per_step(self) -> int:
+        return self.seq_len * self.micro_batch_size * self.grad_accum_steps * self.world_size
+
+    @property
+    def max_steps(self) -> int:
+        return max(1, self.tokens // self.tokens_per_step)
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> "Proxy":
+        if self.warmup_steps >= self.max_steps:
+            raise ValueError(f"warmupSteps ({self.warmup_steps}) must be < the {self.max_steps} steps the token budget gives")
+        return self
+
+
+class ValidLoss(SpecModel):
+    enabled: bool = True
+    every_steps: int = Field(default=500, ge=1)
+    """Evaluate every N steps (the report: about every 500): checkpoints are kept every N steps and
+    evaluated after training."""
+
+    held_out_share: float = Field(default=0.05, gt=0, lt=1)
+    """Share of topics held out of training for validation (whole topics, so no overlap)."""
+
+    topic_field: str = "url"
+    """Document field naming its topic; for URLs the topic is host + path without the last
+    segment (the pages of one module share a topic). Missing: the document is its own topic."""
+
+    max_sequences: int = Field(default=256, ge=1)
+    """Validation sequences of seqLen tokens (taken from the held-out topics of the base data)."""
+
+
+class Benchmarks(SpecModel):
+    enabled: bool = True
+    builtin: bool = True
+    """Include the synthetic suite built from the held-out topics (word order, next word, completion)."""
+
+    tasks: list[str] = Field(default_factory=list)
+    """URIs of task files in the JSONL format of docs/ablation.md."""
+
+    items_per_task: int = Field(default=100, ge=1)
+    """Items per built-in task (the report trims sample sizes per task too)."""
+
+    max_new_tokens: int = Field(default=8, ge=1)
+    """Greedy generation length for generative tasks."""
+
+
+class SftEval(SpecModel):
+    enabled: bool = False
+    """Fine-tune each ablation base with one fixed SFT recipe and score answers with a reward model.
+    Not implemented yet: `true` is rejected."""
+
+    @model_validator(mode="after")
+    def _not_yet(self) -> "SftEval":
+        if self.enabled:
+            raise ValueError("SFT evaluation is not implemented yet (see docs/ablation.md)")
+        return self
+
+
+class Evaluations(SpecModel):
+    valid_loss: ValidLoss = Field(default_factory=ValidLoss)
+    benchmarks: Benchmarks = Field(default_factory=Benchmarks)
+    sft: SftEval = Field(default_factory=SftEval)
+
+
+class AblationParams(SpecModel):
+    """Everything `zhinao.ablation` needs to prepare data and evaluate runs."""
+
+    base: BaseData
+    corpus: str | None = None
+    """Default input of the recipes' data pipelines (the experimental corpus)."""
+
+    recipes: list[Recipe] = Field(min_length=2)
+    experimental_share: float = Field(default=0.5, gt=0, lt=1)
+    """Share of each run's training tokens taken from the recipe (the report: 50%; the rest is base)."""
+
+    proxy: Proxy = Field(default_factory=Proxy)
+    seeds: int = Field(default=3, ge=1, le=20)
+    """Pretraining runs per recipe. Each run has its own seed (init and data order), so seed noise is measured."""
+
+    seed: int = 0
+    """Seeds the topic split, the mixing and the built-in suite (fixed across runs)."""
+
+    tokenizer: TokenizerParams = Field(default_factory=TokenizerParams)
+    """One tokenizer for the whole ablation, trained on the base data's training topics."""
+
+    evaluations: Evaluations = Field(default_factory=Evaluations)
+
+    @model_validator(mode="after")
+    def _recipes(self) -> "AblationParams":
+        names = [r.name for r in self.recipes]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"recipe names used twice: {', '.join(dup)}")
+        for r in self.recipes:
+            if r.dataset is None and r.corpus is None and self.corpus is None:
+                raise ValueError(f"recipe {r.name!r} has no input: set corpus (spec or recipe) or dataset")
+        return self
+
+    def run_seed(self, recipe_index: int, k: int) -> int:
+        """Distinct seeds per run: identical recipes then differ by seed noise only, as Welch's test assumes."""
+        return self.seed * 1_000_003 + 1000 * recipe_index + k
+
+    def recipe_corpus(self, recipe: Recipe) -> str | None:
+        return recipe.corpus or self.corpus
