@@ -65,6 +65,32 @@ def run_local(pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: li
         return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
 
 
+def headline(summary: dict) -> str:
+    """The few numbers a stage's summary.json has that people look for first."""
+    parts = []
+    if summary.get("docs_written") is not None:
+        parts.append(f"{summary['docs_written']:,} documents kept")
+    if summary.get("vocab_size"):
+        parts.append(f"vocabulary {summary['vocab_size']:,}")
+    if isinstance(summary.get("tokens"), int):
+        parts.append(f"{summary['tokens']:,} tokens")
+    if summary.get("loss_first") is not None:
+        parts.append(f"loss {summary['loss_first']:.3f} -> {summary['loss_last']:.3f}")
+    if summary.get("tokens_per_second"):
+        parts.append(f"{summary['tokens_per_second']:,.0f} tokens/s")
+    if summary.get("mfu_mean") is not None and summary["mfu_mean"] == summary["mfu_mean"]:
+        parts.append(f"MFU {summary['mfu_mean']:.1%}")
+    if summary.get("held_out_accuracy") is not None:
+        before = summary.get("held_out_accuracy_before")
+        parts.append("held-out accuracy " + (f"{before:.2f} -> " if before is not None else "")
+                     + f"{summary['held_out_accuracy']:.2f}")
+    if summary.get("eval_before") and summary.get("eval_after"):
+        b, a = summary["eval_before"], summary["eval_after"]
+        parts.append(f"checked reward greedy {b['greedy']['rule']:.2f} -> {a['greedy']['rule']:.2f}, "
+                     f"sampled {b['sampled']['rule']:.2f} -> {a['sampled']['rule']:.2f}")
+    return ", ".join(parts)
+
+
 def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
     from zhinao.storage import open_store
 
@@ -72,25 +98,21 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
     for col in ("stage", "result", "seconds", "restarts", "outputs"):
         table.add_column(col)
     for name, job in result.stages:
-        stage = pipeline.stage(name)
-        uri = pipeline.output_of(stage)
         table.add_row(name, "[green]Succeeded[/]" if job.succeeded else "[red]Failed[/]", f"{job.seconds:.1f}",
-                      str(job.restarts), uri)
+                      str(job.restarts), pipeline.output_of(pipeline.stage(name)))
     out.print(table)
     for name, job in result.stages:
         if not job.succeeded:
             out.print(f"[red]{name} failed:[/] {job.reason}")
             continue
         store = open_store(pipeline.output_of(pipeline.stage(name)))
-        if store.exists("summary.json"):
-            summary = json.loads(store.get_bytes("summary.json"))
-            if "loss_first" in summary:
-                out.print(
-                    f"[bold]{name}[/]: {summary['tokens']:,} tokens, loss {summary['loss_first']:.3f} -> "
-                    f"{summary['loss_last']:.3f}, {summary['tokens_per_second']:,.0f} tokens/s, "
-                    f"MFU {summary['mfu_mean']:.2%}\n  checkpoints {summary['checkpoints']}\n  weights     {summary['hf']}"
-                    f"\n  loss curve  {summary['loss_curve']}"
-                )
+        if not store.exists("summary.json"):
+            continue
+        summary = json.loads(store.get_bytes("summary.json"))
+        out.print(f"[bold]{name}[/]: {headline(summary)}")
+        for key in ("checkpoints", "hf", "loss_curve", "report"):
+            if isinstance(summary.get(key), str):
+                out.print(f"  {key:<11} {summary[key]}")
 
 
 def run(
@@ -124,14 +146,17 @@ def demo(
     docs: Annotated[int, typer.Option(help="Real documents in the demo corpus (plus planted junk and duplicates).")] = 1500,
     fresh: Annotated[bool, typer.Option(help="Start from an empty workdir; --no-fresh resumes a previous demo.")] = True,
 ) -> None:
-    """Build a corpus from the Python standard library's docstrings, train a tokenizer, and pretrain
-    a tiny 360Zhinao model with 2 ranks through the local PyTorchJob runner (CPU, a few minutes).
+    """The whole recipe on a laptop: clean and deduplicate a corpus built from the Python standard
+    library's docstrings, train a tokenizer, pretrain a tiny 360Zhinao model with 2 ranks, then SFT,
+    a reward model and RLHF (ReMax) on single-digit addition -- every stage a PyTorchJob run by the
+    local runner (CPU, under 10 minutes).
 
     Everything lands under WORKDIR: pipeline.yaml (the spec that ran), store/ (the object store:
     corpus, tokenizer, checkpoints, HF weights, metrics), logs/ and REPORT.md with the loss curve."""
     import shutil
 
     from zhinao.data.demo_corpus import build_demo_corpus
+    from zhinao.synthetic import write_demo_alignment_data
 
     if fresh and workdir.exists():
         shutil.rmtree(workdir)
@@ -139,6 +164,7 @@ def demo(
     pipeline = demo_pipeline(workdir)
     counts = build_demo_corpus(pipeline.spec.storage.uri, n_docs=docs)
     out.print(f"demo corpus -> {pipeline.spec.storage.uri}/corpus: {counts}")
+    write_demo_alignment_data(pipeline.spec.storage.uri)
     (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
     result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
