@@ -3,13 +3,18 @@
 What runs: kmock (tests/zhinao_k8s/kube_mock.py) serves the Kubernetes API on 127.0.0.1 in this
 process; the real operator (`run_operator`: kopf, the kubernetes client, our handlers) runs in a
 child process, so its memory is measured alone. This process creates the pipelines one after
-another, as fast as the API answers (a burst), and watches PyTorchJobs.
+another, as fast as the API answers (a burst).
 
 Measured:
-- reconcile latency per pipeline: from just before its create call to the moment the watch sees its
-  first PyTorchJob (stage 1): p50, p90, p99, max;
-- total: from the first create to the last first-job seen; creates/s and jobs/s;
-- operator RSS (psutil): after start-up (idle), peak while working, and after all jobs exist.
+- reconcile latency per pipeline: from just before its create call to the moment kmock accepts the
+  create of its first PyTorchJob (stage 1; kmock stamps each create, same clock, no polling):
+  p50, p90, p99, max;
+- the operator's own time per reconcile (its zhinao_operator_reconcile_seconds histogram, scraped
+  from /metrics): mean and bucket bounds of p50/p90/p99;
+- total: from the first create to the last first job; creates/s and jobs/s;
+- operator RSS (psutil): after start-up (idle), peak while working, and after all jobs exist;
+- CPU: seconds on a CPU of the operator and of kmock's thread, and (Linux schedstat) seconds each
+  was runnable but waiting for a CPU, so a busy shared machine shows in the result.
 
     python bench/operator_scale.py                 # 1,000 pipelines, writes bench/results/operator_scale.json
     python bench/operator_scale.py --pipelines 50  # a quick look
@@ -24,6 +29,7 @@ import argparse
 import json
 import os
 import platform
+import re
 import statistics
 import subprocess
 import sys
@@ -41,7 +47,7 @@ sys.path.insert(0, str(ROOT / "tests" / "zhinao_k8s"))  # kube_mock: the emulato
 
 NS = "bench"
 RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
-POLL_S = 0.1
+POLL_S = 0.1  # how often this process checks whether every first job exists (not a latency resolution)
 
 
 def pipeline_doc(name: str) -> dict:
@@ -95,11 +101,47 @@ def mib(n: int) -> float:
     return round(n / 2**20, 1)
 
 
+def schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
+    """(seconds on a CPU, seconds runnable but waiting for one): one thread, or all of a process's."""
+    tids = [tid] if tid is not None else os.listdir(f"/proc/{pid}/task")
+    on = wait = 0
+    for t in tids:
+        try:
+            fields = Path(f"/proc/{pid}/task/{t}/schedstat").read_text().split()
+        except OSError:  # no schedstat (not Linux) or the thread has gone
+            continue
+        on, wait = on + int(fields[0]), wait + int(fields[1])
+    return on / 1e9, wait / 1e9
+
+
+def reconcile_histogram(metrics_port: int) -> dict | None:
+    """The operator's zhinao_operator_reconcile_seconds: count, mean, and the bucket upper bound
+    that holds p50/p90/p99 (a histogram says no more than that)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics", timeout=10) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    name = "zhinao_operator_reconcile_seconds"
+    buckets = sorted((float(le), float(v)) for le, v in
+                     re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M))
+    count = float(re.search(rf"^{name}_count (\S+)$", text, re.M).group(1))
+    total = float(re.search(rf"^{name}_sum (\S+)$", text, re.M).group(1))
+    triggers = {k: int(float(v)) for k, v in
+                re.findall(r'^zhinao_operator_reconciles_total{trigger="([^"]+)"} (\S+)$', text, re.M)}
+
+    def bound(q: float) -> float:
+        return next(le for le, v in buckets if v >= q / 100 * count)
+
+    return {"count": int(count), "by_trigger": triggers, "mean_s": round(total / count, 4) if count else None,
+            "p50_le_s": bound(50), "p90_le_s": bound(90), "p99_le_s": bound(99)} if count else None
+
+
 def run(n: int, timeout: float) -> dict:
     from kube_mock import KubeMock, free_port
     from kubernetes import client
 
-    from zhinao_k8s.k8s import JOB_GROUP, JOB_PLURAL, JOB_VERSION, load_client
+    from zhinao_k8s.k8s import JOB_PLURAL, load_client
 
     workdir = Path(tempfile.mkdtemp(prefix="zhinao-opscale-"))
     kube = KubeMock(workdir).start()
@@ -118,25 +160,11 @@ def run(n: int, timeout: float) -> dict:
 
         created_at: dict[str, float] = {}
         seen_at: dict[str, float] = {}
-        all_seen = threading.Event()
-        stop_polling = threading.Event()
-        watching = threading.Event()
 
-        def watcher() -> None:
-            # Polls a list (every POLL_S) rather than holding a watch: a watch stream in this process
-            # slowed kmock's answers to the creates down to ~1 s each. Latencies are thus up to
-            # POLL_S (+ one list call) late, never early.
-            watching.set()
-            while not all_seen.is_set() and not stop_polling.is_set():
-                items = api.list_namespaced_custom_object(JOB_GROUP, JOB_VERSION, NS, JOB_PLURAL)["items"]
-                now = time.monotonic()
-                for job in items:
-                    name = job["metadata"]["name"]
-                    if name.endswith("-tok"):
-                        seen_at.setdefault(name[: -len("-tok")], now)
-                if len(seen_at) >= n:
-                    all_seen.set()
-                time.sleep(POLL_S)
+        def first_jobs() -> dict[str, float]:
+            # kmock's own stamp of each accepted PyTorchJob create, on this process's monotonic clock.
+            return {name[: -len("-tok")]: t for (ns, name), t in kube.created(JOB_PLURAL).items()
+                    if ns == NS and name.endswith("-tok")}
 
         peak = [rss_idle]
         sampling = threading.Event()
@@ -149,10 +177,11 @@ def run(n: int, timeout: float) -> dict:
                     return
                 time.sleep(0.2)
 
-        threading.Thread(target=watcher, daemon=True).start()
         threading.Thread(target=sampler, daemon=True).start()
-        watching.wait(5)
-        time.sleep(0.5)  # let the watch connect before the first create
+        kmock_tid = kube._thread.native_id
+        load_before = os.getloadavg()
+        cpu0 = op.cpu_times()
+        sched0 = schedstat(proc.pid), schedstat(os.getpid(), kmock_tid)
 
         t0 = time.monotonic()
         for i in range(n):
@@ -160,17 +189,27 @@ def run(n: int, timeout: float) -> dict:
             created_at[name] = time.monotonic()
             api.create_namespaced_custom_object("zhinao.ai", "v1alpha1", NS, "trainingpipelines", pipeline_doc(name))
         create_s = time.monotonic() - t0
-        finished = all_seen.wait(timeout)
-        stop_polling.set()
+        deadline = time.monotonic() + timeout
+        while True:
+            seen_at = first_jobs()
+            if len(seen_at) >= n or time.monotonic() > deadline:
+                break
+            time.sleep(POLL_S)
+        finished = len(seen_at) >= n
         total_s = (max(seen_at.values()) if seen_at else time.monotonic()) - t0
+        cpu1 = op.cpu_times()
+        sched1 = schedstat(proc.pid), schedstat(os.getpid(), kmock_tid)
+        load_after = os.getloadavg()
         time.sleep(1.0)
         rss_after = op.memory_info().rss
         sampling.set()
+        reconciles = reconcile_histogram(metrics_port)
         latencies = [seen_at[k] - created_at[k] for k in created_at if k in seen_at]
+        operator_cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         return {
             "date": date.today().isoformat(),
             "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
-                        "gpu": None},
+                        "gpu": None, "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)]},
             "pipelines": n,
             "completed": len(latencies),
             "finished_within_timeout": finished,
@@ -186,8 +225,16 @@ def run(n: int, timeout: float) -> dict:
                 "max": round(max(latencies), 3),
                 "mean": round(statistics.fmean(latencies), 3),
             } if latencies else None,
+            "operator_reconcile_s": reconciles,
             "operator_rss_mib": {"idle": mib(rss_idle), "peak": mib(peak[0]), "after": mib(rss_after)},
-            "latency_resolution_s": POLL_S,
+            "cpu_s": {
+                "operator_on_cpu": round(operator_cpu_s, 1),
+                "operator_on_cpu_per_pipeline": round(operator_cpu_s / n, 4),
+                "operator_waiting_for_cpu": round(sched1[0][1] - sched0[0][1], 1),
+                "kmock_thread_on_cpu": round(sched1[1][0] - sched0[1][0], 1),
+                "kmock_thread_waiting_for_cpu": round(sched1[1][1] - sched0[1][1], 1),
+            },
+            "latency_clock": "kmock's stamp of the first PyTorchJob create (same process, monotonic)",
             "goals": {"reconcile_p99_s": 1.0, "operator_memory_mib": 500},
         }
     finally:
@@ -201,7 +248,9 @@ def run(n: int, timeout: float) -> dict:
 
 def table(r: dict) -> str:
     lat = r["reconcile_latency_s"] or {}
+    rec = r["operator_reconcile_s"] or {}
     rss = r["operator_rss_mib"]
+    cpu = r["cpu_s"]
     rows = [
         ("pipelines created / first jobs seen", f"{r['pipelines']} / {r['completed']}", ""),
         ("create burst", f"{r['create_burst_s']} s ({r['creates_per_s']}/s)", ""),
@@ -210,7 +259,12 @@ def table(r: dict) -> str:
         ("reconcile latency p90", f"{lat.get('p90')} s", ""),
         ("reconcile latency p99", f"{lat.get('p99')} s", "goal <= 1 s"),
         ("reconcile latency max", f"{lat.get('max')} s", ""),
+        ("operator time per reconcile (mean; p50/p90/p99 <=)",
+         f"{rec.get('mean_s')} s; {rec.get('p50_le_s')} / {rec.get('p90_le_s')} / {rec.get('p99_le_s')} s", ""),
         ("operator RSS idle / peak / after", f"{rss['idle']} / {rss['peak']} / {rss['after']} MiB", "goal <= 500 MB"),
+        ("operator CPU (per pipeline) / waiting for a CPU",
+         f"{cpu['operator_on_cpu']} s ({cpu['operator_on_cpu_per_pipeline']} s) / {cpu['operator_waiting_for_cpu']} s", ""),
+        ("kmock thread CPU / waiting for a CPU", f"{cpu['kmock_thread_on_cpu']} s / {cpu['kmock_thread_waiting_for_cpu']} s", ""),
     ]
     w = max(len(a) for a, _, _ in rows)
     v = max(len(b) for _, b, _ in rows)

@@ -21,12 +21,21 @@ POD_JOB_LABEL = "training.kubeflow.org/job-name"
 POD_ROLE_LABEL = "training.kubeflow.org/replica-type"
 
 
+POOL_MAXSIZE = 32
+"""HTTP connections kept per API server: at least the operator's handler threads (settings.py,
+max_workers=16), else urllib3 drops a connection after each overlapping call ("Connection pool is
+full, discarding connection") and the next call opens a new one."""
+
+
 def load_client(kubeconfig: str | None = None, context: str | None = None) -> client.ApiClient:
     """In-cluster credentials inside a pod, else the kubeconfig file (KUBECONFIG, ~/.kube/config)."""
+    cfg = client.Configuration()
     if kubeconfig is None and context is None and os.environ.get("KUBERNETES_SERVICE_HOST"):
-        config.load_incluster_config()
-        return client.ApiClient()
-    return config.new_client_from_config(config_file=kubeconfig, context=context)
+        config.load_incluster_config(client_configuration=cfg)
+    else:
+        config.load_kube_config(config_file=kubeconfig, context=context, client_configuration=cfg)
+    cfg.connection_pool_maxsize = max(cfg.connection_pool_maxsize or 0, POOL_MAXSIZE)
+    return client.ApiClient(cfg)
 
 
 def default_namespace(kubeconfig: str | None = None, context: str | None = None) -> str:
