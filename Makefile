@@ -52,7 +52,7 @@ $(HELM) $(KUBECTL): | $(BIN)/python
 
 .PHONY: test
 test: install servers tools ## Install everything and run the whole test suite.
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 .PHONY: test-fast
 test-fast: install ## Run the tests that start no training processes.
