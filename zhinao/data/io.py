@@ -168,26 +168,119 @@ def _parse_line(raw: bytes, gid: int, cfg: InputConfig) -> Doc | Rejected:
     return doc
 
 
+PARQUET_BATCH_ROWS = 1024
+PARQUET_BATCH_BYTES = 64 << 20
+"""A Parquet batch holds at most this many rows, and about this many (uncompressed) bytes."""
+
+
+class _BadUtf8:
+    """A Parquet string cell that is not valid UTF-8 (pyarrow refuses to convert it)."""
+
+    __slots__ = ("raw",)
+
+    def __init__(self, raw: bytes | None):
+        self.raw = raw
+
+
+def _jsonable(value: object) -> object:
+    """A Parquet cell as a JSON value: dates and times as ISO strings, bytes as base64, decimals as
+    strings, so that passed-through fields survive the spill files and the JSONL output."""
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):  # map columns come out as lists of (key, value) tuples
+        return [_jsonable(v) for v in value]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode()
+    if hasattr(value, "isoformat"):
+        return value.isoformat()
+    return str(value)
+
+
+def _column_values(col) -> list:
+    """The cells of one batch column as Python values; a cell holding invalid UTF-8 becomes `_BadUtf8`."""
+    import pyarrow as pa
+
+    try:
+        return col.to_pylist()
+    except UnicodeDecodeError:
+        pass
+    is_text = pa.types.is_string(col.type) or pa.types.is_large_string(col.type)
+    raw = col.cast(pa.large_binary()).to_pylist() if is_text else None
+    out: list = []
+    for i in range(len(col)):
+        try:
+            out.append(col[i].as_py())
+        except UnicodeDecodeError:
+            out.append(_BadUtf8(raw[i] if raw is not None else None))
+    return out
+
+
+def _parquet_batch_rows(pf) -> int:
+    """Rows per batch: PARQUET_BATCH_ROWS, fewer when the rows are big (estimated from the row-group
+    metadata), so that a batch of 1 MB pages does not take a GiB."""
+    md = pf.metadata
+    rows = sum(md.row_group(i).num_rows for i in range(md.num_row_groups))
+    nbytes = sum(md.row_group(i).total_byte_size for i in range(md.num_row_groups))
+    if rows <= 0 or nbytes <= 0:
+        return PARQUET_BATCH_ROWS
+    return max(1, min(PARQUET_BATCH_ROWS, PARQUET_BATCH_BYTES * rows // nbytes))
+
+
 def read_parquet(
     path: Path, file_idx: int, cfg: InputConfig, *, owned: Callable[[int], bool] = lambda _: True
 ) -> Iterator[Doc | Rejected]:
+    """Rows of a Parquet file as documents or rejects, one record batch at a time.
+
+    A row is mapped like a JSONL line (`parse_record`): the same fields, the same reasons. Null
+    cells of the other columns are left out of the passed-through fields, as a JSONL line would
+    simply not have the key. A reject's `raw` is the row as a JSON line. A file without the text
+    column is not input at all and raises ValueError naming the file and its columns.
+    """
     try:
+        import pyarrow as pa
         import pyarrow.parquet as pq
     except ImportError as e:
         raise RuntimeError(f"{path.name}: reading Parquet needs the pyarrow package (pip install pyarrow)") from e
-    row = -1
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=1024):
-        for obj in batch.to_pylist():
-            row += 1
-            if not owned(row):
-                continue
-            gid = make_gid(file_idx, row)
-            doc = parse_record(obj, gid, cfg)
-            if isinstance(doc, str):
-                raw = json.dumps(obj, ensure_ascii=False, default=str).encode("utf-8", errors="replace")
-                yield Rejected(gid, doc, *_reject_raw(raw, cfg.reject_raw_bytes))
-            else:
-                yield doc
+    try:
+        pf = pq.ParquetFile(path)
+    except (pa.ArrowException, OSError) as e:
+        raise ValueError(f"{path.name} (input file {file_idx}): not a readable Parquet file: {e}") from e
+    with pf:
+        names = pf.schema_arrow.names
+        if cfg.text_field not in names:
+            raise ValueError(
+                f"{path.name} (input file {file_idx}): Parquet file has no text column {cfg.text_field!r} "
+                f"(input.textField); its columns are {names}"
+            )
+        row0 = 0
+        for batch in pf.iter_batches(batch_size=_parquet_batch_rows(pf), use_threads=False):
+            n = batch.num_rows
+            rows = [r for r in range(row0, row0 + n) if owned(r)]
+            if len(rows) < n:  # this rank keeps a stripe of the rows: convert only those
+                batch = batch.take(pa.array([r - row0 for r in rows], type=pa.int64()))
+            row0 += n
+            columns = [(name, _column_values(batch.column(i))) for i, name in enumerate(batch.schema.names)]
+            for j, row in enumerate(rows):
+                yield _parse_row({name: vals[j] for name, vals in columns}, make_gid(file_idx, row), cfg)
+
+
+def _parse_row(cells: dict, gid: int, cfg: InputConfig) -> Doc | Rejected:
+    bad = [k for k, v in cells.items() if isinstance(v, _BadUtf8)]
+    if bad:
+        text = cells[bad[0]].raw
+        safe = {k: (None if isinstance(v, _BadUtf8) else _jsonable(v)) for k, v in cells.items()}
+        body = json.dumps(safe, ensure_ascii=False).encode("utf-8")
+        b64 = base64.b64encode(text[: cfg.reject_raw_bytes]).decode() if text is not None else None
+        return Rejected(gid, "invalid_utf8", *_reject_raw(body, cfg.reject_raw_bytes), b64)
+    obj = {k: v for k, v in cells.items() if v is not None or k == cfg.text_field}
+    doc = parse_record(obj, gid, cfg)
+    if isinstance(doc, str):
+        body = json.dumps({k: _jsonable(v) for k, v in obj.items()}, ensure_ascii=False)
+        return Rejected(gid, doc, *_reject_raw(body.encode("utf-8", errors="surrogatepass"), cfg.reject_raw_bytes))
+    doc.fields = {k: _jsonable(v) for k, v in doc.fields.items()}
+    return doc
 
 
 def read_input(path: Path, file_idx: int, cfg: InputConfig, *, owned: Callable[[int], bool] = lambda _: True):

@@ -35,9 +35,8 @@ from zhinao.report import loss_curve_png
 from zhinao.stages.pretrain import INDEX, load_tokens
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, load as load_tokenizer
-from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
-from zhinao.training.optim import build_adamw, build_scheduler
-from zhinao.training.session import TrainingSession, autocast_dtype
+from zhinao.training.engine import DDPEngine
+from zhinao.training.session import TrainingSession
 
 Params = LongContextParams
 log = logging.getLogger(__name__)
@@ -127,18 +126,6 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
     return index
 
 
-def build_engine(model, params: LongContextParams, session: TrainingSession, sp: SequenceParallel) -> Engine:
-    optimizer = build_adamw(model, lr=params.lr, betas=(params.adam_beta1, params.adam_beta2),
-                            eps=params.adam_eps, weight_decay=params.weight_decay)
-    scheduler = build_scheduler(optimizer, warmup=params.warmup_steps, total=params.max_steps, floor=params.min_lr_ratio)
-    common = dict(env=session.env, device=session.device, autocast_dtype=autocast_dtype(params.precision, session.device),
-                  grad_clip=params.grad_clip)
-    if params.zero_stage == 0:
-        return SequenceParallelEngine(model, optimizer, scheduler, sp=sp, **common)
-    return DeepSpeedEngine(model.to(session.device), optimizer, scheduler, zero_stage=params.zero_stage,
-                           micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, **common)
-
-
 def haystack_text(corpus: ObjectStore, params: LongContextParams) -> str:
     return "\n".join(d.text for d in read_documents(corpus, text_field=params.text_field, source_field=params.source_field))
 
@@ -180,7 +167,8 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn)
     model.config.use_cache = False
     old_theta = apply_rope_base(model, params.rope_theta, max_position_embeddings=params.max_positions)
-    engine = build_engine(model, params, session, sp)
+    engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps,
+                                  ddp_engine=SequenceParallelEngine, sp=sp)
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
     meta = session.resume(engine)
     start = meta.get("step", 0)

@@ -9,7 +9,6 @@ output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 import io
 import json
 import logging
-import tempfile
 import time
 from pathlib import Path
 
@@ -25,9 +24,7 @@ from zhinao.model import build_config, build_model, matmul_params
 from zhinao.report import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, load as load_tokenizer
-from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
-from zhinao.training.optim import build_adamw, build_scheduler
-from zhinao.training.session import TrainingSession, autocast_dtype
+from zhinao.training.session import TrainingSession
 
 Params = PretrainParams
 log = logging.getLogger(__name__)
@@ -78,18 +75,6 @@ def load_tokens(store: ObjectStore, dest: Path) -> np.ndarray:
     return np.concatenate(arrays).astype(TOKEN_DTYPE, copy=False)
 
 
-def build_engine(model, params: PretrainParams, session: TrainingSession) -> Engine:
-    optimizer = build_adamw(model, lr=params.lr, betas=(params.adam_beta1, params.adam_beta2),
-                            eps=params.adam_eps, weight_decay=params.weight_decay)
-    scheduler = build_scheduler(optimizer, warmup=params.warmup_steps, total=params.max_steps, floor=params.min_lr_ratio)
-    common = dict(env=session.env, device=session.device, autocast_dtype=autocast_dtype(params.precision, session.device),
-                  grad_clip=params.grad_clip)
-    if params.zero_stage == 0:
-        return DDPEngine(model, optimizer, scheduler, **common)
-    return DeepSpeedEngine(model.to(session.device), optimizer, scheduler, zero_stage=params.zero_stage,
-                           micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, **common)
-
-
 def run(rt: StageRuntime, params: PretrainParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
     env, out = session.env, session.out
@@ -111,7 +96,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     config = build_config(params.model_size, vocab_size=len(tokenizer),
                           max_position_embeddings=max(4096, params.seq_len), attention=params.attention)
     model = build_model(config, seed=params.seed)
-    engine = build_engine(model, params, session)
+    engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps)
     meta = session.resume(engine)
     start = meta.get("step", 0)
     fpt = flops_per_token(n_params=matmul_params(model), n_layers=config.num_hidden_layers,

@@ -25,7 +25,7 @@ from zhinao.data.packing import batch_indices
 from zhinao.losses import bradley_terry_loss, pairwise_accuracy
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
-from zhinao.stages.sft import build_engine, fetch_hf, metrics_records, read_jsonl, split_holdout, steps_for
+from zhinao.stages.sft import fetch_hf, metrics_records, read_jsonl, split_holdout, steps_for
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.session import TrainingSession
 
@@ -119,7 +119,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
     torch.manual_seed(params.seed)  # the new score head's init: equal seeds, equal heads
     model = load_reward_model(model_dir, params.attention, pad)
     total = steps_for(len(train), params, env.world_size)
-    engine = build_engine(model, params, session, total)
+    engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
     meta = session.resume(engine)
     start = meta.get("step", 0)
     batch_size = params.micro_batch_size * 2

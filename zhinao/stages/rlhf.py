@@ -29,7 +29,7 @@ from zhinao.losses import (dpo_loss, gae, kl_per_token, kl_shaped_return, lm_los
                            ppo_policy_loss, ppo_value_loss, remax_loss, sequence_logprob, token_logprobs)
 from zhinao.model import attention_implementation
 from zhinao.stages.reward import encode_pairs, load_reward_model, pad_right
-from zhinao.stages.sft import build_engine, fetch_hf, load_causal_lm, metrics_records, read_jsonl
+from zhinao.stages.sft import fetch_hf, load_causal_lm, metrics_records, read_jsonl
 from zhinao.tokenizer import EOD, IM_END, load as load_tokenizer
 from zhinao.training.optim import param_groups
 from zhinao.training.session import TrainingSession
@@ -296,7 +296,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     else:
         model, groups = policy, None
     torch.manual_seed(params.seed + env.rank)  # rollouts sample: equal seeds, equal runs (resume restores it)
-    engine = build_engine(model, params, session, params.max_steps * steps_per_rollout, groups)
+    total = params.max_steps * steps_per_rollout
+    engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total, groups=groups)
     actor = (lambda: engine.model.policy) if params.algorithm == "ppo" else (lambda: engine.model)
     meta = session.resume(engine)
     start = meta.get("step", 0)

@@ -17,7 +17,7 @@ from transformers import AutoModelForCausalLM
 
 from zhinao.chat import ChatEncoder, validate_sft_messages
 from zhinao.config.runtime import StageRuntime
-from zhinao.config.sft import OptimParams, SFTParams
+from zhinao.config.sft import SFTParams
 from zhinao.corpus import corpus_keys
 from zhinao.data import sft_tools
 from zhinao.data.packing import batch_indices
@@ -28,9 +28,7 @@ from zhinao.model import attention_implementation, matmul_params
 from zhinao.report import loss_curve_png
 from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
-from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
-from zhinao.training.optim import build_scheduler, param_groups
-from zhinao.training.session import TrainingSession, autocast_dtype
+from zhinao.training.session import TrainingSession
 
 Params = SFTParams
 log = logging.getLogger(__name__)
@@ -99,21 +97,6 @@ def steps_for(n_items: int, params, world_size: int) -> int:
     if getattr(params, "max_steps", None):
         return params.max_steps
     return max(1, int(np.ceil(params.epochs * n_items / per_step)))
-
-
-def build_engine(model, params: OptimParams, session: TrainingSession, total_steps: int,
-                 groups: list[dict] | None = None) -> Engine:
-    """AdamW + warmup/cosine from the params; `groups` overrides the parameter groups (e.g. a critic's lr)."""
-    groups = groups or param_groups(model, params.weight_decay)
-    optimizer = torch.optim.AdamW(groups, lr=params.lr, betas=(params.adam_beta1, params.adam_beta2), eps=params.adam_eps)
-    warmup = int(params.warmup_ratio * total_steps)
-    scheduler = build_scheduler(optimizer, warmup=warmup, total=total_steps, floor=params.min_lr_ratio)
-    common = dict(env=session.env, device=session.device, autocast_dtype=autocast_dtype(params.precision, session.device),
-                  grad_clip=params.grad_clip)
-    if params.zero_stage == 0:
-        return DDPEngine(model, optimizer, scheduler, **common)
-    return DeepSpeedEngine(model.to(session.device), optimizer, scheduler, zero_stage=params.zero_stage,
-                           micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, **common)
 
 
 def load_causal_lm(model_dir: Path, attention: str):
@@ -214,7 +197,7 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     model = load_causal_lm(model_dir, params.attention)
     attention = model.config._attn_implementation
     total = steps_for(len(packed), params, env.world_size)
-    engine = build_engine(model, params, session, total)
+    engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
     meta = session.resume(engine)
     start = meta.get("step", 0)
     if start == 0:

@@ -1,8 +1,12 @@
 """Bad input is counted and kept as a reject with its reason, never a crash, never silently dropped."""
 
+import base64
+import datetime
 import gzip
 import json
 
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from zhinao.config.data import InputConfig
@@ -63,3 +67,118 @@ def test_shard_writer_rolls_files(tmp_path):
             w.write({"i": i})
     assert store.list("docs/") == [f"docs/part-00003-0000{n}.jsonl" for n in range(3)]
     assert store.get_bytes("docs/part-00003-00002.jsonl") == b'{"i": 4}\n'
+
+
+# --- Parquet -----------------------------------------------------------------------------------
+
+def _bad_utf8_strings(values: list[bytes]):
+    """A string array holding invalid UTF-8 (pyarrow validates nothing when built from buffers)."""
+    raw = pa.array(values, type=pa.binary())
+    return pa.Array.from_buffers(pa.string(), len(raw), raw.buffers())
+
+
+def test_parquet_rows_map_like_jsonl_lines(tmp_path):
+    path = tmp_path / "in.parquet"
+    table = pa.table({
+        "text": ["fine", None, "", "  \n ", "x" * 1001, "second fine", "bad \xff"],
+        "url": ["http://a/", None, None, None, None, None, None],
+        "source": [None, None, None, None, None, "code", None],
+        "id": [7, 8, 9, 10, 11, None, 13],
+    })
+    table = table.set_column(0, "text", _bad_utf8_strings([b"fine", None, b"", b"  \n ", b"x" * 1001, b"second fine", b"bad \xff"]))
+    pq.write_table(table, path, row_group_size=3)  # several row groups and batches
+    items = list(read_input(path, 3, CFG))
+    reasons = [i.reason if isinstance(i, Rejected) else None for i in items]
+    assert reasons == [None, "missing_text", "empty_text", "empty_text", "gigantic", None, "invalid_utf8"]
+    first, second = items[0], items[5]
+    assert first.text == "fine" and first.url == "http://a/" and first.source == "webpages" and first.fields == {"id": 7}
+    assert second.text == "second fine" and second.url is None and second.source == "code"
+    assert second.fields == {}  # a null cell is a missing key, as in a JSONL line
+    assert [split_gid(i.gid) for i in items] == [(3, n) for n in range(7)]
+
+    recs = [reject_record("input", i.reason, i, CFG) for i in items if isinstance(i, Rejected)]
+    assert [(r["reason"], r["line"], r["file_index"]) for r in recs] == [
+        ("missing_text", 1, 3), ("empty_text", 2, 3), ("empty_text", 3, 3), ("gigantic", 4, 3), ("invalid_utf8", 6, 3)
+    ]
+    assert json.loads(recs[0]["raw"]) == {"text": None, "id": 8}  # the row, as a JSON line
+    assert recs[3]["raw_bytes"] > 1001
+    assert base64.b64decode(recs[4]["raw_b64"]) == b"bad \xff"
+
+
+def test_parquet_non_string_text_is_rejected(tmp_path):
+    # A Parquet column has one type: a file whose text column holds numbers (or bytes) rejects every row.
+    for name, col in [("ints.parquet", pa.array([5, None])), ("bytes.parquet", pa.array([b"raw", b"x"]))]:
+        pq.write_table(pa.table({"text": col}), tmp_path / name)
+        reasons = [i.reason for i in read_input(tmp_path / name, 0, CFG)]
+        assert reasons == (["text_not_string", "missing_text"] if name == "ints.parquet" else ["text_not_string"] * 2)
+
+
+def test_parquet_passes_other_columns_through_as_json(tmp_path):
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({
+        "text": ["a page"], "day": [datetime.date(2024, 5, 1)], "tags": [["x", "y"]], "blob": [b"\x00\x01"],
+    }), path)
+    (doc,) = read_input(path, 0, CFG)
+    assert doc.fields == {"day": "2024-05-01", "tags": ["x", "y"], "blob": "AAE="}
+    assert Doc.from_spill(doc.to_spill()) == doc  # survives the spill files between passes
+
+
+def test_parquet_keeps_only_owned_rows_and_bounds_batches(tmp_path, monkeypatch):
+    from zhinao.data import io
+
+    path = tmp_path / "in.parquet"
+    pq.write_table(pa.table({"text": [f"doc {n} " + "w" * 500 for n in range(10)]}), path, row_group_size=4)
+    monkeypatch.setattr(io, "PARQUET_BATCH_BYTES", 1500)  # ~500-byte rows: batches of about 3 rows
+    sizes = []
+    orig = pq.ParquetFile.iter_batches
+
+    def spy(self, *a, **kw):
+        for b in orig(self, *a, **kw):
+            sizes.append(b.num_rows)
+            yield b
+
+    monkeypatch.setattr(pq.ParquetFile, "iter_batches", spy)
+    items = list(read_input(path, 1, CFG, owned=lambda row: row % 3 == 1))
+    assert [split_gid(i.gid) for i in items] == [(1, 1), (1, 4), (1, 7)]
+    assert [i.text.split()[1] for i in items] == ["1", "4", "7"]
+    assert sizes and max(sizes) <= 3 and sum(sizes) == 10
+
+
+def test_parquet_without_text_column_names_file_and_columns(tmp_path):
+    path = tmp_path / "notext.parquet"
+    pq.write_table(pa.table({"body": ["x"], "url": ["http://a/"]}), path)
+    with pytest.raises(ValueError, match=r"notext\.parquet.*'text'.*\['body', 'url'\]"):
+        list(read_input(path, 0, CFG))
+    cfg = InputConfig(text_field="body")
+    (doc,) = read_input(path, 0, cfg)
+    assert doc.text == "x" and doc.url == "http://a/"
+
+
+def test_stage_reads_jsonl_and_parquet_side_by_side(tmp_path, demo_corpus):
+    from zhinao.config.runtime import StageRuntime
+    from zhinao.stages import data as data_stage
+
+    demo = open_store(demo_corpus[0])
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    (corpus / "a.jsonl").write_bytes(demo.get_bytes("part-00000.jsonl"))
+    recs = [json.loads(line) for line in demo.get_bytes("part-00003.jsonl").splitlines()]
+    recs += [{"text": None, "url": "http://bad/1"}, {"text": "", "url": "http://bad/2"}]
+    cols = {k: [r.get(k) for r in recs] for k in ("text", "source", "url", "planted")}
+    cols["container"] = ["parquet"] * len(recs)
+    pq.write_table(pa.table(cols), corpus / "b.parquet", row_group_size=16)
+
+    out = tmp_path / "out"
+    rt = StageRuntime(pipeline="p", stage="data", kind="data", inputs={"corpus": f"file://{corpus}"}, output=f"file://{out}")
+    data_stage.run(rt, data_stage.Params(mix={"enabled": False}))
+
+    docs = [json.loads(line) for f in sorted((out / "docs").glob("*.jsonl")) for line in f.read_text().splitlines()]
+    from_parquet = [d for d in docs if d.get("container") == "parquet"]
+    assert from_parquet and len(from_parquet) < len(docs)  # documents of both files are kept
+    assert all(d["text"] and d["source"] and None not in d.values() for d in from_parquet)
+    rejects = [json.loads(line) for f in (out / "rejects").glob("*.jsonl") for line in f.read_text().splitlines()]
+    bad = sorted((r["reason"], r["line"]) for r in rejects if r["step"] == "input" and r["file_index"] == 1)
+    assert bad == [("empty_text", len(recs) - 1), ("missing_text", len(recs) - 2)]
+    rows = {r["step"]: r for r in json.loads((out / "report" / "retention.json").read_text())["steps"]}
+    n_jsonl = len(demo.get_bytes("part-00000.jsonl").splitlines())
+    assert rows["input"]["docs_in"] == n_jsonl + len(recs)  # every line and row accounted for
