@@ -53,26 +53,49 @@ class Item:
     answers: list[str] = field(default_factory=list)
 
 
-def parse_item(obj: dict, where: str = "") -> Item:
+def _text(value, name: str) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"{name} must be a string, not {type(value).__name__}")
+    return value
+
+
+def _texts(value, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"{name} must be a list of strings")
+    return list(value)
+
+
+def parse_item(obj, where: str = "") -> Item:
+    """One task item from its JSON object; a ValueError names `where` and the reason."""
     try:
-        kind = obj["type"]
+        if not isinstance(obj, dict):
+            raise ValueError(f"an item is a JSON object, not {type(obj).__name__}")
+        kind = obj.get("type")
+        for key in ("task", "question") + (("choices", "answer") if kind == "mc" else ("answers",) if kind == "gen" else ()):
+            if key not in obj:
+                raise ValueError(f"missing field {key!r}")
         if kind == "mc":
-            item = Item(str(obj["task"]), "mc", str(obj["question"]), [str(c) for c in obj["choices"]], int(obj["answer"]))
+            answer = obj["answer"]
+            if isinstance(answer, bool) or not isinstance(answer, int):
+                raise ValueError("answer must be the 0-based index (an integer) of the right choice")
+            item = Item(_text(obj["task"], "task"), "mc", _text(obj["question"], "question"),
+                        _texts(obj["choices"], "choices"), answer)
             if not 2 <= len(item.choices) <= len(LETTERS) or not 0 <= item.answer < len(item.choices):
                 raise ValueError(f"needs 2-{len(LETTERS)} choices and 0 <= answer < len(choices)")
             return item
         if kind == "gen":
-            answers = obj["answers"]
-            if not answers:
+            answers = _texts(obj["answers"], "answers")
+            if not answers or not any(a.strip() for a in answers):
                 raise ValueError("answers is empty")
-            return Item(str(obj["task"]), "gen", str(obj["question"]), answers=[str(a) for a in answers])
+            return Item(_text(obj["task"], "task"), "gen", _text(obj["question"], "question"), answers=answers)
         raise ValueError(f"type must be 'mc' or 'gen', not {kind!r}")
-    except (KeyError, TypeError, ValueError) as exc:
+    except ValueError as exc:
         raise ValueError(f"{where}bad task item: {exc}") from None
 
 
 def load_tasks(uri: str) -> list[Item]:
-    """Items of every *.jsonl under a URI prefix, or of the one file a file:// URI names."""
+    """Items of every *.jsonl under a URI prefix, or of the one file a file:// URI names. A bad line
+    raises a ValueError naming its file and line number."""
     if uri.startswith("file://") and Path(uri[len("file://"):]).is_file():
         path = Path(uri[len("file://"):])
         lines = [(str(path), i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
@@ -80,7 +103,18 @@ def load_tasks(uri: str) -> list[Item]:
         store = open_store(uri)
         lines = [(f"{uri}/{k}", i, ln) for k in store.list() if k.endswith(".jsonl")
                  for i, ln in enumerate(store.get_bytes(k).decode("utf-8").splitlines(), 1)]
-    return [parse_item(json.loads(ln), f"{src}:{i}: ") for src, i, ln in lines if ln.strip()]
+    items = []
+    for src, i, ln in lines:
+        if not ln.strip():
+            continue
+        try:
+            obj = json.loads(ln)
+        except ValueError as exc:
+            raise ValueError(f"{src}:{i}: not valid JSON ({exc.msg})") from None
+        items.append(parse_item(obj, f"{src}:{i}: "))
+    if not items:
+        raise ValueError(f"no task item under {uri}")
+    return items
 
 
 # ---- model access ------------------------------------------------------------------------------
@@ -136,10 +170,13 @@ def valid_curve(run: ObjectStore, model, tokens: np.ndarray, workdir: Path) -> l
 def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], *, batch: int = 32) -> list[tuple[float, int]]:
     """(sum of log p(continuation | context), continuation tokens) for each (context, continuation)."""
     pad = tokenizer.pad_token_id
+    eod = tokenizer.convert_tokens_to_ids("<eod>")
     encoded = []
     for ctx, cont in pairs:
-        c = tokenizer(ctx, add_special_tokens=False)["input_ids"]
+        c = tokenizer(ctx, add_special_tokens=False)["input_ids"] or [eod]  # an empty context: a document start
         x = tokenizer(cont, add_special_tokens=False)["input_ids"]
+        if not x:
+            raise ValueError(f"empty continuation after {ctx[-40:]!r}")
         encoded.append((c, x))
     out = []
     for i in range(0, len(encoded), batch):
@@ -217,6 +254,12 @@ def gen_scores(generation: str, answers: list[str]) -> tuple[bool, bool]:
     return first in norm, any(a and a in gen for a in norm)
 
 
+def best_choice(scores: list[tuple[float, int]], *, per_token: bool = False) -> int:
+    """Index of the option with the highest summed log-likelihood, or per token (length-normalised).
+    `scores` are (sum of log-probs, tokens) per option, as `loglikelihoods` returns; ties go to the first."""
+    return int(np.argmax([s / max(1, n) if per_token else s for s, n in scores]))
+
+
 # ---- the harness -------------------------------------------------------------------------------
 
 def _options(item: Item) -> str:
@@ -253,8 +296,8 @@ def _evaluate_mc(model, tokenizer, items: list[Item], max_new_tokens: int) -> di
         for it in items:
             part = ll[k:k + len(it.choices)]
             k += len(it.choices)
-            content.append(int(np.argmax([s for s, _ in part])))
-            norm.append(int(np.argmax([s / n for s, n in part])))
+            content.append(best_choice(part))
+            norm.append(best_choice(part, per_token=True))
         scores["content"] = float(np.mean(np.array(content) == answers))
         scores["content_norm"] = float(np.mean(np.array(norm) == answers))
         if "{options}" in template:
@@ -262,7 +305,7 @@ def _evaluate_mc(model, tokenizer, items: list[Item], max_new_tokens: int) -> di
             ll = loglikelihoods(model, tokenizer, pairs)
             letters, k = [], 0
             for it in items:
-                letters.append(int(np.argmax([s for s, _ in ll[k:k + len(it.choices)]])))
+                letters.append(best_choice(ll[k:k + len(it.choices)]))
                 k += len(it.choices)
             scores["letter"] = float(np.mean(np.array(letters) == answers))
             gens = greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens)

@@ -5,7 +5,6 @@ TrainingPipeline is built from the stage params.
 """
 
 import re
-from typing import Literal
 
 from pydantic import Field, model_validator
 
