@@ -38,7 +38,10 @@ install: $(VENV)/.installed ## Create .venv and install the project with every e
 servers: ## Install the real servers the tests use (Prometheus from Debian; SeaweedFS comes from PyPI).
 	@command -v prometheus >/dev/null || { \
 	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+	  for try in 1 2 3; do \
+	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null && break; \
+	    echo "apt-get failed (try $$try), retrying in 10 s"; sleep 10; \
+	  done; }
 	@command -v prometheus >/dev/null || { echo "prometheus is not installed"; exit 1; }
 
 .PHONY: tools
@@ -55,7 +58,7 @@ test: install servers tools ## Install everything and run the whole test suite.
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 .PHONY: test-fast
-test-fast: install ## Run the tests that start no training processes.
+test-fast: install ## Run the suite without the tests marked slow (the longest multi-process runs).
 	$(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 ##@ Generate
@@ -91,14 +94,15 @@ images: ## Build the trainer and operator images (needs a Docker engine).
 ##@ Demo
 
 .PHONY: demo
-demo: install ## Build a corpus, train a tokenizer and pretrain a tiny model with 2 ranks, all local.
+demo: install ## Run data -> tokenizer -> pretrain (2 ranks) -> SFT -> RM -> RLHF locally on CPU; writes runs/demo/REPORT.md.
 	$(BIN)/zhinao-k8s demo --workdir $(DEMO_DIR)
 
 ##@ Benchmarks
 
 .PHONY: bench
-bench: install ## Run the benchmarks and print their results (see docs/benchmarks.md).
+bench: install ## Pretraining vs HF Trainer and the data pipeline vs datatrove (see docs/benchmarks.md).
 	$(BIN)/python bench/train_throughput.py
+	$(BIN)/python bench/data_pipeline.py
 
 .PHONY: bench-operator
 bench-operator: install ## TrainingPipelines against kmock with the real operator (see docs/benchmarks-operator.md).
