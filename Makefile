@@ -37,7 +37,7 @@ install: $(VENV)/.installed ## Create .venv and install the project with every e
 .PHONY: servers
 servers: ## Install the real servers the tests use (Prometheus from Debian; SeaweedFS comes from PyPI).
 	@command -v prometheus >/dev/null || { \
-	  SUDO=$$(command -v sudo >/dev/null && [ "$$(id -u)" != 0 ] && echo sudo); \
+	  SUDO=""; if [ "$$(id -u)" != 0 ]; then SUDO=sudo; fi; \
 	  for try in 1 2 3; do \
 	    $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq --no-install-recommends prometheus >/dev/null && break; \
 	    echo "apt-get failed (try $$try), retrying in 10 s"; sleep 10; \
