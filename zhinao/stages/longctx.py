@@ -22,7 +22,7 @@ from transformers import AutoModelForCausalLM
 from zhinao.config.longctx import LongContextParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
-from zhinao.data.packing import TOKEN_DTYPE, batch_indices, pack_source
+from zhinao.data.packing import TOKEN_DTYPE, pack_source
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
@@ -32,7 +32,7 @@ from zhinao.longctx.sequence_parallel import (
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
 from zhinao.report import loss_curve_png
-from zhinao.stages.pretrain import INDEX, load_tokens
+from zhinao.stages.pretrain import INDEX, load_tokens, micro_batches
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, load as load_tokenizer
 from zhinao.training.engine import DDPEngine
@@ -184,13 +184,8 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size
     for step in range(start, params.max_steps):
         began = time.perf_counter()
-        batches = [
-            torch.from_numpy(data[batch_indices(n_sequences=len(data), step=step, micro_step=m, rank=sp.dp_rank,
-                                                world_size=sp.dp_size, micro_batch=params.micro_batch_size,
-                                                grad_accum=params.grad_accum_steps, seed=params.seed)].astype(np.int64)
-                             ).to(session.device)
-            for m in range(params.grad_accum_steps)
-        ]
+        batches = micro_batches(data, params, step=step, rank=sp.dp_rank, world_size=sp.dp_size,
+                                device=session.device)
         lr = engine.lr
         loss, grad_norm = engine.train_step(batches)
         metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens_per_step,

@@ -75,6 +75,18 @@ def load_tokens(store: ObjectStore, dest: Path) -> np.ndarray:
     return np.concatenate(arrays).astype(TOKEN_DTYPE, copy=False)
 
 
+def micro_batches(data: np.ndarray, params, *, step: int, rank: int, world_size: int,
+                  device: torch.device) -> list[torch.Tensor]:
+    """This rank's micro-batches of optimizer step `step`: a pure function of the position, so resumable."""
+    return [
+        torch.from_numpy(data[batch_indices(n_sequences=len(data), step=step, micro_step=m, rank=rank,
+                                            world_size=world_size, micro_batch=params.micro_batch_size,
+                                            grad_accum=params.grad_accum_steps, seed=params.seed)].astype(np.int64)
+                         ).to(device)
+        for m in range(params.grad_accum_steps)
+    ]
+
+
 def run(rt: StageRuntime, params: PretrainParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
     env, out = session.env, session.out
@@ -109,13 +121,8 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps
     for step in range(start, params.max_steps):
         began = time.perf_counter()
-        batches = [
-            torch.from_numpy(data[batch_indices(n_sequences=len(data), step=step, micro_step=m, rank=env.rank,
-                                                world_size=env.world_size, micro_batch=params.micro_batch_size,
-                                                grad_accum=params.grad_accum_steps, seed=params.seed)].astype(np.int64)
-                             ).to(session.device)
-            for m in range(params.grad_accum_steps)
-        ]
+        batches = micro_batches(data, params, step=step, rank=env.rank, world_size=env.world_size,
+                                device=session.device)
         lr = engine.lr
         loss, grad_norm = engine.train_step(batches)
         metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens_per_step,
