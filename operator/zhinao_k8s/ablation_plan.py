@@ -1,20 +1,22 @@
 """Pure fan-out of an Ablation: one TrainingPipeline per recipe x seed, with deterministic names.
 
-Every run has a single pretrain stage reading the ablation's prepared data (prep/: the shared
-tokenizer and the recipe's mixed training documents, see zhinao.ablation.prepare) and keeping a
-checkpoint every `validLoss.everySteps` steps, which the evaluation reads afterwards.
+Every run has a pretrain stage reading the ablation's prepared data (prep/: the shared tokenizer
+and the recipe's mixed training documents, see zhinao.ablation.prepare) and keeping a checkpoint
+every `validLoss.everySteps` steps, which the evaluation reads afterwards. With the SFT evaluation
+on, an `sft` stage follows: the same fixed recipe fine-tunes every run's base (with the run's seed).
 """
 
 from dataclasses import dataclass
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao_k8s.api.ablation import Ablation
-from zhinao_k8s.api.v1alpha1 import Metadata, PipelineSpec, PretrainStage, Resources, TrainingPipeline
+from zhinao_k8s.api.v1alpha1 import Metadata, PipelineSpec, PretrainStage, Resources, SFTStage, TrainingPipeline
 
 LABEL_ABLATION = "zhinao.ai/ablation"
 LABEL_RECIPE = "zhinao.ai/recipe"
 LABEL_SEED = "zhinao.ai/seed"
 STAGE = "pretrain"
+SFT_STAGE = "sft"
 
 
 @dataclass(frozen=True)
@@ -32,6 +34,11 @@ class Run:
     @property
     def output(self) -> str:
         return self.pipeline.output_of(self.pipeline.stage(STAGE))
+
+    @property
+    def sft_output(self) -> str | None:
+        stages = [s for s in self.pipeline.spec.stages if s.name == SFT_STAGE]
+        return self.pipeline.output_of(stages[0]) if stages else None
 
 
 def root_uri(ablation: Ablation) -> str:
@@ -59,24 +66,29 @@ def pretrain_params(ablation: Ablation, seed: int) -> PretrainParams:
 
 def plan_runs(ablation: Ablation) -> list[Run]:
     spec = ablation.spec
-    proxy = spec.proxy
+    proxy, sft = spec.proxy, spec.evaluations.sft
     prep = prep_uri(ablation)
+    placement = {"replicas": proxy.replicas, "nproc_per_node": proxy.nproc_per_node,
+                 "resources": Resources(cpu=proxy.cpu, memory=proxy.memory, gpu=proxy.gpu)}
     runs = []
     for r_index, recipe in enumerate(spec.recipes):
         for k in range(spec.seeds):
             seed = spec.run_seed(r_index, k)
-            stage = PretrainStage(
-                name=STAGE, kind="pretrain", replicas=proxy.replicas, nproc_per_node=proxy.nproc_per_node,
-                resources=Resources(cpu=proxy.cpu, memory=proxy.memory, gpu=proxy.gpu),
+            stages = [PretrainStage(
+                name=STAGE, kind="pretrain", **placement,
                 inputs={"tokenizer": f"{prep}/tokenizer", "corpus": f"{prep}/recipes/{recipe.name}/train"},
                 params=pretrain_params(ablation, seed),
-            )
+            )]
+            if sft.enabled:
+                stages.append(SFTStage(name=SFT_STAGE, kind="sft", **placement,
+                                       inputs={"model": f"stage://{STAGE}", "data": sft.data_uri(prep)},
+                                       params=sft.params.model_copy(update={"seed": seed})))
             labels = {**ablation.metadata.labels, LABEL_ABLATION: ablation.metadata.name, LABEL_RECIPE: recipe.name,
                       LABEL_SEED: str(k)}
             pipeline = TrainingPipeline(
                 metadata=Metadata(name=run_name(ablation, recipe.name, k), namespace=ablation.metadata.namespace, labels=labels),
                 spec=PipelineSpec(image=spec.image, image_pull_policy=spec.image_pull_policy, storage=spec.storage,
-                                  metrics=spec.metrics, stages=[stage]),
+                                  metrics=spec.metrics, stages=stages),
             )
             runs.append(Run(recipe.name, k, seed, pipeline))
     return runs

@@ -13,14 +13,14 @@ from zhinao_k8s.examples import example_text
 runner = CliRunner()
 
 
-def test_render_prints_one_pytorchjob_per_recipe_and_seed(tmp_path):
+def test_render_prints_pretrain_and_sft_jobs_per_recipe_and_seed(tmp_path):
     spec = tmp_path / "ablation.yaml"
     spec.write_text(example_text("ablation-demo"))
     result = runner.invoke(app, ["render", str(spec)])
     assert result.exit_code == 0, result.output
     jobs = list(yaml.safe_load_all(result.output))
-    assert len(jobs) == 12 and {j["kind"] for j in jobs} == {"PyTorchJob"}
-    assert jobs[0]["metadata"]["name"] == "abl-demo-dedup-on-s0-pretrain"
+    assert len(jobs) == 4 * 3 * 2 and {j["kind"] for j in jobs} == {"PyTorchJob"}
+    assert [j["metadata"]["name"] for j in jobs[:2]] == ["abl-demo-dedup-on-s0-pretrain", "abl-demo-dedup-on-s0-sft"]
 
 
 def test_an_invalid_spec_exits_2_with_field_paths(tmp_path):

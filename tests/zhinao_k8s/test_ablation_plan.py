@@ -53,14 +53,14 @@ def test_one_pipeline_per_recipe_and_seed_with_deterministic_names_and_distinct_
 def test_checkpoints_are_kept_every_eval_interval_for_the_valid_curve():
     ab = parse_ablation(example_text("ablation-demo"))
     params = plan_runs(ab)[0].pipeline.spec.stages[0].params
-    assert (params.max_steps, params.checkpoint_every, params.keep_checkpoints) == (150, 50, 4)
+    assert (params.max_steps, params.checkpoint_every, params.keep_checkpoints) == (300, 100, 4)
     assert (params.model_size, params.seq_len, params.micro_batch_size) == ("tiny", 128, 8)
     assert len(plan_runs(ab)) == 12
 
 
 def test_the_runs_render_to_pytorchjobs():
     jobs = [j for r in plan_runs(parse_ablation(MINIMAL)) for j in render_pipeline(r.pipeline)]
-    assert [j["metadata"]["name"] for j in jobs[:2]] == ["abl-don-s0-pretrain", "abl-don-s1-pretrain"]
+    assert [j["metadata"]["name"] for j in jobs[:2]] == ["abl-don-s0-pretrain", "abl-don-s1-pretrain"]  # no SFT by default
     worker = jobs[0]["spec"]["pytorchReplicaSpecs"]["Worker"]
     assert worker["replicas"] == 7  # 8 pods: Master + 7 Workers
 

@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from zhinao.ablation.sft_eval import sft_metrics
 from zhinao.checkpoint import CheckpointManager, step_name
 from zhinao.storage import ObjectStore, open_store
 
@@ -345,7 +346,7 @@ def evaluate_run(run_uri: str, *, valid_tokens: np.ndarray | None, items: list[I
 
 
 def run_metrics(result: dict) -> dict[str, float]:
-    """The flat metric table of one run: valid_loss, train_loss, bench/<task>/<rule>, bench/avg."""
+    """The flat metric table of one run: valid_loss, train_loss, bench/<task>/<rule>, bench/avg, sft/* (sft_eval.py)."""
     metrics = {}
     if "valid_loss" in result:
         metrics["valid_loss"] = result["valid_loss"]
@@ -358,4 +359,6 @@ def run_metrics(result: dict) -> dict[str, float]:
         headline.append(r["scores"].get("content_norm", r["scores"].get("contains", 0.0)))
     if headline:
         metrics["bench/avg"] = float(np.mean(headline))
+    if "sft" in result:
+        metrics |= sft_metrics(result["sft"])
     return metrics

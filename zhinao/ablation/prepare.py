@@ -9,6 +9,7 @@ Layout under the ablation's prep prefix (`<storage>/<ablation>/prep`):
     recipes/<r>/data/        the recipe's data-pipeline output
     recipes/<r>/train/docs/  the run's training documents: experimental + base at the share
     recipes/<r>/train/mix.json
+    sft/data/, sft/prompts/  the built-in SFT evaluation data (sft_eval.py), when the spec names none
     done.json                marker written last (a finished prep is reused)
 
 Why one tokenizer: losses are per token, so runs are comparable only if they cut text into the
@@ -27,6 +28,7 @@ from urllib.parse import urlsplit
 
 import numpy as np
 
+from zhinao.ablation.sft_eval import write_builtin
 from zhinao.config.ablation import AblationParams, Recipe
 from zhinao.config.data import DataParams
 from zhinao.corpus import corpus_keys
@@ -176,6 +178,8 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     """Build everything the runs read. Idempotent: steps whose output exists are skipped."""
     notify = listener or (lambda event, data: None)
     prep = open_store(prep_uri)
+    if params.evaluations.sft.enabled:
+        write_builtin(params.evaluations.sft, prep_uri, seed=params.seed)
     if prep.exists("done.json"):
         return json.loads(prep.get_bytes("done.json"))
     vl = params.evaluations.valid_loss

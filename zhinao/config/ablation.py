@@ -11,6 +11,8 @@ from pydantic import Field, model_validator
 from zhinao.config._base import SpecModel
 from zhinao.config.data import DataParams
 from zhinao.config.pretrain import ModelSize
+from zhinao.config.rlhf import RULES
+from zhinao.config.sft import SFTParams
 from zhinao.config.tokenizer import TokenizerParams
 
 RECIPE_NAME = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
@@ -124,14 +126,51 @@ class Benchmarks(SpecModel):
 
 
 class SftEval(SpecModel):
+    """The report's third evaluation: fine-tune every run's base model with one fixed SFT recipe and
+    score its answers to held-out prompts with a reward (a reward model and/or rule rewards)."""
+
     enabled: bool = False
-    """Fine-tune each ablation base with one fixed SFT recipe and score answers with a reward model.
-    Not implemented yet: `true` is rejected."""
+    data: str | None = None
+    """URI prefix of SFT conversations (the sft stage's JSONL). None: the built-in single-digit
+    addition set of the alignment demo (zhinao.synthetic: 30% refusals and 10% wrong sums among
+    the demonstrations, as real SFT data is imperfect)."""
+
+    prompts: str | None = None
+    """URI prefix of the prompts to answer, one JSON object per line: {"prompt": ..., plus the fields
+    the rules read, e.g. "answer"}. None: the 100 built-in addition questions. They are the questions
+    of the SFT data (a tiny proxy does not generalise addition to unseen operands), so the score says
+    how well each base learns the right answer from noisy demonstrations on the fixed budget."""
+
+    params: SFTParams = Field(default_factory=SFTParams)
+    """The fixed SFT recipe, the same for every run (each run fine-tunes with its own seed)."""
+
+    reward_model: str | None = None
+    """URI of a reward-stage output (its hf/ export): its score of (prompt, answer) is added to the reward.
+    It reads text, so its tokenizer need not be the ablation's."""
+
+    rules: dict[str, float] = Field(default_factory=lambda: {"arithmetic": 1.0})
+    """Rule rewards added to the score, name -> weight (zhinao.rule_rewards: arithmetic, code_switch,
+    function_call). The default checks the built-in addition prompts; `{}` leaves the reward model alone."""
+
+    max_new_tokens: int = Field(default=16, ge=1)
+    samples: int = Field(default=4, ge=1)
+    """Sampled answers per prompt (temperature 1), besides the greedy one."""
+
+    max_prompts: int = Field(default=200, ge=1)
+
+    def data_uri(self, prep_uri: str) -> str:
+        return self.data or f"{prep_uri}/sft/data"
+
+    def prompts_uri(self, prep_uri: str) -> str:
+        return self.prompts or f"{prep_uri}/sft/prompts"
 
     @model_validator(mode="after")
-    def _not_yet(self) -> "SftEval":
-        if self.enabled:
-            raise ValueError("SFT evaluation is not implemented yet (see docs/ablation.md)")
+    def _has_reward(self) -> "SftEval":
+        unknown = sorted(set(self.rules) - set(RULES))
+        if unknown:
+            raise ValueError(f"rules: unknown rule {', '.join(unknown)} (known: {', '.join(RULES)})")
+        if self.enabled and self.reward_model is None and not any(self.rules.values()):
+            raise ValueError("SFT evaluation needs a reward: set rewardModel or rules")
         return self
 
 

@@ -1,7 +1,7 @@
 """Run an Ablation locally: prepare the data, train every recipe x seed, evaluate, report.
 
 Runs go through the local PyTorchJob runner (real torchrun processes, as on a cluster) unless
-`in_process` is set: then each pretrain stage runs in this process with world size 1, which is
+`in_process` is set: then each stage runs in this process with world size 1, which is
 the same code without the process start-up (the proof test uses it to stay within its budget).
 Every step is resumable: prepared data, finished runs (summary.json) and evaluated runs
 (runs/<run>.json) are reused.
@@ -18,6 +18,7 @@ import numpy as np
 from zhinao.ablation.evaluate import evaluate_run, load_tasks
 from zhinao.ablation.prepare import prepare, read_records
 from zhinao.ablation.report import RunResult, build_report, write_report
+from zhinao.ablation.sft_eval import evaluate_sft
 from zhinao.ablation.suite import build_suite
 from zhinao.storage import open_store
 from zhinao_k8s.ablation_plan import Run, plan_runs, prep_uri, root_uri
@@ -60,7 +61,9 @@ def train_runs(ablation: Ablation, *, workdir: Path, listener: Listener | None =
     notify = _notify(listener)
     runs = plan_runs(ablation)
     for i, run in enumerate(runs, 1):
-        if open_store(run.output).exists("summary.json"):
+        todo = [stage for stage in run.pipeline.spec.stages  # stages added later (sft) run alone
+                if not open_store(run.pipeline.output_of(stage)).exists("summary.json")]
+        if not todo:
             notify("run-skipped", {"run": run.name, "i": i, "n": len(runs)})
             continue
         notify("run-started", {"run": run.name, "i": i, "n": len(runs)})
@@ -69,11 +72,12 @@ def train_runs(ablation: Ablation, *, workdir: Path, listener: Listener | None =
             from zhinao.stages import run_stage
             from zhinao_k8s.render.pytorchjob import stage_runtime
 
-            run_stage(stage_runtime(run.pipeline, run.pipeline.spec.stages[0]))
+            for stage in todo:
+                run_stage(stage_runtime(run.pipeline, stage))
         else:
-            result = run_pipeline(run.pipeline, workdir=workdir)
+            result = run_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
             if not result.succeeded:
-                raise AblationFailed(f"run {run.name} failed: {result.stages[-1][1].reason}")
+                raise AblationFailed(f"run {run.name} failed in stage {result.stages[-1][0]}: {result.stages[-1][1].reason}")
         notify("run-finished", {"run": run.name, "i": i, "n": len(runs), "seconds": time.time() - began})
     return runs
 
@@ -107,12 +111,16 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
     runs = plan_runs(ablation)
     for i, run in enumerate(runs, 1):
         key = f"runs/{run.name}.json"
-        if root.exists(key):
-            result = json.loads(root.get_bytes(key))
-        else:
+        result = json.loads(root.get_bytes(key)) if root.exists(key) else None
+        scratch = workdir / "eval" / run.name
+        if result is None:
             notify("eval-started", {"run": run.name, "i": i, "n": len(runs)})
-            result = evaluate_run(run.output, valid_tokens=valid, items=items, workdir=workdir / "eval" / run.name,
+            result = evaluate_run(run.output, valid_tokens=valid, items=items, workdir=scratch,
                                   max_new_tokens=spec.evaluations.benchmarks.max_new_tokens)
+            root.put_bytes(key, json.dumps(result, indent=1).encode())
+        if run.sft_output and "sft" not in result:  # also when the SFT evaluation was switched on later
+            notify("eval-started", {"run": f"{run.name} (sft)", "i": i, "n": len(runs)})
+            result["sft"] = evaluate_sft(run.sft_output, spec.evaluations.sft, prep_uri(ablation), scratch)
             root.put_bytes(key, json.dumps(result, indent=1).encode())
         results.append(RunResult(run.recipe, run.index, run.seed, run.name, result))
     prep_summary = json.loads(prep.get_bytes("done.json"))
