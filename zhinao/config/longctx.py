@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
+from zhinao.config.optim import Attention, OptimParams, Precision, ZeroStage
 
 NeedlePreset = Literal["en", "zh"]
 
@@ -45,7 +46,7 @@ class NeedleParams(SpecModel):
     """Greedy-decoded answer length."""
 
 
-class LongContextParams(SpecModel):
+class LongContextParams(OptimParams):
     rope_theta: float = Field(default=50_000_000.0, gt=0)
     """New RoPE base. The report first tried 1e6 for 32K, then settled on 5e7 for 32K and 360K."""
 
@@ -62,9 +63,6 @@ class LongContextParams(SpecModel):
     micro_batch_size: int = Field(default=1, ge=1)
     """Sequences per sequence-parallel group per forward pass."""
 
-    grad_accum_steps: int = Field(default=1, ge=1)
-    """Micro-batches accumulated per optimizer step."""
-
     max_steps: int = Field(default=100, ge=1)
     """Optimizer steps of continual pretraining (the report: ~5B tokens at 32K)."""
 
@@ -77,22 +75,16 @@ class LongContextParams(SpecModel):
     warmup_steps: int = Field(default=10, ge=0)
     """Linear warmup steps before the cosine decay."""
 
-    weight_decay: float = Field(default=0.1, ge=0)
-    adam_beta1: float = Field(default=0.9, gt=0, lt=1)
-    adam_beta2: float = Field(default=0.95, gt=0, lt=1)
-    adam_eps: float = Field(default=1e-8, gt=0)
-    grad_clip: float = Field(default=1.0, gt=0)
-
     seed: int = 1234
     """Seeds data order and the synthetic data; the model comes trained from the input."""
 
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    precision: Precision = "auto"
     """`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU. RoPE inverse frequencies stay fp32."""
 
-    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    attention: Attention = "auto"
     """Attention kernel when sequenceParallel is 1 and for the needle evaluation."""
 
-    zero_stage: Literal[0, 1, 2, 3] = 0
+    zero_stage: ZeroStage = 0
     """0: PyTorch DDP; 1-3: DeepSpeed ZeRO (only with sequenceParallel 1)."""
 
     synthetic_mix: float = Field(default=0.0, ge=0, lt=1)
@@ -107,8 +99,7 @@ class LongContextParams(SpecModel):
     """QA turns per synthetic conversation (the report: several QA pairs per row, multi-turn)."""
 
     checkpoint_every: int = Field(default=50, ge=1)
-    keep_checkpoints: int = Field(default=2, ge=1)
-    log_every: int = Field(default=1, ge=1)
+    """Save a resumable checkpoint every N optimizer steps (and at the end)."""
 
     text_field: str = "text"
     """JSON field holding the document text in the corpus."""

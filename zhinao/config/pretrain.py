@@ -8,12 +8,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config._base import SpecModel
+from zhinao.config.optim import Attention, OptimParams
 
 ModelSize = Literal["tiny", "0.5b", "1.8b", "7b"]
 
 
-class PretrainParams(SpecModel):
+class PretrainParams(OptimParams):
     model_size: ModelSize = "tiny"
     """Named 360Zhinao-architecture size; `1.8b` is the report's ablation model, `7b` the released one."""
 
@@ -22,9 +22,6 @@ class PretrainParams(SpecModel):
 
     micro_batch_size: int = Field(default=8, ge=1)
     """Sequences per rank per forward pass."""
-
-    grad_accum_steps: int = Field(default=1, ge=1)
-    """Micro-batches accumulated per optimizer step."""
 
     max_steps: int = Field(default=200, ge=1)
     """Optimizer steps to train for."""
@@ -38,37 +35,14 @@ class PretrainParams(SpecModel):
     warmup_steps: int = Field(default=20, ge=0)
     """Linear warmup steps before the cosine decay."""
 
-    weight_decay: float = Field(default=0.1, ge=0)
-    """AdamW weight decay, applied to matrices only (not norms or biases)."""
-
-    adam_beta1: float = Field(default=0.9, gt=0, lt=1)
-    adam_beta2: float = Field(default=0.95, gt=0, lt=1)
-    adam_eps: float = Field(default=1e-8, gt=0)
-    """1e-8, not 1e-5: the report saw gradient instability with Llama-2's 1e-5."""
-
-    grad_clip: float = Field(default=1.0, gt=0)
-    """Global gradient-norm clipping threshold."""
-
     seed: int = 1234
     """Seeds model init, data order and dropout; equal seeds give equal weights on CPU."""
 
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    """`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."""
-
-    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
+    attention: Attention = "auto"
     """`auto`: flash-attn when installed with CUDA, else PyTorch SDPA."""
-
-    zero_stage: Literal[0, 1, 2, 3] = 0
-    """0: PyTorch DDP; 1-3: DeepSpeed ZeRO stage."""
 
     checkpoint_every: int = Field(default=50, ge=1)
     """Save a resumable checkpoint every N optimizer steps (and at the end)."""
-
-    keep_checkpoints: int = Field(default=2, ge=1)
-    """Older checkpoints beyond this many are deleted after a new one is committed."""
-
-    log_every: int = Field(default=1, ge=1)
-    """Write the JSONL metrics record every N steps (Prometheus is updated every step)."""
 
     text_field: str = "text"
     """JSON field holding the document text when packing from a JSONL corpus."""

@@ -7,10 +7,10 @@ epoch (more overfits preference data), a 10% held-out split for the pairwise acc
 
 from pydantic import Field
 
-from zhinao.config.sft import OptimParams
+from zhinao.config.optim import FinetuneOptimParams
 
 
-class RewardParams(OptimParams):
+class RewardParams(FinetuneOptimParams):
     max_len: int = Field(default=1024, ge=16)
     """Longest prompt + response in tokens; longer pairs are dropped."""
 

@@ -8,12 +8,12 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config.sft import OptimParams
+from zhinao.config.optim import FinetuneOptimParams
 
 RULES = ("arithmetic", "code_switch", "function_call")
 
 
-class RLHFParams(OptimParams):
+class RLHFParams(FinetuneOptimParams):
     algorithm: Literal["remax", "ppo", "dpo", "orpo"] = "remax"
     """`remax`: REINFORCE with the greedy response as baseline, no critic (the report's choice);
     `ppo`: clipped PPO with a value network (critic); `dpo`/`orpo`: offline, from preference pairs."""

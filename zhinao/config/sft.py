@@ -10,50 +10,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config._base import SpecModel
+from zhinao.config.optim import FinetuneOptimParams
 
 
-class OptimParams(SpecModel):
-    """Optimizer and schedule fields shared by the SFT, reward and RLHF stages."""
-
-    lr: float = Field(default=5e-6, gt=0)
-    """Peak learning rate (reference fine-tune: 5e-6)."""
-
-    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
-    """Cosine decay ends at this fraction of the peak (HF's cosine schedule: 0)."""
-
-    warmup_ratio: float = Field(default=0.01, ge=0, lt=1)
-    """Fraction of the optimizer steps spent in linear warmup (reference: 0.01)."""
-
-    weight_decay: float = Field(default=0.1, ge=0)
-    adam_beta1: float = Field(default=0.9, gt=0, lt=1)
-    adam_beta2: float = Field(default=0.95, gt=0, lt=1)
-    adam_eps: float = Field(default=1e-8, gt=0)
-    grad_clip: float = Field(default=1.0, gt=0)
-    """Global gradient-norm clipping threshold (reference max_grad_norm: 1.0)."""
-
-    micro_batch_size: int = Field(default=4, ge=1)
-    """Rows (SFT), pairs (reward, DPO/ORPO) or prompts (online RL) per rank per forward pass."""
-
-    grad_accum_steps: int = Field(default=1, ge=1)
-    seed: int = 1024
-    """The reference fine-tune's seed."""
-
-    precision: Literal["auto", "bf16", "fp32"] = "auto"
-    attention: Literal["auto", "flash_attention_2", "sdpa", "eager"] = "auto"
-    """`auto` keeps what the input model's config names when its backend is available."""
-
-    zero_stage: Literal[0, 1, 2, 3] = 0
-    """0: PyTorch DDP; 1-3: DeepSpeed ZeRO stage."""
-
-    checkpoint_every: int = Field(default=200, ge=1)
-    """Save a resumable checkpoint every N optimizer steps and at the end (reference save_steps: 200)."""
-
-    keep_checkpoints: int = Field(default=2, ge=1)
-    log_every: int = Field(default=1, ge=1)
-
-
-class SFTParams(OptimParams):
+class SFTParams(FinetuneOptimParams):
     max_len: int = Field(default=1024, ge=16)
     """Tokens per packed row; longer examples are dropped, as the reference does (it uses 4096)."""
 

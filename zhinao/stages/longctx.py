@@ -8,11 +8,9 @@ output:  tokens/ sft/long-qa.jsonl checkpoints/ hf/ metrics/ report/loss.png rep
          report/needle.json summary.json
 """
 
-import contextlib
 import io
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,10 +30,11 @@ from zhinao.longctx.sequence_parallel import (
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
 from zhinao.report import loss_curve_png
-from zhinao.stages.pretrain import INDEX, load_tokens, micro_batches
+from zhinao.stages.pretrain import INDEX, load_tokens
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, load as load_tokenizer
 from zhinao.training.engine import DDPEngine
+from zhinao.training.pretrain_loop import train_steps
 from zhinao.training.session import TrainingSession
 
 Params = LongContextParams
@@ -51,20 +50,7 @@ class SequenceParallelEngine(DDPEngine):
         self.sp = sp
 
     def train_step(self, micro_batches):
-        self.model.train()
-        total = 0.0
-        for i, batch in enumerate(micro_batches):
-            last = i == len(micro_batches) - 1
-            sync = self.wrapped.no_sync() if (not last and self.env.world_size > 1) else contextlib.nullcontext()
-            with sync, self._autocast():
-                loss = sequence_parallel_lm_loss(self.wrapped, batch, self.sp) / len(micro_batches)
-            loss.backward()
-            total += loss.item()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.grad_clip).item()
-        self.optimizer.step()
-        self.scheduler.step()
-        self.optimizer.zero_grad(set_to_none=True)
-        return self._mean_across_ranks(total), grad_norm
+        return super().train_step(micro_batches, lambda model, batch: sequence_parallel_lm_loss(model, batch, self.sp))
 
 
 def fetch_model(uri: str, dest: Path) -> Path:
@@ -181,22 +167,9 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
              sp.dp_size, start + 1, params.max_steps)
 
     # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
-    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size
-    for step in range(start, params.max_steps):
-        began = time.perf_counter()
-        batches = micro_batches(data, params, step=step, rank=sp.dp_rank, world_size=sp.dp_size,
-                                device=session.device)
-        lr = engine.lr
-        loss, grad_norm = engine.train_step(batches)
-        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens_per_step,
-                            samples=params.micro_batch_size * params.grad_accum_steps,
-                            step_seconds=time.perf_counter() - began)
-        if (step + 1) % params.log_every == 0 and env.is_main:
-            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, params.max_steps, loss, lr, grad_norm)
-        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
-            session.save_checkpoint(engine, step + 1, {"step": step + 1, "world_size": env.world_size,
-                                                       "sequence_parallel": sp.size,
-                                                       "tokens": (step + 1) * tokens_per_step * env.world_size})
+    train_steps(session, engine, metrics, data, params, start=start, rank=sp.dp_rank, world_size=sp.dp_size,
+                tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size,
+                meta={"sequence_parallel": sp.size})
 
     # The export loads anywhere with standard attention; the ring is only this job's business.
     if sp.size > 1:

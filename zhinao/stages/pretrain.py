@@ -9,21 +9,20 @@ output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 import io
 import json
 import logging
-import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
-from zhinao.data.packing import TOKEN_DTYPE, batch_indices, pack_source
+from zhinao.data.packing import TOKEN_DTYPE, pack_source
 from zhinao.metrics import flops_per_token
 from zhinao.model import build_config, build_model, matmul_params
 from zhinao.report import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, load as load_tokenizer
+from zhinao.training.pretrain_loop import train_steps
 from zhinao.training.session import TrainingSession
 
 Params = PretrainParams
@@ -75,18 +74,6 @@ def load_tokens(store: ObjectStore, dest: Path) -> np.ndarray:
     return np.concatenate(arrays).astype(TOKEN_DTYPE, copy=False)
 
 
-def micro_batches(data: np.ndarray, params, *, step: int, rank: int, world_size: int,
-                  device: torch.device) -> list[torch.Tensor]:
-    """This rank's micro-batches of optimizer step `step`: a pure function of the position, so resumable."""
-    return [
-        torch.from_numpy(data[batch_indices(n_sequences=len(data), step=step, micro_step=m, rank=rank,
-                                            world_size=world_size, micro_batch=params.micro_batch_size,
-                                            grad_accum=params.grad_accum_steps, seed=params.seed)].astype(np.int64)
-                         ).to(device)
-        for m in range(params.grad_accum_steps)
-    ]
-
-
 def run(rt: StageRuntime, params: PretrainParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
     env, out = session.env, session.out
@@ -118,21 +105,8 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
              params.model_size, sum(p.numel() for p in model.parameters()) / 1e6, len(data), params.seq_len,
              start + 1, params.max_steps, env.world_size)
 
-    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps
-    for step in range(start, params.max_steps):
-        began = time.perf_counter()
-        batches = micro_batches(data, params, step=step, rank=env.rank, world_size=env.world_size,
-                                device=session.device)
-        lr = engine.lr
-        loss, grad_norm = engine.train_step(batches)
-        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens_per_step,
-                            samples=params.micro_batch_size * params.grad_accum_steps,
-                            step_seconds=time.perf_counter() - began)
-        if (step + 1) % params.log_every == 0 and env.is_main:
-            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, params.max_steps, loss, lr, grad_norm)
-        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
-            session.save_checkpoint(engine, step + 1, {"step": step + 1, "world_size": env.world_size,
-                                                       "tokens": (step + 1) * tokens_per_step * env.world_size})
+    train_steps(session, engine, metrics, data, params, start=start, rank=env.rank, world_size=env.world_size,
+                tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps)
 
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()

@@ -1,0 +1,70 @@
+"""Optimizer, precision and checkpoint fields shared by every training stage.
+
+Defaults are the reference fine-tune's (`finetune/ds_finetune.sh`), which SFT, reward and RLHF keep;
+pretrain and longctx override the ones that differ. The warmup is not shared: the fine-tuning
+stages give it as a fraction of the steps their epochs come to, the pretraining stages as a number
+of steps of their fixed budget.
+"""
+
+from typing import Literal
+
+from pydantic import Field
+
+from zhinao.config._base import SpecModel
+
+Precision = Literal["auto", "bf16", "fp32"]
+Attention = Literal["auto", "flash_attention_2", "sdpa", "eager"]
+ZeroStage = Literal[0, 1, 2, 3]
+
+
+class OptimParams(SpecModel):
+    lr: float = Field(default=5e-6, gt=0)
+    """Peak learning rate (reference fine-tune: 5e-6)."""
+
+    min_lr_ratio: float = Field(default=0.0, ge=0, le=1)
+    """Cosine decay ends at this fraction of the peak (HF's cosine schedule: 0)."""
+
+    weight_decay: float = Field(default=0.1, ge=0)
+    """AdamW weight decay, applied to matrices only (not norms or biases)."""
+
+    adam_beta1: float = Field(default=0.9, gt=0, lt=1)
+    adam_beta2: float = Field(default=0.95, gt=0, lt=1)
+    adam_eps: float = Field(default=1e-8, gt=0)
+    """1e-8, not 1e-5: the report saw gradient instability with Llama-2's 1e-5."""
+
+    grad_clip: float = Field(default=1.0, gt=0)
+    """Global gradient-norm clipping threshold (the report's and the reference fine-tune's max_grad_norm: 1.0)."""
+
+    micro_batch_size: int = Field(default=4, ge=1)
+    """Rows (SFT), pairs (reward, DPO/ORPO) or prompts (online RL) per rank per forward pass."""
+
+    grad_accum_steps: int = Field(default=1, ge=1)
+    """Micro-batches accumulated per optimizer step."""
+
+    seed: int = 1024
+    """The reference fine-tune's seed."""
+
+    precision: Precision = "auto"
+    """`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU."""
+
+    attention: Attention = "auto"
+    """`auto` keeps what the input model's config names when its backend is available."""
+
+    zero_stage: ZeroStage = 0
+    """0: PyTorch DDP; 1-3: DeepSpeed ZeRO stage."""
+
+    checkpoint_every: int = Field(default=200, ge=1)
+    """Save a resumable checkpoint every N optimizer steps and at the end (reference save_steps: 200)."""
+
+    keep_checkpoints: int = Field(default=2, ge=1)
+    """Older checkpoints beyond this many are deleted after a new one is committed."""
+
+    log_every: int = Field(default=1, ge=1)
+    """Log a progress line every N steps (the JSONL record and Prometheus are updated every step)."""
+
+
+class FinetuneOptimParams(OptimParams):
+    """SFT, reward and RLHF: the warmup is a share of the total steps, however epochs or maxSteps set them."""
+
+    warmup_ratio: float = Field(default=0.01, ge=0, lt=1)
+    """Fraction of the optimizer steps spent in linear warmup (reference: 0.01)."""
