@@ -97,6 +97,10 @@ images: ## Build the trainer and operator images (needs a Docker engine).
 demo: install ## Run data -> tokenizer -> pretrain (2 ranks) -> SFT -> RM -> RLHF locally on CPU; writes runs/demo/REPORT.md.
 	$(BIN)/zhinao-k8s demo --workdir $(DEMO_DIR)
 
+.PHONY: ablation-demo
+ablation-demo: install ## Dedup on/off and paragraph deletion 10%/30% on a tiny proxy, 3 seeds each (docs/ablation.md).
+	$(BIN)/zhinao-k8s ablation demo --workdir runs/ablation-demo
+
 ##@ Benchmarks
 
 .PHONY: bench

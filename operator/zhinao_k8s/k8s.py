@@ -1,7 +1,7 @@
 """The only module that talks to the Kubernetes API (the operator's handlers and the CLI both use it).
 
 Thin on purpose: each method is one API call with the error handling that makes it idempotent
-(create-if-absent, delete-if-present). The decisions are in `plan.py`.
+(create-if-absent, delete-if-present). The decisions are in `plan.py` and `ablation_control.py`.
 """
 
 import os
@@ -10,7 +10,9 @@ from collections.abc import Iterable
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from zhinao_k8s.api.crd import PLURAL
+from zhinao_k8s.ablation_control import AblationAction, CreatePipeline
+from zhinao_k8s.ablation_plan import LABEL_ABLATION
+from zhinao_k8s.api.crd import ABLATION_PLURAL, PLURAL
 from zhinao_k8s.api.v1alpha1 import GROUP, VERSION
 from zhinao_k8s.plan import Action, CreateJob, DeleteJob, SuspendJob
 from zhinao_k8s.render.names import LABEL_PIPELINE
@@ -64,27 +66,36 @@ class Cluster:
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
 
-    # -- PyTorchJobs ----------------------------------------------------------------------------
-
-    def list_jobs(self, namespace: str, pipeline: str) -> dict[str, dict]:
-        """The pipeline's PyTorchJobs by name (found by label, so only its own)."""
-        out = self.custom.list_namespaced_custom_object(
-            JOB_GROUP, JOB_VERSION, namespace, JOB_PLURAL, label_selector=f"{LABEL_PIPELINE}={pipeline}",
-        )
+    def _list_labelled(self, group: str, version: str, plural: str, namespace: str, label: str, value: str) -> dict[str, dict]:
+        """Objects carrying `label=value`, by name."""
+        out = self.custom.list_namespaced_custom_object(group, version, namespace, plural, label_selector=f"{label}={value}")
         return {
-            j["metadata"]["name"]: j for j in out.get("items", [])
-            if (j["metadata"].get("labels") or {}).get(LABEL_PIPELINE) == pipeline  # selector, re-checked
+            o["metadata"]["name"]: o for o in out.get("items", [])
+            if (o["metadata"].get("labels") or {}).get(label) == value  # selector, re-checked
         }
 
-    def create_job(self, namespace: str, body: dict) -> bool:
+    def _create_absent(self, group: str, version: str, plural: str, namespace: str, body: dict) -> bool:
         """Create unless one of that name exists; True when this call created it."""
         try:
-            self.custom.create_namespaced_custom_object(JOB_GROUP, JOB_VERSION, namespace, JOB_PLURAL, body)
+            self.custom.create_namespaced_custom_object(group, version, namespace, plural, body)
             return True
         except ApiException as exc:
             if exc.status == 409:
                 return False
             raise
+
+    # -- PyTorchJobs ----------------------------------------------------------------------------
+
+    def list_jobs(self, namespace: str, pipeline: str) -> dict[str, dict]:
+        """The pipeline's PyTorchJobs by name (found by label, so only its own)."""
+        return self._list_labelled(JOB_GROUP, JOB_VERSION, JOB_PLURAL, namespace, LABEL_PIPELINE, pipeline)
+
+    def list_ablation_jobs(self, namespace: str, ablation: str) -> dict[str, dict]:
+        """The ablation's own PyTorchJobs (prepare, evaluate) by name; its runs' jobs carry no such label."""
+        return self._list_labelled(JOB_GROUP, JOB_VERSION, JOB_PLURAL, namespace, LABEL_ABLATION, ablation)
+
+    def create_job(self, namespace: str, body: dict) -> bool:
+        return self._create_absent(JOB_GROUP, JOB_VERSION, JOB_PLURAL, namespace, body)
 
     def delete_job(self, namespace: str, name: str) -> bool:
         try:
@@ -102,7 +113,7 @@ class Cluster:
             JOB_GROUP, JOB_VERSION, namespace, JOB_PLURAL, name, {"spec": {"runPolicy": {"suspend": suspend}}},
         )
 
-    def apply(self, namespace: str, actions: Iterable[Action]) -> list[str]:
+    def apply(self, namespace: str, actions: Iterable[Action | AblationAction]) -> list[str]:
         """Carry out a plan's actions in order; returns one line per action for the log."""
         done = []
         for action in actions:
@@ -115,19 +126,26 @@ class Cluster:
             elif isinstance(action, SuspendJob):
                 self.suspend_job(namespace, action.name, action.suspend)
                 done.append(f"{'suspended' if action.suspend else 'resumed'} PyTorchJob {action.name}")
+            elif isinstance(action, CreatePipeline):
+                created = self._create_absent(GROUP, VERSION, PLURAL, namespace, action.body)
+                done.append(f"{'created' if created else 'already exists:'} TrainingPipeline {action.name}")
             else:  # pragma: no cover - a new Action type without a case here
                 raise TypeError(f"unknown action {action!r}")
         return done
 
     # -- TrainingPipelines ----------------------------------------------------------------------
 
-    def get_pipeline(self, namespace: str, name: str) -> dict | None:
+    def _get(self, plural: str, namespace: str, name: str) -> dict | None:
+        """A zhinao.ai object, None when there is none of that name."""
         try:
-            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name)
+            return self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, plural, name)
         except ApiException as exc:
             if _absent(exc):
                 return None
             raise
+
+    def get_pipeline(self, namespace: str, name: str) -> dict | None:
+        return self._get(PLURAL, namespace, name)
 
     def list_pipelines(self, namespace: str | None) -> list[dict]:
         if namespace is None:
@@ -150,6 +168,21 @@ class Cluster:
 
     def patch_pipeline_status(self, namespace: str, name: str, status: dict) -> None:
         self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, PLURAL, name, {"status": status})
+
+    def list_ablation_runs(self, namespace: str, ablation: str) -> dict[str, dict]:
+        """The ablation's runs (TrainingPipelines labelled with it) by name."""
+        return self._list_labelled(GROUP, VERSION, PLURAL, namespace, LABEL_ABLATION, ablation)
+
+    # -- Ablations ------------------------------------------------------------------------------
+
+    def get_ablation(self, namespace: str, name: str) -> dict | None:
+        return self._get(ABLATION_PLURAL, namespace, name)
+
+    def create_ablation(self, namespace: str, body: dict) -> dict:
+        return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, ABLATION_PLURAL, body)
+
+    def patch_ablation_status(self, namespace: str, name: str, status: dict) -> None:
+        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, ABLATION_PLURAL, name, {"status": status})
 
     # -- Pods (CLI: logs and live metrics) ------------------------------------------------------
 

@@ -5,7 +5,7 @@ TrainingPipeline; `api/crd.py` turns them into the CRD's status schema, so what 
 writes and what the API server accepts cannot drift apart.
 """
 
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import Field
 
@@ -74,15 +74,18 @@ class PipelineStatus(SpecModel):
         return next((s for s in self.stages if s.name == name), None)
 
 
-def read_status(raw: dict | None) -> PipelineStatus:
+S = TypeVar("S", bound=SpecModel)
+
+
+def read_status(raw: dict | None, model: type[S] = PipelineStatus) -> S:
     """The status as the operator last wrote it; fields it does not own (kopf's) are ignored."""
     if not raw:
-        return PipelineStatus()
-    known = {k: v for k, v in raw.items() if k in PipelineStatus.model_fields or _snake(k) in PipelineStatus.model_fields}
+        return model()
+    known = {k: v for k, v in raw.items() if k in model.model_fields or _snake(k) in model.model_fields}
     try:
-        return PipelineStatus.model_validate(known)
+        return model.model_validate(known)
     except ValueError:
-        return PipelineStatus()  # written by an older operator: rebuilt from the children
+        return model()  # written by an older operator: rebuilt from the children
 
 
 def _snake(camel: str) -> str:

@@ -43,7 +43,8 @@ def test_default_install() -> None:
     kinds = by_kind(render(CHART))
     assert set(kinds) == {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
                           "Service", "Deployment", "Pod"}
-    assert kinds["CustomResourceDefinition"][0]["metadata"]["name"] == "trainingpipelines.zhinao.ai"
+    assert sorted(c["metadata"]["name"] for c in kinds["CustomResourceDefinition"]) == ["ablations.zhinao.ai",
+                                                                                       "trainingpipelines.zhinao.ai"]
     (deploy,) = kinds["Deployment"]
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["zhinao-k8s", "operator", "run"]
@@ -60,8 +61,10 @@ def test_rbac_is_least_privilege() -> None:
     (role,) = by_kind(render(CHART))["ClusterRole"]
     granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == {
-        ("zhinao.ai", "trainingpipelines"): {"get", "list", "watch", "patch"},
+        ("zhinao.ai", "trainingpipelines"): {"get", "list", "watch", "create", "patch"},  # create: an Ablation's runs
         ("zhinao.ai", "trainingpipelines/status"): {"get", "patch"},
+        ("zhinao.ai", "ablations"): {"get", "list", "watch", "patch"},
+        ("zhinao.ai", "ablations/status"): {"get", "patch"},
         ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "events"): {"create", "patch"},
     }
@@ -104,6 +107,7 @@ def test_notes_show_how_to_submit_the_first_pipeline() -> None:
     assert "helm test rel -n ops" in out.stdout
 
 
-def test_chart_crd_is_the_generated_one() -> None:
-    generated = (CHARTS.parent / "manifests" / "crds" / "zhinao.ai_trainingpipelines.yaml").read_text()
-    assert (CHARTS / CHART / "crds" / "zhinao.ai_trainingpipelines.yaml").read_text() == generated
+@pytest.mark.parametrize("name", ["zhinao.ai_trainingpipelines.yaml", "zhinao.ai_ablations.yaml"])
+def test_chart_crd_is_the_generated_one(name: str) -> None:
+    generated = (CHARTS.parent / "manifests" / "crds" / name).read_text()
+    assert (CHARTS / CHART / "crds" / name).read_text() == generated

@@ -38,6 +38,10 @@ RESOURCES = {
         kind="TrainingPipeline", singular="trainingpipeline", namespaced=True, subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, shortnames={"tp"},
     ),
+    "zhinao.ai/v1alpha1/ablations": kmock.ResourceInfo(
+        kind="Ablation", singular="ablation", namespaced=True, subresources={"status"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, shortnames={"abl"},
+    ),
     "kubeflow.org/v1/pytorchjobs": kmock.ResourceInfo(
         kind="PyTorchJob", singular="pytorchjob", namespaced=True, subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},

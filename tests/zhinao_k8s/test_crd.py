@@ -9,8 +9,11 @@ import pytest
 import yaml
 from schemas import validate_k8s, validate_pytorchjob  # tests/ is on sys.path (rootdir conftest)
 
-from zhinao_k8s.api.crd import PRINTER_COLUMNS, crd, structural
+from zhinao_k8s.ablation_control import AblationStatus, plan_ablation
+from zhinao_k8s.api.ablation import parse_ablation
+from zhinao_k8s.api.crd import ABLATION, PRINTER_COLUMNS, TRAINING_PIPELINE, Resource, crd, structural
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
+from zhinao_k8s.examples import example_text
 from zhinao_k8s.status import PipelineStatus, StageStatus
 
 REPO = Path(__file__).resolve().parents[2]
@@ -26,8 +29,11 @@ def _load_generate():
 generate = _load_generate()
 
 
-def root_schema() -> dict:
-    return crd()["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+def root_schema(resource: Resource = TRAINING_PIPELINE) -> dict:
+    return crd(resource)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+
+
+BOTH = pytest.mark.parametrize("resource", [TRAINING_PIPELINE, ABLATION], ids=lambda r: r.kind)
 
 
 def as_jsonschema(node):
@@ -59,12 +65,14 @@ def test_checked_in_files_match_the_generator() -> None:
     assert not problems, "run `make generate`:\n" + "\n".join(problems)
 
 
-def test_crd_is_a_valid_kubernetes_object() -> None:
-    validate_k8s(crd())
+@BOTH
+def test_crd_is_a_valid_kubernetes_object(resource: Resource) -> None:
+    validate_k8s(crd(resource))
 
 
-def test_schema_is_structural() -> None:
-    for path, node in walk(root_schema()):
+@BOTH
+def test_schema_is_structural(resource: Resource) -> None:
+    for path, node in walk(root_schema(resource)):
         assert not {"$ref", "$defs", "anyOf", "oneOf", "allOf", "const", "title", "default"} & node.keys(), path
         assert "type" in node or node.get("x-kubernetes-preserve-unknown-fields"), f"{path}: no type"
         assert not ("properties" in node and "additionalProperties" in node), path
@@ -93,6 +101,30 @@ def test_full_spec_and_status_validate_against_the_crd_schema() -> None:
                                    stages=[StageStatus(name="tokenizer", phase="Succeeded", attempt=1)]).to_wire()
     doc["status"]["kopf"] = {"progress": {}}  # kopf's bookkeeping is preserved, not pruned
     jsonschema.Draft4Validator(as_jsonschema(root_schema())).validate(doc)
+
+
+def test_ablation_crd_names_status_and_columns() -> None:
+    doc = crd(ABLATION)
+    assert doc["metadata"]["name"] == "ablations.zhinao.ai"
+    assert doc["spec"]["names"]["kind"] == "Ablation" and doc["spec"]["names"]["shortNames"] == ["abl"]
+    version = doc["spec"]["versions"][0]
+    assert version["subresources"] == {"status": {}}
+    assert [(c["name"], c["jsonPath"]) for c in version["additionalPrinterColumns"]] == [
+        ("Phase", ".status.phase"), ("Runs", ".status.progress"), ("Age", ".metadata.creationTimestamp")]
+
+
+def test_full_ablation_and_its_status_validate_against_the_crd_schema() -> None:
+    """The demo Ablation with every default written out, and a status the operator writes."""
+    ablation = parse_ablation(example_text("ablation-demo"))
+    doc = ablation.model_dump(mode="json", by_alias=True)
+    doc["status"] = plan_ablation(ablation, {}, {}, AblationStatus(), now="2026-01-01T00:00:00Z").status.to_wire()
+    doc["status"]["kopf"] = {"progress": {}}
+    validator = jsonschema.Draft4Validator(as_jsonschema(root_schema(ABLATION)))
+    validator.validate(doc)
+    doc["spec"]["experimentalShare"] = 1.5
+    with pytest.raises(jsonschema.ValidationError) as err:
+        validator.validate(doc)
+    assert err.value.validator == "maximum"
 
 
 @pytest.mark.parametrize("bad, where", [
@@ -133,9 +165,11 @@ def test_structural_conversion_table(given: dict, expected: dict) -> None:
 
 
 def test_pure_modules_import_no_cluster_client() -> None:
+    """Nor does the ablation's job entry point: the trainer image has no kubernetes client."""
     import subprocess
     import sys
-    code = ("import sys, zhinao_k8s.plan, zhinao_k8s.status, zhinao_k8s.api.crd, zhinao_k8s.render.pytorchjob;"
+    code = ("import sys, zhinao_k8s.plan, zhinao_k8s.status, zhinao_k8s.api.crd, zhinao_k8s.render.pytorchjob,"
+            " zhinao_k8s.ablation_control, zhinao_k8s.render.ablation, zhinao_k8s.ablation_job;"
             "print(','.join(m for m in ('kopf', 'kubernetes') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

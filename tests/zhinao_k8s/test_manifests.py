@@ -97,8 +97,10 @@ def test_rbac_is_the_charts_least_privilege_set() -> None:
     (role,) = by_kind()["ClusterRole"]
     granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
     assert granted == {
-        ("zhinao.ai", "trainingpipelines"): {"get", "list", "watch", "patch"},
+        ("zhinao.ai", "trainingpipelines"): {"get", "list", "watch", "create", "patch"},  # create: an Ablation's runs
         ("zhinao.ai", "trainingpipelines/status"): {"get", "patch"},
+        ("zhinao.ai", "ablations"): {"get", "list", "watch", "patch"},
+        ("zhinao.ai", "ablations/status"): {"get", "patch"},
         ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "events"): {"create", "patch"},
     }

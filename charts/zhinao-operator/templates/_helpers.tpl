@@ -67,14 +67,18 @@ app.kubernetes.io/part-of: zhinao-k8s
 
 {{/* The rules the operator needs, and nothing more. */}}
 {{- define "zhinao-operator.rules" -}}
-# Its own resource: watch it, add/remove its finalizer and progress annotations.
+# Its own resources: watch them, add/remove its finalizer and progress annotations; an
+# Ablation's runs are TrainingPipelines it creates (the garbage collector deletes them with it).
 - apiGroups: ["zhinao.ai"]
   resources: ["trainingpipelines"]
+  verbs: ["get", "list", "watch", "create", "patch"]
+- apiGroups: ["zhinao.ai"]
+  resources: ["ablations"]
   verbs: ["get", "list", "watch", "patch"]
 - apiGroups: ["zhinao.ai"]
-  resources: ["trainingpipelines/status"]
+  resources: ["trainingpipelines/status", "ablations/status"]
   verbs: ["get", "patch"]
-# The children: one PyTorchJob per stage.
+# The children: one PyTorchJob per stage, and an Ablation's prepare and evaluate jobs.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]

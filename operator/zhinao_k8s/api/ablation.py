@@ -8,13 +8,11 @@ evaluations) plus what every TrainingPipeline has (image, storage, metrics). The
 from pathlib import Path
 from typing import Literal
 
-import yaml
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
 from zhinao.config.ablation import AblationParams
-from zhinao_k8s.api.errors import format_errors
-from zhinao_k8s.api.load import SpecError
+from zhinao_k8s.api.load import load_document, parse_document
 from zhinao_k8s.api.v1alpha1 import API_VERSION, DEFAULT_IMAGE, Metadata, Metrics, Storage
 
 KIND = "Ablation"
@@ -51,24 +49,8 @@ class Ablation(SpecModel):
 
 
 def parse_ablation(text: str, source: str = "<spec>") -> Ablation:
-    try:
-        doc = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark else "document"
-        raise SpecError(source, [f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})"]) from None
-    if not isinstance(doc, dict):
-        raise SpecError(source, ["document must be a mapping with apiVersion, kind, metadata and spec"])
-    try:
-        return Ablation.model_validate(doc)
-    except ValidationError as exc:
-        raise SpecError(source, format_errors(exc)) from None
+    return parse_document(Ablation, text, source)
 
 
 def load_ablation(path: str | Path) -> Ablation:
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise SpecError(str(path), [f"cannot read file ({exc.strerror})"]) from None
-    return parse_ablation(text, str(path))
+    return load_document(Ablation, path)

@@ -1,4 +1,4 @@
-"""The TrainingPipeline CustomResourceDefinition, generated from the spec and status models.
+"""The TrainingPipeline and Ablation CustomResourceDefinitions, generated from the spec and status models.
 
 Pure: pydantic JSON Schema in, a structural openAPIV3Schema out (`make generate` writes it to
 manifests/crds/ and charts/zhinao-operator/crds/; a test fails when the checked-in copy drifts).
@@ -20,15 +20,18 @@ the user wrote and `kubectl get -o yaml` is the user's document. They are named 
 
 import copy
 import json
+from dataclasses import dataclass
 from typing import Any
 
+from zhinao_k8s.ablation_control import AblationStatus
+from zhinao_k8s.api.ablation import KIND as ABLATION_KIND
+from zhinao_k8s.api.ablation import MAX_RUN_NAME, AblationSpec
 from zhinao_k8s.api.v1alpha1 import API_VERSION, GROUP, KIND, VERSION, PipelineSpec
 from zhinao_k8s.status import PipelineStatus
 
 PLURAL = "trainingpipelines"
 SINGULAR = "trainingpipeline"
 SHORT_NAMES = ["tp", "tpipe"]
-CRD_NAME = f"{PLURAL}.{GROUP}"
 MAX_NAME_LENGTH = 40  # Metadata.name: child jobs are `<name>-<stage>` and must fit 63 characters
 
 PRINTER_COLUMNS = [
@@ -37,6 +40,55 @@ PRINTER_COLUMNS = [
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Succeeded stages / stages"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
+
+ABLATION_PLURAL = "ablations"
+# The shortest run name is `<ablation>-r-s0`; the operator checks the real recipe names.
+MAX_ABLATION_NAME = MAX_RUN_NAME - len("-r-s0")
+ABLATION_PRINTER_COLUMNS = [
+    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
+     "description": "Pending, Preparing, Training, Evaluating, Succeeded or Failed"},
+    {"name": "Runs", "type": "string", "jsonPath": ".status.progress", "description": "Succeeded runs / runs"},
+    {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
+]
+
+
+@dataclass(frozen=True)
+class Resource:
+    """What tells one zhinao.ai CRD from another; the schema rules are shared."""
+
+    kind: str
+    plural: str
+    singular: str
+    short_names: tuple[str, ...]
+    printer_columns: list[dict]
+    spec_model: type
+    status_model: type
+    description: str
+    spec_description: str
+    max_name: int
+    max_name_why: str
+    """The end of the CEL rule's message: why names are that short."""
+
+    @property
+    def crd_name(self) -> str:
+        return f"{self.plural}.{GROUP}"
+
+
+TRAINING_PIPELINE = Resource(
+    kind=KIND, plural=PLURAL, singular=SINGULAR, short_names=tuple(SHORT_NAMES), printer_columns=PRINTER_COLUMNS,
+    spec_model=PipelineSpec, status_model=PipelineStatus,
+    description="A chain of training stages (tokenizer, pretrain, ...) run as PyTorchJobs, one after another.",
+    spec_description="What to train: the stages, run in order, and how they run.",
+    max_name=MAX_NAME_LENGTH, max_name_why="child PyTorchJobs are named <pipeline>-<stage>",
+)
+ABLATION = Resource(
+    kind=ABLATION_KIND, plural=ABLATION_PLURAL, singular="ablation", short_names=("abl",),
+    printer_columns=ABLATION_PRINTER_COLUMNS, spec_model=AblationSpec, status_model=AblationStatus,
+    description="Data recipes compared on a small proxy model: recipes x seeds TrainingPipelines, evaluations, statistics.",
+    spec_description="The recipes, the fixed base data, the proxy model, the seeds and the evaluations.",
+    max_name=MAX_ABLATION_NAME,
+    max_name_why=f"runs are TrainingPipelines named <ablation>-<recipe>-s<k>, at most {MAX_RUN_NAME} characters",
+)
 
 _DROP = {"title", "default", "discriminator", "examples"}
 
@@ -149,15 +201,15 @@ def model_schema(model: type) -> dict:
     return structural(_inline(raw, raw.get("$defs", {})))
 
 
-def openapi_schema() -> dict:
-    spec = model_schema(PipelineSpec)
-    spec["description"] = "What to train: the stages, run in order, and how they run."
-    status = model_schema(PipelineStatus)
+def openapi_schema(resource: Resource = TRAINING_PIPELINE) -> dict:
+    spec = model_schema(resource.spec_model)
+    spec["description"] = resource.spec_description
+    status = model_schema(resource.status_model)
     status["description"] = "Written by the operator; other fields (kopf's bookkeeping) are kept."
     status["x-kubernetes-preserve-unknown-fields"] = True
     return {
         "type": "object",
-        "description": "A chain of training stages (tokenizer, pretrain, ...) run as PyTorchJobs, one after another.",
+        "description": resource.description,
         "required": ["spec"],
         "properties": {
             "apiVersion": {"type": "string"},
@@ -167,28 +219,28 @@ def openapi_schema() -> dict:
             "status": status,
         },
         "x-kubernetes-validations": [{
-            "rule": f"size(self.metadata.name) <= {MAX_NAME_LENGTH}",
-            "message": f"metadata.name must be at most {MAX_NAME_LENGTH} characters: child PyTorchJobs are named <pipeline>-<stage>",
+            "rule": f"size(self.metadata.name) <= {resource.max_name}",
+            "message": f"metadata.name must be at most {resource.max_name} characters: {resource.max_name_why}",
         }],
     }
 
 
-def crd() -> dict:
+def crd(resource: Resource = TRAINING_PIPELINE) -> dict:
     return {
         "apiVersion": "apiextensions.k8s.io/v1",
         "kind": "CustomResourceDefinition",
         "metadata": {
-            "name": CRD_NAME,
+            "name": resource.crd_name,
             "labels": {"app.kubernetes.io/name": "zhinao-operator", "app.kubernetes.io/part-of": "zhinao-k8s"},
         },
         "spec": {
             "group": GROUP,
             "names": {
-                "kind": KIND,
-                "listKind": f"{KIND}List",
-                "plural": PLURAL,
-                "singular": SINGULAR,
-                "shortNames": list(SHORT_NAMES),
+                "kind": resource.kind,
+                "listKind": f"{resource.kind}List",
+                "plural": resource.plural,
+                "singular": resource.singular,
+                "shortNames": list(resource.short_names),
                 "categories": ["zhinao"],
             },
             "scope": "Namespaced",
@@ -197,11 +249,12 @@ def crd() -> dict:
                 "served": True,
                 "storage": True,
                 "subresources": {"status": {}},
-                "additionalPrinterColumns": copy.deepcopy(PRINTER_COLUMNS),
-                "schema": {"openAPIV3Schema": openapi_schema()},
+                "additionalPrinterColumns": copy.deepcopy(resource.printer_columns),
+                "schema": {"openAPIV3Schema": openapi_schema(resource)},
             }],
         },
     }
 
 
-__all__ = ["crd", "openapi_schema", "structural", "model_schema", "PLURAL", "CRD_NAME", "API_VERSION"]
+__all__ = ["crd", "openapi_schema", "structural", "model_schema", "Resource", "TRAINING_PIPELINE", "ABLATION", "PLURAL",
+           "ABLATION_PLURAL", "API_VERSION"]

@@ -1,4 +1,5 @@
-"""`zhinao-k8s ablation`: run, evaluate, report and render an Ablation (report section 2.6)."""
+"""`zhinao-k8s ablation`: run, evaluate, report and render an Ablation (report section 2.6), or
+submit it to a cluster and follow it there (submit, status, report NAME)."""
 
 import json
 import time
@@ -9,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from zhinao_k8s.cli.errors import friendly
+from zhinao_k8s.cli._options import ContextOpt, KubeconfigOpt, NamespaceOpt, OutputFormat, OutputOpt
+from zhinao_k8s.cli.cluster import api_errors
+from zhinao_k8s.cli.errors import die, friendly
 
 out = Console(highlight=False)
 app = typer.Typer(
@@ -135,14 +138,22 @@ def evaluate(spec: SpecArg, workdir: WorkdirOpt = Path("runs/ablation"),
 
 
 @app.command()
-@friendly
+@api_errors
 def report(
-    where: Annotated[str, typer.Argument(help="An Ablation spec file, a report directory, or a report.json.")],
+    where: Annotated[str, typer.Argument(help="An Ablation spec file, a report directory, a report.json, or the "
+                                              "NAME of an Ablation on the cluster (a path that exists wins).")],
     storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri when WHERE is a spec.")] = None,
     metric: Annotated[list[str], typer.Option(help="Only these metrics (repeatable).")] = [],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
 ) -> None:
     """Print an ablation's result: metric ranking with flags, per-recipe means/std/CI, pairwise tests."""
-    print_report(load_report(where, storage), metrics=metric or None)
+    from zhinao_k8s.api.v1alpha1 import DNS_LABEL
+
+    on_cluster = not Path(where).exists() and DNS_LABEL.match(where)
+    rep = cluster_report(where, namespace, kubeconfig, context) if on_cluster else load_report(where, storage)
+    print_report(rep, metrics=metric or None)
 
 
 @app.command()
@@ -209,3 +220,85 @@ def print_report(rep: dict, metrics: list[str] | None = None) -> None:
             p.add_row(f"{pair['a']} - {pair['b']}", _f(pair["diff"]), _f(pair["effect_size"], 2), _f(pair["p"], 3),
                       "[bold green]yes[/]" if pair["detected"] else "no")
         out.print(p)
+
+
+# -- on a cluster: the operator runs the Ablation (docs/ablation.md, "On a cluster") ---------------
+
+
+def _ablation_body(name: str, namespace: str | None, kubeconfig: Path | None, context: str | None):
+    from zhinao_k8s.cli.cluster import _connect, _namespace
+
+    cluster = _connect(kubeconfig, context)
+    ns = _namespace(namespace, kubeconfig, context)
+    body = cluster.get_ablation(ns, name)
+    if body is None:
+        die(f"ablation {ns}/{name} not found")
+    return cluster, ns, body
+
+
+def cluster_report(name: str, namespace: str | None, kubeconfig: Path | None, context: str | None) -> dict:
+    """report.json of a Succeeded Ablation, read from its storage (endpoint from the spec; credentials,
+    as for every storage access, from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
+    from zhinao.storage import open_store
+    from zhinao_k8s.ablation_control import ablation_from_body
+
+    _, ns, body = _ablation_body(name, namespace, kubeconfig, context)
+    st = body.get("status") or {}
+    if not st.get("report"):
+        die(f"ablation {ns}/{name} has no report yet (phase {st.get('phase', 'Pending')})")
+    storage = ablation_from_body(body).spec.storage
+    folder = st["report"].rsplit("/", 1)[0]
+    return json.loads(open_store(folder, endpoint=storage.endpoint, region=storage.region).get_bytes("report.json"))
+
+
+@app.command()
+@api_errors
+def submit(spec: SpecArg, namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None) -> None:
+    """Validate an Ablation and create it in the cluster: the operator prepares the data, runs every
+    recipe x seed as a TrainingPipeline, then evaluates and writes the report."""
+    from zhinao_k8s.api.ablation import load_ablation
+    from zhinao_k8s.cli.cluster import _connect, placed_document
+
+    ablation = load_ablation(spec)
+    doc, ns = placed_document(spec, ablation.metadata.namespace, namespace, kubeconfig, context)
+    _connect(kubeconfig, context).create_ablation(ns, doc)
+    name = ablation.metadata.name
+    out.print(f"ablation.zhinao.ai/{name} created in namespace {ns}")
+    out.print(f"follow it with: zhinao-k8s ablation status {name} -n {ns}", style="dim")
+
+
+@app.command()
+@api_errors
+def status(
+    name: Annotated[str, typer.Argument(help="Ablation name.")],
+    namespace: NamespaceOpt = None,
+    kubeconfig: KubeconfigOpt = None,
+    context: ContextOpt = None,
+    output: OutputOpt = OutputFormat.table,
+) -> None:
+    """Phase, runs done, the report once written, and every run's TrainingPipeline."""
+    from zhinao_k8s.ablation_plan import LABEL_RECIPE, LABEL_SEED
+    from zhinao_k8s.cli.cluster import _age, _dump
+    from zhinao_k8s.status import printer_fields
+
+    cluster, ns, body = _ablation_body(name, namespace, kubeconfig, context)
+    st = body.get("status") or {}
+    rows = []
+    for run_name, run in sorted(cluster.list_ablation_runs(ns, name).items()):
+        labels = run["metadata"].get("labels") or {}
+        rows.append({"name": run_name, "recipe": labels.get(LABEL_RECIPE, ""), "seed": labels.get(LABEL_SEED, ""),
+                     **printer_fields(run.get("status")), "age": _age(run["metadata"].get("creationTimestamp"))})
+    if output != OutputFormat.table:
+        _dump({"name": name, "namespace": ns, **st, "pipelines": rows}, output)
+        return
+    counts = st.get("runs") or {}
+    failed = f", {counts['failed']} failed" if counts.get("failed") else ""
+    out.print(f"[bold]{name}[/] ({ns})  phase [bold]{st.get('phase', 'Pending')}[/]  runs {st.get('progress') or '-'}{failed}")
+    if st.get("message"):
+        out.print(f"  {st.get('reason', '')}: {st['message']}", markup=False)
+    table = Table("RUN", "RECIPE", "SEED", "PHASE", "STAGE", "PROGRESS", "AGE", box=None)
+    for r in rows:
+        table.add_row(r["name"], r["recipe"], r["seed"], r["phase"], r["stage"], r["progress"], r["age"])
+    out.print(table)
+    if st.get("report"):
+        out.print(f"report: {st['report']}  (zhinao-k8s ablation report {name} -n {ns})")

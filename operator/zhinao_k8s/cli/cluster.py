@@ -89,6 +89,16 @@ def _namespace(namespace: Optional[str], kubeconfig: Optional[Path], context: Op
     return namespace or default_namespace(str(kubeconfig) if kubeconfig else None, context)
 
 
+def placed_document(spec: Path, spec_namespace: Optional[str], namespace: Optional[str], kubeconfig: Optional[Path],
+                    context: Optional[str]) -> tuple[dict, str]:
+    """The spec file's document as written (defaults stay implicit, so `kubectl get -o yaml` shows the
+    user's document) and its namespace: the option's, else the spec's, else the kubeconfig context's."""
+    doc = yaml.safe_load(spec.read_text(encoding="utf-8"))
+    ns = namespace or spec_namespace or _namespace(None, kubeconfig, context)
+    doc.setdefault("metadata", {})["namespace"] = ns
+    return doc, ns
+
+
 def _age(timestamp: Optional[str]) -> str:
     if not timestamp:
         return ""
@@ -162,9 +172,7 @@ def submit(
 ) -> None:
     """Validate a spec and create its TrainingPipeline in the cluster (the operator runs it)."""
     pipeline = load_pipeline(spec)
-    doc = yaml.safe_load(spec.read_text(encoding="utf-8"))
-    ns = namespace or pipeline.metadata.namespace or _namespace(None, kubeconfig, context)
-    doc.setdefault("metadata", {})["namespace"] = ns
+    doc, ns = placed_document(spec, pipeline.metadata.namespace, namespace, kubeconfig, context)
     _connect(kubeconfig, context).create_pipeline(ns, doc)
     name = pipeline.metadata.name
     out.print(f"trainingpipeline.zhinao.ai/{name} created in namespace {ns}")

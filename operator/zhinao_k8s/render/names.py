@@ -12,12 +12,19 @@ def job_name(pipeline: TrainingPipeline, stage: StageBase) -> str:
     return f"{pipeline.metadata.name}-{stage.name}"
 
 
-def labels(pipeline: TrainingPipeline, stage: StageBase) -> dict[str, str]:
+def app_labels(component: str) -> dict[str, str]:
+    """The recommended `app.kubernetes.io/*` labels of every trainer job and pod."""
     return {
         "app.kubernetes.io/name": "zhinao-trainer",
         "app.kubernetes.io/part-of": "zhinao-k8s",
         "app.kubernetes.io/managed-by": "zhinao-k8s",
-        "app.kubernetes.io/component": stage.kind,
+        "app.kubernetes.io/component": component,
+    }
+
+
+def labels(pipeline: TrainingPipeline, stage: StageBase) -> dict[str, str]:
+    return {
+        **app_labels(stage.kind),
         LABEL_PIPELINE: pipeline.metadata.name,
         LABEL_STAGE: stage.name,
         LABEL_KIND: stage.kind,

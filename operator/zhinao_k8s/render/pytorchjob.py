@@ -3,13 +3,14 @@
 Every replica runs the same command, `torchrun ... -m zhinao`; what to do comes from the
 ZHINAO_STAGE_SPEC env var, so a rendered job is complete and reproducible on its own. The
 training operator adds MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK/PET_* at pod creation; torchrun
-reads PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE from there.
+reads PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE from there. `pod_template` and
+`pytorchjob` also build an Ablation's prepare and evaluate jobs (render/ablation.py).
 """
 
 import copy
 
 from zhinao.config.runtime import ENV_METRICS_PORT, ENV_S3_ENDPOINT, ENV_STAGE_SPEC, StageRuntime
-from zhinao_k8s.api.v1alpha1 import StageBase, TrainingPipeline
+from zhinao_k8s.api.v1alpha1 import Resources, StageBase, Storage, TrainingPipeline
 from zhinao_k8s.render.names import job_name, labels
 
 API_VERSION = "kubeflow.org/v1"
@@ -43,54 +44,65 @@ def stage_runtime(pipeline: TrainingPipeline, stage: StageBase) -> StageRuntime:
     )
 
 
-def _env(pipeline: TrainingPipeline, stage: StageBase) -> list[dict]:
-    spec = pipeline.spec
-    env = [
-        {"name": ENV_STAGE_SPEC, "value": stage_runtime(pipeline, stage).to_env()},
-        {"name": "ZHINAO_WORKDIR", "value": SCRATCH_DIR},
-        {"name": "HOME", "value": "/tmp"},
-    ]
-    if spec.metrics.enabled:
-        env.append({"name": ENV_METRICS_PORT, "value": str(spec.metrics.port)})
-    if spec.storage.endpoint:
-        env.append({"name": ENV_S3_ENDPOINT, "value": spec.storage.endpoint})
-    if spec.storage.region:
-        env.append({"name": "AWS_REGION", "value": spec.storage.region})
-    if spec.storage.credentials:
-        ref = spec.storage.credentials.secret_ref
+def scratch_env() -> list[dict]:
+    """Where a process may write: the pod's root filesystem is read-only."""
+    return [{"name": "ZHINAO_WORKDIR", "value": SCRATCH_DIR}, {"name": "HOME", "value": "/tmp"}]
+
+
+def storage_env(storage: Storage) -> list[dict]:
+    """What `zhinao.storage.open_store` reads: endpoint, region and Secret-referenced credentials."""
+    env = []
+    if storage.endpoint:
+        env.append({"name": ENV_S3_ENDPOINT, "value": storage.endpoint})
+    if storage.region:
+        env.append({"name": "AWS_REGION", "value": storage.region})
+    if storage.credentials:
+        ref = storage.credentials.secret_ref
         for var, key in (("AWS_ACCESS_KEY_ID", ref.access_key_id_key), ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key)):
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
     return env
 
 
-def _resources(stage: StageBase) -> dict:
-    amounts = {"cpu": stage.resources.cpu, "memory": stage.resources.memory}
-    if stage.resources.gpu:
-        amounts["nvidia.com/gpu"] = str(stage.resources.gpu)
+def _env(pipeline: TrainingPipeline, stage: StageBase) -> list[dict]:
+    spec = pipeline.spec
+    env = [{"name": ENV_STAGE_SPEC, "value": stage_runtime(pipeline, stage).to_env()}, *scratch_env()]
+    if spec.metrics.enabled:
+        env.append({"name": ENV_METRICS_PORT, "value": str(spec.metrics.port)})
+    return env + storage_env(spec.storage)
+
+
+def _resources(resources: Resources) -> dict:
+    amounts = {"cpu": resources.cpu, "memory": resources.memory}
+    if resources.gpu:
+        amounts["nvidia.com/gpu"] = str(resources.gpu)
     # requests == limits: Guaranteed QoS, so training pods are the last to be evicted.
     return {"requests": dict(amounts), "limits": dict(amounts)}
 
 
-def _pod_template(pipeline: TrainingPipeline, stage: StageBase) -> dict:
-    spec = pipeline.spec
+def pod_template(
+    *, image: str, pull_policy: str, command: list[str], args: list[str], env: list[dict], resources: Resources,
+    labels: dict[str, str], metrics_port: int | None,
+) -> dict:
+    """The pod every replica runs: restricted security context, scratch volumes, Guaranteed QoS;
+    `metrics_port` None: the process serves no /metrics."""
     ports = [{"name": RENDEZVOUS_PORT_NAME, "containerPort": RENDEZVOUS_PORT, "protocol": "TCP"}]
     annotations = {}
-    if spec.metrics.enabled:
-        ports.append({"name": "metrics", "containerPort": spec.metrics.port, "protocol": "TCP"})
+    if metrics_port is not None:
+        ports.append({"name": "metrics", "containerPort": metrics_port, "protocol": "TCP"})
         annotations = {
             "prometheus.io/scrape": "true",
-            "prometheus.io/port": str(spec.metrics.port),
+            "prometheus.io/port": str(metrics_port),
             "prometheus.io/path": "/metrics",
         }
     container = {
         "name": CONTAINER_NAME,
-        "image": stage.image or spec.image,
-        "imagePullPolicy": spec.image_pull_policy,
-        "command": list(TRAINER_COMMAND),
-        "args": list(TRAINER_ARGS),
-        "env": _env(pipeline, stage),
+        "image": image,
+        "imagePullPolicy": pull_policy,
+        "command": list(command),
+        "args": list(args),
+        "env": env,
         "ports": ports,
-        "resources": _resources(stage),
+        "resources": _resources(resources),
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -104,7 +116,7 @@ def _pod_template(pipeline: TrainingPipeline, stage: StageBase) -> dict:
         ],
     }
     return {
-        "metadata": {"labels": labels(pipeline, stage), "annotations": annotations},
+        "metadata": {"labels": dict(labels), "annotations": annotations},
         "spec": {
             "securityContext": {
                 "runAsNonRoot": True,
@@ -124,32 +136,47 @@ def _pod_template(pipeline: TrainingPipeline, stage: StageBase) -> dict:
     }
 
 
-def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
-    template = _pod_template(pipeline, stage)
+def pytorchjob(
+    *, name: str, namespace: str | None, labels: dict[str, str], template: dict, replicas: int = 1,
+    nproc_per_node: int = 1, backoff_limit: int,
+) -> dict:
+    """A PyTorchJob of one Master plus replicas-1 Workers, all running `template`."""
     replica_specs = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
-    if stage.replicas > 1:
+    if replicas > 1:
         replica_specs["Worker"] = {
-            "replicas": stage.replicas - 1,
+            "replicas": replicas - 1,
             "restartPolicy": "OnFailure",
             "template": copy.deepcopy(template),
         }
-    metadata = {"name": job_name(pipeline, stage), "labels": labels(pipeline, stage)}
-    if pipeline.metadata.namespace:
-        metadata["namespace"] = pipeline.metadata.namespace
+    metadata = {"name": name, "labels": dict(labels)}
+    if namespace:
+        metadata["namespace"] = namespace
     return {
         "apiVersion": API_VERSION,
         "kind": KIND,
         "metadata": metadata,
         "spec": {
-            "nprocPerNode": str(stage.nproc_per_node),
+            "nprocPerNode": str(nproc_per_node),
             "runPolicy": {
-                "backoffLimit": stage.backoff_limit,
+                "backoffLimit": backoff_limit,
                 # Keep finished pods for `kubectl logs`; delete only those still running at the end.
                 "cleanPodPolicy": "Running",
             },
             "pytorchReplicaSpecs": replica_specs,
         },
     }
+
+
+def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
+    spec = pipeline.spec
+    template = pod_template(
+        image=stage.image or spec.image, pull_policy=spec.image_pull_policy, command=TRAINER_COMMAND,
+        args=TRAINER_ARGS, env=_env(pipeline, stage), resources=stage.resources, labels=labels(pipeline, stage),
+        metrics_port=spec.metrics.port if spec.metrics.enabled else None,
+    )
+    return pytorchjob(name=job_name(pipeline, stage), namespace=pipeline.metadata.namespace,
+                      labels=labels(pipeline, stage), template=template, replicas=stage.replicas,
+                      nproc_per_node=stage.nproc_per_node, backoff_limit=stage.backoff_limit)
 
 
 def render_pipeline(pipeline: TrainingPipeline) -> list[dict]:

@@ -1,0 +1,47 @@
+"""(Ablation, step) -> the PyTorchJob of its `prepare` or `evaluate` step, as a plain dict.
+
+One Master replica in the trainer image runs `python -m zhinao_k8s.ablation_job <step>`; the whole
+Ablation document travels in the ZHINAO_ABLATION_SPEC env var, so the job needs nothing else. The
+pod is the training pods' own (security context, scratch volumes, storage credentials by
+secretKeyRef), with the proxy's CPU and memory and no GPU: preparing data and scoring a tiny proxy
+model are CPU work.
+"""
+
+import json
+from typing import Literal
+
+from zhinao_k8s.ablation_plan import LABEL_ABLATION
+from zhinao_k8s.api.ablation import Ablation
+from zhinao_k8s.api.v1alpha1 import Resources
+from zhinao_k8s.render.names import app_labels
+from zhinao_k8s.render.pytorchjob import pod_template, pytorchjob, scratch_env, storage_env
+
+Step = Literal["prepare", "evaluate"]
+STEPS: tuple[Step, ...] = ("prepare", "evaluate")
+ENV_ABLATION_SPEC = "ZHINAO_ABLATION_SPEC"
+LABEL_STEP = "zhinao.ai/ablation-step"
+JOB_MODULE = "zhinao_k8s.ablation_job"
+BACKOFF_LIMIT = 2
+"""Whole-job restarts before the step is Failed: both steps resume what an earlier attempt wrote."""
+
+
+def step_job_name(ablation: Ablation, step: Step) -> str:
+    """`<ablation>-<step>`: at most 40 + 9 characters, a valid DNS label."""
+    return f"{ablation.metadata.name}-{step}"
+
+
+def step_labels(ablation: Ablation, step: Step) -> dict[str, str]:
+    return {**app_labels(f"ablation-{step}"), LABEL_ABLATION: ablation.metadata.name, LABEL_STEP: step}
+
+
+def render_step_job(ablation: Ablation, step: Step) -> dict:
+    spec = ablation.spec
+    env = [{"name": ENV_ABLATION_SPEC, "value": json.dumps(ablation.to_wire(), sort_keys=True, separators=(",", ":"))},
+           *scratch_env(), *storage_env(spec.storage)]
+    labels = step_labels(ablation, step)
+    template = pod_template(
+        image=spec.image, pull_policy=spec.image_pull_policy, command=["python"], args=["-m", JOB_MODULE, step],
+        env=env, resources=Resources(cpu=spec.proxy.cpu, memory=spec.proxy.memory), labels=labels, metrics_port=None,
+    )
+    return pytorchjob(name=step_job_name(ablation, step), namespace=ablation.metadata.namespace, labels=labels,
+                      template=template, backoff_limit=BACKOFF_LIMIT)
