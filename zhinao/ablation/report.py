@@ -73,12 +73,20 @@ def fmt(x: float, digits: int = 4) -> str:
     return f"{x:.{digits}g}" if abs(x) < 1e-3 and x != 0 else f"{x:.{digits}f}"
 
 
+def chance_line(report: dict) -> str:
+    """Read a table of many metrics with the chance of a false detection in mind."""
+    detected = sum(1 for q in report["ranking"] if q["detected_pairs"])
+    return (f"{detected} of {len(report['ranking'])} metrics show a detected pair; about "
+            f"{report['alpha'] * len(report['ranking']):.1f} would by chance alone.")
+
+
 def markdown(report: dict) -> str:
     lines = [f"# Ablation `{report['ablation']}`", ""]
     if report.get("description"):
         lines += [report["description"], ""]
     lines += [f"Recipes: {', '.join(report['recipes'])}; {len(report['runs'])} runs. A difference is *detected* when "
-              f"Welch's p < {report['alpha']}; effect size d = difference / pooled seed std.", ""]
+              f"Welch's p, Holm-adjusted over the pairs of its metric, is < {report['alpha']}; effect size d = "
+              f"difference / pooled seed std. {chance_line(report)}", ""]
     lines += ["## Metric quality (most useful first)", "",
               "| metric | seed std | CV | sensitivity | ANOVA p | detected pairs | flags |", "|---|---|---|---|---|---|---|"]
     for q in report["ranking"]:
@@ -90,10 +98,10 @@ def markdown(report: dict) -> str:
         for recipe, s in m["recipes"].items():
             lines.append(f"| {recipe} | {fmt(s['mean'])} | {fmt(s['std'])} | [{fmt(s['ci_low'])}, {fmt(s['ci_high'])}] "
                          f"| {', '.join(fmt(v) for v in s.get('values', []))} |")
-        lines += ["", "| a - b | difference | effect size d | Welch p | detected |", "|---|---|---|---|---|"]
+        lines += ["", "| a - b | difference | effect size d | Welch p | Holm p | detected |", "|---|---|---|---|---|---|"]
         for p in m["pairs"]:
             lines.append(f"| {p['a']} - {p['b']} | {fmt(p['diff'])} | {fmt(p['effect_size'], 2)} | {fmt(p['p'], 3)} "
-                         f"| {'yes' if p['detected'] else 'no'} |")
+                         f"| {fmt(p['p_holm'], 3)} | {'yes' if p['detected'] else 'no'} |")
         lines.append("")
     if report.get("plots"):
         lines += ["## Plots", ""] + [f"![{p}]({p})" for p in report["plots"][:2]] + [""]

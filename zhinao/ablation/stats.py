@@ -8,8 +8,12 @@ Definitions (docs/ablation.md repeats them):
   seeds it is narrow and optimistic; the Welch test below is the decision rule, the CI a picture.
 - `pooled_std` = sqrt(((n1-1) s1^2 + (n2-1) s2^2) / (n1+n2-2)); `effect_size` (Cohen's d) =
   (mean1 - mean2) / pooled_std.
-- `welch`: scipy.stats.ttest_ind(equal_var=False). A pair is *detected* as different when
-  p < ALPHA. Two samples with zero variance are not different if their means are equal (p=1).
+- `welch`: scipy.stats.ttest_ind(equal_var=False). Two samples with zero variance are not
+  different if their means are equal (p=1).
+- `holm`: the pairs of one metric are one family of tests (k recipes give k(k-1)/2 pairs), so each
+  pair's p is Holm-adjusted within its metric, and a pair is *detected* when the adjusted p < ALPHA:
+  the chance that a metric shows any false detection stays below ALPHA however many recipes there
+  are. Across M metrics about M x ALPHA metrics can still show one by chance (the report says so).
 - Per metric, over all recipes: `noise` = sqrt(mean of the per-recipe seed variances) (stability),
   `cv` = noise / |grand mean|, and `sensitivity` = std of the recipe means / (noise / sqrt(n)),
   the between-recipe spread in units of the standard error of one recipe's mean (= sqrt of the
@@ -24,7 +28,7 @@ import numpy as np
 from scipy import stats as st
 
 ALPHA = 0.05
-"""A pairwise difference is detected when Welch's p-value is below this."""
+"""A pairwise difference is detected when its Holm-adjusted Welch p-value is below this."""
 
 MAX_CV = 0.10
 """A metric whose seed noise exceeds 10% of its mean is flagged `unstable`."""
@@ -112,12 +116,35 @@ class Pair:
     effect_size: float
     t: float
     p: float
+    """Welch's two-sided p-value of this pair alone."""
+    p_holm: float
+    """p adjusted for the other pairs of the same metric (Holm); `detected` means p_holm < alpha."""
     detected: bool
 
 
+def holm(pvalues: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values, in the input order (nan stays nan and is not counted)."""
+    order = [i for i in sorted(range(len(pvalues)), key=lambda i: pvalues[i]) if not math.isnan(pvalues[i])]
+    adjusted, running = [math.nan] * len(pvalues), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(order) - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
+
+
+def pairwise(by_recipe: dict[str, list[float]], *, alpha: float = ALPHA) -> list[Pair]:
+    """Every pair of recipes (in recipe order), Holm-adjusted within this family."""
+    names = list(by_recipe)
+    tests = [(a, b, *welch(by_recipe[a], by_recipe[b])) for i, a in enumerate(names) for b in names[i + 1:]]
+    adjusted = holm([p for *_, p in tests])
+    return [Pair(a, b, mean(by_recipe[a]) - mean(by_recipe[b]), effect_size(by_recipe[a], by_recipe[b]), t, p, ph,
+                 bool(ph < alpha) if not math.isnan(ph) else False)
+            for (a, b, t, p), ph in zip(tests, adjusted)]
+
+
 def compare(name_a: str, a, name_b: str, b, *, alpha: float = ALPHA) -> Pair:
-    t, p = welch(a, b)
-    return Pair(name_a, name_b, mean(a) - mean(b), effect_size(a, b), t, p, bool(p < alpha) if not math.isnan(p) else False)
+    """One pair on its own (a family of one: p_holm = p)."""
+    return pairwise({name_a: a, name_b: b}, alpha=alpha)[0]
 
 
 @dataclass
@@ -133,10 +160,11 @@ class MetricQuality:
     flags: list[str]
 
 
-def metric_quality(metric: str, by_recipe: dict[str, list[float]], *, alpha: float = ALPHA, max_cv: float = MAX_CV) -> MetricQuality:
+def metric_quality(metric: str, by_recipe: dict[str, list[float]], pairs: list[Pair] | None = None, *,
+                   alpha: float = ALPHA, max_cv: float = MAX_CV) -> MetricQuality:
     """Stability and sensitivity of one metric across recipes; flags `unstable`, `insensitive`, `constant`."""
+    pairs = pairwise(by_recipe, alpha=alpha) if pairs is None else pairs
     groups = {k: _arr(v) for k, v in by_recipe.items()}
-    names = list(groups)
     variances = [std(g) ** 2 for g in groups.values()]
     noise = float(math.sqrt(np.mean(variances)))
     grand = float(np.mean(np.concatenate(list(groups.values()))))
@@ -152,7 +180,6 @@ def metric_quality(metric: str, by_recipe: dict[str, list[float]], *, alpha: flo
         anova_p = float(st.f_oneway(*groups.values()).pvalue)
     else:
         anova_p = 1.0 if spread == 0 else 0.0
-    pairs = [compare(a, groups[a], b, groups[b], alpha=alpha) for i, a in enumerate(names) for b in names[i + 1:]]
     flags = []
     if noise == 0 and spread == 0:
         flags.append("constant")
@@ -177,11 +204,11 @@ def analyse(values: dict[str, dict[str, list[float]]], *, alpha: float = ALPHA, 
     out: dict = {"alpha": alpha, "max_cv": max_cv, "metrics": {}, "ranking": []}
     qualities = []
     for metric, by_recipe in values.items():
-        names = list(by_recipe)
         summaries = {r: asdict(summarize(v, seed=i)) for i, (r, v) in enumerate(by_recipe.items())}
-        pairs = [asdict(compare(a, by_recipe[a], b, by_recipe[b], alpha=alpha)) for i, a in enumerate(names) for b in names[i + 1:]]
-        q = metric_quality(metric, by_recipe, alpha=alpha, max_cv=max_cv)
+        pairs = pairwise(by_recipe, alpha=alpha)
+        q = metric_quality(metric, by_recipe, pairs, alpha=alpha, max_cv=max_cv)
         qualities.append(q)
-        out["metrics"][metric] = {"recipes": summaries, "pairs": pairs, "quality": asdict(q)}
+        out["metrics"][metric] = {"recipes": summaries, "pairs": [asdict(p) for p in pairs], "quality": asdict(q)}
     out["ranking"] = [asdict(q) for q in rank_metrics(qualities)]
+    out["chance_metrics"] = alpha * len(values)  # metrics that may show a detection by chance alone
     return out

@@ -77,3 +77,33 @@ def test_analyse_ranks_the_sensitive_metric_first():
     pair = out["metrics"]["loss"]["pairs"][0]
     assert pair["a"] == "a" and pair["diff"] == pytest.approx(-0.5) and pair["detected"]
     assert out["metrics"]["loss"]["recipes"]["b"]["mean"] == pytest.approx(5.5)
+
+
+def test_holm_adjusts_each_p_by_its_rank_and_keeps_the_order_monotone():
+    # sorted: 0.01 x 3 = 0.03; 0.02 x 2 = 0.04; 0.04 x 1 = 0.04 (never below the previous one)
+    assert stats.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert stats.holm([0.5, 0.4]) == pytest.approx([0.8, 0.8])  # 0.4 x 2, then max(0.8, 0.5)
+    assert stats.holm([0.9, 0.6]) == [1.0, 1.0]  # capped at 1
+    assert math.isnan(stats.holm([math.nan, 0.01])[0]) and stats.holm([math.nan, 0.01])[1] == 0.01  # nan is no test
+
+
+def test_with_many_recipes_a_metric_shows_a_false_detection_at_most_alpha_of_the_time():
+    """Six identical recipes give 15 pairs per metric: unadjusted, a third of the metrics would show a
+    'difference'; Holm keeps the family-wise rate at or below alpha."""
+    rng = np.random.default_rng(7)
+    trials, raw_hits, holm_hits = 400, 0, 0
+    for _ in range(trials):
+        values = {f"r{i}": list(rng.normal(0.0, 1.0, 3)) for i in range(6)}
+        pairs = stats.pairwise(values)
+        raw_hits += any(p.p < stats.ALPHA for p in pairs)
+        holm_hits += any(p.detected for p in pairs)
+    assert raw_hits / trials > 0.2
+    assert holm_hits / trials <= stats.ALPHA + 0.02
+
+
+def test_a_real_difference_survives_the_adjustment():
+    values = {"good": [5.00, 5.02, 4.98], "copy": [5.01, 4.99, 5.00], "bad": [5.30, 5.33, 5.28]}
+    pairs = {(p.a, p.b): p for p in stats.pairwise(values)}
+    assert pairs[("good", "bad")].detected and pairs[("copy", "bad")].detected
+    assert not pairs[("good", "copy")].detected
+    assert all(p.p_holm >= p.p for p in pairs.values())
