@@ -219,3 +219,18 @@ def test_ablation_from_body_drops_server_metadata() -> None:
     body = {**ablation_doc(), "metadata": {**ablation_doc()["metadata"], "uid": "u-1", "resourceVersion": "7",
                                            "managedFields": [{}], "finalizers": ["zhinao.ai/cleanup"]}}
     assert ablation_from_body(body) == ABLATION
+
+
+@pytest.mark.parametrize("proxy_gpus,evaluate_gpus", [(8, "1"), (0, None)])
+def test_evaluate_gets_one_gpu_when_the_proxy_trains_on_gpus_and_prepare_none(proxy_gpus, evaluate_gpus) -> None:
+    doc = ablation_doc()
+    doc["spec"]["proxy"]["gpu"] = proxy_gpus
+    ablation = Ablation.model_validate(doc)
+    done_prepare = done(PREPARED, TRAINED)
+    jobs = {}
+    for step, status in (("prepare", AblationStatus()), ("evaluate", done_prepare)):
+        create = [a for a in plan_ablation(ablation, {}, {}, status, now=NOW).actions if isinstance(a, CreateJob)][0]
+        validate_pytorchjob(create.body)
+        jobs[step] = create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resources"]
+    assert "nvidia.com/gpu" not in jobs["prepare"].get("limits", {})
+    assert jobs["evaluate"].get("limits", {}).get("nvidia.com/gpu") == evaluate_gpus

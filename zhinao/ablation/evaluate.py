@@ -28,7 +28,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zhinao.ablation.sft_eval import sft_metrics
 from zhinao.checkpoint import CheckpointManager, step_name
 from zhinao.storage import ObjectStore, open_store
 
@@ -120,8 +119,13 @@ def load_tasks(uri: str) -> list[Item]:
 
 # ---- model access ------------------------------------------------------------------------------
 
+def eval_device() -> torch.device:
+    """A GPU when the evaluate pod has one (a 1.8b proxy scores far faster there), else the CPU."""
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
 def load_run_model(run: ObjectStore, workdir: Path):
-    """(model with the final weights, tokenizer) from a pretrain output's hf/ export."""
+    """(model with the final weights on `eval_device()`, tokenizer) from a pretrain output's hf/ export."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
     dest = workdir / "hf"
@@ -129,7 +133,7 @@ def load_run_model(run: ObjectStore, workdir: Path):
     for key in run.list("hf/"):
         run.get_file(key, dest / key[3:])
     model = AutoModelForCausalLM.from_pretrained(dest, attn_implementation="sdpa", dtype=torch.float32)
-    model.eval()
+    model.to(eval_device()).eval()
     return model, PreTrainedTokenizerFast.from_pretrained(dest)
 
 
@@ -146,7 +150,7 @@ def valid_loss(model, tokens: np.ndarray, *, batch: int = 16) -> float:
     """Mean next-token cross-entropy (nats per token) over (n, seqLen) sequences."""
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch):
-        ids = torch.from_numpy(tokens[i:i + batch].astype(np.int64))
+        ids = torch.from_numpy(tokens[i:i + batch].astype(np.int64)).to(model.device)
         logits = model(input_ids=ids).logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum")
         total += float(loss)
@@ -189,10 +193,11 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], *, batch: int
         for j, s in enumerate(seqs):
             ids[j, :len(s)] = torch.tensor(s)
             mask[j, :len(s)] = 1
-        logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
+        logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
+        logp = torch.log_softmax(logits.float(), dim=-1)
         for j, (c, x) in enumerate(chunk):
-            positions = torch.arange(len(c) - 1, len(c) + len(x) - 1)
-            out.append((float(logp[j, positions, torch.tensor(x)].sum()), len(x)))
+            positions = torch.arange(len(c) - 1, len(c) + len(x) - 1, device=logp.device)
+            out.append((float(logp[j, positions, torch.tensor(x, device=logp.device)].sum()), len(x)))
     return out
 
 
@@ -205,8 +210,8 @@ def greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch: 
     for i in range(0, len(prompts), batch):
         enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[i:i + batch]]
         width = max(len(e) for e in enc)
-        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc])
-        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc])
+        ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=model.device)
+        mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=model.device)
         new = [[] for _ in enc]
         done = [False] * len(enc)
         for _ in range(max_new_tokens):
@@ -221,7 +226,7 @@ def greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch: 
             if all(done):
                 break
             ids = torch.cat([ids, nxt[:, None]], dim=1)
-            mask = torch.cat([mask, torch.ones((len(enc), 1), dtype=torch.long)], dim=1)
+            mask = torch.cat([mask, torch.ones((len(enc), 1), dtype=torch.long, device=mask.device)], dim=1)
         results += [tokenizer.decode(n, skip_special_tokens=True) for n in new]
     return results
 
@@ -343,22 +348,3 @@ def evaluate_run(run_uri: str, *, valid_tokens: np.ndarray | None, items: list[I
     if items:
         result["benchmarks"] = evaluate_tasks(model, tokenizer, items, max_new_tokens=max_new_tokens)
     return result
-
-
-def run_metrics(result: dict) -> dict[str, float]:
-    """The flat metric table of one run: valid_loss, train_loss, bench/<task>/<rule>, bench/avg, sft/* (sft_eval.py)."""
-    metrics = {}
-    if "valid_loss" in result:
-        metrics["valid_loss"] = result["valid_loss"]
-    metrics["train_loss"] = result["train_loss"]
-    bench = result.get("benchmarks") or {}
-    headline = []
-    for task, r in bench.items():
-        for rule, v in r["scores"].items():
-            metrics[f"bench/{task}/{rule}"] = v
-        headline.append(r["scores"].get("content_norm", r["scores"].get("contains", 0.0)))
-    if headline:
-        metrics["bench/avg"] = float(np.mean(headline))
-    if "sft" in result:
-        metrics |= sft_metrics(result["sft"])
-    return metrics

@@ -10,8 +10,10 @@ import json
 import math
 from dataclasses import dataclass
 
+import numpy as np
+
 from zhinao.ablation import plots, stats
-from zhinao.ablation.evaluate import run_metrics
+from zhinao.ablation.sft_eval import sft_metrics
 from zhinao.storage import ObjectStore
 
 
@@ -22,6 +24,25 @@ class RunResult:
     seed: int
     name: str
     result: dict
+
+
+def run_metrics(result: dict) -> dict[str, float]:
+    """The flat metric table of one run: valid_loss, train_loss, bench/<task>/<rule>, bench/avg, sft/* (sft_eval.py)."""
+    metrics = {}
+    if "valid_loss" in result:
+        metrics["valid_loss"] = result["valid_loss"]
+    metrics["train_loss"] = result["train_loss"]
+    bench = result.get("benchmarks") or {}
+    headline = []
+    for task, r in bench.items():
+        for rule, v in r["scores"].items():
+            metrics[f"bench/{task}/{rule}"] = v
+        headline.append(r["scores"].get("content_norm", r["scores"].get("contains", 0.0)))
+    if headline:
+        metrics["bench/avg"] = float(np.mean(headline))
+    if "sft" in result:
+        metrics |= sft_metrics(result["sft"])
+    return metrics
 
 
 def metric_values(runs: list[RunResult], recipes: list[str]) -> dict[str, dict[str, list[float]]]:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from zhinao.ablation.evaluate import eval_device
 from zhinao.chat import ChatEncoder
 from zhinao.config.ablation import SftEval
 from zhinao.config.rlhf import RLHFParams
@@ -49,19 +50,19 @@ def evaluate_sft(sft_uri: str, sft: SftEval, prep_uri: str, workdir: Path) -> di
     """{"loss_last", "eval_loss_after", "prompts", "parts", "greedy": {score, rm, rule}, "sampled": {...}}
     of one run's SFT stage (mean scores over the prompts)."""
     torch.manual_seed(0)
-    device = torch.device("cpu")
+    device = eval_device()
     model_dir, tok_dir = fetch_hf(sft_uri, workdir / "sft")
     tokenizer = load_tokenizer(tok_dir)
     rm, rm_enc = None, None
     if sft.reward_model is not None:
         rm_dir, rm_tok = fetch_hf(sft.reward_model, workdir / "reward")
         rm_enc = ChatEncoder(load_tokenizer(rm_tok))
-        rm = load_reward_model(rm_dir, "sdpa", rm_enc.tokenizer.pad_token_id).eval()
+        rm = load_reward_model(rm_dir, "sdpa", rm_enc.tokenizer.pad_token_id).to(device).eval()
     params = scoring_params(sft, with_rm=rm is not None)
     prompts = load_prompts(sft.prompts_uri(prep_uri), ChatEncoder(tokenizer), params)[:sft.max_prompts]
     if not prompts:
         raise ValueError(f"no SFT evaluation prompt under {sft.prompts_uri(prep_uri)} fits {params.max_prompt_len} tokens")
-    policy = load_causal_lm(model_dir, "sdpa").eval()
+    policy = load_causal_lm(model_dir, "sdpa").to(device).eval()
     # The reward model reads the answer as text, re-encoded with its own tokenizer and chat format.
     scores = evaluate(policy, prompts, Scorer(params, rm_enc or ChatEncoder(tokenizer), rm, device), params, tokenizer, device)
     summary = json.loads(open_store(sft_uri).get_bytes("summary.json"))

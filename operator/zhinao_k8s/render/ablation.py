@@ -3,8 +3,9 @@
 One Master replica in the trainer image runs `python -m zhinao_k8s.ablation_job <step>`; the whole
 Ablation document travels in the ZHINAO_ABLATION_SPEC env var, so the job needs nothing else. The
 pod is the training pods' own (security context, scratch volumes, storage credentials by
-secretKeyRef), with the proxy's CPU and memory and no GPU: preparing data and scoring a tiny proxy
-model are CPU work.
+secretKeyRef), with the proxy's CPU and memory. `prepare` is CPU work; `evaluate` gets one GPU when
+the proxy trains on GPUs (scoring every checkpoint of a 1.8b proxy on CPU would take days), none
+for a CPU proxy.
 """
 
 import json
@@ -34,6 +35,10 @@ def step_labels(ablation: Ablation, step: Step) -> dict[str, str]:
     return {**app_labels(f"ablation-{step}"), LABEL_ABLATION: ablation.metadata.name, LABEL_STEP: step}
 
 
+def step_gpus(ablation: Ablation, step: Step) -> int:
+    return min(ablation.spec.proxy.gpu, 1) if step == "evaluate" else 0
+
+
 def render_step_job(ablation: Ablation, step: Step) -> dict:
     spec = ablation.spec
     env = [{"name": ENV_ABLATION_SPEC, "value": json.dumps(ablation.to_wire(), sort_keys=True, separators=(",", ":"))},
@@ -41,7 +46,8 @@ def render_step_job(ablation: Ablation, step: Step) -> dict:
     labels = step_labels(ablation, step)
     template = pod_template(
         image=spec.image, pull_policy=spec.image_pull_policy, command=["python"], args=["-m", JOB_MODULE, step],
-        env=env, resources=Resources(cpu=spec.proxy.cpu, memory=spec.proxy.memory), labels=labels, metrics_port=None,
+        env=env, resources=Resources(cpu=spec.proxy.cpu, memory=spec.proxy.memory, gpu=step_gpus(ablation, step)),
+        labels=labels, metrics_port=None,
     )
     return pytorchjob(name=step_job_name(ablation, step), namespace=ablation.metadata.namespace, labels=labels,
                       template=template, backoff_limit=BACKOFF_LIMIT)

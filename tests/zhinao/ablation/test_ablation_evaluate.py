@@ -74,6 +74,8 @@ def tokenizer():
 class Bigram(torch.nn.Module):
     """logits[b, t] = table[input_ids[b, t]]: the next token depends on the current one only."""
 
+    device = torch.device("cpu")  # as a transformers model: the evaluation puts its inputs there
+
     def __init__(self, table: torch.Tensor):
         super().__init__()
         self.table = table
