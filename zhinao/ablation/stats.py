@@ -22,6 +22,7 @@ Definitions (docs/ablation.md repeats them):
 """
 
 import math
+import warnings
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -80,15 +81,25 @@ def effect_size(a, b) -> float:
     return diff / s
 
 
+def _constant(a: np.ndarray) -> bool:
+    """Equal up to float rounding (a metric recomputed from the same weights can differ in the last bit)."""
+    return bool(np.all(np.abs(a - a[0]) <= 1e-12 * max(1.0, abs(float(a[0])))))
+
+
 def welch(a, b) -> tuple[float, float]:
     """(t, two-sided p) of Welch's unequal-variance t-test."""
     a, b = _arr(a), _arr(b)
     if len(a) < 2 or len(b) < 2:
         return math.nan, math.nan
-    if std(a) == 0 and std(b) == 0:
+    if _constant(a) and _constant(b):
         # scipy returns nan here; equal constants are not different, unequal ones certainly are.
-        return (0.0, 1.0) if mean(a) == mean(b) else (math.copysign(math.inf, mean(a) - mean(b)), 0.0)
-    res = st.ttest_ind(a, b, equal_var=False)
+        diff = mean(a) - mean(b)
+        return (0.0, 1.0) if _constant(np.array([mean(a), mean(b)])) else (math.copysign(math.inf, diff), 0.0)
+    with warnings.catch_warnings():
+        # scipy warns of "catastrophic cancellation" whenever one sample is constant; its variance
+        # is then exactly 0 and the test is right.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        res = st.ttest_ind(a, b, equal_var=False)
     return float(res.statistic), float(res.pvalue)
 
 
