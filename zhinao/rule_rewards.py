@@ -90,4 +90,4 @@ RULES: dict[str, RuleFn] = {"arithmetic": arithmetic, "code_switch": code_switch
 
 def score(record: dict, response: str, weights: dict[str, float]) -> float:
     """Weighted sum of the named rules."""
-    return sum(w * RULES[name](record, response) for name, w in weights.items())
+    return float(sum(w * RULES[name](record, response) for name, w in weights.items()))  # 0.0, not 0, without rules

@@ -125,6 +125,10 @@ class TrainingSession:
         local = self.workdir / "ckpt-save" / f"step-{step:08d}" / f"rank-{self.env.rank}"
         parts = engine.save(local)
         sums = self.checkpoints.upload_parts(step, parts)
+        # Every rank's log of the steps up to here is stored before `latest` can name this checkpoint
+        # (the gather below orders it before the commit): a rank lost right after the commit makes the
+        # restart resume from here, and the log must not lose the steps it will not redo.
+        self.upload_metrics()
         merged: dict[str, str] = {}
         for rank_sums in self.gather(sums):
             merged.update(rank_sums)

@@ -1,38 +1,8 @@
-"""Small real assets for stage tests: a docstring corpus and a BPE tokenizer trained on it."""
+"""The pretrain spec the stage tests run (their corpus and tokenizer: `stage_assets` in tests/zhinao/conftest.py)."""
 
-import inspect
-import importlib
 import json
-from pathlib import Path
 
 import pytest
-
-from zhinao.tokenizer import to_transformers, train_bpe
-
-MODULES = ["json", "os", "re", "collections", "itertools", "functools", "pathlib", "subprocess", "threading",
-           "logging", "argparse", "datetime", "decimal", "random", "textwrap", "typing", "zipfile", "csv"]
-
-
-def docstring_corpus() -> list[dict]:
-    docs = []
-    for name in MODULES:
-        module = importlib.import_module(name)
-        for _, obj in inspect.getmembers(module):
-            doc = inspect.getdoc(obj)
-            if doc and len(doc) > 150:
-                docs.append({"text": doc, "source": "code" if "(" in doc[:60] else "webpages"})
-    return docs
-
-
-@pytest.fixture(scope="session")
-def stage_assets(tmp_path_factory) -> dict[str, str]:
-    """file:// URIs of a corpus prefix and a tokenizer prefix."""
-    root = tmp_path_factory.mktemp("assets")
-    docs = docstring_corpus()
-    (root / "corpus").mkdir()
-    (root / "corpus" / "part-00000.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
-    to_transformers(train_bpe((d["text"] for d in docs), vocab_size=1024)).save_pretrained(root / "tokenizer")
-    return {"corpus": f"file://{root / 'corpus'}", "tokenizer": f"file://{root / 'tokenizer'}", "root": str(root)}
 
 
 def pretrain_spec(name: str, storage_uri: str, assets: dict, *, replicas: int = 2, nproc: int = 1, **params) -> str:

@@ -1,13 +1,11 @@
 """The long-context stage end to end through the local runner: 2 ranks, one sequence split across both."""
 
 import json
-import shutil
 from pathlib import Path
 
 import pytest
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from zhinao.model import build_config, build_model
 from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao_k8s.api.load import parse_pipeline
@@ -16,32 +14,10 @@ from zhinao_k8s.runner.pipeline import run_pipeline
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def base_model(stage_assets, tmp_path_factory) -> str:
-    """What a pretrain stage leaves: <prefix>/hf/ with a tiny model (rope base 10000) and its tokenizer."""
-    hf = tmp_path_factory.mktemp("pretrained") / "hf"
-    tokenizer_dir = Path(stage_assets["tokenizer"].removeprefix("file://"))
-    tokenizer = load_tokenizer(tokenizer_dir)
-    build_model(build_config("tiny", vocab_size=len(tokenizer), attention="sdpa"), seed=7).save_pretrained(hf)
-    for path in tokenizer_dir.iterdir():
-        shutil.copy(path, hf / path.name)
-    return f"file://{hf.parent}"
-
-
-def longctx_spec(name: str, storage: str, model: str, corpus: str, **params) -> str:
-    merged = {"seqLen": 256, "sequenceParallel": 2, "microBatchSize": 2, "maxSteps": 6, "warmupSteps": 1,
-              "checkpointEvery": 3, "lr": 3e-3, "syntheticMix": 0.25, "syntheticSamples": 6, "syntheticQuestions": 2,
-              "needle": {"lengths": [160, 256], "numDepths": 3, "maxNewTokens": 6}, **params}
-    return json.dumps({
-        "apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": name},
-        "spec": {"storage": {"uri": storage}, "stages": [{
-            "name": "longctx", "kind": "longctx", "replicas": 1, "nprocPerNode": 2, "backoffLimit": 0,
-            "inputs": {"model": model, "corpus": corpus}, "params": merged}]},
-    })
-
-
-def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(tmp_path, stage_assets, base_model):
-    pipeline = parse_pipeline(longctx_spec("long", f"file://{tmp_path}/store", base_model, stage_assets["corpus"]))
+def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(tmp_path, stage_assets, longctx_base_model,
+                                                                              make_longctx_spec):
+    spec = make_longctx_spec("long", f"file://{tmp_path}/store", longctx_base_model, stage_assets["corpus"])
+    pipeline = parse_pipeline(spec)
     result = run_pipeline(pipeline, workdir=tmp_path / "w")
     job = result.stages[0][1]
     log = (job.log_dir / "master-0.log").read_text()

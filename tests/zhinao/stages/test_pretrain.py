@@ -1,29 +1,20 @@
 """The pretrain stage end to end, through the local PyTorchJob runner, with real processes."""
 
 import json
-import os
-import signal
 import threading
 import time
-from pathlib import Path
 
-import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM
 
+from stage_runs import assert_restarted_once_and_resumed, run, run_killing_a_rank
 from zhinao.storage import StorageError, open_store
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import run_pipeline
 
 pytestmark = pytest.mark.slow
-
-
-def run(spec: str, workdir: Path, listener=None, secrets=None):
-    pipeline = parse_pipeline(spec)
-    result = run_pipeline(pipeline, workdir=workdir, listener=listener, secrets=secrets)
-    return pipeline, result
 
 
 def weights(uri: str) -> dict[str, torch.Tensor]:
@@ -34,33 +25,10 @@ def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
     ref_pipeline, ref = run(make_pretrain_spec("ref", f"file://{tmp_path}/store", stage_assets), tmp_path / "w1")
     assert ref.succeeded and ref.stages[0][1].restarts == 0
 
-    pids: dict[str, int] = {}
-    killed = threading.Event()
-    store_root = tmp_path / "store" / "killed" / "pretrain"
-
-    def listener(event, data):
-        if event == "started":
-            pids[data["replica"]] = data["pid"]
-
-    def killer():
-        deadline = time.time() + 300
-        while time.time() < deadline and not (store_root / "checkpoints" / "latest").exists():
-            time.sleep(0.02)
-        agent = psutil.Process(pids["worker-0"])
-        trainer = agent.children(recursive=True)[0]  # torchrun's worker: the rank-1 training process
-        os.kill(trainer.pid, signal.SIGKILL)
-        killed.set()
-
-    thread = threading.Thread(target=killer, daemon=True)
-    thread.start()
-    pipeline, result = run(make_pretrain_spec("killed", f"file://{tmp_path}/store", stage_assets), tmp_path / "w2", listener)
-    thread.join(5)
-    job = result.stages[0][1]
-    assert killed.is_set(), "the run finished before the rank could be killed"
-    assert result.succeeded and job.restarts == 1, job.attempts
-    assert job.attempts[0].failed_replica == "worker-0"
-    master_log = (job.log_dir / "master-0.log").read_text()
-    assert "resumed from step 10" in master_log
+    pipeline, result, killed = run_killing_a_rank(
+        make_pretrain_spec("killed", f"file://{tmp_path}/store", stage_assets), tmp_path / "w2",
+        once_exists=tmp_path / "store" / "killed" / "pretrain" / "checkpoints" / "latest")
+    assert_restarted_once_and_resumed(result, killed=killed, replica="worker-0", step=10)
 
     a, b = weights(ref_pipeline.output_of(ref_pipeline.stage("pretrain"))), weights(pipeline.output_of(pipeline.stage("pretrain")))
     assert a.keys() == b.keys()

@@ -64,6 +64,17 @@ def test_remax_resumes_mid_run_to_identical_weights_and_reports(tmp_path, assets
     assert store.exists("report/rlhf.png") and store.exists("report/rlhf.md")
 
 
+def test_remax_scored_by_the_reward_model_alone_trains(tmp_path, assets):
+    # The defaults: rmWeight 1 and no rules (a rule-less score once came out as an integer tensor).
+    out = f"file://{tmp_path}/rm-only"
+    run_stage("rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out,
+              **{**ONLINE, "rules": {}, "maxSteps": 2})
+    steps = [json.loads(l) for l in open_store(out).get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
+    steps = [r for r in steps if r.get("event") == "step"]
+    assert [r["step"] for r in steps] == [1, 2] and all(r["reward_rule_mean"] == 0.0 for r in steps)
+    assert all(r["reward_mean"] == pytest.approx(r["reward_rm_mean"]) for r in steps)
+
+
 def test_ppo_trains_policy_and_critic_and_exports_the_policy_only(tmp_path, assets):
     out = f"file://{tmp_path}/ppo"
     run_stage("rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out,

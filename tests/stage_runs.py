@@ -1,0 +1,77 @@
+"""Helpers of the slow tests that run stages as real PyTorchJobs through the local runner
+(tests/zhinao/stages, tests/zhinao/longctx; tests/ is on sys.path).
+
+    run(spec, workdir)            parse a TrainingPipeline (JSON) and run its stages: (pipeline, result)
+    stage_output(pipeline, name)  the ObjectStore a stage wrote
+    step_records(store, rank)     the per-step records of one rank's metrics log
+    run_killing_a_rank(...)       run while one rank's training process is SIGKILLed mid-run
+    assert_restarted_once_and_resumed(...)   what the runner and the stage must do about that kill
+"""
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import psutil
+
+from zhinao.storage import ObjectStore, open_store
+from zhinao_k8s.api.load import parse_pipeline
+from zhinao_k8s.runner.pipeline import PipelineResult, run_pipeline
+
+
+def run(spec: str, workdir: Path, listener=None, secrets=None):
+    pipeline = parse_pipeline(spec)
+    result = run_pipeline(pipeline, workdir=workdir, listener=listener, secrets=secrets)
+    return pipeline, result
+
+
+def stage_output(pipeline, stage: str) -> ObjectStore:
+    return open_store(pipeline.output_of(pipeline.stage(stage)))
+
+
+def step_records(store: ObjectStore, rank: int = 0) -> list[dict]:
+    lines = store.get_bytes(f"metrics/rank-{rank}.jsonl").decode().splitlines()
+    return [r for r in (json.loads(l) for l in lines if l.strip()) if r.get("event", "step") == "step"]
+
+
+def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: str = "worker-0",
+                       timeout: float = 300):
+    """Run `spec`, SIGKILLing the training process of `replica` as soon as the file `once_exists`
+    appears (a stage's checkpoints/latest in a file:// store): a node lost mid-run, which the
+    runner must answer by restarting the whole job. Returns (pipeline, result, whether it killed)."""
+    pids: dict[str, int] = {}
+    killed = threading.Event()
+
+    def listener(event, data):
+        if event == "started":
+            pids[data["replica"]] = data["pid"]
+
+    def killer():
+        deadline = time.time() + timeout
+        while not once_exists.exists():
+            if time.time() > deadline:
+                return
+            time.sleep(0.02)
+        agent = psutil.Process(pids[replica])
+        trainer = agent.children(recursive=True)[0]  # torchrun's worker: the rank's training process
+        os.kill(trainer.pid, signal.SIGKILL)
+        killed.set()
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    pipeline, result = run(spec, workdir, listener)
+    thread.join(5)
+    return pipeline, result, killed.is_set()
+
+
+def assert_restarted_once_and_resumed(result: PipelineResult, *, killed: bool, replica: str, step: int) -> None:
+    """One failed attempt blamed on the killed replica, then a second that resumed from `step`."""
+    job = result.stages[0][1]
+    master_log = (job.log_dir / "master-0.log").read_text()
+    assert killed, "the run finished before the rank could be killed"
+    assert result.succeeded and job.restarts == 1, (job.attempts, master_log[-3000:])
+    assert job.attempts[0].failed_replica == replica, job.attempts
+    assert f"resumed from step {step}" in master_log, master_log[-3000:]
