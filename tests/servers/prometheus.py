@@ -63,7 +63,7 @@ def _value(raw: Any) -> float:
 
 
 class PrometheusError(RuntimeError):
-    pass
+    """The Prometheus server failed to start or answered a query with an error."""
 
 
 class PrometheusServer:

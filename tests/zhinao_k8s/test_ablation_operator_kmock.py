@@ -7,13 +7,12 @@ the PyTorchJobs' conditions by patching their status.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 
 import kmock
 import pytest
 from kube_mock import KubeMock
 from schemas import validate_pytorchjob
-from test_operator_kmock import NS, Operator, set_job_condition, wait_for  # its import sets the 2 s timer
+from test_operator_kmock import NS, Operator, operator, set_job_condition, wait_for  # noqa: F401 (operator: the fixture); its import sets the 2 s timer
 
 from zhinao_k8s.k8s import Cluster
 from zhinao_k8s.plan import ANNOTATION_ATTEMPT
@@ -35,16 +34,6 @@ def ablation_doc(name: str = "abl") -> dict:
                       "replicas": 1, "nprocPerNode": 1, "gpu": 0, "cpu": "1", "memory": "2Gi", "warmupSteps": 10},
         },
     }
-
-
-@pytest.fixture
-def operator(kube: KubeMock) -> Iterator[Operator]:
-    op = Operator(kube.cluster)
-    op.start()
-    try:
-        yield op
-    finally:
-        op.stop()
 
 
 def status(cluster: Cluster, name: str = "abl") -> dict:

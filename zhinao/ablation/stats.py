@@ -221,5 +221,4 @@ def analyse(values: dict[str, dict[str, list[float]]], *, alpha: float = ALPHA, 
         qualities.append(q)
         out["metrics"][metric] = {"recipes": summaries, "pairs": [asdict(p) for p in pairs], "quality": asdict(q)}
     out["ranking"] = [asdict(q) for q in rank_metrics(qualities)]
-    out["chance_metrics"] = alpha * len(values)  # metrics that may show a detection by chance alone
     return out

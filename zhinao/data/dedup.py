@@ -7,6 +7,7 @@ pseudo-random but fixed order (a hash of hash, gid and position) picks which par
 copies go, so that the output does not depend on the number of ranks.
 """
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -141,7 +142,7 @@ class ExactDedup:
         return None
 
 
-class _PositionDedup:
+class _PositionDedup(ABC):
     """Shared machinery of paragraph and sentence dedup: (hash, gid, position) records."""
 
     tag = ""
@@ -160,8 +161,9 @@ class _PositionDedup:
         recs["idx"] = [i for i, _ in items]
         self.spool.add(recs, (recs["h"] % _U64(self.spool.world_size)).astype(np.int64))
 
+    @abstractmethod
     def n_remove(self, sizes: np.ndarray) -> np.ndarray:
-        raise NotImplementedError
+        """How many copies to delete from groups of `sizes` equal items (the policy of each dedup)."""
 
     def sync(self, comm: Comm) -> None:
         got = comm.exchange(f"{self.tag}/keys", self.spool.parts())

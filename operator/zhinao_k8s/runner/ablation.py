@@ -28,7 +28,7 @@ from zhinao_k8s.runner.pipeline import run_pipeline
 
 
 class AblationFailed(RuntimeError):
-    pass
+    """A run of the ablation failed; the message names it and the stage."""
 
 
 @contextmanager

@@ -44,7 +44,7 @@ def operator_env(job: dict, replica: Replica, *, master_addr: str, master_port: 
 
 
 class UnresolvedEnv(ValueError):
-    pass
+    """An env var the local runner cannot resolve (an unsupported source or a missing Secret key)."""
 
 
 def container_env(container: dict, secrets: dict[str, dict[str, str]], fallback: dict[str, str]) -> dict[str, str]:

@@ -6,6 +6,7 @@ pod DNS (MASTER_ADDR is 127.0.0.1), distinct ports per pod (free ports are picke
 pod's emptyDir scratch volume (a directory per replica).
 """
 
+import contextlib
 import os
 import shutil
 import signal
@@ -214,10 +215,8 @@ class LocalJobRunner:
 
 
 def _signal_group(process: subprocess.Popen, sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):  # the group has already exited
         os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def _resolve_executable(name: str) -> str:
