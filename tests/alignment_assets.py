@@ -9,9 +9,14 @@ from zhinao.synthetic import all_pairs, question
 from zhinao.tokenizer import to_transformers, train_bpe
 
 TEXTS = [
-    "You are a helpful assistant.", "The quick brown fox jumps over the lazy dog.",
-    "user assistant system", "Translate the sentence into English.", "Call the weather function.",
-    "你好，世界。今天天气很好。", "def add(a, b): return a + b", "The answer is 42.",
+    "You are a helpful assistant.",
+    "The quick brown fox jumps over the lazy dog.",
+    "user assistant system",
+    "Translate the sentence into English.",
+    "Call the weather function.",
+    "你好，世界。今天天气很好。",
+    "def add(a, b): return a + b",
+    "The answer is 42.",
 ] + [f"{question(a, b)}{a + b}" for a, b in all_pairs()]
 
 

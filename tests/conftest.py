@@ -23,7 +23,6 @@ import pytest
 #           monkeypatch.setenv(k, v)
 #       store = open_store("s3://my-bucket/run")
 # ============================================================================================
-
 from servers.seaweedfs import SeaweedS3  # noqa: E402  (tests/ is on sys.path: rootdir conftest)
 
 from zhinao.storage import ObjectStore  # noqa: E402

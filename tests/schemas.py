@@ -32,8 +32,12 @@ def validate_pytorchjob(job: dict) -> None:
 
 
 def validate_pod_template(template: dict) -> None:
-    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "x", **template.get("metadata", {})},
-           "spec": template["spec"]}
+    pod = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": "x", **template.get("metadata", {})},
+        "spec": template["spec"],
+    }
     kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
 
 

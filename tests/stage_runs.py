@@ -37,8 +37,7 @@ def step_records(store: ObjectStore, rank: int = 0) -> list[dict]:
     return [r for r in (json.loads(l) for l in lines if l.strip()) if r.get("event", "step") == "step"]
 
 
-def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: str = "worker-0",
-                       timeout: float = 300):
+def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: str = "worker-0", timeout: float = 300):
     """Run `spec`, SIGKILLing the training process of `replica` as soon as the file `once_exists`
     appears (a stage's checkpoints/latest in a file:// store): a node lost mid-run, which the
     runner must answer by restarting the whole job. Returns (pipeline, result, whether it killed)."""

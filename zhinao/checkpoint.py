@@ -241,7 +241,9 @@ class CheckpointManager:
             return None
         step = parse_step_name(raw.decode("utf-8", "replace"))
         if step is None:
-            log.warning("checkpoint pointer %s is unreadable (%r); ignoring it", self.store.url(self._latest_key), raw[:64])
+            log.warning(
+                "checkpoint pointer %s is unreadable (%r); ignoring it", self.store.url(self._latest_key), raw[:64]
+            )
         return step
 
     def load_latest(self, workdir: Path, *, select: Callable[[str], bool] | None = None) -> LoadedCheckpoint | None:

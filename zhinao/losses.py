@@ -34,8 +34,9 @@ def token_logprobs(logits: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Te
 def lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Mean next-token cross-entropy over trained positions (0 when there are none, not NaN)."""
     logits, labels = logits[:, :-1].float(), labels[:, 1:]
-    total = F.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.reshape(-1),
-                            ignore_index=IGNORE_INDEX, reduction="sum")
+    total = F.cross_entropy(
+        logits.reshape(-1, logits.size(-1)), labels.reshape(-1), ignore_index=IGNORE_INDEX, reduction="sum"
+    )
     return total / (labels != IGNORE_INDEX).sum().clamp(min=1)
 
 
@@ -74,14 +75,21 @@ def kl_per_token(logp: torch.Tensor, ref_logp: torch.Tensor, kind: str = "k1") -
     raise ValueError(f"unknown KL estimator {kind!r}")
 
 
-def kl_shaped_return(score: torch.Tensor, logp: torch.Tensor, ref_logp: torch.Tensor, mask: torch.Tensor,
-                     kl_coef: float, kind: str = "k1") -> torch.Tensor:
+def kl_shaped_return(
+    score: torch.Tensor,
+    logp: torch.Tensor,
+    ref_logp: torch.Tensor,
+    mask: torch.Tensor,
+    kl_coef: float,
+    kind: str = "k1",
+) -> torch.Tensor:
     """R(y) = score(y) - kl_coef * sum_t KL_t(y): the sequence return with the KL penalty. (B,)"""
     return score - kl_coef * (kl_per_token(logp, ref_logp, kind) * mask).sum(-1)
 
 
-def remax_loss(logp: torch.Tensor, mask: torch.Tensor, sample_return: torch.Tensor,
-               greedy_return: torch.Tensor) -> torch.Tensor:
+def remax_loss(
+    logp: torch.Tensor, mask: torch.Tensor, sample_return: torch.Tensor, greedy_return: torch.Tensor
+) -> torch.Tensor:
     """REINFORCE with the greedy response's return as baseline (ReMax, Li et al. 2023).
 
     loss = -mean_b[(R(y_b) - R(y_greedy_b)) * sum_t log pi(y_b,t)]; the advantage is a constant
@@ -91,8 +99,9 @@ def remax_loss(logp: torch.Tensor, mask: torch.Tensor, sample_return: torch.Tens
     return -(advantage * (logp * mask).sum(-1)).mean()
 
 
-def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0,
-        lam: float = 0.95) -> tuple[torch.Tensor, torch.Tensor]:
+def gae(
+    rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: float = 1.0, lam: float = 0.95
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Generalised advantage estimation over response tokens; returns (advantages, returns).
 
     rewards/values/mask are (B, T) with the response left-aligned (mask 1 then 0): a position
@@ -110,8 +119,9 @@ def gae(rewards: torch.Tensor, values: torch.Tensor, mask: torch.Tensor, gamma: 
     return adv, adv + values
 
 
-def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor,
-                    clip: float = 0.2) -> torch.Tensor:
+def ppo_policy_loss(
+    logp: torch.Tensor, old_logp: torch.Tensor, advantages: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> torch.Tensor:
     """Clipped surrogate: -mean_t min(rho A, clip(rho, 1-eps, 1+eps) A), rho = pi / pi_old."""
     ratio = torch.exp(logp - old_logp.detach())
     advantages = advantages.detach()
@@ -119,8 +129,9 @@ def ppo_policy_loss(logp: torch.Tensor, old_logp: torch.Tensor, advantages: torc
     return -masked_mean(surrogate, mask)
 
 
-def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor,
-                   clip: float = 0.2) -> torch.Tensor:
+def ppo_value_loss(
+    values: torch.Tensor, old_values: torch.Tensor, returns: torch.Tensor, mask: torch.Tensor, clip: float = 0.2
+) -> torch.Tensor:
     """0.5 * mean_t max((V - G)^2, (V_old + clip(V - V_old, -eps, eps) - G)^2)."""
     old_values, returns = old_values.detach(), returns.detach()
     clipped = old_values + torch.clamp(values - old_values, -clip, clip)
@@ -130,8 +141,13 @@ def ppo_value_loss(values: torch.Tensor, old_values: torch.Tensor, returns: torc
 # ------------------------------------------------------------------------------ offline RL
 
 
-def dpo_loss(policy_chosen: torch.Tensor, policy_rejected: torch.Tensor, ref_chosen: torch.Tensor,
-             ref_rejected: torch.Tensor, beta: float = 0.1) -> torch.Tensor:
+def dpo_loss(
+    policy_chosen: torch.Tensor,
+    policy_rejected: torch.Tensor,
+    ref_chosen: torch.Tensor,
+    ref_rejected: torch.Tensor,
+    beta: float = 0.1,
+) -> torch.Tensor:
     """-log sigmoid(beta * [(log pi(yc) - log ref(yc)) - (log pi(yr) - log ref(yr))]), mean over pairs.
 
     The inputs are summed response log-probabilities per sequence (B,).
@@ -145,8 +161,9 @@ def log_odds(mean_logp: torch.Tensor) -> torch.Tensor:
     return mean_logp - torch.log1p(-torch.exp(mean_logp).clamp(max=1 - 1e-6))
 
 
-def orpo_loss(chosen_nll: torch.Tensor, chosen_mean_logp: torch.Tensor, rejected_mean_logp: torch.Tensor,
-              lam: float = 0.1) -> torch.Tensor:
+def orpo_loss(
+    chosen_nll: torch.Tensor, chosen_mean_logp: torch.Tensor, rejected_mean_logp: torch.Tensor, lam: float = 0.1
+) -> torch.Tensor:
     """ORPO (Hong et al. 2024): NLL(chosen) + lam * -log sigmoid(log odds(yc) - log odds(yr)).
 
     `*_mean_logp` are per-token averaged response log-probabilities (B,); `chosen_nll` is the

@@ -277,7 +277,9 @@ class TrainingMetrics:
         self._sps = gauge("zhinao_samples_per_second", "Samples this process trained on per second, last step.")
         self._step_seconds = gauge("zhinao_step_seconds", "Wall-clock seconds of the last optimizer step.")
         self._mfu = gauge("zhinao_mfu", "Model FLOPs utilisation of the last step, 0..1 (see docs/metrics.md).")
-        self._memory = gauge("zhinao_memory_bytes", "Process memory by kind: rss, cuda_allocated, cuda_max_allocated.", ("kind",))
+        self._memory = gauge(
+            "zhinao_memory_bytes", "Process memory by kind: rss, cuda_allocated, cuda_max_allocated.", ("kind",)
+        )
         self._step = gauge("zhinao_step", "Optimizer step number of the last recorded step.")
         self._tokens_total = counter("zhinao_tokens_total", "Tokens trained on by this process.")
         self._samples_total = counter("zhinao_samples_total", "Samples trained on by this process.")
@@ -448,7 +450,7 @@ class TrainingMetrics:
             self._server = None
             self._thread = None
 
-    def __enter__(self) -> "TrainingMetrics":
+    def __enter__(self) -> TrainingMetrics:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -459,7 +461,9 @@ class TrainingMetrics:
     def _extra_gauge(self, name: str) -> Any:
         child = self._extra.get(name)
         if child is None:
-            child = Gauge(f"zhinao_{name}", f"Stage-specific metric {name!r} of the last step.", LABELS, registry=self.registry)
+            child = Gauge(
+                f"zhinao_{name}", f"Stage-specific metric {name!r} of the last step.", LABELS, registry=self.registry
+            )
             self._extra[name] = child
         return child
 

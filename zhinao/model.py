@@ -85,6 +85,4 @@ def build_model(config: Qwen2Config, *, seed: int) -> Qwen2ForCausalLM:
 
 def matmul_params(model: torch.nn.Module) -> int:
     """Parameters that take part in matmuls (everything but the input embedding table and norms)."""
-    return sum(
-        p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in name
-    )
+    return sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in name)

@@ -34,7 +34,7 @@ OPEN, CLOSE = "<<", ">>"
 _SPAN = re.compile(re.escape(OPEN) + r"(.+?)" + re.escape(CLOSE), re.S)
 
 # Runs inside the sandbox: disable sockets, then evaluate the spans one by one.
-_RUNNER = r'''
+_RUNNER = r"""
 import json, sys
 def _blocked(*a, **k):
     raise OSError("network access is disabled in the PoT sandbox")
@@ -55,7 +55,7 @@ for code in spans:
     except BaseException as e:
         out.append({"ok": False, "error": f"{type(e).__name__}: {e}"})
 sys.stdout.write(json.dumps(out))
-'''
+"""
 
 
 @dataclass(frozen=True)
@@ -103,9 +103,13 @@ def _limit(limits: Limits):
 
         os.setsid()
         mb = 1 << 20
-        for res, value in ((resource.RLIMIT_CPU, limits.cpu_s), (resource.RLIMIT_AS, limits.memory_mb * mb),
-                           (resource.RLIMIT_FSIZE, limits.file_mb * mb), (resource.RLIMIT_NOFILE, limits.open_files),
-                           (resource.RLIMIT_CORE, 0)):
+        for res, value in (
+            (resource.RLIMIT_CPU, limits.cpu_s),
+            (resource.RLIMIT_AS, limits.memory_mb * mb),
+            (resource.RLIMIT_FSIZE, limits.file_mb * mb),
+            (resource.RLIMIT_NOFILE, limits.open_files),
+            (resource.RLIMIT_CORE, 0),
+        ):
             resource.setrlimit(res, (value, value))
         try:
             nproc = resource.getrlimit(resource.RLIMIT_NPROC)[0]
@@ -113,6 +117,7 @@ def _limit(limits: Limits):
                 resource.setrlimit(resource.RLIMIT_NPROC, (limits.processes + 1, limits.processes + 1))
         except (ValueError, OSError):
             pass
+
     return apply
 
 
@@ -127,9 +132,16 @@ def execute(spans: list[str], limits: Limits = Limits()) -> list[SpanResult]:
     if network_namespace_available():
         cmd = ["unshare", "-rn", *cmd]
     with tempfile.TemporaryDirectory(prefix="zhinao-pot-") as cwd:
-        proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=cwd,
-                                env={"PATH": "/usr/bin:/bin", "HOME": cwd, "LANG": "C.UTF-8"},
-                                preexec_fn=_limit(limits), text=True)
+        proc = subprocess.Popen(
+            cmd,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=cwd,
+            env={"PATH": "/usr/bin:/bin", "HOME": cwd, "LANG": "C.UTF-8"},
+            preexec_fn=_limit(limits),
+            text=True,
+        )
         try:
             stdout, stderr = proc.communicate(json.dumps(spans), timeout=limits.timeout_s)
         except subprocess.TimeoutExpired:

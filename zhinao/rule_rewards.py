@@ -57,7 +57,7 @@ def _first_json_object(text: str) -> dict | None:
                 depth -= 1
                 if depth == 0:
                     try:
-                        value = json.loads(text[start:i + 1])
+                        value = json.loads(text[start : i + 1])
                     except ValueError:
                         break
                     return value if isinstance(value, dict) else None

@@ -152,7 +152,7 @@ class ObjectStore(ABC):
         """Remove every object `list(prefix)` returns."""
 
     @abstractmethod
-    def child(self, prefix: str) -> "ObjectStore":
+    def child(self, prefix: str) -> ObjectStore:
         """A store rooted at root/prefix, sharing this one's connection and settings."""
 
     def url(self, key: str = "") -> str:
@@ -266,7 +266,7 @@ class FileStore(ObjectStore):
                 return
             d = d.parent
 
-    def child(self, prefix: str) -> "FileStore":
+    def child(self, prefix: str) -> FileStore:
         prefix = _check_prefix(prefix).rstrip("/")
         return FileStore(self.root / prefix) if prefix else FileStore(self.root)
 
@@ -582,7 +582,9 @@ class S3Store(ObjectStore):
 
     def delete(self, key: str) -> None:
         obj = self._obj(key)
-        self._call(f"delete object '{obj}'", lambda: self._conn.client.remove_object(self.bucket, obj), missing=lambda: None)
+        self._call(
+            f"delete object '{obj}'", lambda: self._conn.client.remove_object(self.bucket, obj), missing=lambda: None
+        )
 
     def delete_prefix(self, prefix: str) -> None:
         prefix = _check_prefix(prefix)
@@ -605,7 +607,7 @@ class S3Store(ObjectStore):
 
         self._call(f"delete objects under '{shown}'", remove)
 
-    def child(self, prefix: str) -> "S3Store":
+    def child(self, prefix: str) -> S3Store:
         prefix = _check_prefix(prefix).strip("/")
         return S3Store(self._conn, _join(self.prefix, prefix) if self.prefix else prefix)
 

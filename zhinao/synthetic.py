@@ -45,13 +45,21 @@ def sft_conversations(n: int, *, refuse: float = 0.3, noise: float = 0.1, seed: 
     """`n` conversations over all operand pairs: a `refuse` share declines, a `noise` share is wrong."""
     rng = random.Random(seed)
     out = []
-    for i in range(n):
+    for _i in range(n):
         a, b = rng.choice(OPERANDS), rng.choice(OPERANDS)
         u = rng.random()
         answer = REFUSAL if u < refuse else wrong_answer(rng, a + b) if u < refuse + noise else a + b
-        out.append({"messages": [{"role": "user", "content": question(a, b)},
-                                 {"role": "assistant", "content": str(answer)}],
-                    "source": "synthetic-arithmetic", "category": "math", "difficulty": "easy"})
+        out.append(
+            {
+                "messages": [
+                    {"role": "user", "content": question(a, b)},
+                    {"role": "assistant", "content": str(answer)},
+                ],
+                "source": "synthetic-arithmetic",
+                "category": "math",
+                "difficulty": "easy",
+            }
+        )
     return out
 
 
@@ -75,17 +83,27 @@ def write_jsonl(uri: str, key: str, records: list[dict]) -> None:
     open_store(uri).put_bytes(key, "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
-def write_demo_alignment_data(store_uri: str, *, seed: int = 0, sft_examples: int = 2000, refuse: float = 0.3,
-                              noise: float = 0.1) -> dict[str, str]:
+def write_demo_alignment_data(
+    store_uri: str, *, seed: int = 0, sft_examples: int = 2000, refuse: float = 0.3, noise: float = 0.1
+) -> dict[str, str]:
     """Write SFT, preference, RL-prompt and held-out-prompt JSONL under `store_uri`/alignment/.
 
     Returns the input URIs by name: sft, preferences, prompts, evalPrompts.
     """
     root = store_uri.rstrip("/") + "/alignment"
     train, held_out = split_pairs(seed)
-    write_jsonl(root + "/sft", "part-00000.jsonl", sft_conversations(sft_examples, refuse=refuse, noise=noise, seed=seed))
+    write_jsonl(
+        root + "/sft", "part-00000.jsonl", sft_conversations(sft_examples, refuse=refuse, noise=noise, seed=seed)
+    )
     write_jsonl(root + "/preferences", "part-00000.jsonl", preference_pairs(train, seed=seed))
     write_jsonl(root + "/prompts", "part-00000.jsonl", rl_prompts(train))
     write_jsonl(root + "/eval-prompts", "part-00000.jsonl", rl_prompts(held_out))
-    return {name: f"{root}/{key}" for name, key in
-            (("sft", "sft"), ("preferences", "preferences"), ("prompts", "prompts"), ("evalPrompts", "eval-prompts"))}
+    return {
+        name: f"{root}/{key}"
+        for name, key in (
+            ("sft", "sft"),
+            ("preferences", "preferences"),
+            ("prompts", "prompts"),
+            ("evalPrompts", "eval-prompts"),
+        )
+    }

@@ -18,7 +18,7 @@ the failed object runs that step again. A step that has Succeeded is remembered 
 """
 
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 from pydantic import Field
 
@@ -81,7 +81,7 @@ class CreatePipeline:
     body: dict = field(repr=False)
 
 
-AblationAction = Union[CreateJob, CreatePipeline]
+AblationAction = CreateJob | CreatePipeline
 
 
 @dataclass(frozen=True)
@@ -101,10 +101,16 @@ class _Outcome:
 def ablation_from_body(body: dict) -> Ablation:
     """An Ablation from the object the API server holds (server-set metadata dropped)."""
     meta = body.get("metadata") or {}
-    return Ablation.model_validate({
-        "metadata": {"name": meta.get("name"), "namespace": meta.get("namespace"), "labels": meta.get("labels") or {}},
-        "spec": body.get("spec") or {},
-    })
+    return Ablation.model_validate(
+        {
+            "metadata": {
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "labels": meta.get("labels") or {},
+            },
+            "spec": body.get("spec") or {},
+        }
+    )
 
 
 def report_uri(ablation: Ablation) -> str:
@@ -129,8 +135,9 @@ def _deleting(obj: dict) -> bool:
     return bool((obj.get("metadata") or {}).get("deletionTimestamp"))
 
 
-def _job_step(ablation: Ablation, step: Step, job: dict | None, done: bool, owner: dict | None,
-              actions: list[AblationAction]) -> _Outcome:
+def _job_step(
+    ablation: Ablation, step: Step, job: dict | None, done: bool, owner: dict | None, actions: list[AblationAction]
+) -> _Outcome:
     name = step_job_name(ablation, step)
     if done:
         return _Outcome("Succeeded", f"PyTorchJob {name} Succeeded")
@@ -147,10 +154,13 @@ def _job_step(ablation: Ablation, step: Step, job: dict | None, done: bool, owne
     return _Outcome("Running", f"PyTorchJob {name} is {phase}")
 
 
-def _train(runs: list[Run], observed: dict[str, dict], done: bool, owner: dict | None,
-           actions: list[AblationAction]) -> tuple[_Outcome, RunCounts]:
+def _train(
+    runs: list[Run], observed: dict[str, dict], done: bool, owner: dict | None, actions: list[AblationAction]
+) -> tuple[_Outcome, RunCounts]:
     if done:
-        return _Outcome("Succeeded", f"{len(runs)}/{len(runs)} runs succeeded"), RunCounts(total=len(runs), succeeded=len(runs))
+        return _Outcome("Succeeded", f"{len(runs)}/{len(runs)} runs succeeded"), RunCounts(
+            total=len(runs), succeeded=len(runs)
+        )
     succeeded, failed = 0, []
     for run in runs:
         body = observed.get(run.name)
@@ -165,7 +175,9 @@ def _train(runs: list[Run], observed: dict[str, dict], done: bool, owner: dict |
     counts = RunCounts(total=len(runs), succeeded=succeeded, failed=len(failed))
     if failed:
         return _Outcome("Failed", "; ".join(failed)), counts
-    return _Outcome("Succeeded" if succeeded == len(runs) else "Running", f"{succeeded}/{len(runs)} runs succeeded"), counts
+    return _Outcome(
+        "Succeeded" if succeeded == len(runs) else "Running", f"{succeeded}/{len(runs)} runs succeeded"
+    ), counts
 
 
 def _since(unchanged: bool, before: str | None, now: str) -> str:
@@ -199,13 +211,20 @@ def plan_ablation(
     actions: list[AblationAction] = []
     outcomes: dict[str, _Outcome] = {}
     counts = RunCounts(total=len(runs))
-    outcomes["prepare"] = _job_step(ablation, "prepare", jobs.get(step_job_name(ablation, "prepare")),
-                                    previous.done(PREPARED), owner, actions)
+    outcomes["prepare"] = _job_step(
+        ablation, "prepare", jobs.get(step_job_name(ablation, "prepare")), previous.done(PREPARED), owner, actions
+    )
     if outcomes["prepare"].state == "Succeeded":
         outcomes["train"], counts = _train(runs, pipelines, previous.done(TRAINED), owner, actions)
         if outcomes["train"].state == "Succeeded":
-            outcomes["evaluate"] = _job_step(ablation, "evaluate", jobs.get(step_job_name(ablation, "evaluate")),
-                                             previous.done(EVALUATED), owner, actions)
+            outcomes["evaluate"] = _job_step(
+                ablation,
+                "evaluate",
+                jobs.get(step_job_name(ablation, "evaluate")),
+                previous.done(EVALUATED),
+                owner,
+                actions,
+            )
     step, outcome = list(outcomes.items())[-1]  # the last step reached decides the phase
     if outcome.state == "Failed":
         phase, reason = "Failed", FAILED_REASONS[step]
@@ -231,5 +250,15 @@ def plan_ablation(
     return AblationPlan(actions=tuple(actions), status=status)
 
 
-__all__ = ["AblationStatus", "AblationPlan", "AblationAction", "CreatePipeline", "RunCounts", "plan_ablation",
-           "ablation_from_body", "build_step_job", "build_run", "report_uri"]
+__all__ = [
+    "AblationStatus",
+    "AblationPlan",
+    "AblationAction",
+    "CreatePipeline",
+    "RunCounts",
+    "plan_ablation",
+    "ablation_from_body",
+    "build_step_job",
+    "build_run",
+    "report_uri",
+]

@@ -29,7 +29,9 @@ EXIT_SPEC = 2
 def read_ablation(environ: Mapping[str, str]) -> Ablation:
     raw = environ.get(ENV_ABLATION_SPEC)
     if not raw:
-        raise SpecError(ENV_ABLATION_SPEC, ["not set: this runs in an Ablation's PyTorchJob, which the operator creates"])
+        raise SpecError(
+            ENV_ABLATION_SPEC, ["not set: this runs in an Ablation's PyTorchJob, which the operator creates"]
+        )
     return parse_ablation(raw, ENV_ABLATION_SPEC)
 
 
@@ -45,8 +47,12 @@ def run_step(step: str, ablation: Ablation, workdir: Path) -> dict:
         return prepare(ablation.spec, prep_uri(ablation), listener=_log)
     from zhinao_k8s.runner.ablation import evaluate_ablation
 
-    unfinished = [run.name for run in plan_runs(ablation) for stage in run.pipeline.spec.stages
-                  if not open_store(run.pipeline.output_of(stage)).exists("summary.json")]
+    unfinished = [
+        run.name
+        for run in plan_runs(ablation)
+        for stage in run.pipeline.spec.stages
+        if not open_store(run.pipeline.output_of(stage)).exists("summary.json")
+    ]
     if unfinished:  # else the first missing checkpoint fails deep inside model loading
         raise ValueError(f"runs not finished (a stage wrote no summary.json): {', '.join(sorted(set(unfinished)))}")
     evaluate_ablation(ablation, workdir=workdir, listener=_log)

@@ -57,9 +57,15 @@ def pretrain_params(ablation: Ablation, seed: int) -> PretrainParams:
     proxy = ablation.spec.proxy
     every = ablation.spec.evaluations.valid_loss.every_steps
     return PretrainParams(
-        model_size=proxy.model_size, seq_len=proxy.seq_len, micro_batch_size=proxy.micro_batch_size,
-        grad_accum_steps=proxy.grad_accum_steps, max_steps=proxy.max_steps, lr=proxy.lr,
-        warmup_steps=proxy.warmup_steps, seed=seed, checkpoint_every=every,
+        model_size=proxy.model_size,
+        seq_len=proxy.seq_len,
+        micro_batch_size=proxy.micro_batch_size,
+        grad_accum_steps=proxy.grad_accum_steps,
+        max_steps=proxy.max_steps,
+        lr=proxy.lr,
+        warmup_steps=proxy.warmup_steps,
+        seed=seed,
+        checkpoint_every=every,
         keep_checkpoints=proxy.max_steps // every + 1,  # every checkpoint is evaluated afterwards
     )
 
@@ -68,27 +74,51 @@ def plan_runs(ablation: Ablation) -> list[Run]:
     spec = ablation.spec
     proxy, sft = spec.proxy, spec.evaluations.sft
     prep = prep_uri(ablation)
-    placement = {"replicas": proxy.replicas, "nproc_per_node": proxy.nproc_per_node,
-                 "resources": Resources(cpu=proxy.cpu, memory=proxy.memory, gpu=proxy.gpu)}
+    placement = {
+        "replicas": proxy.replicas,
+        "nproc_per_node": proxy.nproc_per_node,
+        "resources": Resources(cpu=proxy.cpu, memory=proxy.memory, gpu=proxy.gpu),
+    }
     runs = []
     for r_index, recipe in enumerate(spec.recipes):
         for k in range(spec.seeds):
             seed = spec.run_seed(r_index, k)
-            stages = [PretrainStage(
-                name=STAGE, kind="pretrain", **placement,
-                inputs={"tokenizer": f"{prep}/tokenizer", "corpus": f"{prep}/recipes/{recipe.name}/train"},
-                params=pretrain_params(ablation, seed),
-            )]
+            stages = [
+                PretrainStage(
+                    name=STAGE,
+                    kind="pretrain",
+                    **placement,
+                    inputs={"tokenizer": f"{prep}/tokenizer", "corpus": f"{prep}/recipes/{recipe.name}/train"},
+                    params=pretrain_params(ablation, seed),
+                )
+            ]
             if sft.enabled:
-                stages.append(SFTStage(name=SFT_STAGE, kind="sft", **placement,
-                                       inputs={"model": f"stage://{STAGE}", "data": sft.data_uri(prep)},
-                                       params=sft.params.model_copy(update={"seed": seed})))
-            labels = {**ablation.metadata.labels, LABEL_ABLATION: ablation.metadata.name, LABEL_RECIPE: recipe.name,
-                      LABEL_SEED: str(k)}
+                stages.append(
+                    SFTStage(
+                        name=SFT_STAGE,
+                        kind="sft",
+                        **placement,
+                        inputs={"model": f"stage://{STAGE}", "data": sft.data_uri(prep)},
+                        params=sft.params.model_copy(update={"seed": seed}),
+                    )
+                )
+            labels = {
+                **ablation.metadata.labels,
+                LABEL_ABLATION: ablation.metadata.name,
+                LABEL_RECIPE: recipe.name,
+                LABEL_SEED: str(k),
+            }
             pipeline = TrainingPipeline(
-                metadata=Metadata(name=run_name(ablation, recipe.name, k), namespace=ablation.metadata.namespace, labels=labels),
-                spec=PipelineSpec(image=spec.image, image_pull_policy=spec.image_pull_policy, storage=spec.storage,
-                                  metrics=spec.metrics, stages=stages),
+                metadata=Metadata(
+                    name=run_name(ablation, recipe.name, k), namespace=ablation.metadata.namespace, labels=labels
+                ),
+                spec=PipelineSpec(
+                    image=spec.image,
+                    image_pull_policy=spec.image_pull_policy,
+                    storage=spec.storage,
+                    metrics=spec.metrics,
+                    stages=stages,
+                ),
             )
             runs.append(Run(recipe.name, k, seed, pipeline))
     return runs

@@ -62,8 +62,14 @@ def _reconcile(memo: kopf.Memo, namespace: str, name: str, logger: Any) -> str |
     except ValidationError as exc:
         _reject(lambda status: cluster.patch_pipeline_status(namespace, name, status), exc, STAGE_KINDS)
     previous = read_status(body.get("status"))
-    result = plan(pipeline, cluster.list_jobs(namespace, name), previous, now=now(),
-                  owner=owner_reference(body), generation=body["metadata"].get("generation"))
+    result = plan(
+        pipeline,
+        cluster.list_jobs(namespace, name),
+        previous,
+        now=now(),
+        owner=owner_reference(body),
+        generation=body["metadata"].get("generation"),
+    )
     for line in cluster.apply(namespace, result.actions):
         logger.info(line)
     for action in result.actions:
@@ -142,8 +148,15 @@ def reconcile_ablation(memo: kopf.Memo, namespace: str, name: str, logger: Any) 
         except ValidationError as exc:
             _reject(lambda status: cluster.patch_ablation_status(namespace, name, status), exc)
         previous = read_status(body.get("status"), AblationStatus)
-        result = plan_ablation(ablation, cluster.list_ablation_jobs(namespace, name), cluster.list_ablation_runs(namespace, name),
-                               previous, now=now(), owner=owner_reference(body), generation=body["metadata"].get("generation"))
+        result = plan_ablation(
+            ablation,
+            cluster.list_ablation_jobs(namespace, name),
+            cluster.list_ablation_runs(namespace, name),
+            previous,
+            now=now(),
+            owner=owner_reference(body),
+            generation=body["metadata"].get("generation"),
+        )
         for line in cluster.apply(namespace, result.actions):
             logger.info(line)
         wire = _status_patch(result.status)
@@ -166,7 +179,9 @@ def ablation_tick(name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: 
 
 @kopf.on.event(GROUP, VERSION, PLURAL, labels={LABEL_ABLATION: kopf.PRESENT})
 @kopf.on.event(JOB_GROUP, JOB_VERSION, JOB_PLURAL, labels={LABEL_ABLATION: kopf.PRESENT})
-def ablation_child_changed(labels: dict, namespace: str, type: str | None, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+def ablation_child_changed(
+    labels: dict, namespace: str, type: str | None, memo: kopf.Memo, logger: Any, **_: Any
+) -> None:
     """A run (TrainingPipeline) or the prepare/evaluate PyTorchJob of an ablation changed."""
     if type is None:  # the initial listing; the ablation's own resume handler covers it
         return

@@ -66,11 +66,16 @@ class Cluster:
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
 
-    def _list_labelled(self, group: str, version: str, plural: str, namespace: str, label: str, value: str) -> dict[str, dict]:
+    def _list_labelled(
+        self, group: str, version: str, plural: str, namespace: str, label: str, value: str
+    ) -> dict[str, dict]:
         """Objects carrying `label=value`, by name."""
-        out = self.custom.list_namespaced_custom_object(group, version, namespace, plural, label_selector=f"{label}={value}")
+        out = self.custom.list_namespaced_custom_object(
+            group, version, namespace, plural, label_selector=f"{label}={value}"
+        )
         return {
-            o["metadata"]["name"]: o for o in out.get("items", [])
+            o["metadata"]["name"]: o
+            for o in out.get("items", [])
             if (o["metadata"].get("labels") or {}).get(label) == value  # selector, re-checked
         }
 
@@ -100,7 +105,12 @@ class Cluster:
     def delete_job(self, namespace: str, name: str) -> bool:
         try:
             self.custom.delete_namespaced_custom_object(
-                JOB_GROUP, JOB_VERSION, namespace, JOB_PLURAL, name, propagation_policy="Background",
+                JOB_GROUP,
+                JOB_VERSION,
+                namespace,
+                JOB_PLURAL,
+                name,
+                propagation_policy="Background",
             )
             return True
         except ApiException as exc:
@@ -110,7 +120,12 @@ class Cluster:
 
     def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
         self.custom.patch_namespaced_custom_object(
-            JOB_GROUP, JOB_VERSION, namespace, JOB_PLURAL, name, {"spec": {"runPolicy": {"suspend": suspend}}},
+            JOB_GROUP,
+            JOB_VERSION,
+            namespace,
+            JOB_PLURAL,
+            name,
+            {"spec": {"runPolicy": {"suspend": suspend}}},
         )
 
     def apply(self, namespace: str, actions: Iterable[Action | AblationAction]) -> list[str]:
@@ -182,7 +197,9 @@ class Cluster:
         return self.custom.create_namespaced_custom_object(GROUP, VERSION, namespace, ABLATION_PLURAL, body)
 
     def patch_ablation_status(self, namespace: str, name: str, status: dict) -> None:
-        self.custom.patch_namespaced_custom_object_status(GROUP, VERSION, namespace, ABLATION_PLURAL, name, {"status": status})
+        self.custom.patch_namespaced_custom_object_status(
+            GROUP, VERSION, namespace, ABLATION_PLURAL, name, {"status": status}
+        )
 
     # -- Pods (CLI: logs and live metrics) ------------------------------------------------------
 

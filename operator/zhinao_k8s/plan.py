@@ -15,7 +15,6 @@ The rules, in stage order:
 
 import json
 from dataclasses import dataclass, field
-from typing import Union
 
 from zhinao_k8s.api.v1alpha1 import API_VERSION, KIND, StageBase, TrainingPipeline
 from zhinao_k8s.render.names import LABEL_PIPELINE, job_name
@@ -52,7 +51,7 @@ class SuspendJob:
     suspend: bool
 
 
-Action = Union[CreateJob, DeleteJob, SuspendJob]
+Action = CreateJob | DeleteJob | SuspendJob
 
 
 @dataclass(frozen=True)
@@ -64,14 +63,16 @@ class Plan:
 def pipeline_from_body(body: dict) -> TrainingPipeline:
     """A TrainingPipeline from the object the API server holds (server-set metadata dropped)."""
     meta = body.get("metadata") or {}
-    return TrainingPipeline.model_validate({
-        "metadata": {
-            "name": meta.get("name"),
-            "namespace": meta.get("namespace"),
-            "labels": meta.get("labels") or {},
-        },
-        "spec": body.get("spec") or {},
-    })
+    return TrainingPipeline.model_validate(
+        {
+            "metadata": {
+                "name": meta.get("name"),
+                "namespace": meta.get("namespace"),
+                "labels": meta.get("labels") or {},
+            },
+            "spec": body.get("spec") or {},
+        }
+    )
 
 
 def owner_reference(body: dict) -> dict:
@@ -148,8 +149,15 @@ def plan(
 
 
 def _plan_stage(
-    pipeline: TrainingPipeline, stage: StageBase, name: str, prev: StageStatus, job: dict | None, output: str,
-    *, now: str, owner: dict | None,
+    pipeline: TrainingPipeline,
+    stage: StageBase,
+    name: str,
+    prev: StageStatus,
+    job: dict | None,
+    output: str,
+    *,
+    now: str,
+    owner: dict | None,
 ) -> tuple[StageStatus, Action | None, bool]:
     """(stage status, action or None, whether later stages may start)."""
     spec = pipeline.spec
@@ -160,15 +168,34 @@ def _plan_stage(
             return prev, None, False  # retries spent: the pipeline stays Failed
         if spec.suspend:
             waiting = "Retrying" if prev.phase == "Retrying" else "Pending"  # keep the retry count
-            return with_phase(prev, waiting, now, output_uri=output, reason="Suspended",
-                              message="spec.suspend is true; the stage starts on resume"), None, False
+            return (
+                with_phase(
+                    prev,
+                    waiting,
+                    now,
+                    output_uri=output,
+                    reason="Suspended",
+                    message="spec.suspend is true; the stage starts on resume",
+                ),
+                None,
+                False,
+            )
         # After a retry's delete the next attempt; after a lost job (deleted by hand, or the
         # operator stopped between delete and status write) the same attempt again.
         attempt = prev.attempt + 1 if prev.phase in ("Retrying", "Failed") or prev.attempt == 0 else prev.attempt
         body = build_job(pipeline, stage, attempt=attempt, owner=owner)
         status = with_phase(
-            prev, "Created", now, job_name=name, attempt=attempt, output_uri=output, reason="JobCreated",
-            message=f"created PyTorchJob {name} (attempt {attempt})", start_time=now, completion_time=None, conditions=[],
+            prev,
+            "Created",
+            now,
+            job_name=name,
+            attempt=attempt,
+            output_uri=output,
+            reason="JobCreated",
+            message=f"created PyTorchJob {name} (attempt {attempt})",
+            start_time=now,
+            completion_time=None,
+            conditions=[],
         )
         return status, CreateJob(name=name, body=body), False
     if _is_deleting(job):
@@ -182,7 +209,9 @@ def _plan_stage(
         retries = spec.retry_policy.max_retries
         if attempt <= retries:
             why = f"attempt {attempt} failed" + (f" ({status.reason}: {status.message})" if status.reason else "")
-            retrying = _moved(prev, status, "Retrying", now, reason="RetryScheduled", message=f"{why}; retry {attempt} of {retries}")
+            retrying = _moved(
+                prev, status, "Retrying", now, reason="RetryScheduled", message=f"{why}; retry {attempt} of {retries}"
+            )
             return retrying, DeleteJob(name=name, reason=why), False
         return status, None, False
     action = SuspendJob(name=name, suspend=spec.suspend) if spec.suspend != _is_suspended(job) else None
@@ -202,11 +231,21 @@ def plan_cleanup(observed: dict[str, dict], pipeline_name: str) -> list[DeleteJo
     return [
         DeleteJob(name=name, reason=f"pipeline {pipeline_name} deleted")
         for name, job in sorted(observed.items())
-        if ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_PIPELINE) == pipeline_name and not _is_deleting(job)
+        if ((job.get("metadata") or {}).get("labels") or {}).get(LABEL_PIPELINE) == pipeline_name
+        and not _is_deleting(job)
     ]
 
 
 __all__ = [
-    "Action", "CreateJob", "DeleteJob", "SuspendJob", "Plan", "plan", "plan_cleanup", "build_job",
-    "pipeline_from_body", "owner_reference", "job_phase",
+    "Action",
+    "CreateJob",
+    "DeleteJob",
+    "SuspendJob",
+    "Plan",
+    "plan",
+    "plan_cleanup",
+    "build_job",
+    "pipeline_from_body",
+    "owner_reference",
+    "job_phase",
 ]

@@ -30,19 +30,43 @@ class OperatorMetrics:
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
-        self.reconciles = Counter("zhinao_operator_reconciles_total", "Reconciles of a TrainingPipeline, by trigger.",
-                                  ("trigger",), registry=self.registry)
-        self.errors = Counter("zhinao_operator_reconcile_errors_total", "Reconciles that raised, by exception type.",
-                              ("error",), registry=self.registry)
-        self.actions = Counter("zhinao_operator_actions_total", "PyTorchJob actions carried out, by kind.",
-                               ("action",), registry=self.registry)
-        self.latency = Histogram("zhinao_operator_reconcile_seconds", "Wall time of one reconcile (list, plan, apply, status).",
-                                 registry=self.registry, buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10))
-        self.stage_seconds = Histogram("zhinao_operator_stage_duration_seconds", "Start-to-finish time of a stage attempt.",
-                                       ("kind", "phase"), registry=self.registry,
-                                       buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600, 168 * 3600))
-        self.pipelines = Gauge("zhinao_operator_pipelines", "TrainingPipelines known to this operator, by phase.",
-                               ("phase",), registry=self.registry)
+        self.reconciles = Counter(
+            "zhinao_operator_reconciles_total",
+            "Reconciles of a TrainingPipeline, by trigger.",
+            ("trigger",),
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "zhinao_operator_reconcile_errors_total",
+            "Reconciles that raised, by exception type.",
+            ("error",),
+            registry=self.registry,
+        )
+        self.actions = Counter(
+            "zhinao_operator_actions_total",
+            "PyTorchJob actions carried out, by kind.",
+            ("action",),
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "zhinao_operator_reconcile_seconds",
+            "Wall time of one reconcile (list, plan, apply, status).",
+            registry=self.registry,
+            buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+        )
+        self.stage_seconds = Histogram(
+            "zhinao_operator_stage_duration_seconds",
+            "Start-to-finish time of a stage attempt.",
+            ("kind", "phase"),
+            registry=self.registry,
+            buckets=(60, 300, 900, 3600, 4 * 3600, 12 * 3600, 24 * 3600, 72 * 3600, 168 * 3600),
+        )
+        self.pipelines = Gauge(
+            "zhinao_operator_pipelines",
+            "TrainingPipelines known to this operator, by phase.",
+            ("phase",),
+            registry=self.registry,
+        )
         self._phases: dict[tuple[str, str], str] = {}
         self._lock = threading.Lock()
         for phase in PIPELINE_PHASES:
@@ -103,7 +127,8 @@ def configure(settings: kopf.OperatorSettings, **_: Any) -> None:
     # Annotations, not status: the CRD's status schema belongs to the operator's own fields.
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=ANNOTATION_PREFIX)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
-        prefix=ANNOTATION_PREFIX, key="last-handled-configuration",
+        prefix=ANNOTATION_PREFIX,
+        key="last-handled-configuration",
     )
     # No scanning: the CRD is installed before the operator starts (Helm `crds/`), and namespaces
     # are the ones given; so it needs no cluster-wide list/watch of CRDs or namespaces (least privilege).
@@ -155,15 +180,17 @@ def run_operator(
     memo = make_memo(cluster or Cluster(), metrics)
     server = memo.metrics.serve(metrics_port, bind) if metrics_port is not None else None
     try:
-        asyncio.run(kopf.operator(
-            standalone=True,
-            clusterwide=not namespaces,
-            namespaces=namespaces or (),
-            liveness_endpoint=f"http://{bind}:{health_port}/healthz" if health_port is not None else None,
-            memo=memo,
-            stop_flag=stop_flag,
-            ready_flag=ready_flag,
-        ))
+        asyncio.run(
+            kopf.operator(
+                standalone=True,
+                clusterwide=not namespaces,
+                namespaces=namespaces or (),
+                liveness_endpoint=f"http://{bind}:{health_port}/healthz" if health_port is not None else None,
+                memo=memo,
+                stop_flag=stop_flag,
+                ready_flag=ready_flag,
+            )
+        )
     finally:
         if server is not None:
             server[0].shutdown()

@@ -97,10 +97,15 @@ def job_conditions(job: dict | None) -> list[Condition]:
     out = []
     for c in raw:
         if isinstance(c, dict) and c.get("type") and c.get("status"):
-            out.append(Condition(
-                type=c["type"], status=c["status"], reason=c.get("reason"), message=c.get("message"),
-                last_transition_time=c.get("lastTransitionTime"),
-            ))
+            out.append(
+                Condition(
+                    type=c["type"],
+                    status=c["status"],
+                    reason=c.get("reason"),
+                    message=c.get("message"),
+                    last_transition_time=c.get("lastTransitionTime"),
+                )
+            )
     return out
 
 
@@ -118,7 +123,12 @@ def job_phase(job: dict | None) -> tuple[StagePhase, Condition | None]:
 
 
 def stage_from_job(
-    previous: StageStatus, job: dict, *, attempt: int, output_uri: str, now: str,
+    previous: StageStatus,
+    job: dict,
+    *,
+    attempt: int,
+    output_uri: str,
+    now: str,
 ) -> StageStatus:
     """Mirror one observed PyTorchJob into its stage's status."""
     phase, cond = job_phase(job)
@@ -153,7 +163,9 @@ def _transition(previous: StageStatus, phase: str, now: str) -> str:
 
 def with_phase(previous: StageStatus, phase: StagePhase, now: str, **fields) -> StageStatus:
     """`previous` moved to `phase` (keeping its transition time when the phase is unchanged)."""
-    return previous.model_copy(update={"phase": phase, "last_transition_time": _transition(previous, phase, now), **fields})
+    return previous.model_copy(
+        update={"phase": phase, "last_transition_time": _transition(previous, phase, now), **fields}
+    )
 
 
 def summarize(stages: list[StageStatus], *, suspended: bool, previous: PipelineStatus, now: str) -> PipelineStatus:
@@ -164,7 +176,9 @@ def summarize(stages: list[StageStatus], *, suspended: bool, previous: PipelineS
     started = any(s.phase != "Pending" for s in stages)
     if failed is not None:
         phase, reason = "Failed", "StageFailed"
-        message = f"stage {failed.name!r} failed after {failed.attempt} attempt(s)" + (f": {failed.message}" if failed.message else "")
+        message = f"stage {failed.name!r} failed after {failed.attempt} attempt(s)" + (
+            f": {failed.message}" if failed.message else ""
+        )
     elif stages and done == len(stages):
         phase, reason, message = "Succeeded", "AllStagesSucceeded", f"{done} stage(s) succeeded"
     elif suspended:

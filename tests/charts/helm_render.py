@@ -23,8 +23,13 @@ SECRET_NAME = ("KEY", "SECRET", "TOKEN", "PASSWORD", "CREDENTIAL")
 def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     if not HELM.exists():
         pytest.fail(f"{HELM} is missing: run `make tools`")
-    env = {"HOME": str(REPO / "bin"), "PATH": "/usr/bin:/bin", "HELM_CACHE_HOME": "/tmp/helm-cache",
-           "HELM_CONFIG_HOME": "/tmp/helm-config", "HELM_DATA_HOME": "/tmp/helm-data"}
+    env = {
+        "HOME": str(REPO / "bin"),
+        "PATH": "/usr/bin:/bin",
+        "HELM_CACHE_HOME": "/tmp/helm-cache",
+        "HELM_CONFIG_HOME": "/tmp/helm-config",
+        "HELM_DATA_HOME": "/tmp/helm-data",
+    }
     out = subprocess.run([str(HELM), *args], capture_output=True, text=True, env=env, timeout=60)
     if check and out.returncode != 0:
         raise AssertionError(f"helm {' '.join(args)} failed:\n{out.stdout}\n{out.stderr}")
@@ -32,8 +37,17 @@ def helm(*args: str, check: bool = True) -> subprocess.CompletedProcess:
 
 
 def render(chart: str, values: Path | None = None, *extra: str, namespace: str = "zhinao-system") -> list[dict]:
-    args = ["template", "rel", str(CHARTS / chart), "--namespace", namespace, "--include-crds",
-            "--kube-version", KUBERNETES_VERSION, *extra]
+    args = [
+        "template",
+        "rel",
+        str(CHARTS / chart),
+        "--namespace",
+        namespace,
+        "--include-crds",
+        "--kube-version",
+        KUBERNETES_VERSION,
+        *extra,
+    ]
     if values is not None:
         args += ["-f", str(values)]
     return [d for d in yaml.safe_load_all(helm(*args).stdout) if d]
@@ -51,7 +65,10 @@ def pod_specs(obj: dict) -> list[tuple[str, dict]]:
     if kind in ("Deployment", "StatefulSet", "DaemonSet", "Job"):
         return [(f"{kind}/{name}", obj["spec"]["template"]["spec"])]
     if kind == "PyTorchJob":
-        return [(f"PyTorchJob/{name}/{role}", r["template"]["spec"]) for role, r in obj["spec"]["pytorchReplicaSpecs"].items()]
+        return [
+            (f"PyTorchJob/{name}/{role}", r["template"]["spec"])
+            for role, r in obj["spec"]["pytorchReplicaSpecs"].items()
+        ]
     return []
 
 
@@ -61,6 +78,7 @@ def validate_object(obj: dict, pipeline_schema: dict | None = None) -> None:
         validate_pytorchjob(obj)
     elif kind == "TrainingPipeline":
         import jsonschema
+
         assert pipeline_schema is not None, "pass the TrainingPipeline CRD schema"
         jsonschema.Draft4Validator(pipeline_schema).validate(obj)
     elif kind in CUSTOM_KINDS:
@@ -99,4 +117,14 @@ def pod_policy_problems(where: str, spec: dict) -> list[str]:
     return problems
 
 
-__all__ = ["helm", "render", "ci_values", "pod_specs", "validate_object", "pod_policy_problems", "crd_schema", "REPO", "CHARTS"]
+__all__ = [
+    "helm",
+    "render",
+    "ci_values",
+    "pod_specs",
+    "validate_object",
+    "pod_policy_problems",
+    "crd_schema",
+    "REPO",
+    "CHARTS",
+]

@@ -41,10 +41,19 @@ def test_every_object_is_valid_and_every_pod_follows_the_policy(values: Path) ->
 
 def test_default_install() -> None:
     kinds = by_kind(render(CHART))
-    assert set(kinds) == {"CustomResourceDefinition", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                          "Service", "Deployment", "Pod"}
-    assert sorted(c["metadata"]["name"] for c in kinds["CustomResourceDefinition"]) == ["ablations.zhinao.ai",
-                                                                                       "trainingpipelines.zhinao.ai"]
+    assert set(kinds) == {
+        "CustomResourceDefinition",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "Deployment",
+        "Pod",
+    }
+    assert sorted(c["metadata"]["name"] for c in kinds["CustomResourceDefinition"]) == [
+        "ablations.zhinao.ai",
+        "trainingpipelines.zhinao.ai",
+    ]
     (deploy,) = kinds["Deployment"]
     container = deploy["spec"]["template"]["spec"]["containers"][0]
     assert container["command"] == ["zhinao-k8s", "operator", "run"]
@@ -54,12 +63,16 @@ def test_default_install() -> None:
     assert deploy["spec"]["strategy"] == {"type": "Recreate"}
     (test_pod,) = kinds["Pod"]
     assert test_pod["metadata"]["annotations"]["helm.sh/hook"] == "test"
-    assert test_pod["spec"]["containers"][0]["command"][-1] == "http://rel-zhinao-operator.zhinao-system.svc:8080/healthz"
+    assert (
+        test_pod["spec"]["containers"][0]["command"][-1] == "http://rel-zhinao-operator.zhinao-system.svc:8080/healthz"
+    )
 
 
 def test_rbac_is_least_privilege() -> None:
     (role,) = by_kind(render(CHART))["ClusterRole"]
-    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    granted = {
+        (g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
     assert granted == {
         ("zhinao.ai", "trainingpipelines"): {"get", "list", "watch", "create", "patch"},  # create: an Ablation's runs
         ("zhinao.ai", "trainingpipelines/status"): {"get", "patch"},
@@ -89,12 +102,15 @@ def test_monitoring_and_digest() -> None:
     assert kinds["Deployment"][0]["spec"]["template"]["spec"]["containers"][0]["image"].endswith("@sha256:" + "0" * 64)
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true"], "not both"),
-    (["--set", "replicas=2"], "additional properties"),
-    (["--set", "logLevel=LOUD"], "logLevel"),
-    (["--set", "resources.limits=null"], "limits"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "metrics.serviceMonitor.enabled=true", "--set", "metrics.podMonitor.enabled=true"], "not both"),
+        (["--set", "replicas=2"], "additional properties"),
+        (["--set", "logLevel=LOUD"], "logLevel"),
+        (["--set", "resources.limits=null"], "limits"),
+    ],
+)
 def test_bad_values_are_refused(args: list[str], message: str) -> None:
     out = helm("template", "rel", str(CHARTS / CHART), *args, check=False)
     assert out.returncode != 0

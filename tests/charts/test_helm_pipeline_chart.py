@@ -39,6 +39,7 @@ CANARY = "AKIAZHINAOCANARY0001"  # a fake credential: it must never reach render
 
 def pipeline_crd_schema() -> dict:
     """Our TrainingPipeline CRD's openAPIV3Schema as JSON Schema (OpenAPI `nullable` -> type null)."""
+
     def convert(node):
         if isinstance(node, list):
             return [convert(v) for v in node]
@@ -48,6 +49,7 @@ def pipeline_crd_schema() -> dict:
         if out.pop("nullable", False) and "type" in out:
             out["type"] = [out["type"], "null"]
         return out
+
     return convert(crd_schema(str(CHARTS.parent / "manifests" / "crds" / "zhinao.ai_trainingpipelines.yaml")))
 
 
@@ -61,7 +63,9 @@ def by_kind(objs: list[dict]) -> dict[str, list[dict]]:
     return out
 
 
-def render_values(tmp_path: Path, values: dict, *extra: str, kinds: tuple[str, ...] = ("TrainingPipeline", "PyTorchJob")) -> list[dict]:
+def render_values(
+    tmp_path: Path, values: dict, *extra: str, kinds: tuple[str, ...] = ("TrainingPipeline", "PyTorchJob")
+) -> list[dict]:
     """Render with these values; only the objects of `kinds`."""
     path = tmp_path / f"values-{len(list(tmp_path.iterdir()))}.yaml"
     path.write_text(yaml.safe_dump(values))
@@ -77,9 +81,15 @@ def refused(*args: str) -> str:
 
 # --- lint, validity and policy, per scenario ----------------------------------------------------
 
+
 def test_there_are_the_scenarios() -> None:
-    assert {p.name for p in SCENARIOS} >= {"default-values.yaml", "operator-values.yaml", "plain-values.yaml",
-                                           "plain-single-stage-values.yaml", "monitoring-values.yaml"}
+    assert {p.name for p in SCENARIOS} >= {
+        "default-values.yaml",
+        "operator-values.yaml",
+        "plain-values.yaml",
+        "plain-single-stage-values.yaml",
+        "monitoring-values.yaml",
+    }
 
 
 @pytest.mark.parametrize("values", [None, *SCENARIOS], ids=lambda p: p.name if p else "no-values")
@@ -147,6 +157,7 @@ def test_plain_mode_creates_only_the_listed_stages(tmp_path: Path) -> None:
 
 # --- the contract: chart PyTorchJobs == render_pytorchjob() ---------------------------------------
 
+
 def _semantic_stage_spec(job: dict) -> dict:
     """The job with ZHINAO_STAGE_SPEC replaced by its meaning: params validated by the stage's model."""
     job = copy.deepcopy(job)
@@ -156,7 +167,8 @@ def _semantic_stage_spec(job: dict) -> dict:
                 if env["name"] == "ZHINAO_STAGE_SPEC":
                     runtime = json.loads(env["value"])
                     stage = TypeAdapter(Stage).validate_python(
-                        {"name": runtime["stage"], "kind": runtime["kind"], "params": runtime["params"]})
+                        {"name": runtime["stage"], "kind": runtime["kind"], "params": runtime["params"]}
+                    )
                     runtime["params"] = stage.params.to_wire()
                     env["value"] = runtime
     return job
@@ -164,21 +176,42 @@ def _semantic_stage_spec(job: dict) -> dict:
 
 CONTRACT_CASES = {
     "defaults-of-values.yaml": {},
-    "everything-left-to-the-models": {"pipeline": {
-        "image": None, "imagePullPolicy": None, "storage": None, "metrics": None, "retryPolicy": None, "suspend": None,
-        "stages": [{"name": "only", "kind": "tokenizer"}]}},
-    "chained-outputs-gpu-workers": {"pipeline": {
-        "storage": {"uri": "s3://bucket/root//", "region": "eu-west-1",
-                    "credentials": {"secretRef": {"name": "s3", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}}},
-        "metrics": {"port": 9500},
-        "stages": [
-            {"name": "tok", "kind": "tokenizer", "output": "s3://bucket/tok-out", "params": {"vocabSize": 512}},
-            {"name": "pt", "kind": "pretrain", "replicas": 3, "nprocPerNode": 4, "backoffLimit": 0,
-             "resources": {"cpu": "16", "memory": "64Gi", "gpu": 4}, "image": "registry.local/trainer:dev",
-             "inputs": {"tokenizer": "stage://tok", "corpus": "s3://bucket/corpus"},
-             "params": {"lr": 1.0e-4, "adamEps": 1.0e-8, "warmupSteps": 5, "maxSteps": 50, "modelSize": "0.5b"}},
-            {"name": "pt2", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok", "init": "stage://pt"}},
-        ]}},
+    "everything-left-to-the-models": {
+        "pipeline": {
+            "image": None,
+            "imagePullPolicy": None,
+            "storage": None,
+            "metrics": None,
+            "retryPolicy": None,
+            "suspend": None,
+            "stages": [{"name": "only", "kind": "tokenizer"}],
+        }
+    },
+    "chained-outputs-gpu-workers": {
+        "pipeline": {
+            "storage": {
+                "uri": "s3://bucket/root//",
+                "region": "eu-west-1",
+                "credentials": {"secretRef": {"name": "s3", "accessKeyIdKey": "id", "secretAccessKeyKey": "key"}},
+            },
+            "metrics": {"port": 9500},
+            "stages": [
+                {"name": "tok", "kind": "tokenizer", "output": "s3://bucket/tok-out", "params": {"vocabSize": 512}},
+                {
+                    "name": "pt",
+                    "kind": "pretrain",
+                    "replicas": 3,
+                    "nprocPerNode": 4,
+                    "backoffLimit": 0,
+                    "resources": {"cpu": "16", "memory": "64Gi", "gpu": 4},
+                    "image": "registry.local/trainer:dev",
+                    "inputs": {"tokenizer": "stage://tok", "corpus": "s3://bucket/corpus"},
+                    "params": {"lr": 1.0e-4, "adamEps": 1.0e-8, "warmupSteps": 5, "maxSteps": 50, "modelSize": "0.5b"},
+                },
+                {"name": "pt2", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok", "init": "stage://pt"}},
+            ],
+        }
+    },
     **{p.name: yaml.safe_load(p.read_text()) or {} for p in SCENARIOS},
 }
 
@@ -215,33 +248,45 @@ def test_the_contract_test_notices_a_difference(tmp_path: Path) -> None:
     chart_job = render_values(tmp_path, {"operator": {"enabled": False}, "jobs": {"stages": ["tokenizer"]}})[0]
     want = render_pytorchjob(pipeline, pipeline.stage("tokenizer"))
     assert _semantic_stage_spec(chart_job)["spec"] == _semantic_stage_spec(want)["spec"]
-    want["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"] = \
-        want["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"].replace(
-            '"vocabSize":8192', '"vocabSize":8193')
+    want["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"] = want[
+        "spec"
+    ]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"].replace(
+        '"vocabSize":8192', '"vocabSize":8193'
+    )
     assert _semantic_stage_spec(chart_job)["spec"] != _semantic_stage_spec(want)["spec"]
 
 
 # --- credentials --------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("path", [
-    "pipeline.storage.credentials.accessKeyId",
-    "pipeline.storage.credentials.secretAccessKey",
-    "pipeline.storage.credentials.secretRef.secretAccessKey",
-    "pipeline.storage.accessKey",
-    "pipeline.storage.password",
-    "minio.rootPassword",
-    "minio.auth.rootPassword",
-    "auth.secretKey",
-])
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "pipeline.storage.credentials.accessKeyId",
+        "pipeline.storage.credentials.secretAccessKey",
+        "pipeline.storage.credentials.secretRef.secretAccessKey",
+        "pipeline.storage.accessKey",
+        "pipeline.storage.password",
+        "minio.rootPassword",
+        "minio.auth.rootPassword",
+        "auth.secretKey",
+    ],
+)
 def test_inline_credentials_are_refused_and_never_rendered(path: str) -> None:
     err = refused("--set", f"{path}={CANARY}")
     assert "additional properties" in err.lower() or "additionalproperties" in err.lower(), err
 
 
 def test_secret_reference_reaches_every_replica_by_name_only(tmp_path: Path) -> None:
-    values = {"operator": {"enabled": False}, "jobs": {"stages": ["tokenizer", "pretrain"]},
-              "pipeline": {"storage": {"credentials": {"secretRef": {"name": "team-s3", "accessKeyIdKey": "id",
-                                                                      "secretAccessKeyKey": CANARY}}}}}
+    values = {
+        "operator": {"enabled": False},
+        "jobs": {"stages": ["tokenizer", "pretrain"]},
+        "pipeline": {
+            "storage": {
+                "credentials": {"secretRef": {"name": "team-s3", "accessKeyIdKey": "id", "secretAccessKeyKey": CANARY}}
+            }
+        },
+    }
     jobs = render_values(tmp_path, values)
     refs = set()
     for job in jobs:
@@ -255,6 +300,7 @@ def test_secret_reference_reaches_every_replica_by_name_only(tmp_path: Path) -> 
 
 
 # --- monitoring ---------------------------------------------------------------------------------
+
 
 def test_podmonitor_selects_the_training_pods_and_every_local_rank() -> None:
     kinds = by_kind(render(CHART, CHART_DIR / "ci" / "monitoring-values.yaml", namespace=NS))
@@ -302,31 +348,43 @@ def test_dashboard_metric_names_exist_in_docs() -> None:
 
 # --- bad values ---------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("args, message", [
-    (["--set", "replicas=2"], "additional properties"),
-    (["--set", "pipeline.stages[0].name=x", "--set", "pipeline.stages[0].kind=no-such-kind"], "oneof"),
-    (["--set", "name=Not_A_Label"], "name"),
-    (["--set", "name=" + "a" * 41], "name"),
-    (["--set", "pipeline.storage.endpoint=null"], "endpoint is required"),
-    (["--set", "operator.enabled=false"], "list the stages to create in jobs.stages"),
-    (["--set", "operator.enabled=false", "--set", "jobs.stages={nope}"], "not a stage of the pipeline"),
-    (["--set", "jobs.stages={tokenizer}"], "only applies with operator.enabled=false"),
-    (["--set", "pipeline.storage.credentials.secretRef.name=null"], "secretref"),
-    (["--set", "monitoring.dashboard.enabled=yes"], "boolean"),
-])
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--set", "replicas=2"], "additional properties"),
+        (["--set", "pipeline.stages[0].name=x", "--set", "pipeline.stages[0].kind=no-such-kind"], "oneof"),
+        (["--set", "name=Not_A_Label"], "name"),
+        (["--set", "name=" + "a" * 41], "name"),
+        (["--set", "pipeline.storage.endpoint=null"], "endpoint is required"),
+        (["--set", "operator.enabled=false"], "list the stages to create in jobs.stages"),
+        (["--set", "operator.enabled=false", "--set", "jobs.stages={nope}"], "not a stage of the pipeline"),
+        (["--set", "jobs.stages={tokenizer}"], "only applies with operator.enabled=false"),
+        (["--set", "pipeline.storage.credentials.secretRef.name=null"], "secretref"),
+        (["--set", "monitoring.dashboard.enabled=yes"], "boolean"),
+    ],
+)
 def test_bad_values_are_refused(args: list[str], message: str) -> None:
     assert message.lower() in refused(*args).lower()
 
 
-@pytest.mark.parametrize("stages, message", [
-    ([{"name": "a", "kind": "tokenizer"}, {"name": "a", "kind": "pretrain"}], "is used twice"),
-    ([{"name": "a", "kind": "pretrain", "inputs": {"tokenizer": "stage://b"}}, {"name": "b", "kind": "tokenizer"}],
-     "not an earlier stage"),
-    ([{"name": "Upper", "kind": "tokenizer"}], "dns label"),
-    ([{"name": "a", "kind": "tokenizer", "replicas": 0}], "minimum"),
-    ([{"name": "a", "kind": "tokenizer", "resources": {"cpu": 8}}], "string"),
-    ([{"name": "a", "kind": "pretrain", "params": {"learningRate": 1}}], "oneof"),
-])
+@pytest.mark.parametrize(
+    "stages, message",
+    [
+        ([{"name": "a", "kind": "tokenizer"}, {"name": "a", "kind": "pretrain"}], "is used twice"),
+        (
+            [
+                {"name": "a", "kind": "pretrain", "inputs": {"tokenizer": "stage://b"}},
+                {"name": "b", "kind": "tokenizer"},
+            ],
+            "not an earlier stage",
+        ),
+        ([{"name": "Upper", "kind": "tokenizer"}], "dns label"),
+        ([{"name": "a", "kind": "tokenizer", "replicas": 0}], "minimum"),
+        ([{"name": "a", "kind": "tokenizer", "resources": {"cpu": 8}}], "string"),
+        ([{"name": "a", "kind": "pretrain", "params": {"learningRate": 1}}], "oneof"),
+    ],
+)
 def test_specs_the_models_reject_are_refused(stages: list[dict], message: str, tmp_path: Path) -> None:
     path = tmp_path / "v.yaml"
     path.write_text(yaml.safe_dump({"pipeline": {"stages": stages}}))
@@ -334,6 +392,7 @@ def test_specs_the_models_reject_are_refused(stages: list[dict], message: str, t
 
 
 # --- docs and generated schema ------------------------------------------------------------------
+
 
 def test_every_leaf_value_is_documented() -> None:
     """Each key whose value is not a non-empty map has a `# --` comment on the line above (helm-docs);
@@ -360,7 +419,15 @@ def test_values_schema_pipeline_is_the_models_schema() -> None:
     assert schema["additionalProperties"] is False
     pipeline = schema["properties"]["pipeline"]
     assert pipeline["additionalProperties"] is False and pipeline["required"] == ["stages"]
-    assert set(pipeline["properties"]) == {"image", "imagePullPolicy", "storage", "metrics", "stages", "retryPolicy", "suspend"}
+    assert set(pipeline["properties"]) == {
+        "image",
+        "imagePullPolicy",
+        "storage",
+        "metrics",
+        "stages",
+        "retryPolicy",
+        "suspend",
+    }
     assert schema["definitions"]["Credentials"]["properties"].keys() == {"secretRef"}
     assert schema["definitions"]["SecretRef"]["additionalProperties"] is False
     assert "#/$defs/" not in json.dumps(schema)
@@ -377,8 +444,18 @@ def test_notes_show_how_to_follow_the_pipeline_and_the_next_plain_stage() -> Non
     out = helm("install", "rel", str(CHART_DIR), "--dry-run=client", "-n", NS).stdout
     assert "zhinao-k8s status rel -n ml" in out
     assert "kubectl -n ml create secret generic zhinao-s3" in out
-    out = helm("install", "rel", str(CHART_DIR), "--dry-run=client", "-n", NS,
-               "-f", str(CHART_DIR / "ci" / "plain-values.yaml"), "--set", "jobs.stages={tokenizer}").stdout
+    out = helm(
+        "install",
+        "rel",
+        str(CHART_DIR),
+        "--dry-run=client",
+        "-n",
+        NS,
+        "-f",
+        str(CHART_DIR / "ci" / "plain-values.yaml"),
+        "--set",
+        "jobs.stages={tokenizer}",
+    ).stdout
     assert "pytorchjob/zhinao-1p8b-tokenizer" in out
     assert "--set 'jobs.stages={tokenizer,pretrain}'" in out
     assert "helm install minio minio/minio -n storage" in out

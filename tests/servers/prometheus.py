@@ -59,7 +59,11 @@ def free_port() -> int:
 
 
 def _value(raw: Any) -> float:
-    return float(raw) if raw not in ("NaN", "+Inf", "-Inf") else {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf}[raw]
+    return (
+        float(raw)
+        if raw not in ("NaN", "+Inf", "-Inf")
+        else {"NaN": math.nan, "+Inf": math.inf, "-Inf": -math.inf}[raw]
+    )
 
 
 class PrometheusError(RuntimeError):
@@ -119,7 +123,7 @@ class PrometheusServer:
         # JSON is YAML: no YAML library needed.
         self.config_path.write_text(json.dumps(config, indent=2))
 
-    def start(self, timeout: float = 30.0) -> "PrometheusServer":
+    def start(self, timeout: float = 30.0) -> PrometheusServer:
         if self._proc is not None:
             return self
         self._write_config()
@@ -191,7 +195,7 @@ class PrometheusServer:
         if self._own_workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
-    def __enter__(self) -> "PrometheusServer":
+    def __enter__(self) -> PrometheusServer:
         return self.start()
 
     def __exit__(self, *exc: object) -> None:
@@ -254,7 +258,9 @@ class PrometheusServer:
             return [({}, _value(result[1]))]
         raise PrometheusError(f"{promql!r} returned a {kind}: use query_series for range vectors")
 
-    def query_series(self, promql: str, at: float | None = None) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
+    def query_series(
+        self, promql: str, at: float | None = None
+    ) -> list[tuple[dict[str, str], list[tuple[float, float]]]]:
         """A range-vector selector such as `zhinao_train_loss[1m]`: [(labels, [(ts, value), ...])] in scrape order."""
         data = self.query_raw(promql, at)
         if data["resultType"] != "matrix":
@@ -290,7 +296,9 @@ def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusS
     Fails (does not skip) when the binary is missing: the Prometheus tests are part of the suite.
     """
     if not prometheus_binary():
-        pytest.fail("the `prometheus` binary is not on PATH: run `make servers` (installs Debian's prometheus)", pytrace=False)
+        pytest.fail(
+            "the `prometheus` binary is not on PATH: run `make servers` (installs Debian's prometheus)", pytrace=False
+        )
     server = PrometheusServer(workdir=tmp_path_factory.mktemp("prometheus"))
     server.start()
     try:

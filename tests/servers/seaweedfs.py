@@ -198,7 +198,7 @@ class SeaweedS3:
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self) -> "SeaweedS3":
+    def start(self) -> SeaweedS3:
         """Start (or restart, on the same ports and data) and wait until S3 serves a signed request."""
         if self.running:
             return self
@@ -247,7 +247,9 @@ class SeaweedS3:
             except Exception as exc:  # noqa: BLE001 - any failure means "not yet"
                 last = exc
                 time.sleep(0.05)
-        raise RuntimeError(f"weed mini S3 on {self.endpoint} not ready after {self.ready_timeout}s ({last!r}):\n{self.log_tail()}")
+        raise RuntimeError(
+            f"weed mini S3 on {self.endpoint} not ready after {self.ready_timeout}s ({last!r}):\n{self.log_tail()}"
+        )
 
     def stop(self, grace: float = 5.0) -> None:
         """SIGTERM, then SIGKILL after `grace` seconds (grace=0: kill at once, like a crash)."""
@@ -275,7 +277,7 @@ class SeaweedS3:
         atexit.unregister(self.stop)
         shutil.rmtree(self.tmpdir, ignore_errors=True)
 
-    def __enter__(self) -> "SeaweedS3":
+    def __enter__(self) -> SeaweedS3:
         return self.start()
 
     def __exit__(self, *exc) -> None:
@@ -284,7 +286,7 @@ class SeaweedS3:
     def _remove_stale_sockets(self) -> None:
         """weed puts gRPC unix sockets in /tmp named after our ports; a killed process leaves them."""
         tmp = Path(tempfile.gettempdir())
-        for name, port in self.ports.items():
+        for _name, port in self.ports.items():
             for p in (port, port + GRPC_OFFSET):
                 for sock in tmp.glob(f"seaweedfs-*-{p}.sock"):
                     try:

@@ -13,8 +13,26 @@ from zhinao.model import build_config, build_model
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.tokenizer import to_transformers, train_bpe
 
-MODULES = ["json", "os", "re", "collections", "itertools", "functools", "pathlib", "subprocess", "threading",
-           "logging", "argparse", "datetime", "decimal", "random", "textwrap", "typing", "zipfile", "csv"]
+MODULES = [
+    "json",
+    "os",
+    "re",
+    "collections",
+    "itertools",
+    "functools",
+    "pathlib",
+    "subprocess",
+    "threading",
+    "logging",
+    "argparse",
+    "datetime",
+    "decimal",
+    "random",
+    "textwrap",
+    "typing",
+    "zipfile",
+    "csv",
+]
 
 
 def docstring_corpus() -> list[dict]:
@@ -51,18 +69,53 @@ def longctx_base_model(stage_assets, tmp_path_factory) -> str:
     return f"file://{hf.parent}"
 
 
-def longctx_spec(name: str, storage: str, model: str, corpus: str, *, replicas: int = 1, nproc: int = 2,
-                 backoff_limit: int = 0, **params) -> str:
+def longctx_spec(
+    name: str,
+    storage: str,
+    model: str,
+    corpus: str,
+    *,
+    replicas: int = 1,
+    nproc: int = 2,
+    backoff_limit: int = 0,
+    **params,
+) -> str:
     """A one-stage pipeline: longctx on 2 ranks (one process each of `replicas` pods) that split every sequence."""
-    merged = {"seqLen": 256, "sequenceParallel": 2, "microBatchSize": 2, "maxSteps": 6, "warmupSteps": 1,
-              "checkpointEvery": 3, "lr": 3e-3, "syntheticMix": 0.25, "syntheticSamples": 6, "syntheticQuestions": 2,
-              "needle": {"lengths": [160, 256], "numDepths": 3, "maxNewTokens": 6}, **params}
-    return json.dumps({
-        "apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": name},
-        "spec": {"storage": {"uri": storage}, "stages": [{
-            "name": "longctx", "kind": "longctx", "replicas": replicas, "nprocPerNode": nproc,
-            "backoffLimit": backoff_limit, "inputs": {"model": model, "corpus": corpus}, "params": merged}]},
-    })
+    merged = {
+        "seqLen": 256,
+        "sequenceParallel": 2,
+        "microBatchSize": 2,
+        "maxSteps": 6,
+        "warmupSteps": 1,
+        "checkpointEvery": 3,
+        "lr": 3e-3,
+        "syntheticMix": 0.25,
+        "syntheticSamples": 6,
+        "syntheticQuestions": 2,
+        "needle": {"lengths": [160, 256], "numDepths": 3, "maxNewTokens": 6},
+        **params,
+    }
+    return json.dumps(
+        {
+            "apiVersion": "zhinao.ai/v1alpha1",
+            "kind": "TrainingPipeline",
+            "metadata": {"name": name},
+            "spec": {
+                "storage": {"uri": storage},
+                "stages": [
+                    {
+                        "name": "longctx",
+                        "kind": "longctx",
+                        "replicas": replicas,
+                        "nprocPerNode": nproc,
+                        "backoffLimit": backoff_limit,
+                        "inputs": {"model": model, "corpus": corpus},
+                        "params": merged,
+                    }
+                ],
+            },
+        }
+    )
 
 
 @pytest.fixture

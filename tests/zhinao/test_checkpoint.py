@@ -132,7 +132,12 @@ def test_manifest_round_trip_and_validation():
     sha = "ab" * 32
     created = datetime(2025, 1, 2, 3, 4, 5, tzinfo=timezone.utc)
     doc = build_manifest(10, {"b.pt": sha, "a.pt": sha}, {"loss": 1.5}, created)
-    assert doc == {"step": 10, "parts": {"a.pt": sha, "b.pt": sha}, "meta": {"loss": 1.5}, "created": "2025-01-02T03:04:05+00:00"}
+    assert doc == {
+        "step": 10,
+        "parts": {"a.pt": sha, "b.pt": sha},
+        "meta": {"loss": 1.5},
+        "created": "2025-01-02T03:04:05+00:00",
+    }
     assert parse_manifest(json.dumps(doc).encode(), 10) == doc
     bad_cases = {
         b"{not json": "not valid JSON",
@@ -294,7 +299,9 @@ def test_custom_prefix_and_child_store(store, tmp_path):
 def test_storage_outage_while_loading_is_an_error_not_a_fresh_start(tmp_path):
     from servers.seaweedfs import free_port
 
-    dead = open_store("s3://bucket/run", endpoint=f"http://127.0.0.1:{free_port()}", access_key="a", secret_key="b", retry=FAST)
+    dead = open_store(
+        "s3://bucket/run", endpoint=f"http://127.0.0.1:{free_port()}", access_key="a", secret_key="b", retry=FAST
+    )
     with pytest.raises(StorageError, match="connection refused"):
         CheckpointManager(dead).load_latest(tmp_path)
 

@@ -38,7 +38,9 @@ def test_bradley_terry_and_accuracy():
     c, r = torch.tensor([2.0, 0.0]), torch.tensor([1.0, 1.0])
     want = (-math.log(sig(1.0)) - math.log(sig(-1.0))) / 2
     assert L.bradley_terry_loss(c, r).item() == pytest.approx(want)
-    assert L.bradley_terry_loss(c, r, margin=0.5).item() == pytest.approx((-math.log(sig(0.5)) - math.log(sig(-1.5))) / 2)
+    assert L.bradley_terry_loss(c, r, margin=0.5).item() == pytest.approx(
+        (-math.log(sig(0.5)) - math.log(sig(-1.5))) / 2
+    )
     assert L.pairwise_accuracy(c, r) == 0.5
     assert L.pairwise_accuracy(torch.tensor([1.0]), torch.tensor([1.0])) == 0.0
 

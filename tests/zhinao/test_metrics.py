@@ -4,7 +4,6 @@ Prometheus scraping a real (tiny) PyTorch training run in a subprocess."""
 from __future__ import annotations
 
 import json
-import math
 import os
 import queue
 import subprocess
@@ -17,8 +16,8 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-
 from servers.prometheus import PrometheusServer, free_port, prometheus  # noqa: F401  (fixture; tests/ is on sys.path)
+
 from zhinao import metrics as zm
 from zhinao.metrics import PICK_FREE_PORT, TrainingMetrics, flops_per_token, metrics_port_from_env, peak_flops
 
@@ -81,7 +80,12 @@ def test_peak_flops_cpu_is_measured_once(monkeypatch):
 def test_peak_flops_cuda_table(monkeypatch):
     monkeypatch.delenv("ZHINAO_PEAK_FLOPS", raising=False)
     torch = pytest.importorskip("torch")
-    for name, expected in [("NVIDIA H100 80GB HBM3", 989e12), ("NVIDIA H200", 989e12), ("NVIDIA A100-SXM4-80GB", 312e12), ("NVIDIA L40S", 362e12)]:
+    for name, expected in [
+        ("NVIDIA H100 80GB HBM3", 989e12),
+        ("NVIDIA H200", 989e12),
+        ("NVIDIA A100-SXM4-80GB", 312e12),
+        ("NVIDIA L40S", 362e12),
+    ]:
         monkeypatch.setattr(torch.cuda, "get_device_name", lambda _dev, n=name: n)
         value, how = peak_flops("cuda:0")
         assert value == expected and how.startswith("table") and name in how
@@ -249,7 +253,9 @@ def test_http_exposition_on_127_0_0_1(tmp_path, monkeypatch):
         lbl = 'pipeline="p1",rank="0",stage="pretrain"'
         assert "# TYPE zhinao_train_loss gauge" in body
         assert f"zhinao_train_loss{{{lbl}}} 2.5" in body
-        assert "# TYPE zhinao_tokens_total counter" in body or "# TYPE zhinao_tokens counter" in body  # client versions differ
+        assert (
+            "# TYPE zhinao_tokens_total counter" in body or "# TYPE zhinao_tokens counter" in body
+        )  # client versions differ
         assert f"zhinao_tokens_total{{{lbl}}} 8192.0" in body
         assert f"zhinao_mfu{{{lbl}}} 0.16384" in body
         assert f"zhinao_reward_mean{{{lbl}}} 0.5" in body
@@ -377,28 +383,32 @@ def test_prometheus_scrapes_real_training(prometheus: PrometheusServer, tmp_path
         rows = prometheus.wait_for(sel, timeout=20)
         assert len(rows) == 1
         labels, first_loss = rows[0]
-        assert {k: labels[k] for k in ("pipeline", "stage", "rank")} == {"pipeline": "tiny", "stage": "fit", "rank": "0"}
+        assert {k: labels[k] for k in ("pipeline", "stage", "rank")} == {
+            "pipeline": "tiny",
+            "stage": "fit",
+            "rank": "0",
+        }
 
         out.expect("DONE", 60)
         # the last step's values, once scraped
         prometheus.wait_for(f'zhinao_step{{instance="{target}"}} == {steps}', timeout=15)
-        (labels, last_loss), = prometheus.query(sel)
+        ((labels, last_loss),) = prometheus.query(sel)
         assert last_loss < first_loss, (first_loss, last_loss)
 
         # every scraped loss over the run: several distinct samples, decreasing
-        (_, series), = prometheus.query_series(f"{sel}[5m]")
+        ((_, series),) = prometheus.query_series(f"{sel}[5m]")
         values = [v for _, v in series]
         distinct = [v for i, v in enumerate(values) if i == 0 or v != values[i - 1]]
         assert len(distinct) >= 3, values
         assert all(b < a for a, b in zip(distinct, distinct[1:])), values
         assert distinct[-1] < distinct[0] / 2, values
 
-        (tl, tps), = prometheus.query(f'zhinao_tokens_per_second{{instance="{target}"}}')
+        ((tl, tps),) = prometheus.query(f'zhinao_tokens_per_second{{instance="{target}"}}')
         assert (tl["pipeline"], tl["stage"], tl["rank"], tl["job"]) == ("tiny", "fit", "0", "zhinao")
         assert 0 < tps <= 512 / sleep  # each step sleeps `sleep`, so at most 512 tokens per `sleep`
-        (_, total), = prometheus.query(f'zhinao_tokens_total{{instance="{target}"}}')
+        ((_, total),) = prometheus.query(f'zhinao_tokens_total{{instance="{target}"}}')
         assert total == 512 * steps
-        (_, mfu), = prometheus.query(f'zhinao_mfu{{instance="{target}"}}')
+        ((_, mfu),) = prometheus.query(f'zhinao_mfu{{instance="{target}"}}')
         assert 0 < mfu < 1
     finally:
         if proc.stdin and not proc.stdin.closed:

@@ -8,7 +8,12 @@ from zhinao.model import SIZES, build_config, build_model, ffn_size, matmul_para
 def test_7b_matches_the_released_config():
     c = build_config("7b")
     assert (c.hidden_size, c.num_hidden_layers, c.num_attention_heads, c.intermediate_size, c.vocab_size) == (
-        4096, 32, 32, 11008, 158464)
+        4096,
+        32,
+        32,
+        11008,
+        158464,
+    )
     assert c.rms_norm_eps == 1e-5 and c.hidden_act == "silu" and not c.tie_word_embeddings
 
 

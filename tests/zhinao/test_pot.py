@@ -31,8 +31,13 @@ def test_memory_limit():
 
 def test_no_network_and_no_inherited_environment(monkeypatch):
     monkeypatch.setenv("ZHINAO_SECRET", "s3cr3t")
-    r = execute(["import os; v = os.environ.get('ZHINAO_SECRET')", "v",
-                 "import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)"])
+    r = execute(
+        [
+            "import os; v = os.environ.get('ZHINAO_SECRET')",
+            "v",
+            "import socket; socket.create_connection(('1.1.1.1', 53), timeout=1)",
+        ]
+    )
     assert r[1].ok and r[1].value == "None"  # the variable did not reach the sandbox
     assert not r[2].ok
     if network_namespace_available():  # kernel-enforced too: a raw socket cannot reach anything

@@ -215,7 +215,10 @@ def test_wrong_credentials_are_refused_with_a_clear_error(s3_server, caplog):
         assert "access denied" in msg and "AWS_ACCESS_KEY_ID" in msg and "\n" not in msg
     # a right key with a wrong secret too
     wrong_secret = open_store(
-        f"s3://test-{uuid.uuid4()}/run", endpoint=s3_server.endpoint, access_key=s3_server.access_key, secret_key="wrong"
+        f"s3://test-{uuid.uuid4()}/run",
+        endpoint=s3_server.endpoint,
+        access_key=s3_server.access_key,
+        secret_key="wrong",
     )
     with pytest.raises(StorageError, match="access denied"):
         wrong_secret.put_bytes("k", b"x")
@@ -352,7 +355,9 @@ def test_retry_policy_backoff_is_exponential_capped_and_jittered():
 
 
 def test_error_classification():
-    refused = urllib3.exceptions.NewConnectionError(None, "Failed to establish a new connection: [Errno 111] Connection refused")
+    refused = urllib3.exceptions.NewConnectionError(
+        None, "Failed to establish a new connection: [Errno 111] Connection refused"
+    )
     refused.__cause__ = ConnectionRefusedError(111, "Connection refused")
     assert is_transient(refused) and describe(refused) == "connection refused"
     timeout = urllib3.exceptions.ReadTimeoutError(None, "/x", "Read timed out.")

@@ -1,7 +1,7 @@
 """Fixtures of the operator and CLI tests.
 
-    kube    function  a running kmock API emulator (see kube_mock.py): .url, .kubeconfig (a file),
-                      .cluster (a k8s.Cluster on it), .call(fn) to run fn(emulator) on its loop
+kube    function  a running kmock API emulator (see kube_mock.py): .url, .kubeconfig (a file),
+                  .cluster (a k8s.Cluster on it), .call(fn) to run fn(emulator) on its loop
 """
 
 from collections.abc import Iterator

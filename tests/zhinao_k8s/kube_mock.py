@@ -35,24 +35,43 @@ import yaml
 
 RESOURCES = {
     "zhinao.ai/v1alpha1/trainingpipelines": kmock.ResourceInfo(
-        kind="TrainingPipeline", singular="trainingpipeline", namespaced=True, subresources={"status"},
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, shortnames={"tp"},
+        kind="TrainingPipeline",
+        singular="trainingpipeline",
+        namespaced=True,
+        subresources={"status"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        shortnames={"tp"},
     ),
     "zhinao.ai/v1alpha1/ablations": kmock.ResourceInfo(
-        kind="Ablation", singular="ablation", namespaced=True, subresources={"status"},
-        verbs={"get", "list", "watch", "create", "update", "patch", "delete"}, shortnames={"abl"},
+        kind="Ablation",
+        singular="ablation",
+        namespaced=True,
+        subresources={"status"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+        shortnames={"abl"},
     ),
     "kubeflow.org/v1/pytorchjobs": kmock.ResourceInfo(
-        kind="PyTorchJob", singular="pytorchjob", namespaced=True, subresources={"status"},
+        kind="PyTorchJob",
+        singular="pytorchjob",
+        namespaced=True,
+        subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
-    "v1/pods": kmock.ResourceInfo(kind="Pod", singular="pod", namespaced=True, subresources={"log", "proxy"},
-                                  verbs={"get", "list", "watch", "create", "delete"}),
+    "v1/pods": kmock.ResourceInfo(
+        kind="Pod",
+        singular="pod",
+        namespaced=True,
+        subresources={"log", "proxy"},
+        verbs={"get", "list", "watch", "create", "delete"},
+    ),
     "v1/events": kmock.ResourceInfo(kind="Event", singular="event", namespaced=True, verbs={"create", "list", "watch"}),
     # Discovered only (kopf waits to see them); the operator runs with scanning off and lists neither.
-    "v1/namespaces": kmock.ResourceInfo(kind="Namespace", singular="namespace", namespaced=False, verbs={"list", "watch"}),
+    "v1/namespaces": kmock.ResourceInfo(
+        kind="Namespace", singular="namespace", namespaced=False, verbs={"list", "watch"}
+    ),
     "apiextensions.k8s.io/v1/customresourcedefinitions": kmock.ResourceInfo(
-        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False, verbs={"list", "watch"}),
+        kind="CustomResourceDefinition", singular="customresourcedefinition", namespaced=False, verbs={"list", "watch"}
+    ),
 }
 
 
@@ -143,7 +162,9 @@ class Emulator(kmock.KubernetesEmulator, _DirectDispatch):
         self.created_at: dict[tuple[str, str | None, str], float] = {}
 
     async def _handle(self, request):  # type: ignore[override]
-        creating = request.resource is not None and request.action == kmock.action.CREATE and isinstance(request.data, dict)
+        creating = (
+            request.resource is not None and request.action == kmock.action.CREATE and isinstance(request.data, dict)
+        )
         if creating:
             meta = request.data.setdefault("metadata", {})
             meta.setdefault("uid", str(uuid.uuid4()))
@@ -179,18 +200,26 @@ class KubeMock:
         self._ready = threading.Event()
         self._error: BaseException | None = None
 
-    def start(self) -> "KubeMock":
+    def start(self) -> KubeMock:
         self._thread = threading.Thread(target=self._main, name="kmock", daemon=True)
         self._thread.start()
         if not self._ready.wait(10) or self._error:
             raise RuntimeError(f"kmock did not start: {self._error!r}")
         self.kubeconfig = self.workdir / "kubeconfig"
-        self.kubeconfig.write_text(yaml.safe_dump({
-            "apiVersion": "v1", "kind": "Config", "current-context": "kmock",
-            "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
-            "users": [{"name": "kmock", "user": {"token": "kmock"}}],
-            "contexts": [{"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "team-a"}}],
-        }))
+        self.kubeconfig.write_text(
+            yaml.safe_dump(
+                {
+                    "apiVersion": "v1",
+                    "kind": "Config",
+                    "current-context": "kmock",
+                    "clusters": [{"name": "kmock", "cluster": {"server": self.url}}],
+                    "users": [{"name": "kmock", "user": {"token": "kmock"}}],
+                    "contexts": [
+                        {"name": "kmock", "context": {"cluster": "kmock", "user": "kmock", "namespace": "team-a"}}
+                    ],
+                }
+            )
+        )
         return self
 
     def _main(self) -> None:
@@ -213,8 +242,10 @@ class KubeMock:
 
     def call(self, coro_fn, timeout: float = 10):
         """Run `coro_fn(emulator)` on kmock's loop (to add reactions or read state safely)."""
+
         async def run():
             return coro_fn(self.emulator)
+
         return asyncio.run_coroutine_threadsafe(run(), self._loop).result(timeout)
 
     def stop(self) -> None:
@@ -230,4 +261,5 @@ class KubeMock:
     @property
     def cluster(self):
         from zhinao_k8s.k8s import Cluster, load_client
+
         return Cluster(load_client(str(self.kubeconfig)))

@@ -32,9 +32,17 @@ def test_an_invalid_spec_exits_2_with_field_paths(tmp_path):
 
 
 def test_report_prints_ranking_means_and_detected_pairs(tmp_path):
-    rep = {"ablation": "abl", "recipes": ["a", "b"], "runs": [{}] * 6,
-           **analyse({"valid_loss": {"a": [5.0, 5.01, 4.99], "b": [5.5, 5.51, 5.49]},
-                      "bench/avg": {"a": [0.5, 0.6, 0.4], "b": [0.55, 0.45, 0.5]}})}
+    rep = {
+        "ablation": "abl",
+        "recipes": ["a", "b"],
+        "runs": [{}] * 6,
+        **analyse(
+            {
+                "valid_loss": {"a": [5.0, 5.01, 4.99], "b": [5.5, 5.51, 5.49]},
+                "bench/avg": {"a": [0.5, 0.6, 0.4], "b": [0.55, 0.45, 0.5]},
+            }
+        ),
+    }
     (tmp_path / "report.json").write_text(json.dumps(rep))
     result = runner.invoke(app, ["report", str(tmp_path)], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output

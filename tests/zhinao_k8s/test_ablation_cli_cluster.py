@@ -63,17 +63,40 @@ def test_submit_rejects_an_invalid_spec_before_the_cluster(kube: KubeMock, tmp_p
 def _training(kube: KubeMock) -> None:
     c = kube.cluster
     c.create_ablation(NS, json.loads(json.dumps(SPEC)))
-    c.patch_ablation_status(NS, "abl", {"phase": "Failed", "progress": "1/4", "reason": "RunFailed",
-                                         "message": "run abl-a-s1 failed: OOMKilled",
-                                         "runs": {"total": 4, "succeeded": 1, "failed": 1}})
+    c.patch_ablation_status(
+        NS,
+        "abl",
+        {
+            "phase": "Failed",
+            "progress": "1/4",
+            "reason": "RunFailed",
+            "message": "run abl-a-s1 failed: OOMKilled",
+            "runs": {"total": 4, "succeeded": 1, "failed": 1},
+        },
+    )
     for name, phase in (("abl-a-s0", "Succeeded"), ("abl-a-s1", "Failed")):
-        c.create_pipeline(NS, {"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline",
-                               "metadata": {"name": name, "labels": {"zhinao.ai/ablation": "abl", "zhinao.ai/recipe": "a",
-                                                                     "zhinao.ai/seed": name[-1]}},
-                               "spec": {"stages": [{"name": "pretrain", "kind": "pretrain"}]}})
+        c.create_pipeline(
+            NS,
+            {
+                "apiVersion": "zhinao.ai/v1alpha1",
+                "kind": "TrainingPipeline",
+                "metadata": {
+                    "name": name,
+                    "labels": {"zhinao.ai/ablation": "abl", "zhinao.ai/recipe": "a", "zhinao.ai/seed": name[-1]},
+                },
+                "spec": {"stages": [{"name": "pretrain", "kind": "pretrain"}]},
+            },
+        )
         c.patch_pipeline_status(NS, name, {"phase": phase, "currentStage": "pretrain", "progress": "1/1"})
-    c.create_pipeline(NS, {"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "other"},
-                           "spec": {"stages": [{"name": "pretrain", "kind": "pretrain"}]}})
+    c.create_pipeline(
+        NS,
+        {
+            "apiVersion": "zhinao.ai/v1alpha1",
+            "kind": "TrainingPipeline",
+            "metadata": {"name": "other"},
+            "spec": {"stages": [{"name": "pretrain", "kind": "pretrain"}]},
+        },
+    )
 
 
 def test_status_shows_the_phase_the_runs_and_why_it_failed(kube: KubeMock) -> None:
@@ -100,8 +123,12 @@ def test_report_of_an_ablation_on_the_cluster(kube: KubeMock, tmp_path: Path) ->
 
     folder = tmp_path / "store" / "abl" / "report"
     folder.mkdir(parents=True)
-    rep = {"ablation": "abl", "recipes": ["a", "b"], "runs": [{}] * 4,
-           **analyse({"valid_loss": {"a": [5.0, 5.01], "b": [5.5, 5.51]}})}
+    rep = {
+        "ablation": "abl",
+        "recipes": ["a", "b"],
+        "runs": [{}] * 4,
+        **analyse({"valid_loss": {"a": [5.0, 5.01], "b": [5.5, 5.51]}}),
+    }
     (folder / "report.json").write_text(json.dumps(rep))
     c.patch_ablation_status(NS, "abl", {"phase": "Succeeded", "report": f"file://{folder}/report.md"})
     r = invoke(kube, "report", "abl", "-n", NS)

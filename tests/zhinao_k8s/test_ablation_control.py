@@ -26,8 +26,14 @@ NOW = "2026-01-01T01:00:00Z"
 T0 = "2026-01-01T00:00:00Z"
 T1 = "2026-01-01T00:01:00Z"
 RUNS = ["abl-a-s0", "abl-a-s1", "abl-b-s0", "abl-b-s1"]
-OWNER = {"apiVersion": "zhinao.ai/v1alpha1", "kind": "Ablation", "name": "abl", "uid": "u-1", "controller": True,
-         "blockOwnerDeletion": True}
+OWNER = {
+    "apiVersion": "zhinao.ai/v1alpha1",
+    "kind": "Ablation",
+    "name": "abl",
+    "uid": "u-1",
+    "controller": True,
+    "blockOwnerDeletion": True,
+}
 
 
 def ablation_doc() -> dict:
@@ -36,13 +42,27 @@ def ablation_doc() -> dict:
         "kind": "Ablation",
         "metadata": {"name": "abl", "namespace": "team-a", "labels": {"team": "data"}},
         "spec": {
-            "storage": {"uri": "s3://bucket/abl-runs", "endpoint": "http://minio:9000",
-                        "credentials": {"secretRef": {"name": "s3-creds"}}},
+            "storage": {
+                "uri": "s3://bucket/abl-runs",
+                "endpoint": "http://minio:9000",
+                "credentials": {"secretRef": {"name": "s3-creds"}},
+            },
             "base": {"corpus": "s3://bucket/base"},
             "recipes": [{"name": "a", "dataset": "s3://bucket/a"}, {"name": "b", "dataset": "s3://bucket/b"}],
             "seeds": 2,
-            "proxy": {"modelSize": "tiny", "tokens": 40960, "seqLen": 64, "microBatchSize": 4, "gradAccumSteps": 1,
-                      "replicas": 1, "nprocPerNode": 1, "gpu": 0, "cpu": "2", "memory": "4Gi", "warmupSteps": 10},
+            "proxy": {
+                "modelSize": "tiny",
+                "tokens": 40960,
+                "seqLen": 64,
+                "microBatchSize": 4,
+                "gradAccumSteps": 1,
+                "replicas": 1,
+                "nprocPerNode": 1,
+                "gpu": 0,
+                "cpu": "2",
+                "memory": "4Gi",
+                "warmupSteps": 10,
+            },
             "evaluations": {"validLoss": {"everySteps": 80}},
         },
     }
@@ -52,7 +72,10 @@ ABLATION = Ablation.model_validate(ablation_doc())
 
 
 def job(name: str, *true: str, message: str | None = None, deleting: bool = False) -> dict:
-    conds = [{"type": t, "status": "True", "lastTransitionTime": T1, **({"message": message} if message else {})} for t in true]
+    conds = [
+        {"type": t, "status": "True", "lastTransitionTime": T1, **({"message": message} if message else {})}
+        for t in true
+    ]
     meta = {"name": name, "labels": {"zhinao.ai/ablation": "abl"}, **({"deletionTimestamp": T1} if deleting else {})}
     return {"metadata": meta, "status": {"conditions": conds}}
 
@@ -89,32 +112,109 @@ class Case:
 CASES = [
     Case("fresh ablation creates the prepare job", {}, actions=[("CreateJob", "abl-prepare")]),
     Case("prepare running: nothing to do", {"abl-prepare": job("abl-prepare", "Created", "Running")}),
-    Case("prepare failed: Failed, nothing created", {"abl-prepare": job("abl-prepare", "Failed", message="exit code 2")},
-         phase="Failed", reason="PrepareFailed", conditions=("False", "Unknown", "Unknown")),
-    Case("a failed prepare job being deleted is waited for", {"abl-prepare": job("abl-prepare", "Failed", deleting=True)}),
-    Case("prepare succeeded creates every run", PREPARE_OK, actions=[("CreatePipeline", n) for n in RUNS],
-         phase="Training", conditions=("True", "Unknown", "Unknown")),
-    Case("prepared earlier and its job gone: not prepared again", {}, previous=done(PREPARED),
-         actions=[("CreatePipeline", n) for n in RUNS], phase="Training", conditions=("True", "Unknown", "Unknown")),
-    Case("only missing runs are created", PREPARE_OK, pipelines=runs("Running", "Pending"),
-         actions=[("CreatePipeline", "abl-b-s0"), ("CreatePipeline", "abl-b-s1")], phase="Training",
-         conditions=("True", "Unknown", "Unknown")),
-    Case("runs going: counted, nothing to do", PREPARE_OK, pipelines=runs("Succeeded", "Succeeded", "Running", None),
-         phase="Training", progress="2/4", conditions=("True", "Unknown", "Unknown")),
-    Case("a failed run fails the ablation", PREPARE_OK, pipelines=runs("Succeeded", "Failed", "Running", "Running"),
-         phase="Failed", reason="RunFailed", progress="1/4", conditions=("True", "False", "Unknown")),
-    Case("all runs succeeded creates the evaluate job", PREPARE_OK, pipelines=runs(*["Succeeded"] * 4),
-         actions=[("CreateJob", "abl-evaluate")], phase="Evaluating", progress="4/4", conditions=("True", "True", "Unknown")),
-    Case("trained earlier and the runs gone: not trained again", {}, previous=done(PREPARED, TRAINED),
-         actions=[("CreateJob", "abl-evaluate")], phase="Evaluating", progress="4/4", conditions=("True", "True", "Unknown")),
-    Case("evaluate running", {**PREPARE_OK, "abl-evaluate": job("abl-evaluate", "Running")}, pipelines=runs(*["Succeeded"] * 4),
-         phase="Evaluating", progress="4/4", conditions=("True", "True", "Unknown")),
-    Case("evaluate failed", {"abl-evaluate": job("abl-evaluate", "Failed")}, previous=done(PREPARED, TRAINED),
-         phase="Failed", reason="EvaluateFailed", progress="4/4", conditions=("True", "True", "False")),
-    Case("evaluate succeeded: Succeeded", {"abl-evaluate": job("abl-evaluate", "Succeeded")}, previous=done(PREPARED, TRAINED),
-         phase="Succeeded", reason="ReportWritten", progress="4/4", conditions=("True", "True", "True")),
-    Case("succeeded and every child gone stays Succeeded", {}, previous=done(PREPARED, TRAINED, EVALUATED),
-         phase="Succeeded", reason="ReportWritten", progress="4/4", conditions=("True", "True", "True")),
+    Case(
+        "prepare failed: Failed, nothing created",
+        {"abl-prepare": job("abl-prepare", "Failed", message="exit code 2")},
+        phase="Failed",
+        reason="PrepareFailed",
+        conditions=("False", "Unknown", "Unknown"),
+    ),
+    Case(
+        "a failed prepare job being deleted is waited for", {"abl-prepare": job("abl-prepare", "Failed", deleting=True)}
+    ),
+    Case(
+        "prepare succeeded creates every run",
+        PREPARE_OK,
+        actions=[("CreatePipeline", n) for n in RUNS],
+        phase="Training",
+        conditions=("True", "Unknown", "Unknown"),
+    ),
+    Case(
+        "prepared earlier and its job gone: not prepared again",
+        {},
+        previous=done(PREPARED),
+        actions=[("CreatePipeline", n) for n in RUNS],
+        phase="Training",
+        conditions=("True", "Unknown", "Unknown"),
+    ),
+    Case(
+        "only missing runs are created",
+        PREPARE_OK,
+        pipelines=runs("Running", "Pending"),
+        actions=[("CreatePipeline", "abl-b-s0"), ("CreatePipeline", "abl-b-s1")],
+        phase="Training",
+        conditions=("True", "Unknown", "Unknown"),
+    ),
+    Case(
+        "runs going: counted, nothing to do",
+        PREPARE_OK,
+        pipelines=runs("Succeeded", "Succeeded", "Running", None),
+        phase="Training",
+        progress="2/4",
+        conditions=("True", "Unknown", "Unknown"),
+    ),
+    Case(
+        "a failed run fails the ablation",
+        PREPARE_OK,
+        pipelines=runs("Succeeded", "Failed", "Running", "Running"),
+        phase="Failed",
+        reason="RunFailed",
+        progress="1/4",
+        conditions=("True", "False", "Unknown"),
+    ),
+    Case(
+        "all runs succeeded creates the evaluate job",
+        PREPARE_OK,
+        pipelines=runs(*["Succeeded"] * 4),
+        actions=[("CreateJob", "abl-evaluate")],
+        phase="Evaluating",
+        progress="4/4",
+        conditions=("True", "True", "Unknown"),
+    ),
+    Case(
+        "trained earlier and the runs gone: not trained again",
+        {},
+        previous=done(PREPARED, TRAINED),
+        actions=[("CreateJob", "abl-evaluate")],
+        phase="Evaluating",
+        progress="4/4",
+        conditions=("True", "True", "Unknown"),
+    ),
+    Case(
+        "evaluate running",
+        {**PREPARE_OK, "abl-evaluate": job("abl-evaluate", "Running")},
+        pipelines=runs(*["Succeeded"] * 4),
+        phase="Evaluating",
+        progress="4/4",
+        conditions=("True", "True", "Unknown"),
+    ),
+    Case(
+        "evaluate failed",
+        {"abl-evaluate": job("abl-evaluate", "Failed")},
+        previous=done(PREPARED, TRAINED),
+        phase="Failed",
+        reason="EvaluateFailed",
+        progress="4/4",
+        conditions=("True", "True", "False"),
+    ),
+    Case(
+        "evaluate succeeded: Succeeded",
+        {"abl-evaluate": job("abl-evaluate", "Succeeded")},
+        previous=done(PREPARED, TRAINED),
+        phase="Succeeded",
+        reason="ReportWritten",
+        progress="4/4",
+        conditions=("True", "True", "True"),
+    ),
+    Case(
+        "succeeded and every child gone stays Succeeded",
+        {},
+        previous=done(PREPARED, TRAINED, EVALUATED),
+        phase="Succeeded",
+        reason="ReportWritten",
+        progress="4/4",
+        conditions=("True", "True", "True"),
+    ),
 ]
 
 
@@ -135,11 +235,14 @@ def test_plan_ablation(case: Case) -> None:
 
 
 def test_failures_name_what_failed() -> None:
-    st = plan_ablation(ABLATION, {"abl-prepare": job("abl-prepare", "Failed", message="exit code 2")}, {},
-                       AblationStatus(), now=NOW).status
+    st = plan_ablation(
+        ABLATION, {"abl-prepare": job("abl-prepare", "Failed", message="exit code 2")}, {}, AblationStatus(), now=NOW
+    ).status
     assert st.message == "PyTorchJob abl-prepare failed: exit code 2"
-    failed = {**runs("Succeeded", "Running", "Running", "Running"),
-              "abl-b-s1": run("abl-b-s1", "Failed", "stage 'pretrain' failed after 1 attempt(s): OOMKilled")}
+    failed = {
+        **runs("Succeeded", "Running", "Running", "Running"),
+        "abl-b-s1": run("abl-b-s1", "Failed", "stage 'pretrain' failed after 1 attempt(s): OOMKilled"),
+    }
     st = plan_ablation(ABLATION, PREPARE_OK, failed, AblationStatus(), now=NOW).status
     assert st.message == "run abl-b-s1 failed: stage 'pretrain' failed after 1 attempt(s): OOMKilled"
     assert (st.runs.succeeded, st.runs.failed) == (1, 1)
@@ -154,7 +257,9 @@ def test_deleting_the_failed_prepare_job_runs_it_again() -> None:
 
 
 def test_succeeded_reports_the_report_uri() -> None:
-    st = plan_ablation(ABLATION, {"abl-evaluate": job("abl-evaluate", "Succeeded")}, {}, done(PREPARED, TRAINED), now=NOW).status
+    st = plan_ablation(
+        ABLATION, {"abl-evaluate": job("abl-evaluate", "Succeeded")}, {}, done(PREPARED, TRAINED), now=NOW
+    ).status
     assert st.report == "s3://bucket/abl-runs/abl/report/report.md"
     assert st.message == f"report: {st.report}"
 
@@ -199,7 +304,9 @@ def test_the_prepare_job_is_a_valid_pytorchjob_running_the_entry_point_with_the_
     env = {e["name"]: e for e in container["env"]}
     assert Ablation.model_validate(json.loads(env[ENV_ABLATION_SPEC]["value"])) == ABLATION
     assert env["ZHINAO_S3_ENDPOINT"]["value"] == "http://minio:9000"
-    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {"secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}}
+    assert env["AWS_SECRET_ACCESS_KEY"]["valueFrom"] == {
+        "secretKeyRef": {"name": "s3-creds", "key": "AWS_SECRET_ACCESS_KEY"}
+    }
     assert container["resources"]["limits"] == {"cpu": "2", "memory": "4Gi"}
     assert container["securityContext"]["readOnlyRootFilesystem"] is True
 
@@ -210,14 +317,26 @@ def test_runs_are_the_planned_pipelines_owned_by_the_ablation() -> None:
     for planned in plan_runs(ABLATION):
         body = bodies[planned.name]
         assert body["metadata"]["ownerReferences"] == [OWNER]
-        assert body["metadata"]["labels"] == {"team": "data", "zhinao.ai/ablation": "abl", "zhinao.ai/recipe": planned.recipe,
-                                              "zhinao.ai/seed": str(planned.index)}
+        assert body["metadata"]["labels"] == {
+            "team": "data",
+            "zhinao.ai/ablation": "abl",
+            "zhinao.ai/recipe": planned.recipe,
+            "zhinao.ai/seed": str(planned.index),
+        }
         assert pipeline_from_body(body) == planned.pipeline  # what the TrainingPipeline controller will run
 
 
 def test_ablation_from_body_drops_server_metadata() -> None:
-    body = {**ablation_doc(), "metadata": {**ablation_doc()["metadata"], "uid": "u-1", "resourceVersion": "7",
-                                           "managedFields": [{}], "finalizers": ["zhinao.ai/cleanup"]}}
+    body = {
+        **ablation_doc(),
+        "metadata": {
+            **ablation_doc()["metadata"],
+            "uid": "u-1",
+            "resourceVersion": "7",
+            "managedFields": [{}],
+            "finalizers": ["zhinao.ai/cleanup"],
+        },
+    }
     assert ablation_from_body(body) == ABLATION
 
 
@@ -231,6 +350,8 @@ def test_evaluate_gets_one_gpu_when_the_proxy_trains_on_gpus_and_prepare_none(pr
     for step, status in (("prepare", AblationStatus()), ("evaluate", done_prepare)):
         create = [a for a in plan_ablation(ablation, {}, {}, status, now=NOW).actions if isinstance(a, CreateJob)][0]
         validate_pytorchjob(create.body)
-        jobs[step] = create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["resources"]
+        jobs[step] = create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0][
+            "resources"
+        ]
     assert "nvidia.com/gpu" not in jobs["prepare"].get("limits", {})
     assert jobs["evaluate"].get("limits", {}).get("nvidia.com/gpu") == evaluate_gpus

@@ -25,17 +25,35 @@ def ablation(tmp_path_factory) -> Ablation:
     docs = real_documents(120, random.Random(0))
     (root / "corpus" / "part-00000.jsonl").write_text("".join(json.dumps(d) + "\n" for d in docs))
     corpus = f"file://{root}/corpus"
-    return Ablation.model_validate({"metadata": {"name": "abl"}, "spec": {
-        "storage": {"uri": f"file://{root}/store"},
-        "base": {"corpus": corpus},
-        "recipes": [{"name": "a", "dataset": corpus}, {"name": "b", "dataset": corpus}],
-        "seeds": 1,
-        "proxy": {"modelSize": "tiny", "tokens": 1280, "seqLen": 32, "microBatchSize": 4, "gradAccumSteps": 1,
-                  "replicas": 1, "nprocPerNode": 1, "gpu": 0, "cpu": "1", "memory": "1Gi", "warmupSteps": 2},
-        "tokenizer": {"vocabSize": 512},
-        "evaluations": {"validLoss": {"everySteps": 5, "heldOutShare": 0.2, "maxSequences": 16},
-                        "benchmarks": {"itemsPerTask": 4}},
-    }})
+    return Ablation.model_validate(
+        {
+            "metadata": {"name": "abl"},
+            "spec": {
+                "storage": {"uri": f"file://{root}/store"},
+                "base": {"corpus": corpus},
+                "recipes": [{"name": "a", "dataset": corpus}, {"name": "b", "dataset": corpus}],
+                "seeds": 1,
+                "proxy": {
+                    "modelSize": "tiny",
+                    "tokens": 1280,
+                    "seqLen": 32,
+                    "microBatchSize": 4,
+                    "gradAccumSteps": 1,
+                    "replicas": 1,
+                    "nprocPerNode": 1,
+                    "gpu": 0,
+                    "cpu": "1",
+                    "memory": "1Gi",
+                    "warmupSteps": 2,
+                },
+                "tokenizer": {"vocabSize": 512},
+                "evaluations": {
+                    "validLoss": {"everySteps": 5, "heldOutShare": 0.2, "maxSequences": 16},
+                    "benchmarks": {"itemsPerTask": 4},
+                },
+            },
+        }
+    )
 
 
 def env_of(ablation: Ablation, workdir: Path) -> dict[str, str]:
@@ -49,8 +67,13 @@ def store(ablation: Ablation) -> Path:
 def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_path: Path, capsys) -> None:
     # prepare, as the PyTorchJob runs it: a fresh interpreter, the spec in the env var only.
     env = {**os.environ, **env_of(ablation, tmp_path / "prepare"), "OMP_NUM_THREADS": "1"}
-    done = subprocess.run([sys.executable, "-m", "zhinao_k8s.ablation_job", "prepare"], env=env, capture_output=True,
-                          text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "zhinao_k8s.ablation_job", "prepare"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr
     summary = json.loads(done.stdout.splitlines()[-1])
     assert summary["recipes"].keys() == {"a", "b"} and summary["valid_sequences"] > 0
@@ -78,8 +101,13 @@ def test_a_bad_or_missing_spec_is_one_line_and_exit_2(ablation: Ablation, tmp_pa
     bad = ablation.to_wire()
     bad["spec"]["experimentalShare"] = 1.5
     env = {**os.environ, ENV_ABLATION_SPEC: json.dumps(bad)}
-    out = subprocess.run([sys.executable, "-m", "zhinao_k8s.ablation_job", "prepare"], env=env, capture_output=True,
-                         text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "zhinao_k8s.ablation_job", "prepare"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == EXIT_SPEC
     (line,) = out.stderr.splitlines()
     assert line.startswith(f"ablation prepare: invalid spec {ENV_ABLATION_SPEC}: spec.experimentalShare: must be < 1")

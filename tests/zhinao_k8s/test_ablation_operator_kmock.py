@@ -7,9 +7,7 @@ the PyTorchJobs' conditions by patching their status.
 
 from __future__ import annotations
 
-
 import kmock
-import pytest
 from kube_mock import KubeMock
 from schemas import validate_pytorchjob
 from test_operator_kmock import NS, Operator, operator, set_job_condition, wait_for  # noqa: F401 (operator: the fixture); its import sets the 2 s timer
@@ -30,8 +28,19 @@ def ablation_doc(name: str = "abl") -> dict:
             "base": {"corpus": "s3://bucket/base"},
             "recipes": [{"name": "a", "dataset": "s3://bucket/a"}, {"name": "b", "dataset": "s3://bucket/b"}],
             "seeds": 2,
-            "proxy": {"modelSize": "tiny", "tokens": 40960, "seqLen": 64, "microBatchSize": 4, "gradAccumSteps": 1,
-                      "replicas": 1, "nprocPerNode": 1, "gpu": 0, "cpu": "1", "memory": "2Gi", "warmupSteps": 10},
+            "proxy": {
+                "modelSize": "tiny",
+                "tokens": 40960,
+                "seqLen": 64,
+                "microBatchSize": 4,
+                "gradAccumSteps": 1,
+                "replicas": 1,
+                "nprocPerNode": 1,
+                "gpu": 0,
+                "cpu": "1",
+                "memory": "2Gi",
+                "warmupSteps": 10,
+            },
         },
     }
 
@@ -42,24 +51,31 @@ def status(cluster: Cluster, name: str = "abl") -> dict:
 
 def creates(kube: KubeMock, plural: str) -> list[str]:
     """Every create request kmock served for `plural` (including refused duplicates)."""
+
     def read(emulator):
-        return sorted(r.data["metadata"]["name"] for r in emulator
-                      if r.resource is not None and r.resource.plural == plural and r.action == kmock.action.CREATE)
+        return sorted(
+            r.data["metadata"]["name"]
+            for r in emulator
+            if r.resource is not None and r.resource.plural == plural and r.action == kmock.action.CREATE
+        )
+
     return kube.call(read)
 
 
 def finish_runs(cluster: Cluster, names: list[str]) -> None:
     """Succeed every stage job of these runs until the TrainingPipeline controller calls them Succeeded."""
+
     def all_done() -> bool:
         for name in names:
             for job_name, job in cluster.list_jobs(NS, name).items():
                 if not (job.get("status") or {}).get("conditions"):
                     set_job_condition(cluster, job_name, "Succeeded")
         return all((cluster.get_pipeline(NS, n) or {}).get("status", {}).get("phase") == "Succeeded" for n in names)
+
     wait_for(f"runs {names} Succeeded", all_done, timeout=30)
 
 
-def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMock, operator: Operator) -> None:
+def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMock, operator: Operator) -> None:  # noqa: F811 (the imported fixture)
     cluster = operator.cluster
     uid = cluster.create_ablation(NS, ablation_doc())["metadata"]["uid"]
 
@@ -72,9 +88,11 @@ def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMoc
     set_job_condition(cluster, "abl-prepare", "Succeeded")
     runs = wait_for("4 runs", lambda: len(r := cluster.list_ablation_runs(NS, "abl")) == 4 and r)
     assert sorted(runs) == RUNS
-    for name, body in runs.items():
+    for _name, body in runs.items():
         assert body["metadata"]["ownerReferences"][0]["uid"] == uid
-        assert body["metadata"]["labels"]["team"] == "data" and body["metadata"]["labels"]["zhinao.ai/ablation"] == "abl"
+        assert (
+            body["metadata"]["labels"]["team"] == "data" and body["metadata"]["labels"]["zhinao.ai/ablation"] == "abl"
+        )
     wait_for("Training", lambda: status(cluster).get("phase") == "Training")
 
     # The TrainingPipeline controller runs the runs; half of them finish, then the operator restarts.
@@ -87,21 +105,27 @@ def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMoc
 
     evaluate = wait_for("evaluate job", lambda: cluster.list_ablation_jobs(NS, "abl").get("abl-evaluate"))
     validate_pytorchjob(evaluate)
-    assert evaluate["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][-1] == "evaluate"
+    assert (
+        evaluate["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["args"][-1] == "evaluate"
+    )
     wait_for("Evaluating", lambda: (s := status(cluster)).get("phase") == "Evaluating" and s["runs"]["succeeded"] == 4)
     set_job_condition(cluster, "abl-evaluate", "Succeeded")
 
     final = wait_for("Succeeded", lambda: (s := status(cluster)).get("phase") == "Succeeded" and s)
     assert final["report"] == "s3://bucket/runs/abl/report/report.md"
     assert final["runs"] == {"total": 4, "succeeded": 4, "failed": 0}
-    assert [(c["type"], c["status"]) for c in final["conditions"]] == [("Prepared", "True"), ("Trained", "True"), ("Evaluated", "True")]
+    assert [(c["type"], c["status"]) for c in final["conditions"]] == [
+        ("Prepared", "True"),
+        ("Trained", "True"),
+        ("Evaluated", "True"),
+    ]
     assert final["completionTime"] and final["startTime"]
     # Everything was created exactly once, across the restart.
     assert creates(kube, "trainingpipelines") == RUNS
     assert creates(kube, "pytorchjobs") == sorted(["abl-evaluate", "abl-prepare", *(f"{r}-pretrain" for r in RUNS)])
 
 
-def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Operator) -> None:
+def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Operator) -> None:  # noqa: F811 (the imported fixture)
     cluster = operator.cluster
     cluster.create_ablation(NS, ablation_doc())
     wait_for("prepare job", lambda: cluster.list_ablation_jobs(NS, "abl").get("abl-prepare"))
@@ -110,8 +134,14 @@ def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Ope
 
     # The run's stage fails twice (its pipeline retries once), so the run is Failed.
     set_job_condition(cluster, "abl-b-s1-pretrain", "Failed", "OOMKilled")
-    wait_for("retry", lambda: (j := cluster.list_jobs(NS, "abl-b-s1").get("abl-b-s1-pretrain"))
-             and j["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2" and "status" not in j)
+    wait_for(
+        "retry",
+        lambda: (
+            (j := cluster.list_jobs(NS, "abl-b-s1").get("abl-b-s1-pretrain"))
+            and j["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2"
+            and "status" not in j
+        ),
+    )
     set_job_condition(cluster, "abl-b-s1-pretrain", "Failed", "OOMKilled")
 
     final = wait_for("Failed", lambda: (s := status(cluster)).get("phase") == "Failed" and s)
@@ -121,7 +151,7 @@ def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Ope
     assert "abl-evaluate" not in cluster.list_ablation_jobs(NS, "abl")
 
 
-def test_an_invalid_ablation_is_reported_not_run(kube: KubeMock, operator: Operator) -> None:
+def test_an_invalid_ablation_is_reported_not_run(kube: KubeMock, operator: Operator) -> None:  # noqa: F811 (the imported fixture)
     cluster = operator.cluster
     bad = ablation_doc("bad")
     bad["spec"]["recipes"][1]["name"] = "a"  # kmock does not enforce the CRD schema; the models do

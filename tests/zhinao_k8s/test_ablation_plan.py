@@ -33,9 +33,15 @@ def test_defaults_are_the_reports_setup():
     assert spec.evaluations.valid_loss.every_steps == 500
 
 
-@pytest.mark.parametrize("recipe,index,name,seed", [
-    ("don", 0, "abl-don-s0", 0), ("don", 2, "abl-don-s2", 2), ("doff", 1, "abl-doff-s1", 1001), ("ext", 0, "abl-ext-s0", 2000),
-])
+@pytest.mark.parametrize(
+    "recipe,index,name,seed",
+    [
+        ("don", 0, "abl-don-s0", 0),
+        ("don", 2, "abl-don-s2", 2),
+        ("doff", 1, "abl-doff-s1", 1001),
+        ("ext", 0, "abl-ext-s0", 2000),
+    ],
+)
 def test_one_pipeline_per_recipe_and_seed_with_deterministic_names_and_distinct_seeds(recipe, index, name, seed):
     ab = parse_ablation(MINIMAL)
     runs = {(r.recipe, r.index): r for r in plan_runs(ab)}
@@ -44,7 +50,10 @@ def test_one_pipeline_per_recipe_and_seed_with_deterministic_names_and_distinct_
     assert run.name == name and run.seed == seed
     stage = run.pipeline.spec.stages[0]
     assert stage.kind == "pretrain" and stage.params.seed == seed
-    assert stage.inputs == {"tokenizer": "file:///data/abl/prep/tokenizer", "corpus": f"file:///data/abl/prep/recipes/{recipe}/train"}
+    assert stage.inputs == {
+        "tokenizer": "file:///data/abl/prep/tokenizer",
+        "corpus": f"file:///data/abl/prep/recipes/{recipe}/train",
+    }
     assert run.output == f"file:///data/{name}/pretrain"
     assert run.pipeline.metadata.labels[LABEL_RECIPE] == recipe
     assert prep_uri(ab) == "file:///data/abl/prep" and root_uri(ab) == "file:///data/abl"
@@ -60,16 +69,22 @@ def test_checkpoints_are_kept_every_eval_interval_for_the_valid_curve():
 
 def test_the_runs_render_to_pytorchjobs():
     jobs = [j for r in plan_runs(parse_ablation(MINIMAL)) for j in render_pipeline(r.pipeline)]
-    assert [j["metadata"]["name"] for j in jobs[:2]] == ["abl-don-s0-pretrain", "abl-don-s1-pretrain"]  # no SFT by default
+    assert [j["metadata"]["name"] for j in jobs[:2]] == [
+        "abl-don-s0-pretrain",
+        "abl-don-s1-pretrain",
+    ]  # no SFT by default
     worker = jobs[0]["spec"]["pytorchReplicaSpecs"]["Worker"]
     assert worker["replicas"] == 7  # 8 pods: Master + 7 Workers
 
 
-@pytest.mark.parametrize("patch,problem", [
-    ("    - {name: don, data: {}}\n", "spec: recipe names used twice: don"),
-    ("    - {name: x, data: {}, dataset: file:///d}\n", "set either data"),
-    ("    - {name: Bad_Name}\n", "must be a DNS label"),
-])
+@pytest.mark.parametrize(
+    "patch,problem",
+    [
+        ("    - {name: don, data: {}}\n", "spec: recipe names used twice: don"),
+        ("    - {name: x, data: {}, dataset: file:///d}\n", "set either data"),
+        ("    - {name: Bad_Name}\n", "must be a DNS label"),
+    ],
+)
 def test_invalid_recipes_are_reported_with_their_path(patch, problem):
     with pytest.raises(SpecError) as err:
         parse_ablation(MINIMAL + patch)
@@ -78,8 +93,15 @@ def test_invalid_recipes_are_reported_with_their_path(patch, problem):
 
 def test_run_names_must_fit_a_pipeline_name_and_the_budget_must_cover_warmup():
     with pytest.raises(SpecError) as err:
-        parse_ablation(MINIMAL.replace("name: abl}", "name: a-very-long-ablation-name-for-sure}").replace("{name: ext,", "{name: extension-data,"))
+        parse_ablation(
+            MINIMAL.replace("name: abl}", "name: a-very-long-ablation-name-for-sure}").replace(
+                "{name: ext,", "{name: extension-data,"
+            )
+        )
     assert any("run names" in p for p in err.value.problems)
     with pytest.raises(SpecError) as err:
-        parse_ablation(MINIMAL + "  proxy: {tokens: 1000, seqLen: 128, microBatchSize: 1, gradAccumSteps: 1, replicas: 1, nprocPerNode: 1}\n")
+        parse_ablation(
+            MINIMAL
+            + "  proxy: {tokens: 1000, seqLen: 128, microBatchSize: 1, gradAccumSteps: 1, replicas: 1, nprocPerNode: 1}\n"
+        )
     assert any("warmupSteps" in p for p in err.value.problems)

@@ -10,8 +10,12 @@ BASE = {
     "apiVersion": "zhinao.ai/v1alpha1",
     "kind": "TrainingPipeline",
     "metadata": {"name": "p"},
-    "spec": {"stages": [{"name": "tok", "kind": "tokenizer"}, {"name": "pt", "kind": "pretrain",
-                                                                "inputs": {"tokenizer": "stage://tok"}, "params": {}}]},
+    "spec": {
+        "stages": [
+            {"name": "tok", "kind": "tokenizer"},
+            {"name": "pt", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok"}, "params": {}},
+        ]
+    },
 }
 
 
@@ -41,7 +45,13 @@ def test_embedded_demo_spec_is_valid_and_resolves_stage_references():
 def test_defaults_follow_the_report():
     p = parse_pipeline(yaml.safe_dump(BASE)).stage("pt").params
     assert (p.adam_beta1, p.adam_beta2, p.adam_eps, p.weight_decay, p.grad_clip, p.min_lr_ratio) == (
-        0.9, 0.95, 1e-8, 0.1, 1.0, 0.1)
+        0.9,
+        0.95,
+        1e-8,
+        0.1,
+        1.0,
+        0.1,
+    )
 
 
 @pytest.mark.parametrize(
@@ -55,10 +65,18 @@ def test_defaults_follow_the_report():
         ("spec.stages.0.kind", "sft2", "spec.stages[0]: unknown kind 'sft2'"),
         ("spec.bogus", 1, "spec.bogus: unknown field"),
         ("metadata.name", "Has_Caps", "metadata.name: must be a DNS label"),
-        ("spec.stages.0.resources", {"cpu": "lots"}, "spec.stages[0].resources.cpu: 'lots' is not a Kubernetes quantity"),
+        (
+            "spec.stages.0.resources",
+            {"cpu": "lots"},
+            "spec.stages[0].resources.cpu: 'lots' is not a Kubernetes quantity",
+        ),
         ("spec.storage", {"uri": "s3://bucket/x"}, "spec.storage: endpoint is required when uri is s3://"),
         ("spec.storage", {"uri": "gs://bucket"}, "spec.storage.uri: must start with s3:// or file://"),
-        ("spec.stages.1.inputs", {"tokenizer": "stage://later"}, "refers to 'stage://later', which is not an earlier stage"),
+        (
+            "spec.stages.1.inputs",
+            {"tokenizer": "stage://later"},
+            "refers to 'stage://later', which is not an earlier stage",
+        ),
         ("spec.stages.1.params.warmupSteps", 500, "warmupSteps (500) must be < maxSteps (200)"),
     ],
 )
@@ -83,6 +101,8 @@ def test_unreadable_inputs_are_spec_errors(tmp_path):
 
 
 def test_credentials_can_only_be_referenced():
-    text = with_changes("spec.storage", {"uri": "s3://b/x", "endpoint": "http://m:9000",
-                                         "credentials": {"accessKey": "AKIA", "secretKey": "s"}})
+    text = with_changes(
+        "spec.storage",
+        {"uri": "s3://b/x", "endpoint": "http://m:9000", "credentials": {"accessKey": "AKIA", "secretKey": "s"}},
+    )
     assert any("unknown field" in line for line in problems(text))

@@ -1,9 +1,9 @@
 """The offline CLI: validate, render and the summary lines users read."""
 
 import yaml
+from schemas import validate_pytorchjob
 from typer.testing import CliRunner
 
-from schemas import validate_pytorchjob
 from zhinao_k8s.cli.app import app
 from zhinao_k8s.cli.local import headline
 from zhinao_k8s.examples import example_text
@@ -30,7 +30,9 @@ def test_render_prints_valid_pytorchjobs_for_every_stage(tmp_path):
     result = runner.invoke(app, ["render", str(path)])
     assert result.exit_code == 0, result.output
     jobs = list(yaml.safe_load_all(result.output))
-    assert [j["metadata"]["name"] for j in jobs] == [f"demo-{s}" for s in ("data", "tokenizer", "pretrain", "sft", "rm", "rlhf")]
+    assert [j["metadata"]["name"] for j in jobs] == [
+        f"demo-{s}" for s in ("data", "tokenizer", "pretrain", "sft", "rm", "rlhf")
+    ]
     for job in jobs:
         validate_pytorchjob(job)
 
@@ -47,9 +49,15 @@ def test_help_teaches_the_commands():
 
 
 def test_headline_picks_the_numbers_of_each_stage_kind():
-    assert headline({"tokens": 1000, "loss_first": 8.0, "loss_last": 5.0, "tokens_per_second": 2000.0,
-                     "mfu_mean": 0.25}) == "1,000 tokens, loss 8.000 -> 5.000, 2,000 tokens/s, MFU 25.0%"
-    assert "held-out accuracy 0.62 -> 0.81" in headline({"held_out_accuracy_before": 0.625, "held_out_accuracy": 0.8125})
-    rl = {"eval_before": {"greedy": {"rule": 0.5}, "sampled": {"rule": 0.3}},
-          "eval_after": {"greedy": {"rule": 0.7}, "sampled": {"rule": 0.4}}}
+    assert (
+        headline({"tokens": 1000, "loss_first": 8.0, "loss_last": 5.0, "tokens_per_second": 2000.0, "mfu_mean": 0.25})
+        == "1,000 tokens, loss 8.000 -> 5.000, 2,000 tokens/s, MFU 25.0%"
+    )
+    assert "held-out accuracy 0.62 -> 0.81" in headline(
+        {"held_out_accuracy_before": 0.625, "held_out_accuracy": 0.8125}
+    )
+    rl = {
+        "eval_before": {"greedy": {"rule": 0.5}, "sampled": {"rule": 0.3}},
+        "eval_after": {"greedy": {"rule": 0.7}, "sampled": {"rule": 0.4}},
+    }
     assert headline(rl) == "checked reward greedy 0.50 -> 0.70, sampled 0.30 -> 0.40"

@@ -89,21 +89,34 @@ def test_submit_rejects_an_invalid_spec_before_the_cluster(app, kube: KubeMock, 
 def _running(kube: KubeMock) -> None:
     c = kube.cluster
     c.create_pipeline(NS, json.loads(json.dumps(SPEC)))
-    c.patch_pipeline_status(NS, "demo", {
-        "phase": "Running", "currentStage": "pt", "progress": "1/2",
-        "stages": [
-            {"name": "tok", "phase": "Succeeded", "attempt": 1, "jobName": "demo-tok"},
-            {"name": "pt", "phase": "Running", "attempt": 1, "jobName": "demo-pt"},
-        ],
-    })
+    c.patch_pipeline_status(
+        NS,
+        "demo",
+        {
+            "phase": "Running",
+            "currentStage": "pt",
+            "progress": "1/2",
+            "stages": [
+                {"name": "tok", "phase": "Succeeded", "attempt": 1, "jobName": "demo-tok"},
+                {"name": "pt", "phase": "Running", "attempt": 1, "jobName": "demo-pt"},
+            ],
+        },
+    )
     labels = {"training.kubeflow.org/job-name": "demo-pt", "training.kubeflow.org/replica-type": "master"}
-    c.core.create_namespaced_pod(NS, {"apiVersion": "v1", "kind": "Pod",
-                                      "metadata": {"name": "demo-pt-master-0", "labels": labels},
-                                      "spec": {"containers": [{"name": "pytorch", "image": "x"}]}})
+    c.core.create_namespaced_pod(
+        NS,
+        {
+            "apiVersion": "v1",
+            "kind": "Pod",
+            "metadata": {"name": "demo-pt-master-0", "labels": labels},
+            "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
+        },
+    )
 
     def reactions(emulator):
         emulator[f"get /api/v1/namespaces/{NS}/pods/demo-pt-master-0:9400/proxy/metrics"] << METRICS.encode()
         emulator[f"get /api/v1/namespaces/{NS}/pods/demo-pt-master-0/log"] << b"step 42 loss 2.3456\n"
+
     kube.call(reactions)
 
 
@@ -117,9 +130,9 @@ def test_status_shows_stages_and_live_loss_and_throughput(app, kube: KubeMock) -
 
     r = invoke(app, kube, "status", "demo", "-o", "json")
     doc = json.loads(r.output)
-    assert doc["phase"] == "Running" and doc["live"] == {"pt": {"zhinao_train_loss": 2.3456,
-                                                                "zhinao_tokens_per_second": 12345.0,
-                                                                "zhinao_step": 42.0}}
+    assert doc["phase"] == "Running" and doc["live"] == {
+        "pt": {"zhinao_train_loss": 2.3456, "zhinao_tokens_per_second": 12345.0, "zhinao_step": 42.0}
+    }
     r = invoke(app, kube, "status", "demo", "-o", "yaml")
     assert yaml.safe_load(r.output)["currentStage"] == "pt"
 
@@ -147,13 +160,20 @@ def test_delete_and_not_found(app, kube: KubeMock) -> None:
 
 def test_unreachable_api_server_is_one_line(app, tmp_path: Path) -> None:
     config = tmp_path / "kubeconfig"
-    config.write_text(yaml.safe_dump({
-        "apiVersion": "v1", "kind": "Config", "current-context": "x",
-        "clusters": [{"name": "x", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
-        "users": [{"name": "x", "user": {"token": "t"}}],
-        "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
-    }))
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "current-context": "x",
+                "clusters": [{"name": "x", "cluster": {"server": f"http://127.0.0.1:{free_port()}"}}],
+                "users": [{"name": "x", "user": {"token": "t"}}],
+                "contexts": [{"name": "x", "context": {"cluster": "x", "user": "x"}}],
+            }
+        )
+    )
     from kubernetes.client import Configuration
+
     r = CliRunner().invoke(app, ["list", "--kubeconfig", str(config)], env={"ZHINAO_DEBUG": "0"})
     assert r.exit_code == 1
     assert r.output.startswith("error: cannot reach the API server"), r.output
@@ -163,11 +183,18 @@ def test_unreachable_api_server_is_one_line(app, tmp_path: Path) -> None:
 
 def test_format_api_error() -> None:
     from kubernetes.client.exceptions import ApiException
+
     exc = ApiException(status=403, reason="Forbidden")
     exc.body = json.dumps({"message": 'trainingpipelines.zhinao.ai is forbidden: User "bob" cannot create'})
-    assert format_api_error(exc) == 'API server: 403 Forbidden: trainingpipelines.zhinao.ai is forbidden: User "bob" cannot create'
+    assert (
+        format_api_error(exc)
+        == 'API server: 403 Forbidden: trainingpipelines.zhinao.ai is forbidden: User "bob" cannot create'
+    )
 
 
 def test_parse_metrics() -> None:
-    assert parse_metrics(METRICS, ("zhinao_train_loss", "zhinao_step")) == {"zhinao_train_loss": 2.3456, "zhinao_step": 42.0}
+    assert parse_metrics(METRICS, ("zhinao_train_loss", "zhinao_step")) == {
+        "zhinao_train_loss": 2.3456,
+        "zhinao_step": 42.0,
+    }
     assert parse_metrics("garbage\n# x\n", ("zhinao_train_loss",)) == {}

@@ -97,8 +97,12 @@ def test_example_pipeline_validates_against_the_crd_schema() -> None:
 def test_full_spec_and_status_validate_against_the_crd_schema() -> None:
     """Every field the models can write (defaults filled in) is accepted by the CRD schema."""
     doc = generate.example_pipeline().model_dump(mode="json", by_alias=True)
-    doc["status"] = PipelineStatus(phase="Running", current_stage="pretrain", progress="1/2",
-                                   stages=[StageStatus(name="tokenizer", phase="Succeeded", attempt=1)]).to_wire()
+    doc["status"] = PipelineStatus(
+        phase="Running",
+        current_stage="pretrain",
+        progress="1/2",
+        stages=[StageStatus(name="tokenizer", phase="Succeeded", attempt=1)],
+    ).to_wire()
     doc["status"]["kopf"] = {"progress": {}}  # kopf's bookkeeping is preserved, not pruned
     jsonschema.Draft4Validator(as_jsonschema(root_schema())).validate(doc)
 
@@ -110,7 +114,10 @@ def test_ablation_crd_names_status_and_columns() -> None:
     version = doc["spec"]["versions"][0]
     assert version["subresources"] == {"status": {}}
     assert [(c["name"], c["jsonPath"]) for c in version["additionalPrinterColumns"]] == [
-        ("Phase", ".status.phase"), ("Runs", ".status.progress"), ("Age", ".metadata.creationTimestamp")]
+        ("Phase", ".status.phase"),
+        ("Runs", ".status.progress"),
+        ("Age", ".metadata.creationTimestamp"),
+    ]
 
 
 def test_full_ablation_and_its_status_validate_against_the_crd_schema() -> None:
@@ -127,11 +134,14 @@ def test_full_ablation_and_its_status_validate_against_the_crd_schema() -> None:
     assert err.value.validator == "maximum"
 
 
-@pytest.mark.parametrize("bad, where", [
-    ({"replicas": 0}, "minimum"),
-    ({"kind": "no-such-kind"}, "enum"),
-    ({"resources": {"gpu": "eight"}}, "type"),
-])
+@pytest.mark.parametrize(
+    "bad, where",
+    [
+        ({"replicas": 0}, "minimum"),
+        ({"kind": "no-such-kind"}, "enum"),
+        ({"resources": {"gpu": "eight"}}, "type"),
+    ],
+)
 def test_crd_schema_rejects_what_the_models_reject(bad: dict, where: str) -> None:
     doc = copy.deepcopy(generate.EXAMPLE_PIPELINE)
     doc["spec"]["stages"][1].update(bad)
@@ -146,20 +156,54 @@ def test_example_pytorchjobs_validate_against_pytorchjob_crd_and_pod_schema() ->
         validate_pytorchjob(job)
 
 
-@pytest.mark.parametrize("given, expected", [
-    ({"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None},
-     {"type": "integer", "minimum": 1, "nullable": True}),
-    ({"type": "number", "exclusiveMinimum": 0, "default": 0.5, "title": "Lr"},
-     {"type": "number", "minimum": 0, "exclusiveMinimum": True, "description": "Default: 0.5."}),
-    ({"const": "pretrain", "type": "string"}, {"type": "string", "enum": ["pretrain"]}),
-    ({"type": "object", "additionalProperties": {"type": "string"}}, {"type": "object", "additionalProperties": {"type": "string"}}),
-    ({"type": "object", "additionalProperties": True}, {"type": "object", "x-kubernetes-preserve-unknown-fields": True}),
-    ({}, {"x-kubernetes-preserve-unknown-fields": True}),
-    ({"oneOf": [{"type": "object", "properties": {"kind": {"type": "string", "enum": ["a"]}, "x": {"type": "integer"}}, "required": ["kind", "x"]},
-                {"type": "object", "properties": {"kind": {"type": "string", "enum": ["b"]}, "x": {"type": "string"}}, "required": ["kind"]}]},
-     {"type": "object", "properties": {"kind": {"type": "string", "enum": ["a", "b"]}, "x": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}},
-      "required": ["kind"], "description": "Fields depend on the stage kind; the operator checks them and reports errors in status."}),
-])
+@pytest.mark.parametrize(
+    "given, expected",
+    [
+        (
+            {"anyOf": [{"type": "integer", "minimum": 1}, {"type": "null"}], "default": None},
+            {"type": "integer", "minimum": 1, "nullable": True},
+        ),
+        (
+            {"type": "number", "exclusiveMinimum": 0, "default": 0.5, "title": "Lr"},
+            {"type": "number", "minimum": 0, "exclusiveMinimum": True, "description": "Default: 0.5."},
+        ),
+        ({"const": "pretrain", "type": "string"}, {"type": "string", "enum": ["pretrain"]}),
+        (
+            {"type": "object", "additionalProperties": {"type": "string"}},
+            {"type": "object", "additionalProperties": {"type": "string"}},
+        ),
+        (
+            {"type": "object", "additionalProperties": True},
+            {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+        ),
+        ({}, {"x-kubernetes-preserve-unknown-fields": True}),
+        (
+            {
+                "oneOf": [
+                    {
+                        "type": "object",
+                        "properties": {"kind": {"type": "string", "enum": ["a"]}, "x": {"type": "integer"}},
+                        "required": ["kind", "x"],
+                    },
+                    {
+                        "type": "object",
+                        "properties": {"kind": {"type": "string", "enum": ["b"]}, "x": {"type": "string"}},
+                        "required": ["kind"],
+                    },
+                ]
+            },
+            {
+                "type": "object",
+                "properties": {
+                    "kind": {"type": "string", "enum": ["a", "b"]},
+                    "x": {"type": "object", "x-kubernetes-preserve-unknown-fields": True},
+                },
+                "required": ["kind"],
+                "description": "Fields depend on the stage kind; the operator checks them and reports errors in status.",
+            },
+        ),
+    ],
+)
 def test_structural_conversion_table(given: dict, expected: dict) -> None:
     assert structural(given) == expected
 
@@ -168,8 +212,11 @@ def test_pure_modules_import_no_cluster_client() -> None:
     """Nor does the ablation's job entry point: the trainer image has no kubernetes client."""
     import subprocess
     import sys
-    code = ("import sys, zhinao_k8s.plan, zhinao_k8s.status, zhinao_k8s.api.crd, zhinao_k8s.render.pytorchjob,"
-            " zhinao_k8s.ablation_control, zhinao_k8s.render.ablation, zhinao_k8s.ablation_job;"
-            "print(','.join(m for m in ('kopf', 'kubernetes') if m in sys.modules))")
+
+    code = (
+        "import sys, zhinao_k8s.plan, zhinao_k8s.status, zhinao_k8s.api.crd, zhinao_k8s.render.pytorchjob,"
+        " zhinao_k8s.ablation_control, zhinao_k8s.render.ablation, zhinao_k8s.ablation_job;"
+        "print(','.join(m for m in ('kopf', 'kubernetes') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""

@@ -59,8 +59,14 @@ def test_every_object_is_a_valid_kubernetes_object() -> None:
 
 def test_namespace_comes_first_and_holds_everything_namespaced() -> None:
     objs = bundle_objects()
-    assert [o["kind"] for o in objs] == ["Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding",
-                                         "Service", "Deployment"]
+    assert [o["kind"] for o in objs] == [
+        "Namespace",
+        "ServiceAccount",
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "Service",
+        "Deployment",
+    ]
     ns = objs[0]["metadata"]["name"]
     assert ns == "zhinao-system"
     assert objs[0]["metadata"]["labels"]["pod-security.kubernetes.io/enforce"] == "restricted"
@@ -82,8 +88,14 @@ def test_the_pieces_fit_together() -> None:
     (binding,) = kinds["ClusterRoleBinding"]
     (deploy,) = kinds["Deployment"]
     (svc,) = kinds["Service"]
-    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
-    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "zhinao-system"}]
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "zhinao-system"}
+    ]
     pod = deploy["spec"]["template"]
     assert pod["spec"]["serviceAccountName"] == sa["metadata"]["name"]
     assert svc["spec"]["selector"].items() <= pod["metadata"]["labels"].items()
@@ -95,7 +107,9 @@ def test_the_pieces_fit_together() -> None:
 
 def test_rbac_is_the_charts_least_privilege_set() -> None:
     (role,) = by_kind()["ClusterRole"]
-    granted = {(g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]}
+    granted = {
+        (g, r): set(rule["verbs"]) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"]
+    }
     assert granted == {
         ("zhinao.ai", "trainingpipelines"): {"get", "list", "watch", "create", "patch"},  # create: an Ablation's runs
         ("zhinao.ai", "trainingpipelines/status"): {"get", "patch"},

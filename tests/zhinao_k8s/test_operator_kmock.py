@@ -70,8 +70,15 @@ class Operator:
 
         def main() -> None:
             try:
-                run_operator(namespaces=[NS], metrics_port=self.metrics_port, health_port=self.health_port,
-                             bind="127.0.0.1", cluster=self.cluster, stop_flag=self.stop_flag, ready_flag=ready)
+                run_operator(
+                    namespaces=[NS],
+                    metrics_port=self.metrics_port,
+                    health_port=self.health_port,
+                    bind="127.0.0.1",
+                    cluster=self.cluster,
+                    stop_flag=self.stop_flag,
+                    ready_flag=ready,
+                )
             except BaseException as exc:  # pragma: no cover - reported by the test
                 self.errors.append(exc)
                 ready.set()
@@ -105,10 +112,12 @@ def operator(kube: KubeMock) -> Iterator[Operator]:
 def set_job_condition(cluster: Cluster, name: str, kind: str, message: str = "") -> None:
     conds = [{"type": "Created", "status": "True", "reason": "PyTorchJobCreated", "lastTransitionTime": T}]
     if kind != "Created":
-        conds.append({"type": kind, "status": "True", "reason": f"PyTorchJob{kind}", "message": message,
-                      "lastTransitionTime": T})
+        conds.append(
+            {"type": kind, "status": "True", "reason": f"PyTorchJob{kind}", "message": message, "lastTransitionTime": T}
+        )
     cluster.custom.patch_namespaced_custom_object_status(
-        JOB_GROUP, JOB_VERSION, NS, JOB_PLURAL, name, {"status": {"conditions": conds}})
+        JOB_GROUP, JOB_VERSION, NS, JOB_PLURAL, name, {"status": {"conditions": conds}}
+    )
 
 
 def job(cluster: Cluster, name: str) -> dict | None:
@@ -121,9 +130,14 @@ def status(cluster: Cluster, name: str = "demo") -> dict:
 
 def job_creates(kube: KubeMock) -> list[str]:
     """Every create request for a PyTorchJob that kmock served (including refused duplicates)."""
+
     def read(emulator):
-        return [r.data["metadata"]["name"] for r in emulator  # a kmock handler iterates its requests
-                if r.resource is not None and r.resource.plural == "pytorchjobs" and r.action == kmock.action.CREATE]
+        return [
+            r.data["metadata"]["name"]
+            for r in emulator  # a kmock handler iterates its requests
+            if r.resource is not None and r.resource.plural == "pytorchjobs" and r.action == kmock.action.CREATE
+        ]
+
     return kube.call(read)
 
 
@@ -140,7 +154,10 @@ def test_pipeline_runs_retries_survives_a_restart_and_fails(kube: KubeMock, oper
 
     set_job_condition(cluster, "demo-tok", "Succeeded")
     pt = wait_for("stage 2 job", lambda: job(cluster, "demo-pt"))
-    env = {e["name"]: e.get("value") for e in pt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in pt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert json.loads(env["ZHINAO_STAGE_SPEC"])["inputs"] == {"tokenizer": "s3://bucket/runs/demo/tok"}
     wait_for("progress 1/2", lambda: status(cluster).get("progress") == "1/2")
 
@@ -152,7 +169,10 @@ def test_pipeline_runs_retries_survives_a_restart_and_fails(kube: KubeMock, oper
 
     # Attempt 1 of stage 2 fails: the job is deleted and created again as attempt 2.
     set_job_condition(cluster, "demo-pt", "Failed", "exit code 1")
-    retried = wait_for("retry", lambda: (j := job(cluster, "demo-pt")) and j["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2" and j)
+    retried = wait_for(
+        "retry",
+        lambda: (j := job(cluster, "demo-pt")) and j["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2" and j,
+    )
     assert "status" not in retried
     wait_for("stage 2 attempt 2", lambda: status(cluster)["stages"][1].get("attempt") == 2)
 

@@ -24,22 +24,35 @@ T1 = "2026-01-01T00:01:00Z"
 
 
 def pipeline(max_retries: int = 1, suspend: bool = False) -> TrainingPipeline:
-    return TrainingPipeline.model_validate({
-        "metadata": {"name": "demo", "namespace": "team-a"},
-        "spec": {
-            "storage": {"uri": "s3://bucket/runs", "endpoint": "http://minio:9000"},
-            "retryPolicy": {"maxRetries": max_retries},
-            "suspend": suspend,
-            "stages": [
-                {"name": "tok", "kind": "tokenizer", "inputs": {"corpus": "s3://bucket/corpus"}},
-                {"name": "pt", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok"}},
-            ],
-        },
-    })
+    return TrainingPipeline.model_validate(
+        {
+            "metadata": {"name": "demo", "namespace": "team-a"},
+            "spec": {
+                "storage": {"uri": "s3://bucket/runs", "endpoint": "http://minio:9000"},
+                "retryPolicy": {"maxRetries": max_retries},
+                "suspend": suspend,
+                "stages": [
+                    {"name": "tok", "kind": "tokenizer", "inputs": {"corpus": "s3://bucket/corpus"}},
+                    {"name": "pt", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok"}},
+                ],
+            },
+        }
+    )
 
 
-def job(name: str, *true: str, attempt: int = 1, suspend: bool = False, deleting: bool = False, message: str | None = None) -> dict:
-    conds = [{"type": t, "status": "True", "lastTransitionTime": T1, "reason": f"PyTorchJob{t}", **({"message": message} if message else {})} for t in true]
+def job(
+    name: str, *true: str, attempt: int = 1, suspend: bool = False, deleting: bool = False, message: str | None = None
+) -> dict:
+    conds = [
+        {
+            "type": t,
+            "status": "True",
+            "lastTransitionTime": T1,
+            "reason": f"PyTorchJob{t}",
+            **({"message": message} if message else {}),
+        }
+        for t in true
+    ]
     meta = {"name": name, "annotations": {ANNOTATION_ATTEMPT: str(attempt)}, "labels": {"zhinao.ai/pipeline": "demo"}}
     if deleting:
         meta["deletionTimestamp"] = T1
@@ -64,35 +77,110 @@ class Case:
 
 CASES = [
     Case("fresh pipeline creates stage 1", {}, actions=[("CreateJob", "demo-tok")]),
-    Case("stage 1 running: nothing to do", {"demo-tok": job("demo-tok", "Created", "Running")}, stage_phases=("Running", "Pending")),
-    Case("stage 1 succeeded creates stage 2", {"demo-tok": job("demo-tok", "Succeeded")},
-         actions=[("CreateJob", "demo-pt")], stage_phases=("Succeeded", "Created")),
-    Case("reconciling again never duplicates", {"demo-tok": job("demo-tok", "Succeeded"), "demo-pt": job("demo-pt", "Created")},
-         stage_phases=("Succeeded", "Created")),
-    Case("failed with a retry left is deleted", {"demo-tok": job("demo-tok", "Failed")},
-         actions=[("DeleteJob", "demo-tok")], stage_phases=("Retrying", "Pending")),
-    Case("waits while the failed job is being deleted", {"demo-tok": job("demo-tok", "Failed", deleting=True)},
-         previous=prev(("tok", "Retrying", 1)), stage_phases=("Retrying", "Pending")),
-    Case("after the delete the next attempt is created", {}, previous=prev(("tok", "Retrying", 1)),
-         actions=[("CreateJob", "demo-tok")], stage_phases=("Created", "Pending")),
-    Case("retries spent: pipeline Failed, nothing created", {"demo-tok": job("demo-tok", "Failed", attempt=2)},
-         phase="Failed", stage_phases=("Failed", "Pending")),
-    Case("no retries allowed", {"demo-tok": job("demo-tok", "Failed")}, max_retries=0, phase="Failed", stage_phases=("Failed", "Pending")),
-    Case("failed and gone stays Failed", {}, previous=prev(("tok", "Failed", 2)), phase="Failed", stage_phases=("Failed", "Pending")),
-    Case("succeeded job removed later is not rerun", {}, previous=prev(("tok", "Succeeded", 1)),
-         actions=[("CreateJob", "demo-pt")], stage_phases=("Succeeded", "Created")),
-    Case("all succeeded", {"demo-tok": job("demo-tok", "Succeeded"), "demo-pt": job("demo-pt", "Succeeded")},
-         phase="Succeeded", stage_phases=("Succeeded", "Succeeded")),
-    Case("suspend a running job", {"demo-tok": job("demo-tok", "Running")}, suspend=True,
-         actions=[("SuspendJob", "demo-tok", True)], phase="Suspended", stage_phases=("Suspended", "Pending")),
-    Case("suspended job stays suspended", {"demo-tok": job("demo-tok", "Suspended", suspend=True)}, suspend=True,
-         phase="Suspended", stage_phases=("Suspended", "Pending")),
-    Case("suspended pipeline starts no stage", {"demo-tok": job("demo-tok", "Succeeded")}, suspend=True,
-         phase="Suspended", stage_phases=("Succeeded", "Pending")),
-    Case("resume unsuspends the job", {"demo-tok": job("demo-tok", "Suspended", suspend=True)},
-         actions=[("SuspendJob", "demo-tok", False)], stage_phases=("Suspended", "Pending")),
-    Case("a suspended retry keeps its count", {}, previous=prev(("tok", "Retrying", 1)), suspend=True,
-         phase="Suspended", stage_phases=("Retrying", "Pending")),
+    Case(
+        "stage 1 running: nothing to do",
+        {"demo-tok": job("demo-tok", "Created", "Running")},
+        stage_phases=("Running", "Pending"),
+    ),
+    Case(
+        "stage 1 succeeded creates stage 2",
+        {"demo-tok": job("demo-tok", "Succeeded")},
+        actions=[("CreateJob", "demo-pt")],
+        stage_phases=("Succeeded", "Created"),
+    ),
+    Case(
+        "reconciling again never duplicates",
+        {"demo-tok": job("demo-tok", "Succeeded"), "demo-pt": job("demo-pt", "Created")},
+        stage_phases=("Succeeded", "Created"),
+    ),
+    Case(
+        "failed with a retry left is deleted",
+        {"demo-tok": job("demo-tok", "Failed")},
+        actions=[("DeleteJob", "demo-tok")],
+        stage_phases=("Retrying", "Pending"),
+    ),
+    Case(
+        "waits while the failed job is being deleted",
+        {"demo-tok": job("demo-tok", "Failed", deleting=True)},
+        previous=prev(("tok", "Retrying", 1)),
+        stage_phases=("Retrying", "Pending"),
+    ),
+    Case(
+        "after the delete the next attempt is created",
+        {},
+        previous=prev(("tok", "Retrying", 1)),
+        actions=[("CreateJob", "demo-tok")],
+        stage_phases=("Created", "Pending"),
+    ),
+    Case(
+        "retries spent: pipeline Failed, nothing created",
+        {"demo-tok": job("demo-tok", "Failed", attempt=2)},
+        phase="Failed",
+        stage_phases=("Failed", "Pending"),
+    ),
+    Case(
+        "no retries allowed",
+        {"demo-tok": job("demo-tok", "Failed")},
+        max_retries=0,
+        phase="Failed",
+        stage_phases=("Failed", "Pending"),
+    ),
+    Case(
+        "failed and gone stays Failed",
+        {},
+        previous=prev(("tok", "Failed", 2)),
+        phase="Failed",
+        stage_phases=("Failed", "Pending"),
+    ),
+    Case(
+        "succeeded job removed later is not rerun",
+        {},
+        previous=prev(("tok", "Succeeded", 1)),
+        actions=[("CreateJob", "demo-pt")],
+        stage_phases=("Succeeded", "Created"),
+    ),
+    Case(
+        "all succeeded",
+        {"demo-tok": job("demo-tok", "Succeeded"), "demo-pt": job("demo-pt", "Succeeded")},
+        phase="Succeeded",
+        stage_phases=("Succeeded", "Succeeded"),
+    ),
+    Case(
+        "suspend a running job",
+        {"demo-tok": job("demo-tok", "Running")},
+        suspend=True,
+        actions=[("SuspendJob", "demo-tok", True)],
+        phase="Suspended",
+        stage_phases=("Suspended", "Pending"),
+    ),
+    Case(
+        "suspended job stays suspended",
+        {"demo-tok": job("demo-tok", "Suspended", suspend=True)},
+        suspend=True,
+        phase="Suspended",
+        stage_phases=("Suspended", "Pending"),
+    ),
+    Case(
+        "suspended pipeline starts no stage",
+        {"demo-tok": job("demo-tok", "Succeeded")},
+        suspend=True,
+        phase="Suspended",
+        stage_phases=("Succeeded", "Pending"),
+    ),
+    Case(
+        "resume unsuspends the job",
+        {"demo-tok": job("demo-tok", "Suspended", suspend=True)},
+        actions=[("SuspendJob", "demo-tok", False)],
+        stage_phases=("Suspended", "Pending"),
+    ),
+    Case(
+        "a suspended retry keeps its count",
+        {},
+        previous=prev(("tok", "Retrying", 1)),
+        suspend=True,
+        phase="Suspended",
+        stage_phases=("Retrying", "Pending"),
+    ),
 ]
 
 
@@ -122,14 +210,28 @@ def test_plan_is_idempotent_once_applied() -> None:
 
 def test_created_job_carries_owner_attempt_and_resolved_inputs() -> None:
     body = {"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "demo", "uid": "u-1"}}
-    out = plan(pipeline(), {"demo-tok": job("demo-tok", "Succeeded")}, PipelineStatus(), now=NOW, owner=owner_reference(body))
+    out = plan(
+        pipeline(), {"demo-tok": job("demo-tok", "Succeeded")}, PipelineStatus(), now=NOW, owner=owner_reference(body)
+    )
     (create,) = out.actions
     meta = create.body["metadata"]
     assert meta["name"] == "demo-pt" and meta["namespace"] == "team-a"
-    assert meta["ownerReferences"] == [{"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "name": "demo", "uid": "u-1", "controller": True, "blockOwnerDeletion": True}]
+    assert meta["ownerReferences"] == [
+        {
+            "apiVersion": "zhinao.ai/v1alpha1",
+            "kind": "TrainingPipeline",
+            "name": "demo",
+            "uid": "u-1",
+            "controller": True,
+            "blockOwnerDeletion": True,
+        }
+    ]
     assert meta["annotations"][ANNOTATION_ATTEMPT] == "1"
     assert json.loads(meta["annotations"][ANNOTATION_INPUTS]) == {"tokenizer": "s3://bucket/runs/demo/tok"}
-    env = {e["name"]: e.get("value") for e in create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    env = {
+        e["name"]: e.get("value")
+        for e in create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
+    }
     assert json.loads(env["ZHINAO_STAGE_SPEC"])["inputs"] == {"tokenizer": "s3://bucket/runs/demo/tok"}
     assert out.status.stage("tok").output_uri == "s3://bucket/runs/demo/tok"
 
@@ -161,6 +263,8 @@ def test_plan_cleanup_deletes_only_own_children() -> None:
 
 
 def test_pipeline_from_body_drops_server_metadata() -> None:
-    body = {"metadata": {"name": "demo", "namespace": "ns", "uid": "u", "resourceVersion": "5", "generation": 2},
-            "spec": pipeline().spec.to_wire()}
+    body = {
+        "metadata": {"name": "demo", "namespace": "ns", "uid": "u", "resourceVersion": "5", "generation": 2},
+        "spec": pipeline().spec.to_wire(),
+    }
     assert pipeline_from_body(body).metadata.namespace == "ns"

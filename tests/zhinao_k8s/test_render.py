@@ -4,8 +4,8 @@ import json
 
 import pytest
 import yaml
-
 from schemas import validate_pytorchjob
+
 from zhinao.config.runtime import StageRuntime
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.render.pytorchjob import render_pipeline, render_pytorchjob

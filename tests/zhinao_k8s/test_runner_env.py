@@ -22,24 +22,36 @@ def test_operator_env_per_replica(index, name, rank):
     env = operator_env(JOB, replica, master_addr="127.0.0.1", master_port=29500)
     assert replica.name == name
     assert env == {
-        "PYTHONUNBUFFERED": "1", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
-        "WORLD_SIZE": "6", "RANK": rank, "PET_NNODES": "3", "PET_NODE_RANK": rank, "PET_NPROC_PER_NODE": "2",
+        "PYTHONUNBUFFERED": "1",
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": "29500",
+        "WORLD_SIZE": "6",
+        "RANK": rank,
+        "PET_NNODES": "3",
+        "PET_NODE_RANK": rank,
+        "PET_NPROC_PER_NODE": "2",
     }
 
 
 def test_kubernetes_variable_expansion_in_args():
     container = {"command": ["torchrun"], "args": ["--master-addr=$(MASTER_ADDR)", "$(UNDEFINED)", "$$(MASTER_ADDR)"]}
     assert command_line(container, {"MASTER_ADDR": "10.0.0.1"}) == [
-        "torchrun", "--master-addr=10.0.0.1", "$(UNDEFINED)", "$(MASTER_ADDR)"]
+        "torchrun",
+        "--master-addr=10.0.0.1",
+        "$(UNDEFINED)",
+        "$(MASTER_ADDR)",
+    ]
 
 
 def test_secret_refs_resolve_from_secret_manifests_then_environment():
-    container = {"env": [
-        {"name": "A", "value": "x"},
-        {"name": "B", "value": "$(A)-y"},
-        {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "id"}}},
-        {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}},
-    ]}
+    container = {
+        "env": [
+            {"name": "A", "value": "x"},
+            {"name": "B", "value": "$(A)-y"},
+            {"name": "AWS_ACCESS_KEY_ID", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "id"}}},
+            {"name": "AWS_SECRET_ACCESS_KEY", "valueFrom": {"secretKeyRef": {"name": "s3", "key": "secret"}}},
+        ]
+    }
     env = container_env(container, {"s3": {"id": "ID", "secret": "SECRET"}}, {})
     assert env == {"A": "x", "B": "x-y", "AWS_ACCESS_KEY_ID": "ID", "AWS_SECRET_ACCESS_KEY": "SECRET"}
     from_env = container_env(container, {}, {"AWS_ACCESS_KEY_ID": "E1", "AWS_SECRET_ACCESS_KEY": "E2"})

@@ -27,7 +27,11 @@ def cond(type_: str, status: str = "True", at: str = T1, reason: str | None = No
 
 
 def job(*conditions: dict, suspend: bool = False) -> dict:
-    body = {"metadata": {"name": "p-s", "creationTimestamp": T0}, "spec": {"runPolicy": {}}, "status": {"conditions": list(conditions)}}
+    body = {
+        "metadata": {"name": "p-s", "creationTimestamp": T0},
+        "spec": {"runPolicy": {}},
+        "status": {"conditions": list(conditions)},
+    }
     if suspend:
         body["spec"]["runPolicy"]["suspend"] = True
     return body
@@ -45,7 +49,11 @@ PHASES = [
     PhaseCase("no conditions yet", job(), "Created"),
     PhaseCase("created", job(cond("Created")), "Created"),
     PhaseCase("running", job(cond("Created"), cond("Running")), "Running"),
-    PhaseCase("restarting (running flipped off)", job(cond("Created"), cond("Running", "False"), cond("Restarting")), "Restarting"),
+    PhaseCase(
+        "restarting (running flipped off)",
+        job(cond("Created"), cond("Running", "False"), cond("Restarting")),
+        "Restarting",
+    ),
     PhaseCase("succeeded beats a stale Running=True", job(cond("Running"), cond("Succeeded")), "Succeeded"),
     PhaseCase("failed", job(cond("Running", "False"), cond("Failed")), "Failed"),
     PhaseCase("failed beats succeeded", job(cond("Succeeded"), cond("Failed")), "Failed"),
@@ -62,12 +70,26 @@ def test_job_phase(case: PhaseCase) -> None:
 
 
 def test_stage_from_job_mirrors_conditions_with_reasons_and_times() -> None:
-    observed = job(cond("Created", at=T0), cond("Running", "False", at=T2), cond("Failed", at=T2, reason="PyTorchJobFailed", message="exit 1"))
-    st = stage_from_job(StageStatus(name="s", phase="Running", attempt=1, last_transition_time=T1), observed, attempt=1, output_uri="s3://b/p/s", now=NOW)
+    observed = job(
+        cond("Created", at=T0),
+        cond("Running", "False", at=T2),
+        cond("Failed", at=T2, reason="PyTorchJobFailed", message="exit 1"),
+    )
+    st = stage_from_job(
+        StageStatus(name="s", phase="Running", attempt=1, last_transition_time=T1),
+        observed,
+        attempt=1,
+        output_uri="s3://b/p/s",
+        now=NOW,
+    )
     assert (st.phase, st.reason, st.message) == ("Failed", "PyTorchJobFailed", "exit 1")
     assert st.start_time == T0 and st.completion_time == T2
     assert st.last_transition_time == NOW  # Running -> Failed is a transition
-    assert [(c.type, c.status, c.last_transition_time) for c in st.conditions] == [("Created", "True", T0), ("Running", "False", T2), ("Failed", "True", T2)]
+    assert [(c.type, c.status, c.last_transition_time) for c in st.conditions] == [
+        ("Created", "True", T0),
+        ("Running", "False", T2),
+        ("Failed", "True", T2),
+    ]
     assert st.job_name == "p-s" and st.output_uri == "s3://b/p/s"
 
 
@@ -130,5 +152,9 @@ def test_read_status_round_trip_and_tolerance() -> None:
 
 
 def test_printer_fields() -> None:
-    assert printer_fields({"phase": "Running", "currentStage": "sft", "progress": "1/3"}) == {"phase": "Running", "stage": "sft", "progress": "1/3"}
+    assert printer_fields({"phase": "Running", "currentStage": "sft", "progress": "1/3"}) == {
+        "phase": "Running",
+        "stage": "sft",
+        "progress": "1/3",
+    }
     assert printer_fields(None) == {"phase": "Pending", "stage": "", "progress": ""}

@@ -71,15 +71,22 @@ def parse_item(obj, where: str = "") -> Item:
         if not isinstance(obj, dict):
             raise ValueError(f"an item is a JSON object, not {type(obj).__name__}")
         kind = obj.get("type")
-        for key in ("task", "question") + (("choices", "answer") if kind == "mc" else ("answers",) if kind == "gen" else ()):
+        for key in ("task", "question") + (
+            ("choices", "answer") if kind == "mc" else ("answers",) if kind == "gen" else ()
+        ):
             if key not in obj:
                 raise ValueError(f"missing field {key!r}")
         if kind == "mc":
             answer = obj["answer"]
             if isinstance(answer, bool) or not isinstance(answer, int):
                 raise ValueError("answer must be the 0-based index (an integer) of the right choice")
-            item = Item(_text(obj["task"], "task"), "mc", _text(obj["question"], "question"),
-                        _texts(obj["choices"], "choices"), answer)
+            item = Item(
+                _text(obj["task"], "task"),
+                "mc",
+                _text(obj["question"], "question"),
+                _texts(obj["choices"], "choices"),
+                answer,
+            )
             if not 2 <= len(item.choices) <= len(LETTERS) or not 0 <= item.answer < len(item.choices):
                 raise ValueError(f"needs 2-{len(LETTERS)} choices and 0 <= answer < len(choices)")
             return item
@@ -96,13 +103,17 @@ def parse_item(obj, where: str = "") -> Item:
 def load_tasks(uri: str) -> list[Item]:
     """Items of every *.jsonl under a URI prefix, or of the one file a file:// URI names. A bad line
     raises a ValueError naming its file and line number."""
-    if uri.startswith("file://") and Path(uri[len("file://"):]).is_file():
-        path = Path(uri[len("file://"):])
+    if uri.startswith("file://") and Path(uri[len("file://") :]).is_file():
+        path = Path(uri[len("file://") :])
         lines = [(str(path), i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
     else:
         store = open_store(uri)
-        lines = [(f"{uri}/{k}", i, ln) for k in store.list() if k.endswith(".jsonl")
-                 for i, ln in enumerate(store.get_bytes(k).decode("utf-8").splitlines(), 1)]
+        lines = [
+            (f"{uri}/{k}", i, ln)
+            for k in store.list()
+            if k.endswith(".jsonl")
+            for i, ln in enumerate(store.get_bytes(k).decode("utf-8").splitlines(), 1)
+        ]
     items = []
     for src, i, ln in lines:
         if not ln.strip():
@@ -118,6 +129,7 @@ def load_tasks(uri: str) -> list[Item]:
 
 
 # ---- model access ------------------------------------------------------------------------------
+
 
 def eval_device() -> torch.device:
     """A GPU when the evaluate pod has one (a 1.8b proxy scores far faster there), else the CPU."""
@@ -150,7 +162,7 @@ def valid_loss(model, tokens: np.ndarray, *, batch: int = 16) -> float:
     """Mean next-token cross-entropy (nats per token) over (n, seqLen) sequences."""
     total, count = 0.0, 0
     for i in range(0, len(tokens), batch):
-        ids = torch.from_numpy(tokens[i:i + batch].astype(np.int64)).to(model.device)
+        ids = torch.from_numpy(tokens[i : i + batch].astype(np.int64)).to(model.device)
         logits = model(input_ids=ids).logits[:, :-1].float()
         loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum")
         total += float(loss)
@@ -171,6 +183,7 @@ def valid_curve(run: ObjectStore, model, tokens: np.ndarray, workdir: Path) -> l
 
 # ---- likelihood and generation -----------------------------------------------------------------
 
+
 @torch.no_grad()
 def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], *, batch: int = 32) -> list[tuple[float, int]]:
     """(sum of log p(continuation | context), continuation tokens) for each (context, continuation)."""
@@ -185,14 +198,14 @@ def loglikelihoods(model, tokenizer, pairs: list[tuple[str, str]], *, batch: int
         encoded.append((c, x))
     out = []
     for i in range(0, len(encoded), batch):
-        chunk = encoded[i:i + batch]
+        chunk = encoded[i : i + batch]
         seqs = [c + x for c, x in chunk]
         width = max(len(s) for s in seqs)
         ids = torch.full((len(seqs), width), pad, dtype=torch.long)
         mask = torch.zeros((len(seqs), width), dtype=torch.long)
         for j, s in enumerate(seqs):
-            ids[j, :len(s)] = torch.tensor(s)
-            mask[j, :len(s)] = 1
+            ids[j, : len(s)] = torch.tensor(s)
+            mask[j, : len(s)] = 1
         logits = model(input_ids=ids.to(model.device), attention_mask=mask.to(model.device)).logits
         logp = torch.log_softmax(logits.float(), dim=-1)
         for j, (c, x) in enumerate(chunk):
@@ -208,7 +221,7 @@ def greedy(model, tokenizer, prompts: list[str], *, max_new_tokens: int, batch: 
     stop = {tokenizer.convert_tokens_to_ids(t) for t in ("<eod>",)}
     results = []
     for i in range(0, len(prompts), batch):
-        enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[i:i + batch]]
+        enc = [tokenizer(p, add_special_tokens=False)["input_ids"] for p in prompts[i : i + batch]]
         width = max(len(e) for e in enc)
         ids = torch.tensor([[pad] * (width - len(e)) + e for e in enc], device=model.device)
         mask = torch.tensor([[0] * (width - len(e)) + [1] * len(e) for e in enc], device=model.device)
@@ -268,6 +281,7 @@ def best_choice(scores: list[tuple[float, int]], *, per_token: bool = False) -> 
 
 # ---- the harness -------------------------------------------------------------------------------
 
+
 def _options(item: Item) -> str:
     return "\n".join(f"{LETTERS[k]}. {c}" for k, c in enumerate(item.choices))
 
@@ -282,8 +296,11 @@ def evaluate_tasks(model, tokenizer, items: list[Item], *, max_new_tokens: int =
         kinds = {it.type for it in its}
         if len(kinds) > 1:
             raise ValueError(f"task {task!r} mixes mc and gen items")
-        per_template = _evaluate_mc(model, tokenizer, its, max_new_tokens) if kinds == {"mc"} else \
-            _evaluate_gen(model, tokenizer, its, max_new_tokens)
+        per_template = (
+            _evaluate_mc(model, tokenizer, its, max_new_tokens)
+            if kinds == {"mc"}
+            else _evaluate_gen(model, tokenizer, its, max_new_tokens)
+        )
         rules = sorted({r for t in per_template.values() for r in t})
         scores = {r: float(np.mean([t[r] for t in per_template.values() if r in t])) for r in rules}
         results[task] = {"type": kinds.pop(), "items": len(its), "scores": scores, "templates": per_template}
@@ -300,7 +317,7 @@ def _evaluate_mc(model, tokenizer, items: list[Item], max_new_tokens: int) -> di
         scores, k = {}, 0
         content, norm = [], []
         for it in items:
-            part = ll[k:k + len(it.choices)]
+            part = ll[k : k + len(it.choices)]
             k += len(it.choices)
             content.append(best_choice(part))
             norm.append(best_choice(part, per_token=True))
@@ -311,7 +328,7 @@ def _evaluate_mc(model, tokenizer, items: list[Item], max_new_tokens: int) -> di
             ll = loglikelihoods(model, tokenizer, pairs)
             letters, k = [], 0
             for it in items:
-                letters.append(best_choice(ll[k:k + len(it.choices)]))
+                letters.append(best_choice(ll[k : k + len(it.choices)]))
                 k += len(it.choices)
             scores["letter"] = float(np.mean(np.array(letters) == answers))
             gens = greedy(model, tokenizer, prompts, max_new_tokens=max_new_tokens)
@@ -323,14 +340,17 @@ def _evaluate_mc(model, tokenizer, items: list[Item], max_new_tokens: int) -> di
 def _evaluate_gen(model, tokenizer, items: list[Item], max_new_tokens: int) -> dict:
     out = {}
     for name, template in GEN_TEMPLATES.items():
-        gens = greedy(model, tokenizer, [template.format(question=it.question) for it in items], max_new_tokens=max_new_tokens)
+        gens = greedy(
+            model, tokenizer, [template.format(question=it.question) for it in items], max_new_tokens=max_new_tokens
+        )
         marks = [gen_scores(g, it.answers) for g, it in zip(gens, items)]
         out[name] = {"exact": float(np.mean([m[0] for m in marks])), "contains": float(np.mean([m[1] for m in marks]))}
     return out
 
 
-def evaluate_run(run_uri: str, *, valid_tokens: np.ndarray | None, items: list[Item], workdir: Path,
-                 max_new_tokens: int = 8) -> dict:
+def evaluate_run(
+    run_uri: str, *, valid_tokens: np.ndarray | None, items: list[Item], workdir: Path, max_new_tokens: int = 8
+) -> dict:
     """Every evaluation of one run: {"valid_curve", "valid_loss", "train_loss", "benchmarks"}."""
     torch.manual_seed(0)
     run = open_store(run_uri)
@@ -339,11 +359,13 @@ def evaluate_run(run_uri: str, *, valid_tokens: np.ndarray | None, items: list[I
     result: dict = {}
     if valid_tokens is not None:
         result["valid_curve"] = valid_curve(run, model, valid_tokens, workdir)
-        result["valid_loss"] = result["valid_curve"][-1]["valid_loss"] if result["valid_curve"] else valid_loss(model, valid_tokens)
+        result["valid_loss"] = (
+            result["valid_curve"][-1]["valid_loss"] if result["valid_curve"] else valid_loss(model, valid_tokens)
+        )
     records = [json.loads(ln) for ln in run.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if ln.strip()]
     steps = [r for r in records if r.get("event", "step") == "step"]
     result["train_curve"] = [{"step": r["step"], "loss": r["loss"]} for r in steps]
-    tail = steps[-max(1, len(steps) // 10):]
+    tail = steps[-max(1, len(steps) // 10) :]
     result["train_loss"] = float(np.mean([r["loss"] for r in tail]))
     if items:
         result["benchmarks"] = evaluate_tasks(model, tokenizer, items, max_new_tokens=max_new_tokens)

@@ -28,7 +28,7 @@ def curves_png(curves: dict[str, list[list[dict]]], *, key: str, title: str, yla
         if not steps:
             continue
         ys = np.array([[next(p[key] for p in r if p["step"] == s) for s in steps] for r in runs])
-        line, = ax.plot(steps, ys.mean(0), label=f"{recipe} (n={len(runs)})")
+        (line,) = ax.plot(steps, ys.mean(0), label=f"{recipe} (n={len(runs)})")
         ax.fill_between(steps, ys.min(0), ys.max(0), color=line.get_color(), alpha=0.2)
     ax.set_xlabel("step")
     ax.set_ylabel(ylabel)
@@ -43,7 +43,9 @@ def bars_png(metric: str, summaries: dict[str, dict]) -> bytes:
     fig, ax = plt.subplots(figsize=(1.2 + 1.1 * len(summaries), 3.6))
     names = list(summaries)
     means = [summaries[n]["mean"] for n in names]
-    err = np.array([[summaries[n]["mean"] - summaries[n]["ci_low"], summaries[n]["ci_high"] - summaries[n]["mean"]] for n in names]).T
+    err = np.array(
+        [[summaries[n]["mean"] - summaries[n]["ci_low"], summaries[n]["ci_high"] - summaries[n]["mean"]] for n in names]
+    ).T
     ax.bar(range(len(names)), means, yerr=err, capsize=4, color="#8fb3d9")
     for i, n in enumerate(names):
         vals = summaries[n].get("values", [])

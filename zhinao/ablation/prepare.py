@@ -35,12 +35,14 @@ from zhinao.corpus import corpus_keys
 from zhinao.data.packing import pack_source
 from zhinao.distributed import DistEnv
 from zhinao.storage import ObjectStore, open_store
-from zhinao.tokenizer import EOD, load as load_tokenizer, to_transformers, train_bpe
+from zhinao.tokenizer import EOD, to_transformers, train_bpe
+from zhinao.tokenizer import load as load_tokenizer
 
 log = logging.getLogger(__name__)
 
 
 # ---- documents ---------------------------------------------------------------------------------
+
 
 def read_records(store: ObjectStore) -> list[dict]:
     """Every JSON object with a non-empty `text` under the prefix (docs/ of a data-stage output first)."""
@@ -66,6 +68,7 @@ def write_records(store: ObjectStore, key: str, records: list[dict]) -> None:
 
 
 # ---- held-out topic split ----------------------------------------------------------------------
+
 
 def topic_of(record: dict, field: str = "url") -> str:
     """The topic key: for a URL, host + path without its last segment; else the field's value;
@@ -96,7 +99,10 @@ def split_by_topic(records: list[dict], *, share: float, field: str, seed: int) 
 
 # ---- mixing ------------------------------------------------------------------------------------
 
-def take_tokens(records: list[dict], lengths: list[int], budget: int, rng: random.Random) -> tuple[list[dict], int, int]:
+
+def take_tokens(
+    records: list[dict], lengths: list[int], budget: int, rng: random.Random
+) -> tuple[list[dict], int, int]:
     """Documents in a seeded random order until `budget` tokens; cycles (repeats) when there are too
     few. Returns (documents, tokens, passes over the data)."""
     if not records or budget <= 0:
@@ -114,22 +120,38 @@ def take_tokens(records: list[dict], lengths: list[int], budget: int, rng: rando
     return out, tokens, passes
 
 
-def mix(experimental: list[dict], exp_lengths: list[int], base: list[dict], base_lengths: list[int], *,
-        share: float, tokens: int, seed: int) -> tuple[list[dict], dict]:
+def mix(
+    experimental: list[dict],
+    exp_lengths: list[int],
+    base: list[dict],
+    base_lengths: list[int],
+    *,
+    share: float,
+    tokens: int,
+    seed: int,
+) -> tuple[list[dict], dict]:
     """`share` of `tokens` from the experimental documents, the rest from the base documents."""
     rng = random.Random(seed)
     exp_docs, exp_tokens, exp_passes = take_tokens(experimental, exp_lengths, round(share * tokens), rng)
     base_docs, base_tokens, base_passes = take_tokens(base, base_lengths, tokens - round(share * tokens), rng)
-    docs = [dict(r, ablation_part="experimental") for r in exp_docs] + [dict(r, ablation_part="base") for r in base_docs]
+    docs = [dict(r, ablation_part="experimental") for r in exp_docs] + [
+        dict(r, ablation_part="base") for r in base_docs
+    ]
     rng.shuffle(docs)
-    info = {"experimental_tokens": exp_tokens, "base_tokens": base_tokens,
-            "experimental_share": exp_tokens / max(1, exp_tokens + base_tokens),
-            "experimental_passes": exp_passes, "base_passes": base_passes,
-            "experimental_docs_available": len(experimental), "base_docs_available": len(base)}
+    info = {
+        "experimental_tokens": exp_tokens,
+        "base_tokens": base_tokens,
+        "experimental_share": exp_tokens / max(1, exp_tokens + base_tokens),
+        "experimental_passes": exp_passes,
+        "base_passes": base_passes,
+        "experimental_docs_available": len(experimental),
+        "base_docs_available": len(base),
+    }
     return docs, info
 
 
 # ---- the whole preparation ---------------------------------------------------------------------
+
 
 def run_data_pipeline(params: DataParams, corpus_uri: str, out: ObjectStore) -> None:
     from zhinao.data.pipeline import run_pipeline
@@ -189,9 +211,13 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
         base_records = read_records(prep.child("base"))
     else:
         base_records = read_records(open_store(params.base.corpus))
-    base_train, base_valid = split_by_topic(base_records, share=vl.held_out_share, field=vl.topic_field, seed=params.seed)
+    base_train, base_valid = split_by_topic(
+        base_records, share=vl.held_out_share, field=vl.topic_field, seed=params.seed
+    )
     if not base_valid:
-        raise ValueError(f"no base document falls in the held-out topics (share {vl.held_out_share}); raise heldOutShare")
+        raise ValueError(
+            f"no base document falls in the held-out topics (share {vl.held_out_share}); raise heldOutShare"
+        )
     held_topics = sorted({topic_of(r, vl.topic_field) for r in base_valid})
     write_records(prep, "valid/docs.jsonl", base_valid)
 
@@ -200,7 +226,9 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
         train_tokenizer(params, base_train, prep.child("tokenizer"))
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = fetch_prep_tokenizer(prep, Path(tmp) / "tok")
-    valid = pack_valid(tokenizer, base_valid, seq_len=params.proxy.seq_len, max_sequences=vl.max_sequences, seed=params.seed)
+    valid = pack_valid(
+        tokenizer, base_valid, seq_len=params.proxy.seq_len, max_sequences=vl.max_sequences, seed=params.seed
+    )
     if len(valid) == 0:
         raise ValueError("the held-out topics hold fewer tokens than one sequence; raise heldOutShare")
     buf = io.BytesIO()
@@ -208,17 +236,28 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     prep.put_bytes("valid/tokens.npy", buf.getvalue())
     base_lengths = token_lengths(tokenizer, base_train)
 
-    summary: dict = {"base_docs": len(base_records), "base_train_docs": len(base_train), "valid_docs": len(base_valid),
-                     "valid_topics": len(held_topics), "valid_sequences": int(len(valid)), "recipes": {}}
+    summary: dict = {
+        "base_docs": len(base_records),
+        "base_train_docs": len(base_train),
+        "valid_docs": len(base_valid),
+        "valid_topics": len(held_topics),
+        "valid_sequences": int(len(valid)),
+        "recipes": {},
+    }
     for recipe in params.recipes:
         notify("prep", {"step": f"recipe {recipe.name}"})
         summary["recipes"][recipe.name] = prepare_recipe(params, recipe, prep, tokenizer, base_train, base_lengths)
-    prep.put_bytes("valid/split.json", json.dumps({"topic_field": vl.topic_field, "held_out_topics": held_topics}, indent=1).encode())
+    prep.put_bytes(
+        "valid/split.json",
+        json.dumps({"topic_field": vl.topic_field, "held_out_topics": held_topics}, indent=1).encode(),
+    )
     prep.put_bytes("done.json", json.dumps(summary, indent=2).encode())
     return summary
 
 
-def prepare_recipe(params: AblationParams, recipe: Recipe, prep: ObjectStore, tokenizer, base_train, base_lengths) -> dict:
+def prepare_recipe(
+    params: AblationParams, recipe: Recipe, prep: ObjectStore, tokenizer, base_train, base_lengths
+) -> dict:
     vl = params.evaluations.valid_loss
     rdir = prep.child(f"recipes/{recipe.name}")
     if recipe.dataset is not None:
@@ -229,8 +268,15 @@ def prepare_recipe(params: AblationParams, recipe: Recipe, prep: ObjectStore, to
     train, dropped = split_by_topic(records, share=vl.held_out_share, field=vl.topic_field, seed=params.seed)
     if not train:
         raise ValueError(f"recipe {recipe.name!r} has no document outside the held-out topics")
-    docs, info = mix(train, token_lengths(tokenizer, train), base_train, base_lengths,
-                     share=params.experimental_share, tokens=params.proxy.tokens, seed=params.seed)
+    docs, info = mix(
+        train,
+        token_lengths(tokenizer, train),
+        base_train,
+        base_lengths,
+        share=params.experimental_share,
+        tokens=params.proxy.tokens,
+        seed=params.seed,
+    )
     info["experimental_docs_in_held_out_topics"] = len(dropped)
     write_records(rdir, "train/docs/part-00000.jsonl", docs)
     rdir.put_bytes("train/mix.json", json.dumps(info, indent=2).encode())

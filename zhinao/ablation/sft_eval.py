@@ -31,8 +31,10 @@ BUILTIN_SFT_EXAMPLES = 2000
 
 def write_builtin(sft: SftEval, prep_uri: str, *, seed: int) -> None:
     """The built-in SFT data and prompts, for what the spec leaves unset (idempotent)."""
-    builtin = ((sft.data, sft.data_uri(prep_uri), lambda: sft_conversations(BUILTIN_SFT_EXAMPLES, seed=seed)),
-               (sft.prompts, sft.prompts_uri(prep_uri), lambda: rl_prompts(all_pairs())))
+    builtin = (
+        (sft.data, sft.data_uri(prep_uri), lambda: sft_conversations(BUILTIN_SFT_EXAMPLES, seed=seed)),
+        (sft.prompts, sft.prompts_uri(prep_uri), lambda: rl_prompts(all_pairs())),
+    )
     for given, uri, records in builtin:
         if given is None and not open_store(uri).exists("part-00000.jsonl"):
             write_jsonl(uri, "part-00000.jsonl", records())
@@ -40,9 +42,15 @@ def write_builtin(sft: SftEval, prep_uri: str, *, seed: int) -> None:
 
 def scoring_params(sft: SftEval, *, with_rm: bool) -> RLHFParams:
     """The RLHF evaluation's knobs, set from the SFT evaluation's fields."""
-    return RLHFParams(max_new_tokens=sft.max_new_tokens, rules=sft.rules, rm_weight=1.0 if with_rm else 0.0,
-                      eval_samples=sft.samples, eval_prompts=sft.max_prompts, system_prompt=sft.params.system_prompt,
-                      seed=sft.params.seed)
+    return RLHFParams(
+        max_new_tokens=sft.max_new_tokens,
+        rules=sft.rules,
+        rm_weight=1.0 if with_rm else 0.0,
+        eval_samples=sft.samples,
+        eval_prompts=sft.max_prompts,
+        system_prompt=sft.params.system_prompt,
+        seed=sft.params.seed,
+    )
 
 
 @torch.no_grad()
@@ -59,22 +67,34 @@ def evaluate_sft(sft_uri: str, sft: SftEval, prep_uri: str, workdir: Path) -> di
         rm_enc = ChatEncoder(load_tokenizer(rm_tok))
         rm = load_reward_model(rm_dir, "sdpa", rm_enc.tokenizer.pad_token_id).to(device).eval()
     params = scoring_params(sft, with_rm=rm is not None)
-    prompts = load_prompts(sft.prompts_uri(prep_uri), ChatEncoder(tokenizer), params)[:sft.max_prompts]
+    prompts = load_prompts(sft.prompts_uri(prep_uri), ChatEncoder(tokenizer), params)[: sft.max_prompts]
     if not prompts:
-        raise ValueError(f"no SFT evaluation prompt under {sft.prompts_uri(prep_uri)} fits {params.max_prompt_len} tokens")
+        raise ValueError(
+            f"no SFT evaluation prompt under {sft.prompts_uri(prep_uri)} fits {params.max_prompt_len} tokens"
+        )
     policy = load_causal_lm(model_dir, "sdpa").to(device).eval()
     # The reward model reads the answer as text, re-encoded with its own tokenizer and chat format.
-    scores = evaluate(policy, prompts, Scorer(params, rm_enc or ChatEncoder(tokenizer), rm, device), params, tokenizer, device)
+    scores = evaluate(
+        policy, prompts, Scorer(params, rm_enc or ChatEncoder(tokenizer), rm, device), params, tokenizer, device
+    )
     summary = json.loads(open_store(sft_uri).get_bytes("summary.json"))
     parts = (["rm"] if rm is not None else []) + (["rule"] if any(sft.rules.values()) else [])
-    return {"loss_last": summary["loss_last"], "eval_loss_after": summary.get("eval_loss_after"),
-            "prompts": len(prompts), "parts": parts, **scores}
+    return {
+        "loss_last": summary["loss_last"],
+        "eval_loss_after": summary.get("eval_loss_after"),
+        "prompts": len(prompts),
+        "parts": parts,
+        **scores,
+    }
 
 
 def sft_metrics(result: dict) -> dict[str, float]:
     """sft/loss (last SFT step), sft/score (greedy), sft/score_sampled; sft/rm and sft/rule when both score."""
-    metrics = {"sft/loss": result["loss_last"], "sft/score": result["greedy"]["score"],
-               "sft/score_sampled": result["sampled"]["score"]}
+    metrics = {
+        "sft/loss": result["loss_last"],
+        "sft/score": result["greedy"]["score"],
+        "sft/score_sampled": result["sampled"]["score"],
+    }
     if len(result["parts"]) > 1:
         metrics |= {f"sft/{part}": result["greedy"][part] for part in result["parts"]}
     return metrics

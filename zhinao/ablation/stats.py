@@ -55,7 +55,9 @@ def std(values) -> float:
     return float(np.std(a, ddof=1)) if len(a) > 1 else 0.0
 
 
-def bootstrap_ci(values, *, level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    values, *, level: float = CI_LEVEL, samples: int = BOOTSTRAP_SAMPLES, seed: int = 0
+) -> tuple[float, float]:
     """Percentile bootstrap interval of the mean."""
     a = _arr(values)
     rng = np.random.default_rng(seed)
@@ -146,11 +148,21 @@ def holm(pvalues: list[float]) -> list[float]:
 def pairwise(by_recipe: dict[str, list[float]], *, alpha: float = ALPHA) -> list[Pair]:
     """Every pair of recipes (in recipe order), Holm-adjusted within this family."""
     names = list(by_recipe)
-    tests = [(a, b, *welch(by_recipe[a], by_recipe[b])) for i, a in enumerate(names) for b in names[i + 1:]]
+    tests = [(a, b, *welch(by_recipe[a], by_recipe[b])) for i, a in enumerate(names) for b in names[i + 1 :]]
     adjusted = holm([p for *_, p in tests])
-    return [Pair(a, b, mean(by_recipe[a]) - mean(by_recipe[b]), effect_size(by_recipe[a], by_recipe[b]), t, p, ph,
-                 bool(ph < alpha) if not math.isnan(ph) else False)
-            for (a, b, t, p), ph in zip(tests, adjusted)]
+    return [
+        Pair(
+            a,
+            b,
+            mean(by_recipe[a]) - mean(by_recipe[b]),
+            effect_size(by_recipe[a], by_recipe[b]),
+            t,
+            p,
+            ph,
+            bool(ph < alpha) if not math.isnan(ph) else False,
+        )
+        for (a, b, t, p), ph in zip(tests, adjusted)
+    ]
 
 
 def compare(name_a: str, a, name_b: str, b, *, alpha: float = ALPHA) -> Pair:
@@ -171,8 +183,14 @@ class MetricQuality:
     flags: list[str]
 
 
-def metric_quality(metric: str, by_recipe: dict[str, list[float]], pairs: list[Pair] | None = None, *,
-                   alpha: float = ALPHA, max_cv: float = MAX_CV) -> MetricQuality:
+def metric_quality(
+    metric: str,
+    by_recipe: dict[str, list[float]],
+    pairs: list[Pair] | None = None,
+    *,
+    alpha: float = ALPHA,
+    max_cv: float = MAX_CV,
+) -> MetricQuality:
     """Stability and sensitivity of one metric across recipes; flags `unstable`, `insensitive`, `constant`."""
     pairs = pairwise(by_recipe, alpha=alpha) if pairs is None else pairs
     groups = {k: _arr(v) for k, v in by_recipe.items()}
@@ -203,6 +221,7 @@ def metric_quality(metric: str, by_recipe: dict[str, list[float]], pairs: list[P
 
 def rank_metrics(qualities: list[MetricQuality]) -> list[MetricQuality]:
     """Most useful first: unflagged before flagged, then by sensitivity (desc), then by cv (asc)."""
+
     def key(q: MetricQuality):
         sens = q.sensitivity if not math.isnan(q.sensitivity) else -1.0
         return (len(q.flags), -sens, q.cv)

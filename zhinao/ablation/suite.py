@@ -52,7 +52,9 @@ def build_suite(texts: list[str], *, items_per_task: int = 100, seed: int = 0) -
                 break
         choices = [" ".join(words), " ".join(shuffled)]
         order = rng.sample([0, 1], 2)
-        items.append(Item("word-order", "mc", "Which sentence reads naturally?", [choices[i] for i in order], order.index(0)))
+        items.append(
+            Item("word-order", "mc", "Which sentence reads naturally?", [choices[i] for i in order], order.index(0))
+        )
     for words in sents[:items_per_task]:
         cut = rng.randrange(4, len(words) - 1)
         target = words[cut].strip(",;:.")

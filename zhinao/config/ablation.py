@@ -89,7 +89,9 @@ class Proxy(SpecModel):
     @model_validator(mode="after")
     def _warmup_fits(self) -> "Proxy":
         if self.warmup_steps >= self.max_steps:
-            raise ValueError(f"warmupSteps ({self.warmup_steps}) must be < the {self.max_steps} steps the token budget gives")
+            raise ValueError(
+                f"warmupSteps ({self.warmup_steps}) must be < the {self.max_steps} steps the token budget gives"
+            )
         return self
 
 

@@ -118,7 +118,9 @@ class LongContextParams(OptimParams):
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmupSteps ({self.warmup_steps}) must be < maxSteps ({self.max_steps})")
         if self.seq_len % self.sequence_parallel:
-            raise ValueError(f"seqLen ({self.seq_len}) must be divisible by sequenceParallel ({self.sequence_parallel})")
+            raise ValueError(
+                f"seqLen ({self.seq_len}) must be divisible by sequenceParallel ({self.sequence_parallel})"
+            )
         if self.zero_stage and self.sequence_parallel > 1:
             raise ValueError("zeroStage > 0 needs sequenceParallel 1 (ring attention runs under DDP)")
         if self.max_positions < self.seq_len:

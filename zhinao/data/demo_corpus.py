@@ -20,9 +20,32 @@ import sysconfig
 
 from zhinao.storage import open_store
 
-_SKIP_DIRS = {"test", "tests", "site-packages", "idlelib", "lib2to3", "__pycache__", "turtledemo", "tkinter", "ensurepip", "pydoc_data"}
+_SKIP_DIRS = {
+    "test",
+    "tests",
+    "site-packages",
+    "idlelib",
+    "lib2to3",
+    "__pycache__",
+    "turtledemo",
+    "tkinter",
+    "ensurepip",
+    "pydoc_data",
+}
 _MATH = ("math", "statistics", "fractions", "decimal", "_pydecimal", "random", "numbers", "cmath", "colorsys")
-_CODE = ("textwrap", "shlex", "heapq", "bisect", "fnmatch", "glob", "string", "graphlib", "keyword", "base64", "calendar")
+_CODE = (
+    "textwrap",
+    "shlex",
+    "heapq",
+    "bisect",
+    "fnmatch",
+    "glob",
+    "string",
+    "graphlib",
+    "keyword",
+    "base64",
+    "calendar",
+)
 N_FILES = 4
 
 
@@ -164,7 +187,15 @@ def plant(records: list[dict], rng: random.Random) -> list:
     out: list = []
 
     def add(kind: str, text: str, **extra) -> None:
-        out.append({"text": text, "source": extra.pop("source", "webpages"), "url": extra.pop("url", f"https://planted.example/{kind}/{len(out)}"), "planted": kind, **extra})
+        out.append(
+            {
+                "text": text,
+                "source": extra.pop("source", "webpages"),
+                "url": extra.pop("url", f"https://planted.example/{kind}/{len(out)}"),
+                "planted": kind,
+                **extra,
+            }
+        )
 
     add("url_blacklist", pick()["text"], url="http://casino-bonus.example/promo/1")
     add("url_blacklist", pick()["text"], url="https://www.adult-videos.example/watch")
@@ -180,14 +211,40 @@ def plant(records: list[dict], rng: random.Random) -> list:
     for text in _CHINESE:
         add("chinese", text)
     # One page per rule (appendix A).
-    add("rule_punct", "Best deals here!!! Buy now!!! ### $$$ >>> <<< *** Only today, for everyone!!! ~~~ @@@ Click the link below!!! ((( ))) [[[ ]]] Great prices and fast delivery!!! ;;; ::: %%% &&&")
-    add("rule_ellipsis", "\n".join(f"And then the story of part {i} continues with the hero walking on..." for i in range(8)))
-    add("rule_no_terminal", "\n".join(f"Item number {i} of the catalogue with a long description and no ending mark" for i in range(10)))
-    add("rule_word_length", " ".join(["Supercalifragilisticexpialidociousandmorewordsjoinedtogether"] * 6 + ["is a very long word indeed."]))
-    add("rule_repeated_sentences", " ".join(["Buy the best shoes in town today."] * 6 + ["They are cheap and good for running."]))
-    add("rule_short_paragraphs", "Latest news today.\n" + "\n".join(["Click.", "Yes.", "Next.", "More.", "Stop."]) + "\nThe weather will be fine tomorrow, with sun in the morning.")
+    add(
+        "rule_punct",
+        "Best deals here!!! Buy now!!! ### $$$ >>> <<< *** Only today, for everyone!!! ~~~ @@@ Click the link below!!! ((( ))) [[[ ]]] Great prices and fast delivery!!! ;;; ::: %%% &&&",
+    )
+    add(
+        "rule_ellipsis",
+        "\n".join(f"And then the story of part {i} continues with the hero walking on..." for i in range(8)),
+    )
+    add(
+        "rule_no_terminal",
+        "\n".join(f"Item number {i} of the catalogue with a long description and no ending mark" for i in range(10)),
+    )
+    add(
+        "rule_word_length",
+        " ".join(
+            ["Supercalifragilisticexpialidociousandmorewordsjoinedtogether"] * 6 + ["is a very long word indeed."]
+        ),
+    )
+    add(
+        "rule_repeated_sentences",
+        " ".join(["Buy the best shoes in town today."] * 6 + ["They are cheap and good for running."]),
+    )
+    add(
+        "rule_short_paragraphs",
+        "Latest news today.\n"
+        + "\n".join(["Click.", "Yes.", "Next.", "More.", "Stop."])
+        + "\nThe weather will be fine tomorrow, with sun in the morning.",
+    )
     add("rule_repeated_ngrams", " ".join(["the cat sat on the mat"] * 12) + ".")
-    add("exam", "第1题 下列哪一项是正确的？\nA. 水在零度结冰\nB. 水在五十度结冰\nC. 水不会结冰\nD. 以上都不对\n答案：A\n解析：在标准大气压下，水的凝固点是零摄氏度。", source="webpages")
+    add(
+        "exam",
+        "第1题 下列哪一项是正确的？\nA. 水在零度结冰\nB. 水在五十度结冰\nC. 水不会结冰\nD. 以上都不对\n答案：A\n解析：在标准大气压下，水的凝固点是零摄氏度。",
+        source="webpages",
+    )
     add("junk_page", "\n".join(_JUNK_PAGE))
     add("junk_edges", "\n".join(_JUNK_EDGES + _ARTICLE + _JUNK_FOOTER))
     long_pages = [r for r in web if len(r["text"]) > 1100]
@@ -201,7 +258,11 @@ def plant(records: list[dict], rng: random.Random) -> list:
         first, _, rest = r["text"].partition("\n")
         r["text"] = f"{first} {_REPEATED_SENTENCE}\n{rest}".rstrip("\n")
         r["planted"] = "repeated_sentence"
-    add("pii", pick()["text"] + "\nFor questions write to maintainer@python.example or call +1 415-555-0137; the mirror runs at 192.0.2.44.")
+    add(
+        "pii",
+        pick()["text"]
+        + "\nFor questions write to maintainer@python.example or call +1 415-555-0137; the mirror runs at 192.0.2.44.",
+    )
     add("pii", _CHINESE_PII + "\n如有疑问请联系张老师，电话13812345678，邮箱zhang.laoshi@school.example。")
     # Bad lines.
     out.append('{"text": "an unterminated line, "source": ')
@@ -223,7 +284,11 @@ def build_demo_corpus(store_uri: str, *, n_docs: int | None = 1500, seed: int = 
     order = list(range(len(lines)))
     rng.shuffle(order)
     # Near-duplicates and copies must come after their originals for "keep the smallest id" to keep the original.
-    order.sort(key=lambda i: 1 if isinstance(lines[i], dict) and lines[i].get("planted") in ("url_dup", "exact_dup", "near_dup") else 0)
+    order.sort(
+        key=lambda i: (
+            1 if isinstance(lines[i], dict) and lines[i].get("planted") in ("url_dup", "exact_dup", "near_dup") else 0
+        )
+    )
     store = open_store(store_uri)
     per = -(-len(order) // N_FILES)
     for f in range(N_FILES):

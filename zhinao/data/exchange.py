@@ -141,7 +141,9 @@ def _from_npy(data: bytes) -> np.ndarray:
 class Comm:
     """Exchange and barrier for `world_size` ranks sharing `store` (the run's `_work/<run>/`)."""
 
-    def __init__(self, store: ObjectStore | None, rank: int, world_size: int, *, timeout_s: float = 3600.0, poll_s: float = 1.0):
+    def __init__(
+        self, store: ObjectStore | None, rank: int, world_size: int, *, timeout_s: float = 3600.0, poll_s: float = 1.0
+    ):
         if world_size > 1 and store is None:
             raise ValueError("more than one rank needs a store to exchange through")
         self.store, self.rank, self.world_size, self.timeout_s, self.poll_s = store, rank, world_size, timeout_s, poll_s

@@ -142,7 +142,9 @@ def read_jsonl(
                     if chunk.endswith(b"\n"):
                         break
                 if owned(line_no):
-                    yield Rejected(make_gid(file_idx, line_no), "gigantic", *_reject_raw(raw, cfg.reject_raw_bytes, size))
+                    yield Rejected(
+                        make_gid(file_idx, line_no), "gigantic", *_reject_raw(raw, cfg.reject_raw_bytes, size)
+                    )
                 continue
             if not owned(line_no):
                 continue

@@ -29,8 +29,15 @@ def epoch_permutation(n_sequences: int, *, seed: int, epoch: int) -> np.ndarray:
 
 
 def batch_indices(
-    *, n_sequences: int, step: int, micro_step: int, rank: int, world_size: int, micro_batch: int,
-    grad_accum: int, seed: int,
+    *,
+    n_sequences: int,
+    step: int,
+    micro_step: int,
+    rank: int,
+    world_size: int,
+    micro_batch: int,
+    grad_accum: int,
+    seed: int,
 ) -> np.ndarray:
     """Sequence indices for one rank's micro-batch of optimizer step `step` (0-based).
 

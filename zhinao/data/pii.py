@@ -6,7 +6,9 @@ from zhinao.config.data import PiiConfig
 from zhinao.data.io import Doc
 from zhinao.data.steps import Drop
 
-EMAIL_RE = re.compile(r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])")
+EMAIL_RE = re.compile(
+    r"(?<![A-Za-z0-9._%+-])[A-Za-z0-9._%+-]+@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,24}(?![A-Za-z0-9-])"
+)
 _OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
 IPV4_RE = re.compile(rf"(?<![A-Za-z0-9.]){_OCTET}(?:\.{_OCTET}){{3}}(?![A-Za-z0-9]|\.\d)")
 # Full and '::'-compressed IPv6 with at least three groups, so that 'a::b' in code is spared.
@@ -30,7 +32,12 @@ def scrub(text: str, cfg: PiiConfig) -> tuple[str, int]:
     """Text with PII replaced, and the number of replacements. Emails go first: their host may
     look like an IP address."""
     n_total = 0
-    for pattern, token in ((EMAIL_RE, cfg.email_token), (IPV6_RE, cfg.ip_token), (IPV4_RE, cfg.ip_token), (PHONE_RE, cfg.phone_token)):
+    for pattern, token in (
+        (EMAIL_RE, cfg.email_token),
+        (IPV6_RE, cfg.ip_token),
+        (IPV4_RE, cfg.ip_token),
+        (PHONE_RE, cfg.phone_token),
+    ):
         text, n = pattern.subn(token, text)
         n_total += n
     return text, n_total

@@ -56,7 +56,13 @@ def build_steps(params: DataParams, ctx: StepContext) -> list:
     steps: list = []
     if p.url_filter.enabled:
         read = lambda uri: parse_lines(fetch_uri(uri).decode("utf-8")) if uri else []  # noqa: E731
-        steps.append(UrlFilter(p.url_filter, extra_black=read(p.url_filter.blacklist_file), extra_white=read(p.url_filter.whitelist_file)))
+        steps.append(
+            UrlFilter(
+                p.url_filter,
+                extra_black=read(p.url_filter.blacklist_file),
+                extra_white=read(p.url_filter.whitelist_file),
+            )
+        )
     if p.keywords.enabled:
         extra = parse_lines(fetch_uri(p.keywords.keywords_file).decode("utf-8")) if p.keywords.keywords_file else []
         steps.append(KeywordFilter(p.keywords, extra=extra))
@@ -165,21 +171,27 @@ def run_pipeline(
     sharding = Sharding(len(keys), dist.world_size)
     tmp = spool_dir(params.output.spill_dir)
     work = output.child(f"_work/{run_id}")
-    comm = Comm(work, dist.rank, dist.world_size, timeout_s=params.output.barrier_timeout_s, poll_s=params.output.barrier_poll_s)
+    comm = Comm(
+        work, dist.rank, dist.world_size, timeout_s=params.output.barrier_timeout_s, poll_s=params.output.barrier_poll_s
+    )
     ctx = StepContext(sharding, dist.rank, tmp)
     try:
         steps = build_steps(params, ctx)
         cascade = Cascade(["input"] + [n for s in steps for n in s.names])
         progress = Progress(dist.rank)
         cfg = params.input
-        with ShardWriter(output, "rejects", rank=dist.rank, per_file=params.output.rejects_per_file, tmp_dir=str(tmp)) as rejects:
+        with ShardWriter(
+            output, "rejects", rank=dist.rank, per_file=params.output.rejects_per_file, tmp_dir=str(tmp)
+        ) as rejects:
             source = _read_shard(corpus, keys, sharding, dist.rank, params, cascade, rejects, tmp)
             spill_in: Path | None = None
             written = 0
             for k, ps in enumerate(plan_passes(steps)):
                 progress.start(f"pass {k + 1}", None)
                 if ps.collect is None:
-                    with ShardWriter(output, "docs", rank=dist.rank, per_file=params.output.docs_per_file, tmp_dir=str(tmp)) as out:
+                    with ShardWriter(
+                        output, "docs", rank=dist.rank, per_file=params.output.docs_per_file, tmp_dir=str(tmp)
+                    ) as out:
                         for doc, n in _run_pass(source, ps, cascade, rejects, cfg, progress):
                             rec = doc.to_record(cfg)
                             for _ in range(n):
@@ -230,7 +242,9 @@ def _read_spill(path: Path) -> Iterator[Doc]:
             yield Doc.from_spill(line)
 
 
-def _run_pass(source: Iterator[Doc], ps: Pass, cascade: Cascade, rejects: ShardWriter, cfg, progress) -> Iterator[tuple[Doc, int]]:
+def _run_pass(
+    source: Iterator[Doc], ps: Pass, cascade: Cascade, rejects: ShardWriter, cfg, progress
+) -> Iterator[tuple[Doc, int]]:
     chain = ([ps.apply] if ps.apply is not None else []) + ps.local
     for doc in source:
         progress.advance()
@@ -239,7 +253,9 @@ def _run_pass(source: Iterator[Doc], ps: Pass, cascade: Cascade, rejects: ShardW
             before = doc.nbytes
             drop = step.apply(doc) if is_global(step) else step(doc)
             copies = getattr(step, "last_copies", 1)
-            cascade.record(step.names, before, doc.nbytes, drop.step if drop else None, drop.reason if drop else "", copies)
+            cascade.record(
+                step.names, before, doc.nbytes, drop.step if drop else None, drop.reason if drop else "", copies
+            )
             if drop is not None:
                 rejects.write(reject_record(drop.step, drop.reason, doc, cfg))
                 break
@@ -250,10 +266,17 @@ def _run_pass(source: Iterator[Doc], ps: Pass, cascade: Cascade, rejects: ShardW
 def _mix_state(mix: Mix | None) -> dict | None:
     if mix is None:
         return None
-    return {"tokens_in": mix.global_in, "tokens_out": mix.tokens_out, "factors": mix.factors, "targets": mix.cfg.targets}
+    return {
+        "tokens_in": mix.global_in,
+        "tokens_out": mix.tokens_out,
+        "factors": mix.factors,
+        "targets": mix.cfg.targets,
+    }
 
 
-def _finish(params, output, comm: Comm, dist: DistEnv, mine: dict, *, n_files: int, elapsed: float, tmp: Path) -> dict | None:
+def _finish(
+    params, output, comm: Comm, dist: DistEnv, mine: dict, *, n_files: int, elapsed: float, tmp: Path
+) -> dict | None:
     import numpy as np
 
     blob = np.frombuffer(json.dumps(mine).encode(), dtype=np.uint8)

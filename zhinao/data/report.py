@@ -29,7 +29,15 @@ class Cascade:
     def __init__(self, names: list[str]):
         self.steps = {n: StepStats() for n in names}
 
-    def record(self, names: tuple[str, ...], bytes_in: int, bytes_out: int, drop_step: str | None, reason: str = "", copies: int = 1) -> None:
+    def record(
+        self,
+        names: tuple[str, ...],
+        bytes_in: int,
+        bytes_out: int,
+        drop_step: str | None,
+        reason: str = "",
+        copies: int = 1,
+    ) -> None:
         """One document through a step reporting `names` (a step may own several cascade rows, the
         document is dropped at `drop_step` or passes all of them)."""
         for i, name in enumerate(names):
@@ -51,7 +59,14 @@ class Cascade:
 
     def to_rows(self) -> list[dict]:
         return [
-            {"step": n, "docs_in": s.docs_in, "docs_out": s.docs_out, "bytes_in": s.bytes_in, "bytes_out": s.bytes_out, "reasons": dict(s.reasons)}
+            {
+                "step": n,
+                "docs_in": s.docs_in,
+                "docs_out": s.docs_out,
+                "bytes_in": s.bytes_in,
+                "bytes_out": s.bytes_out,
+                "reasons": dict(s.reasons),
+            }
             for n, s in self.steps.items()
         ]
 
@@ -135,7 +150,13 @@ def plot_cascade(report: dict, path: str) -> None:
         for i, r in enumerate(rows):
             pct = r[f"{unit}_removed_pct"]
             # Oversampling adds: show it as a gain rather than a negative removal.
-            ax.text(max(r[f"{unit}_in"], r[f"{unit}_out"]), i, f" -{pct:.1f}%" if pct >= 0 else f" +{-pct:.1f}%", va="center", fontsize=8)
+            ax.text(
+                max(r[f"{unit}_in"], r[f"{unit}_out"]),
+                i,
+                f" -{pct:.1f}%" if pct >= 0 else f" +{-pct:.1f}%",
+                va="center",
+                fontsize=8,
+            )
         ax.set_title(f"{label} remaining after each step")
         ax.set_xlim(0, max(max(r[f"{unit}_in"], r[f"{unit}_out"]) for r in rows) * 1.18 or 1)
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, fontsize=8, frameon=False)

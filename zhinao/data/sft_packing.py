@@ -62,9 +62,9 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, ma
     for r, row in enumerate(rows):
         at = 0
         for d, (ids, labels) in enumerate(row):
-            input_ids[r, at:at + len(ids)] = ids
-            out_labels[r, at:at + len(ids)] = labels
-            doc_ids[r, at:at + len(ids)] = d
+            input_ids[r, at : at + len(ids)] = ids
+            out_labels[r, at : at + len(ids)] = labels
+            doc_ids[r, at : at + len(ids)] = d
             at += len(ids)
     return Packed(input_ids, out_labels, doc_ids, skipped)
 

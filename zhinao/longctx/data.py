@@ -64,7 +64,9 @@ def _quotable(sentences: list[str], *, need_next: bool) -> list[int]:
     return [i for i in range(stop) if len(sentences[i]) >= MIN_QUOTE_CHARS and sentences[i] in unique]
 
 
-def _qa_about(unit: str, label: str, sentences: list[str], rng: random.Random, *, others: Sequence[list[str]]) -> Message:
+def _qa_about(
+    unit: str, label: str, sentences: list[str], rng: random.Random, *, others: Sequence[list[str]]
+) -> Message:
     """One extractive question about `sentences` (a document or a segment called `unit` `label`)."""
     kinds = ["opening"]
     if _quotable(sentences, need_next=True):
@@ -76,12 +78,16 @@ def _qa_about(unit: str, label: str, sentences: list[str], rng: random.Random, *
     kind = rng.choice(kinds)
     if kind == "next":
         i = rng.choice(_quotable(sentences, need_next=True))
-        return {"question": f"In {unit} {label}, which sentence comes right after “{sentences[i]}”?",
-                "answer": sentences[i + 1]}
+        return {
+            "question": f"In {unit} {label}, which sentence comes right after “{sentences[i]}”?",
+            "answer": sentences[i + 1],
+        }
     if kind == "locate":
         i = rng.choice(locatable)
-        return {"question": f"Which {unit} contains the sentence “{sentences[i]}”? Answer with its number.",
-                "answer": f"{unit.capitalize()} {label}."}
+        return {
+            "question": f"Which {unit} contains the sentence “{sentences[i]}”? Answer with its number.",
+            "answer": f"{unit.capitalize()} {label}.",
+        }
     return {"question": f"Quote the first sentence of {unit} {label}.", "answer": sentences[0]}
 
 
@@ -97,7 +103,8 @@ def multi_doc_qa(documents: Sequence[str], *, n_questions: int, rng: random.Rand
     """Documents numbered [1]..[n] in the first user turn, one question per turn about a random document."""
     sentences = [split_sentences(d) for d in documents]
     context = "Answer the questions using the documents below.\n\n" + "\n\n".join(
-        f"Document [{i + 1}]:\n{d}" for i, d in enumerate(documents))
+        f"Document [{i + 1}]:\n{d}" for i, d in enumerate(documents)
+    )
     qas = []
     for _ in range(n_questions):
         k = rng.randrange(len(documents))
@@ -127,7 +134,8 @@ def single_doc_qa(text: str, *, n_questions: int, rng: random.Random) -> list[Me
     segments = segment(text, max(2, n_questions))
     sentences = [split_sentences(s) for s in segments]
     context = "Read the text below, split into numbered segments, and answer the questions.\n\n" + "\n\n".join(
-        f"[Segment {i + 1}]\n{s}" for i, s in enumerate(segments))
+        f"[Segment {i + 1}]\n{s}" for i, s in enumerate(segments)
+    )
     order = rng.sample(range(len(segments)), k=len(segments))
     qas = []
     for t in range(n_questions):
@@ -137,7 +145,9 @@ def single_doc_qa(text: str, *, n_questions: int, rng: random.Random) -> list[Me
     return _conversation(context, qas)
 
 
-def _fill(candidates: Sequence[SourceDocument], lengths: Sequence[int], budget: int, start: int, step: int) -> list[int]:
+def _fill(
+    candidates: Sequence[SourceDocument], lengths: Sequence[int], budget: int, start: int, step: int
+) -> list[int]:
     """Indices from `start` walking by `step` (cyclically) until the token budget is used."""
     chosen, used = [], 0
     for n in range(len(candidates)):
@@ -150,8 +160,13 @@ def _fill(candidates: Sequence[SourceDocument], lengths: Sequence[int], budget: 
 
 
 def synthesize_long_qa(
-    documents: Sequence[SourceDocument], *, n_samples: int, n_questions: int, budget_tokens: int,
-    count_tokens: CountTokens, seed: int,
+    documents: Sequence[SourceDocument],
+    *,
+    n_samples: int,
+    n_questions: int,
+    budget_tokens: int,
+    count_tokens: CountTokens,
+    seed: int,
 ) -> list[dict]:
     """`n_samples` conversations, alternating multi-doc and single-doc QA, each with a context of at
     most about `budget_tokens` (at least one whole document).
@@ -177,16 +192,27 @@ def synthesize_long_qa(
             picked = _fill(docs, lengths, budget_tokens, rng.randrange(len(docs)), step)
             if len(picked) < 2 and len(docs) > 1:
                 picked = [picked[0], (picked[0] + step) % len(docs)]
-            rows.append({"kind": "multi_doc_qa", "sources": sorted({docs[i].source for i in picked}),
-                         "messages": multi_doc_qa([docs[i].text for i in picked], n_questions=n_questions, rng=rng)})
+            rows.append(
+                {
+                    "kind": "multi_doc_qa",
+                    "sources": sorted({docs[i].source for i in picked}),
+                    "messages": multi_doc_qa([docs[i].text for i in picked], n_questions=n_questions, rng=rng),
+                }
+            )
         else:
             source = rng.choice(sources)
             members = by_source[source]
-            run = _fill([docs[i] for i in members], [lengths[i] for i in members], budget_tokens,
-                        rng.randrange(len(members)), 1)
+            run = _fill(
+                [docs[i] for i in members], [lengths[i] for i in members], budget_tokens, rng.randrange(len(members)), 1
+            )
             text = "\n".join(docs[members[i]].text for i in run)
-            rows.append({"kind": "single_doc_qa", "sources": [source],
-                         "messages": single_doc_qa(text, n_questions=n_questions, rng=rng)})
+            rows.append(
+                {
+                    "kind": "single_doc_qa",
+                    "sources": [source],
+                    "messages": single_doc_qa(text, n_questions=n_questions, rng=rng),
+                }
+            )
     return rows
 
 

@@ -55,9 +55,11 @@ NEEDLES = {
     ),
 }
 
-SCORING = ("100 if the preset's regex matches the answer (case-insensitive), else "
-           "100 * (1 - levenshtein(answer, expected) / max(len(answer), len(expected))) on lowercased, "
-           "whitespace-collapsed text")
+SCORING = (
+    "100 if the preset's regex matches the answer (case-insensitive), else "
+    "100 * (1 - levenshtein(answer, expected) / max(len(answer), len(expected))) on lowercased, "
+    "whitespace-collapsed text"
+)
 
 
 def levenshtein(a: str, b: str) -> int:
@@ -83,8 +85,9 @@ def score_answer(answer: str, needle: Needle) -> float:
     return 100.0 * max(0.0, 1.0 - levenshtein(a, b) / max(len(a), len(b)))
 
 
-def grid(*, max_length: int, lengths: Sequence[int] | None, min_length: int, num_lengths: int,
-         num_depths: int) -> tuple[list[int], list[float]]:
+def grid(
+    *, max_length: int, lengths: Sequence[int] | None, min_length: int, num_lengths: int, num_depths: int
+) -> tuple[list[int], list[float]]:
     """(context lengths, depths in percent): explicit lengths, or num_lengths evenly spaced up to max_length."""
     if lengths:
         chosen = sorted(set(int(n) for n in lengths))
@@ -95,8 +98,9 @@ def grid(*, max_length: int, lengths: Sequence[int] | None, min_length: int, num
     return chosen, depths
 
 
-def insert_needle(haystack: Sequence[int], needle: Sequence[int], depth_percent: float,
-                  boundaries: set[int]) -> list[int]:
+def insert_needle(
+    haystack: Sequence[int], needle: Sequence[int], depth_percent: float, boundaries: set[int]
+) -> list[int]:
     """Insert needle tokens at depth_percent of the haystack, moved back to just after the nearest
     sentence-ending token (any id in `boundaries`); at the very start when none precedes it."""
     at = int(len(haystack) * depth_percent / 100.0)
@@ -131,14 +135,24 @@ class PromptBuilder:
     def build(self, length: int, depth_percent: float) -> list[int]:
         room = length - self.overhead
         if room < 1:
-            raise ValueError(f"context length {length} leaves no room for a haystack (template + needle: {self.overhead})")
+            raise ValueError(
+                f"context length {length} leaves no room for a haystack (template + needle: {self.overhead})"
+            )
         reps = -(-room // len(self.haystack))
         hay = (self.haystack * reps)[:room]
         return self.prefix + insert_needle(hay, self.needle, depth_percent, self.boundaries) + self.suffix
 
 
-def evaluate(model, tokenizer, haystack_text: str, *, lengths: Sequence[int], depths: Sequence[float],
-             preset: str = "en", max_new_tokens: int = 48) -> dict:
+def evaluate(
+    model,
+    tokenizer,
+    haystack_text: str,
+    *,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    preset: str = "en",
+    max_new_tokens: int = 48,
+) -> dict:
     """Greedy answers and scores for every (length, depth) cell; the model should be on its device, in eval mode."""
     import torch
 
@@ -151,15 +165,34 @@ def evaluate(model, tokenizer, haystack_text: str, *, lengths: Sequence[int], de
         for depth in depths:
             ids = torch.tensor([builder.build(length, depth)], device=device)
             with torch.no_grad():
-                out = model.generate(input_ids=ids, attention_mask=torch.ones_like(ids), max_new_tokens=max_new_tokens,
-                                     do_sample=False, eos_token_id=stop, pad_token_id=stop[0], use_cache=True)
-            answer = tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
-            cells.append({"length": int(length), "depth": float(depth), "prompt_tokens": int(ids.shape[1]),
-                          "score": score_answer(answer, needle), "answer": answer})
+                out = model.generate(
+                    input_ids=ids,
+                    attention_mask=torch.ones_like(ids),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    eos_token_id=stop,
+                    pad_token_id=stop[0],
+                    use_cache=True,
+                )
+            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
+            cells.append(
+                {
+                    "length": int(length),
+                    "depth": float(depth),
+                    "prompt_tokens": int(ids.shape[1]),
+                    "score": score_answer(answer, needle),
+                    "answer": answer,
+                }
+            )
     return {
-        "preset": preset, "needle": needle.needle, "question": needle.question, "scoring": SCORING,
-        "lengths": [int(n) for n in lengths], "depths": [float(d) for d in depths],
-        "average": float(np.mean([c["score"] for c in cells])) if cells else None, "cells": cells,
+        "preset": preset,
+        "needle": needle.needle,
+        "question": needle.question,
+        "scoring": SCORING,
+        "lengths": [int(n) for n in lengths],
+        "depths": [float(d) for d in depths],
+        "average": float(np.mean([c["score"] for c in cells])) if cells else None,
+        "cells": cells,
     }
 
 

@@ -137,7 +137,9 @@ class _RingAttention(torch.autograd.Function):
                     block_lse = torch.logsumexp(scores, dim=-1)
                     block_out = torch.matmul(torch.exp(scores - block_lse.unsqueeze(-1)), block[1])
                     merged = torch.logaddexp(lse, block_lse)
-                    out = out * torch.exp(lse - merged).unsqueeze(-1) + block_out * torch.exp(block_lse - merged).unsqueeze(-1)
+                    out = out * torch.exp(lse - merged).unsqueeze(-1) + block_out * torch.exp(
+                        block_lse - merged
+                    ).unsqueeze(-1)
                     lse = merged
                 if pending is not None:
                     _wait(pending[1])
@@ -175,8 +177,9 @@ class _RingAttention(torch.autograd.Function):
         return dq.to(q.dtype), dk.to(k.dtype), dv.to(v.dtype), None, None
 
 
-def ring_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sp: SequenceParallel,
-                   scale: float | None = None) -> torch.Tensor:
+def ring_attention(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sp: SequenceParallel, scale: float | None = None
+) -> torch.Tensor:
     """Causal attention of this rank's query shard over the whole sequence's keys/values.
 
     q, k, v: [batch, heads, T/S, head_dim], the shard of rank sp.rank (same head count: repeat
@@ -239,7 +242,7 @@ def shard_batch(input_ids: torch.Tensor, sp: SequenceParallel) -> tuple[torch.Te
     span = shard_range(input_ids.shape[1], sp)
     labels = torch.cat([input_ids[:, 1:], torch.full_like(input_ids[:, :1], IGNORE_INDEX)], dim=1)
     positions = torch.arange(span.start, span.stop, device=input_ids.device).expand(input_ids.shape[0], -1)
-    return input_ids[:, span.start:span.stop], positions, labels[:, span.start:span.stop]
+    return input_ids[:, span.start : span.stop], positions, labels[:, span.start : span.stop]
 
 
 def sequence_parallel_lm_loss(model, input_ids: torch.Tensor, sp: SequenceParallel) -> torch.Tensor:

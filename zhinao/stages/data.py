@@ -46,7 +46,9 @@ def run(rt: StageRuntime, params: DataParams) -> None:
     owns_group = _init_gloo(dist, params.output.barrier_timeout_s)
     try:
         output = open_store(rt.output)
-        report = run_pipeline(params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id())
+        report = run_pipeline(
+            params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id()
+        )
     finally:
         if owns_group:
             import torch.distributed as td
@@ -58,6 +60,8 @@ def run(rt: StageRuntime, params: DataParams) -> None:
             "docs": output.url("docs"),
             "rejects": output.url("rejects"),
             "report": output.url("report/retention.md"),
-            "retention": [{k: r[k] for k in ("step", "docs_in", "docs_out", "bytes_in", "bytes_out")} for r in report["steps"]],
+            "retention": [
+                {k: r[k] for k in ("step", "docs_in", "docs_out", "bytes_in", "bytes_out")} for r in report["steps"]
+            ],
         }
         output.put_bytes("summary.json", json.dumps(summary, indent=2).encode())

@@ -25,14 +25,18 @@ from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
 from zhinao.longctx.sequence_parallel import (
-    SequenceParallel, activate_sequence_parallel, init_sequence_parallel, sequence_parallel_lm_loss,
+    SequenceParallel,
+    activate_sequence_parallel,
+    init_sequence_parallel,
+    sequence_parallel_lm_loss,
 )
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
 from zhinao.report import loss_curve_png
 from zhinao.stages.pretrain import INDEX, load_tokens
 from zhinao.storage import ObjectStore, open_store
-from zhinao.tokenizer import EOD, load as load_tokenizer
+from zhinao.tokenizer import EOD
+from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.engine import DDPEngine
 from zhinao.training.pretrain_loop import train_steps
 from zhinao.training.session import TrainingSession
@@ -61,8 +65,8 @@ def fetch_model(uri: str, dest: Path) -> Path:
         raise SystemExit(f"inputs.model {uri} holds neither hf/config.json nor config.json")
     dest.mkdir(parents=True, exist_ok=True)
     for key in store.list(prefix):
-        if "/" not in key[len(prefix):]:
-            store.get_file(key, dest / key[len(prefix):])
+        if "/" not in key[len(prefix) :]:
+            store.get_file(key, dest / key[len(prefix) :])
     return dest
 
 
@@ -70,7 +74,9 @@ def tokenizer_files(model_dir: Path, dest: Path) -> Path:
     """The tokenizer files of the input model, apart from its weights and config (they travel with the export)."""
     dest.mkdir(parents=True, exist_ok=True)
     for path in model_dir.iterdir():
-        if path.is_file() and (path.name.startswith(("tokenizer", "special_tokens")) or path.name == "chat_template.jinja"):
+        if path.is_file() and (
+            path.name.startswith(("tokenizer", "special_tokens")) or path.name == "chat_template.jinja"
+        ):
             (dest / path.name).write_bytes(path.read_bytes())
     return dest
 
@@ -96,15 +102,25 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
 
     # The QA contexts leave room for the questions and answers inside one training sequence.
     n_rows = max(params.synthetic_samples, 1 if params.synthetic_mix else 0)
-    rows = synthesize_long_qa([SourceDocument(d.text, d.source) for d in docs], n_samples=n_rows,
-                              n_questions=params.synthetic_questions, budget_tokens=int(params.seq_len * 0.8),
-                              count_tokens=lambda t: len(encode(t)), seed=params.seed)
+    rows = synthesize_long_qa(
+        [SourceDocument(d.text, d.source) for d in docs],
+        n_samples=n_rows,
+        n_questions=params.synthetic_questions,
+        budget_tokens=int(params.seq_len * 0.8),
+        count_tokens=lambda t: len(encode(t)),
+        seed=params.seed,
+    )
     out.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     synthetic = pack_source((encode(render_chat(r["messages"])) for r in rows), seq_len=params.seq_len, eod_id=eod)
     data = mix_sequences(corpus_seqs, synthetic, ratio=params.synthetic_mix, seed=params.seed)
-    index = {"seq_len": params.seq_len, "vocab_size": len(tokenizer), "shards": [],
-             "corpus_sequences": int(len(corpus_seqs)), "synthetic_sequences": int(len(data) - len(corpus_seqs)),
-             "synthetic_conversations": len(rows)}
+    index = {
+        "seq_len": params.seq_len,
+        "vocab_size": len(tokenizer),
+        "shards": [],
+        "corpus_sequences": int(len(corpus_seqs)),
+        "synthetic_sequences": int(len(data) - len(corpus_seqs)),
+        "synthetic_conversations": len(rows),
+    }
     key = "tokens/longctx-00000.npy"
     out.put_bytes(key, _npy(data.astype(TOKEN_DTYPE)))
     index["shards"].append({"key": key, "source": "mixed", "sequences": int(len(data)), "tokens": int(data.size)})
@@ -113,7 +129,9 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
 
 
 def haystack_text(corpus: ObjectStore, params: LongContextParams) -> str:
-    return "\n".join(d.text for d in read_documents(corpus, text_field=params.text_field, source_field=params.source_field))
+    return "\n".join(
+        d.text for d in read_documents(corpus, text_field=params.text_field, source_field=params.source_field)
+    )
 
 
 def run_needle(model, tokenizer, corpus: ObjectStore, out: ObjectStore, params: LongContextParams) -> dict:
@@ -121,12 +139,26 @@ def run_needle(model, tokenizer, corpus: ObjectStore, out: ObjectStore, params: 
     model.set_attn_implementation(attention_implementation(params.attention))
     model.eval()
     n = params.needle
-    lengths, depths = needle.grid(max_length=params.max_positions, lengths=n.lengths, min_length=n.min_length,
-                                  num_lengths=n.num_lengths, num_depths=n.num_depths)
-    result = needle.evaluate(model, tokenizer, haystack_text(corpus, params), lengths=lengths, depths=depths,
-                             preset=n.preset, max_new_tokens=n.max_new_tokens)
+    lengths, depths = needle.grid(
+        max_length=params.max_positions,
+        lengths=n.lengths,
+        min_length=n.min_length,
+        num_lengths=n.num_lengths,
+        num_depths=n.num_depths,
+    )
+    result = needle.evaluate(
+        model,
+        tokenizer,
+        haystack_text(corpus, params),
+        lengths=lengths,
+        depths=depths,
+        preset=n.preset,
+        max_new_tokens=n.max_new_tokens,
+    )
     out.put_bytes("report/needle.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
-    out.put_bytes("report/needle.png", needle.heatmap_png(result, title=f"needle ({n.preset}), rope base {params.rope_theta:g}"))
+    out.put_bytes(
+        "report/needle.png", needle.heatmap_png(result, title=f"needle ({n.preset}), rope base {params.rope_theta:g}")
+    )
     log.info("needle in a haystack: average %.2f over %d cells", result["average"], len(result["cells"]))
     return result
 
@@ -153,23 +185,46 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn)
     model.config.use_cache = False
     old_theta = apply_rope_base(model, params.rope_theta, max_position_embeddings=params.max_positions)
-    engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps,
-                                  ddp_engine=SequenceParallelEngine, sp=sp)
+    engine = session.build_engine(
+        model, params, warmup=params.warmup_steps, total=params.max_steps, ddp_engine=SequenceParallelEngine, sp=sp
+    )
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
     meta = session.resume(engine)
     start = meta.get("step", 0)
     config = model.config
-    fpt = flops_per_token(n_params=matmul_params(model), n_layers=config.num_hidden_layers,
-                          hidden=config.hidden_size, seq_len=params.seq_len)
+    fpt = flops_per_token(
+        n_params=matmul_params(model),
+        n_layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        seq_len=params.seq_len,
+    )
     metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
-    log.info("long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "
-             "parallel %d, steps %d..%d", old_theta, params.rope_theta, len(data), params.seq_len, sp.size,
-             sp.dp_size, start + 1, params.max_steps)
+    log.info(
+        "long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "
+        "parallel %d, steps %d..%d",
+        old_theta,
+        params.rope_theta,
+        len(data),
+        params.seq_len,
+        sp.size,
+        sp.dp_size,
+        start + 1,
+        params.max_steps,
+    )
 
     # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
-    train_steps(session, engine, metrics, data, params, start=start, rank=sp.dp_rank, world_size=sp.dp_size,
-                tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size,
-                meta={"sequence_parallel": sp.size})
+    train_steps(
+        session,
+        engine,
+        metrics,
+        data,
+        params,
+        start=start,
+        rank=sp.dp_rank,
+        world_size=sp.dp_size,
+        tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size,
+        meta={"sequence_parallel": sp.size},
+    )
 
     # The export loads anywhere with standard attention; the ring is only this job's business.
     if sp.size > 1:
@@ -182,8 +237,15 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     session.close()
 
 
-def write_summary(out: ObjectStore, params: LongContextParams, world_size: int, sp: SequenceParallel,
-                  hf_uri: str | None, old_theta: float, needle_result: dict | None) -> dict:
+def write_summary(
+    out: ObjectStore,
+    params: LongContextParams,
+    world_size: int,
+    sp: SequenceParallel,
+    hf_uri: str | None,
+    old_theta: float,
+    needle_result: dict | None,
+) -> dict:
     records = [json.loads(line) for line in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if line.strip()]
     steps = [r for r in records if r.get("event", "step") == "step"]
     train_seconds = sum(r["step_seconds"] for r in steps)

@@ -21,7 +21,8 @@ from zhinao.metrics import flops_per_token
 from zhinao.model import build_config, build_model, matmul_params
 from zhinao.report import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
-from zhinao.tokenizer import EOD, load as load_tokenizer
+from zhinao.tokenizer import EOD
+from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.pretrain_loop import train_steps
 from zhinao.training.session import TrainingSession
 
@@ -35,8 +36,8 @@ def fetch_tokenizer(uri: str, dest: Path) -> Path:
     prefix = "tokenizer/" if store.exists("tokenizer/tokenizer.json") else ""
     dest.mkdir(parents=True, exist_ok=True)
     for key in store.list(prefix):
-        if "/" not in key[len(prefix):]:
-            store.get_file(key, dest / key[len(prefix):])
+        if "/" not in key[len(prefix) :]:
+            store.get_file(key, dest / key[len(prefix) :])
     return dest
 
 
@@ -92,21 +93,45 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     if data.shape[1] != params.seq_len:
         raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
 
-    config = build_config(params.model_size, vocab_size=len(tokenizer),
-                          max_position_embeddings=max(4096, params.seq_len), attention=params.attention)
+    config = build_config(
+        params.model_size,
+        vocab_size=len(tokenizer),
+        max_position_embeddings=max(4096, params.seq_len),
+        attention=params.attention,
+    )
     model = build_model(config, seed=params.seed)
     engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps)
     meta = session.resume(engine)
     start = meta.get("step", 0)
-    fpt = flops_per_token(n_params=matmul_params(model), n_layers=config.num_hidden_layers,
-                          hidden=config.hidden_size, seq_len=params.seq_len)
+    fpt = flops_per_token(
+        n_params=matmul_params(model),
+        n_layers=config.num_hidden_layers,
+        hidden=config.hidden_size,
+        seq_len=params.seq_len,
+    )
     metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
-    log.info("training %s (%.1fM params) on %d sequences of %d tokens, steps %d..%d, world size %d",
-             params.model_size, sum(p.numel() for p in model.parameters()) / 1e6, len(data), params.seq_len,
-             start + 1, params.max_steps, env.world_size)
+    log.info(
+        "training %s (%.1fM params) on %d sequences of %d tokens, steps %d..%d, world size %d",
+        params.model_size,
+        sum(p.numel() for p in model.parameters()) / 1e6,
+        len(data),
+        params.seq_len,
+        start + 1,
+        params.max_steps,
+        env.world_size,
+    )
 
-    train_steps(session, engine, metrics, data, params, start=start, rank=env.rank, world_size=env.world_size,
-                tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps)
+    train_steps(
+        session,
+        engine,
+        metrics,
+        data,
+        params,
+        start=start,
+        rank=env.rank,
+        world_size=env.world_size,
+        tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps,
+    )
 
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()

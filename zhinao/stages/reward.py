@@ -63,14 +63,18 @@ def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor,
     ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
     mask = torch.zeros((len(seqs), length), dtype=torch.long)
     for i, s in enumerate(seqs):
-        ids[i, :len(s)] = torch.tensor(s)
-        mask[i, :len(s)] = 1
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
     return ids.to(device), mask.to(device)
 
 
 def pair_batch(pairs: list[dict], pad_id: int, device) -> dict:
     ids, mask = pad_right([p["chosen"] for p in pairs] + [p["rejected"] for p in pairs], pad_id, device)
-    return {"input_ids": ids, "attention_mask": mask, "margin": torch.tensor([p["margin"] for p in pairs], device=device)}
+    return {
+        "input_ids": ids,
+        "attention_mask": mask,
+        "margin": torch.tensor([p["margin"] for p in pairs], device=device),
+    }
 
 
 def scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +86,8 @@ def scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 def load_reward_model(model_dir, attention: str, pad_id: int):
     model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=1, dtype=torch.float32, attn_implementation=attention_implementation(attention))
+        model_dir, num_labels=1, dtype=torch.float32, attn_implementation=attention_implementation(attention)
+    )
     model.config.pad_token_id = pad_id  # the head pools the last non-pad token
     return model
 
@@ -95,7 +100,7 @@ def held_out_accuracy(model, pairs: list[dict], pad_id: int, device, batch: int)
     model.eval()
     right, losses = 0.0, []
     for start in range(0, len(pairs), batch):
-        chunk = pairs[start:start + batch]
+        chunk = pairs[start : start + batch]
         c, r = scores(model, pair_batch(chunk, pad_id, device))
         right += pairwise_accuracy(c, r) * len(chunk)
         losses.append(bradley_terry_loss(c, r).item() * len(chunk))
@@ -127,11 +132,22 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         meta["eval"] = [[0, *held_out_accuracy(engine.model, held, pad, session.device, batch_size)]]
     cfg = model.config
     metrics = session.open_metrics(
-        flops_per_token=flops_per_token(n_params=matmul_params(model), n_layers=cfg.num_hidden_layers,
-                                        hidden=cfg.hidden_size, seq_len=params.max_len),
-        resumed_step=start)
-    log.info("reward model on %d pairs (%d held out, %d dropped), steps %d..%d", len(train), len(held), dropped,
-             start + 1, total)
+        flops_per_token=flops_per_token(
+            n_params=matmul_params(model),
+            n_layers=cfg.num_hidden_layers,
+            hidden=cfg.hidden_size,
+            seq_len=params.max_len,
+        ),
+        resumed_step=start,
+    )
+    log.info(
+        "reward model on %d pairs (%d held out, %d dropped), steps %d..%d",
+        len(train),
+        len(held),
+        dropped,
+        start + 1,
+        total,
+    )
 
     seen: list[tuple[torch.Tensor, torch.Tensor]] = []
 
@@ -142,10 +158,26 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
 
     for step in range(start, total):
         began = time.perf_counter()
-        batches = [pair_batch([train[i] for i in batch_indices(
-            n_sequences=len(train), step=step, micro_step=m, rank=env.rank, world_size=env.world_size,
-            micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, seed=params.seed)], pad, session.device)
-            for m in range(params.grad_accum_steps)]
+        batches = [
+            pair_batch(
+                [
+                    train[i]
+                    for i in batch_indices(
+                        n_sequences=len(train),
+                        step=step,
+                        micro_step=m,
+                        rank=env.rank,
+                        world_size=env.world_size,
+                        micro_batch=params.micro_batch_size,
+                        grad_accum=params.grad_accum_steps,
+                        seed=params.seed,
+                    )
+                ],
+                pad,
+                session.device,
+            )
+            for m in range(params.grad_accum_steps)
+        ]
         seen.clear()
         lr = engine.lr
         loss, grad_norm = engine.train_step(batches, loss_fn=loss_fn)
@@ -156,9 +188,16 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
             if acc is not None:
                 extra["rm_eval_accuracy"] = acc
                 meta["eval"].append([step + 1, acc, _])
-        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm,
-                            tokens=sum(int(b["attention_mask"].sum()) for b in batches),
-                            samples=len(c), step_seconds=time.perf_counter() - began, **extra)
+        metrics.record_step(
+            step=step + 1,
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens=sum(int(b["attention_mask"].sum()) for b in batches),
+            samples=len(c),
+            step_seconds=time.perf_counter() - began,
+            **extra,
+        )
         if (step + 1) % params.log_every == 0 and env.is_main:
             log.info("step %d/%d loss %.4f acc %.3f lr %.2e", step + 1, total, loss, extra["rm_accuracy"], lr)
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == total:
@@ -172,12 +211,20 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         steps = [x for x in metrics_records(out) if x.get("event", "step") == "step"]
         evals = [e for e in meta["eval"] if e[1] is not None]
         summary = {
-            "steps": len(steps), "pairs_train": len(train), "pairs_held_out": len(held), "pairs_dropped": dropped,
-            "task": params.task, "loss_first": steps[0]["loss"], "loss_last": steps[-1]["loss"],
+            "steps": len(steps),
+            "pairs_train": len(train),
+            "pairs_held_out": len(held),
+            "pairs_dropped": dropped,
+            "task": params.task,
+            "loss_first": steps[0]["loss"],
+            "loss_last": steps[-1]["loss"],
             "held_out_accuracy_before": evals[0][1] if evals else None,
             "held_out_accuracy": evals[-1][1] if evals else None,
             "held_out_loss": evals[-1][2] if evals else None,
-            "eval_curve": evals, "hf": hf, "checkpoints": out.url("checkpoints"), "metrics": out.url("metrics"),
+            "eval_curve": evals,
+            "hf": hf,
+            "checkpoints": out.url("checkpoints"),
+            "metrics": out.url("metrics"),
         }
         out.put_bytes("report/rm_accuracy.png", accuracy_png(steps, evals))
         out.put_bytes("report/reward.md", reward_markdown(summary).encode())
@@ -193,7 +240,7 @@ def accuracy_png(steps: list[dict], evals: list[list]) -> bytes:
     acc = np.array([s["rm_accuracy"] for s in steps])
     window = max(1, len(acc) // 20)
     smooth = np.convolve(acc, np.ones(window) / window, mode="valid")
-    ax.plot(x[window - 1:], smooth, label=f"train batch accuracy (mean of {window})", color="#1f77b4")
+    ax.plot(x[window - 1 :], smooth, label=f"train batch accuracy (mean of {window})", color="#1f77b4")
     if evals:
         ax.plot([e[0] for e in evals], [e[1] for e in evals], "o-", label="held-out pairwise accuracy", color="#d62728")
     ax.axhline(0.5, color="grey", ls=":", label="chance")
@@ -214,8 +261,14 @@ def reward_markdown(s: dict) -> str:
     acc = s["held_out_accuracy"]
     text = f"{acc:.3f}" if acc is not None else "n/a"
     before = s["held_out_accuracy_before"]
-    return "\n".join([
-        "## Reward model", "",
-        f"Held-out pairwise accuracy {before if before is None else f'{before:.3f}'} (untrained head) -> {text} "
-        f"on {s['pairs_held_out']} pairs after {s['steps']} steps on {s['pairs_train']} pairs (chance: 0.5).",
-        "", "![RM accuracy](rm_accuracy.png)", ""])
+    return "\n".join(
+        [
+            "## Reward model",
+            "",
+            f"Held-out pairwise accuracy {before if before is None else f'{before:.3f}'} (untrained head) -> {text} "
+            f"on {s['pairs_held_out']} pairs after {s['steps']} steps on {s['pairs_train']} pairs (chance: 0.5).",
+            "",
+            "![RM accuracy](rm_accuracy.png)",
+            "",
+        ]
+    )

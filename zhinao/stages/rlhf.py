@@ -25,12 +25,25 @@ from zhinao.chat import IGNORE_INDEX, ChatEncoder, as_messages
 from zhinao.config.rlhf import RLHFParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import batch_indices
-from zhinao.losses import (dpo_loss, gae, kl_per_token, kl_shaped_return, lm_loss, masked_mean, orpo_loss,
-                           ppo_policy_loss, ppo_value_loss, remax_loss, sequence_logprob, token_logprobs)
+from zhinao.losses import (
+    dpo_loss,
+    gae,
+    kl_per_token,
+    kl_shaped_return,
+    lm_loss,
+    masked_mean,
+    orpo_loss,
+    ppo_policy_loss,
+    ppo_value_loss,
+    remax_loss,
+    sequence_logprob,
+    token_logprobs,
+)
 from zhinao.model import attention_implementation
 from zhinao.stages.reward import encode_pairs, load_reward_model, pad_right
 from zhinao.stages.sft import fetch_hf, load_causal_lm, metrics_records, read_jsonl
-from zhinao.tokenizer import EOD, IM_END, load as load_tokenizer
+from zhinao.tokenizer import EOD, IM_END
+from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.optim import param_groups
 from zhinao.training.session import TrainingSession
 
@@ -53,7 +66,7 @@ class ActorCritic(torch.nn.Module):
     def save_pretrained(self, path, state_dict=None, **kwargs):
         """Exports the policy only: the next stage needs it; the critic lives on in checkpoints."""
         if state_dict is not None:
-            state_dict = {k[len("policy."):]: v for k, v in state_dict.items() if k.startswith("policy.")}
+            state_dict = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
         self.policy.save_pretrained(path, state_dict=state_dict, **kwargs)
 
 
@@ -68,8 +81,10 @@ class Scorer:
         rule = torch.tensor([rule_rewards.score(r, y, self.params.rules) for r, y in zip(records, responses)])
         rm = torch.zeros(len(records))
         if self.rm is not None and self.params.rm_weight > 0:
-            seqs = [self.enc.completion(as_messages(r["prompt"]), y, system=self.params.system_prompt).input_ids
-                    for r, y in zip(records, responses)]
+            seqs = [
+                self.enc.completion(as_messages(r["prompt"]), y, system=self.params.system_prompt).input_ids
+                for r, y in zip(records, responses)
+            ]
             ids, mask = pad_right(seqs, self.enc.tokenizer.pad_token_id, self.device)
             rm = self.rm(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu()
         return {"score": (self.params.rm_weight * rm + rule).to(self.device), "rm": rm, "rule": rule}
@@ -96,14 +111,21 @@ def generate(policy, prompts: list[dict], params: RLHFParams, *, greedy: bool, t
     ids = torch.full((len(prompts), length), pad, dtype=torch.long)
     mask = torch.zeros_like(ids)
     for i, p in enumerate(prompts):  # left padding; generate derives position ids from the mask
-        ids[i, length - len(p["_ids"]):] = torch.tensor(p["_ids"])
-        mask[i, length - len(p["_ids"]):] = 1
+        ids[i, length - len(p["_ids"]) :] = torch.tensor(p["_ids"])
+        mask[i, length - len(p["_ids"]) :] = 1
     was_training = policy.training
     policy.eval()
     sampling = {} if greedy else {"temperature": params.temperature, "top_k": params.top_k, "top_p": 1.0}
-    out = policy.generate(input_ids=ids.to(device), attention_mask=mask.to(device), do_sample=not greedy,
-                          max_new_tokens=params.max_new_tokens, eos_token_id=stops, pad_token_id=pad, use_cache=True,
-                          **sampling)
+    out = policy.generate(
+        input_ids=ids.to(device),
+        attention_mask=mask.to(device),
+        do_sample=not greedy,
+        max_new_tokens=params.max_new_tokens,
+        eos_token_id=stops,
+        pad_token_id=pad,
+        use_cache=True,
+        **sampling,
+    )
     policy.train(was_training)
     responses = []
     for row in out[:, length:].tolist():
@@ -118,7 +140,7 @@ def sequence_batch(prompts: list[dict], responses: list[list[int]], pad: int, de
     ids, mask = pad_right(seqs, pad, device)
     labels = torch.full_like(ids, IGNORE_INDEX)
     for i, (p, r) in enumerate(zip(prompts, responses)):
-        labels[i, len(p["_ids"]):len(p["_ids"]) + len(r)] = torch.tensor(r, device=device)
+        labels[i, len(p["_ids"]) : len(p["_ids"]) + len(r)] = torch.tensor(r, device=device)
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -128,8 +150,9 @@ def texts(tokenizer, responses: list[list[int]]) -> list[str]:
 
 @torch.no_grad()
 def logprobs_of(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return token_logprobs(model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits,
-                          batch["labels"])
+    return token_logprobs(
+        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
+    )
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -153,7 +176,9 @@ def evaluate(policy, prompts: list[dict], scorer: Scorer, params: RLHFParams, to
             batch = [p for p in prompts for _ in range(reps)]
             responses = []
             for start in range(0, len(batch), 64):
-                responses += generate(policy, batch[start:start + 64], params, greedy=greedy, tokenizer=tokenizer, device=device)
+                responses += generate(
+                    policy, batch[start : start + 64], params, greedy=greedy, tokenizer=tokenizer, device=device
+                )
             s = scorer(batch, texts(tokenizer, responses))
             result[name] = {k: float(v.float().mean()) for k, v in s.items()}
     return result
@@ -171,15 +196,26 @@ def remax_rollout(policy, ref, prompts, scorer, params, tokenizer, device) -> tu
         logp, mask = logprobs_of(policy, batch)
         ref_logp, _ = logprobs_of(ref, batch)
         s = scorer(prompts, texts(tokenizer, responses))
-        rollouts[kind] = dict(batch=batch, mask=mask, score=s, logp=logp, ref_logp=ref_logp,
-                              ret=kl_shaped_return(s["score"], logp, ref_logp, mask, params.kl_coef, params.kl_estimator))
+        rollouts[kind] = dict(
+            batch=batch,
+            mask=mask,
+            score=s,
+            logp=logp,
+            ref_logp=ref_logp,
+            ret=kl_shaped_return(s["score"], logp, ref_logp, mask, params.kl_coef, params.kl_estimator),
+        )
     sample, greedy = rollouts["sample"], rollouts["greedy"]
     train = {**sample["batch"], "ret": sample["ret"], "baseline": greedy["ret"]}
     kl = (kl_per_token(sample["logp"], sample["ref_logp"], params.kl_estimator) * sample["mask"]).sum(-1)
-    stats = {"reward_mean": sample["score"]["score"].mean().item(), "reward_greedy_mean": greedy["score"]["score"].mean().item(),
-             "reward_rule_mean": sample["score"]["rule"].mean().item(), "reward_rm_mean": sample["score"]["rm"].mean().item(),
-             "kl": kl.mean().item(), "response_tokens": sample["mask"].sum(-1).mean().item(),
-             "advantage_mean": (sample["ret"] - greedy["ret"]).mean().item()}
+    stats = {
+        "reward_mean": sample["score"]["score"].mean().item(),
+        "reward_greedy_mean": greedy["score"]["score"].mean().item(),
+        "reward_rule_mean": sample["score"]["rule"].mean().item(),
+        "reward_rm_mean": sample["score"]["rm"].mean().item(),
+        "kl": kl.mean().item(),
+        "response_tokens": sample["mask"].sum(-1).mean().item(),
+        "advantage_mean": (sample["ret"] - greedy["ret"]).mean().item(),
+    }
     return train, stats
 
 
@@ -210,10 +246,22 @@ def ppo_rollout(ac: ActorCritic, ref, prompts, scorer, params, tokenizer, device
     adv, ret = torch.zeros_like(adv_l), torch.zeros_like(ret_l)
     adv.scatter_(1, cols, adv_l * gather(mask))
     ret.scatter_(1, cols, ret_l * gather(mask))
-    train = {**batch, "old_logp": old_logp, "old_values": old_values, "adv": whiten(adv, mask), "ret": ret, "mask": mask}
-    stats = {"reward_mean": s["score"].mean().item(), "reward_rule_mean": s["rule"].mean().item(),
-             "reward_rm_mean": s["rm"].mean().item(), "kl": kl.sum(-1).mean().item(),
-             "response_tokens": mask.sum(-1).mean().item(), "value_mean": masked_mean(old_values, mask).item()}
+    train = {
+        **batch,
+        "old_logp": old_logp,
+        "old_values": old_values,
+        "adv": whiten(adv, mask),
+        "ret": ret,
+        "mask": mask,
+    }
+    stats = {
+        "reward_mean": s["score"].mean().item(),
+        "reward_rule_mean": s["rule"].mean().item(),
+        "reward_rm_mean": s["rm"].mean().item(),
+        "kl": kl.sum(-1).mean().item(),
+        "response_tokens": mask.sum(-1).mean().item(),
+        "value_mean": masked_mean(old_values, mask).item(),
+    }
     return train, stats
 
 
@@ -221,8 +269,10 @@ def ppo_loss_fn(params: RLHFParams):
     def fn(model, b):
         logits, values = model(b["input_ids"], b["attention_mask"])
         logp, mask = token_logprobs(logits, b["labels"])
-        return (ppo_policy_loss(logp, b["old_logp"], b["adv"], mask, params.clip_range)
-                + params.vf_coef * ppo_value_loss(values[:, :-1], b["old_values"], b["ret"], mask, params.value_clip))
+        return ppo_policy_loss(
+            logp, b["old_logp"], b["adv"], mask, params.clip_range
+        ) + params.vf_coef * ppo_value_loss(values[:, :-1], b["old_values"], b["ret"], mask, params.value_clip)
+
     return fn
 
 
@@ -233,13 +283,16 @@ def preference_loss_fn(params: RLHFParams, ref, stats: list):
         if params.algorithm == "dpo":
             logp = sequence_logprob(logits, b["labels"])
             with torch.no_grad():
-                ref_logp = sequence_logprob(ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"])
+                ref_logp = sequence_logprob(
+                    ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
+                )
             margin = (logp[:n] - ref_logp[:n]) - (logp[n:] - ref_logp[n:])
             stats.append(params.beta * margin.detach())
             return dpo_loss(logp[:n], logp[n:], ref_logp[:n], ref_logp[n:], params.beta)
         mean_logp = sequence_logprob(logits, b["labels"], average=True)
         stats.append((mean_logp[:n] - mean_logp[n:]).detach())
         return orpo_loss(lm_loss(logits[:n], b["labels"][:n]), mean_logp[:n], mean_logp[n:], params.orpo_lambda)
+
     return fn
 
 
@@ -250,7 +303,11 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
     env, out, device = session.env, session.out, session.device
     online = params.algorithm in ("remax", "ppo")
-    need = ["policy"] + (["prompts"] if online else ["preferences"]) + (["reward"] if online and params.rm_weight > 0 else [])
+    need = (
+        ["policy"]
+        + (["prompts"] if online else ["preferences"])
+        + (["reward"] if online and params.rm_weight > 0 else [])
+    )
     for name in need:
         if name not in rt.inputs:
             raise SystemExit(f"rlhf stage ({params.algorithm}) needs inputs.{name}")
@@ -269,10 +326,13 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     if "prompts" in rt.inputs:
         train_prompts = load_prompts(rt.inputs["prompts"], enc, params)
         if "evalPrompts" in rt.inputs:
-            eval_prompts = load_prompts(rt.inputs["evalPrompts"], enc, params)[:params.eval_prompts]
+            eval_prompts = load_prompts(rt.inputs["evalPrompts"], enc, params)[: params.eval_prompts]
         elif params.eval_prompts and online:
             n = min(params.eval_prompts, len(train_prompts) // 2)
-            train_prompts, eval_prompts = train_prompts[:len(train_prompts) - n], train_prompts[len(train_prompts) - n:]
+            train_prompts, eval_prompts = (
+                train_prompts[: len(train_prompts) - n],
+                train_prompts[len(train_prompts) - n :],
+            )
     can_eval = bool(eval_prompts) and (params.rules or rm is not None)
     pairs = []
     if not online:
@@ -289,10 +349,12 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
         config = AutoConfig.from_pretrained(init, num_labels=1)
         config.classifier_dropout = 0.0  # values must not be noisy
         critic = AutoModelForTokenClassification.from_pretrained(
-            init, config=config, dtype=torch.float32, attn_implementation=attention_implementation(params.attention))
+            init, config=config, dtype=torch.float32, attn_implementation=attention_implementation(params.attention)
+        )
         model = ActorCritic(policy, critic)
-        groups = ([{**g, "lr": params.lr} for g in param_groups(policy, params.weight_decay)]
-                  + [{**g, "lr": params.critic_lr} for g in param_groups(critic, params.weight_decay)])
+        groups = [{**g, "lr": params.lr} for g in param_groups(policy, params.weight_decay)] + [
+            {**g, "lr": params.critic_lr} for g in param_groups(critic, params.weight_decay)
+        ]
     else:
         model, groups = policy, None
     torch.manual_seed(params.seed + env.rank)  # rollouts sample: equal seeds, equal runs (resume restores it)
@@ -305,16 +367,35 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
         meta["eval_before"] = evaluate(actor(), eval_prompts, scorer, params, tokenizer, device)
     with torch.random.fork_rng(devices=[]):  # its peak-FLOPs probe draws random matrices
         metrics = session.open_metrics(flops_per_token=None, resumed_step=start)
-    log.info("%s on %d prompts / %d pairs (%d held-out prompts), steps %d..%d", params.algorithm, len(train_prompts),
-             len(pairs), len(eval_prompts), start + 1, params.max_steps)
+    log.info(
+        "%s on %d prompts / %d pairs (%d held-out prompts), steps %d..%d",
+        params.algorithm,
+        len(train_prompts),
+        len(pairs),
+        len(eval_prompts),
+        start + 1,
+        params.max_steps,
+    )
 
     items = train_prompts if online else pairs
     for step in range(start, params.max_steps):
         began = time.perf_counter()
-        chunks = [[items[i] for i in batch_indices(
-            n_sequences=len(items), step=step, micro_step=m, rank=env.rank, world_size=env.world_size,
-            micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, seed=params.seed)]
-            for m in range(params.grad_accum_steps)]
+        chunks = [
+            [
+                items[i]
+                for i in batch_indices(
+                    n_sequences=len(items),
+                    step=step,
+                    micro_step=m,
+                    rank=env.rank,
+                    world_size=env.world_size,
+                    micro_batch=params.micro_batch_size,
+                    grad_accum=params.grad_accum_steps,
+                    seed=params.seed,
+                )
+            ]
+            for m in range(params.grad_accum_steps)
+        ]
         lr = engine.lr
         if online:
             rollout = remax_rollout if params.algorithm == "remax" else ppo_rollout
@@ -330,27 +411,52 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             loss, grad_norm = engine.train_step(batches, loss_fn=preference_loss_fn(params, ref, seen))
             margins = torch.cat(seen)
             extra = {"reward_margin": margins.mean().item(), "pref_accuracy": (margins > 0).float().mean().item()}
-        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm,
-                            tokens=sum(int(b["attention_mask"].sum()) for b in batches),
-                            samples=sum(len(c) for c in chunks), step_seconds=time.perf_counter() - began, **extra)
+        metrics.record_step(
+            step=step + 1,
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens=sum(int(b["attention_mask"].sum()) for b in batches),
+            samples=sum(len(c) for c in chunks),
+            step_seconds=time.perf_counter() - began,
+            **extra,
+        )
         if (step + 1) % params.log_every == 0 and env.is_main:
-            log.info("step %d/%d loss %.4f %s", step + 1, params.max_steps, loss,
-                     " ".join(f"{k} {v:.3f}" for k, v in extra.items()))
+            log.info(
+                "step %d/%d loss %.4f %s",
+                step + 1,
+                params.max_steps,
+                loss,
+                " ".join(f"{k} {v:.3f}" for k, v in extra.items()),
+            )
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
             session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
 
-    eval_after = evaluate(actor(), eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
+    eval_after = (
+        evaluate(actor(), eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
+    )
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
         steps = [x for x in metrics_records(out) if x.get("event", "step") == "step"]
-        summary = {"algorithm": params.algorithm, "steps": len(steps), "loss_first": steps[0]["loss"],
-                   "loss_last": steps[-1]["loss"], "eval_prompts": len(eval_prompts),
-                   "eval_before": meta.get("eval_before"), "eval_after": eval_after, "hf": hf,
-                   "checkpoints": out.url("checkpoints"), "metrics": out.url("metrics")}
+        summary = {
+            "algorithm": params.algorithm,
+            "steps": len(steps),
+            "loss_first": steps[0]["loss"],
+            "loss_last": steps[-1]["loss"],
+            "eval_prompts": len(eval_prompts),
+            "eval_before": meta.get("eval_before"),
+            "eval_after": eval_after,
+            "hf": hf,
+            "checkpoints": out.url("checkpoints"),
+            "metrics": out.url("metrics"),
+        }
         if online:
-            summary.update(reward_first=steps[0]["reward_mean"], reward_last=float(np.mean([s["reward_mean"] for s in steps[-5:]])),
-                           kl_last=steps[-1]["kl"])
+            summary.update(
+                reward_first=steps[0]["reward_mean"],
+                reward_last=float(np.mean([s["reward_mean"] for s in steps[-5:]])),
+                kl_last=steps[-1]["kl"],
+            )
         out.put_bytes("report/rlhf.png", rlhf_png(steps, summary))
         out.put_bytes("report/rlhf.md", rlhf_markdown(summary).encode())
         out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
@@ -363,7 +469,7 @@ def preference_batch(pairs: list[dict], pad: int, device) -> dict:
     ids, mask = pad_right(seqs, pad, device)
     labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
     for i in range(len(seqs)):
-        labels[i, :pairs[i % len(pairs)]["prompt_len"]] = IGNORE_INDEX
+        labels[i, : pairs[i % len(pairs)]["prompt_len"]] = IGNORE_INDEX
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
@@ -379,7 +485,9 @@ def rlhf_png(steps: list[dict], s: dict) -> bytes:
     if "reward_mean" in steps[0]:
         ax.plot(x, [r["reward_mean"] for r in steps], label="sampled reward", color="#1f77b4")
         if "reward_greedy_mean" in steps[0]:
-            ax.plot(x, [r["reward_greedy_mean"] for r in steps], label="greedy reward (ReMax baseline)", color="#2ca02c")
+            ax.plot(
+                x, [r["reward_greedy_mean"] for r in steps], label="greedy reward (ReMax baseline)", color="#2ca02c"
+            )
         kx = ax.twinx()
         kx.plot(x, [r["kl"] for r in steps], color="#ff7f0e", alpha=0.6, label="KL to reference")
         kx.set_ylabel("KL (nats / response)")
@@ -417,8 +525,13 @@ def rlhf_markdown(s: dict) -> str:
         lines += ["| held-out prompts | before (SFT) | after |", "|---|---|---|"]
         for mode in ("greedy", "sampled"):
             for comp in ("rule", "rm"):
-                lines.append(f"| {mode} {comp} reward | {s['eval_before'][mode][comp]:.3f} | {s['eval_after'][mode][comp]:.3f} |")
+                lines.append(
+                    f"| {mode} {comp} reward | {s['eval_before'][mode][comp]:.3f} | {s['eval_after'][mode][comp]:.3f} |"
+                )
     if "reward_first" in s:
-        lines += ["", f"Training reward {s['reward_first']:.3f} -> {s['reward_last']:.3f} (mean of the last 5 steps), "
-                  f"final KL {s['kl_last']:.3f}."]
+        lines += [
+            "",
+            f"Training reward {s['reward_first']:.3f} -> {s['reward_last']:.3f} (mean of the last 5 steps), "
+            f"final KL {s['kl_last']:.3f}.",
+        ]
     return "\n".join(lines + ["", "![RLHF](rlhf.png)", ""])

@@ -48,7 +48,7 @@ def fetch_hf(uri: str, dest: Path) -> tuple[Path, Path]:
     model_dir.mkdir(parents=True, exist_ok=True)
     tok_dir.mkdir(parents=True, exist_ok=True)
     for key in store.list(prefix):
-        name = key[len(prefix):]
+        name = key[len(prefix) :]
         if "/" not in name:
             store.get_file(key, model_dir / name)
             if name in TOKENIZER_FILES:
@@ -100,8 +100,9 @@ def steps_for(n_items: int, params, world_size: int) -> int:
 
 
 def load_causal_lm(model_dir: Path, attention: str):
-    return AutoModelForCausalLM.from_pretrained(model_dir, dtype=torch.float32,
-                                                attn_implementation=attention_implementation(attention))
+    return AutoModelForCausalLM.from_pretrained(
+        model_dir, dtype=torch.float32, attn_implementation=attention_implementation(attention)
+    )
 
 
 def metrics_records(out, key: str = "metrics/rank-0.jsonl") -> list[dict]:
@@ -151,7 +152,9 @@ def to_batch(packed: Packed, rows: np.ndarray, mode: str, attention: str, device
     }
     if mode == "document" and attention != "flash_attention_2":
         allowed = torch.from_numpy(block_causal_mask(packed.doc_ids[rows])).to(device)
-        batch["attention_mask"] = torch.zeros(allowed.shape, device=device).masked_fill(~allowed, torch.finfo(torch.float32).min)
+        batch["attention_mask"] = torch.zeros(allowed.shape, device=device).masked_fill(
+            ~allowed, torch.finfo(torch.float32).min
+        )
     return batch
 
 
@@ -191,8 +194,12 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     held = encode_and_pack(eval_records, tokenizer, params)
     if not len(packed):
         raise SystemExit(f"no SFT example fits maxLen={params.max_len}")
-    data_stats.update(rows=len(packed), skipped_too_long=packed.skipped,
-                      target_tokens=int((packed.labels != -100).sum()), tokens=int((packed.doc_ids >= 0).sum()))
+    data_stats.update(
+        rows=len(packed),
+        skipped_too_long=packed.skipped,
+        target_tokens=int((packed.labels != -100).sum()),
+        tokens=int((packed.doc_ids >= 0).sum()),
+    )
 
     model = load_causal_lm(model_dir, params.attention)
     attention = model.config._attn_implementation
@@ -201,29 +208,64 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     meta = session.resume(engine)
     start = meta.get("step", 0)
     if start == 0:
-        meta["eval_loss_before"] = eval_loss(engine.model, held, params.packing, attention, session.device, params.micro_batch_size)
+        meta["eval_loss_before"] = eval_loss(
+            engine.model, held, params.packing, attention, session.device, params.micro_batch_size
+        )
     cfg = model.config
     metrics = session.open_metrics(
-        flops_per_token=flops_per_token(n_params=matmul_params(model), n_layers=cfg.num_hidden_layers,
-                                        hidden=cfg.hidden_size, seq_len=params.max_len),
-        resumed_step=start)
-    log.info("SFT on %d rows of %d tokens (%d conversations, %s packing), steps %d..%d",
-             len(packed), params.max_len, len(train_records), params.packing, start + 1, total)
+        flops_per_token=flops_per_token(
+            n_params=matmul_params(model),
+            n_layers=cfg.num_hidden_layers,
+            hidden=cfg.hidden_size,
+            seq_len=params.max_len,
+        ),
+        resumed_step=start,
+    )
+    log.info(
+        "SFT on %d rows of %d tokens (%d conversations, %s packing), steps %d..%d",
+        len(packed),
+        params.max_len,
+        len(train_records),
+        params.packing,
+        start + 1,
+        total,
+    )
 
     for step in range(start, total):
         began = time.perf_counter()
-        batches = [to_batch(packed, batch_indices(n_sequences=len(packed), step=step, micro_step=m, rank=env.rank,
-                                                  world_size=env.world_size, micro_batch=params.micro_batch_size,
-                                                  grad_accum=params.grad_accum_steps, seed=params.seed),
-                            params.packing, attention, session.device)
-                   for m in range(params.grad_accum_steps)]
+        batches = [
+            to_batch(
+                packed,
+                batch_indices(
+                    n_sequences=len(packed),
+                    step=step,
+                    micro_step=m,
+                    rank=env.rank,
+                    world_size=env.world_size,
+                    micro_batch=params.micro_batch_size,
+                    grad_accum=params.grad_accum_steps,
+                    seed=params.seed,
+                ),
+                params.packing,
+                attention,
+                session.device,
+            )
+            for m in range(params.grad_accum_steps)
+        ]
         lr = engine.lr
         loss, grad_norm = engine.train_step(batches, loss_fn=sft_loss)
         tokens = sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches)
         targets = sum(int((b["labels"] != -100).sum()) for b in batches)
-        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens,
-                            samples=params.micro_batch_size * params.grad_accum_steps,
-                            step_seconds=time.perf_counter() - began, target_tokens=targets)
+        metrics.record_step(
+            step=step + 1,
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens=tokens,
+            samples=params.micro_batch_size * params.grad_accum_steps,
+            step_seconds=time.perf_counter() - began,
+            target_tokens=targets,
+        )
         if (step + 1) % params.log_every == 0 and env.is_main:
             log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, total, loss, lr, grad_norm)
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == total:
@@ -235,11 +277,20 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     if env.is_main:
         steps = [r for r in metrics_records(out) if r.get("event", "step") == "step"]
         summary = {
-            "steps": len(steps), "loss_first": steps[0]["loss"], "loss_last": steps[-1]["loss"],
-            "eval_loss_before": meta.get("eval_loss_before"), "eval_loss_after": eval_after,
-            "packing": params.packing, "data": data_stats, "hf": hf, "checkpoints": out.url("checkpoints"),
-            "metrics": out.url("metrics"), "loss_curve": out.url("report/sft_loss.png"),
-            "tokens_per_second": sum(r["tokens"] for r in steps) * env.world_size / max(1e-9, sum(r["step_seconds"] for r in steps)),
+            "steps": len(steps),
+            "loss_first": steps[0]["loss"],
+            "loss_last": steps[-1]["loss"],
+            "eval_loss_before": meta.get("eval_loss_before"),
+            "eval_loss_after": eval_after,
+            "packing": params.packing,
+            "data": data_stats,
+            "hf": hf,
+            "checkpoints": out.url("checkpoints"),
+            "metrics": out.url("metrics"),
+            "loss_curve": out.url("report/sft_loss.png"),
+            "tokens_per_second": sum(r["tokens"] for r in steps)
+            * env.world_size
+            / max(1e-9, sum(r["step_seconds"] for r in steps)),
         }
         out.put_bytes("report/sft_loss.png", loss_curve_png(steps, title=f"SFT ({params.packing} packing)"))
         out.put_bytes("report/sft.md", sft_markdown(summary).encode())
@@ -248,8 +299,12 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
 
 
 def sft_markdown(s: dict) -> str:
-    lines = ["## SFT", "", f"Training loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} over {s['steps']} steps "
-             f"({s['packing']} packing, {s['data']['rows']} rows, {s['data']['target_tokens']} target tokens)."]
+    lines = [
+        "## SFT",
+        "",
+        f"Training loss {s['loss_first']:.3f} -> {s['loss_last']:.3f} over {s['steps']} steps "
+        f"({s['packing']} packing, {s['data']['rows']} rows, {s['data']['target_tokens']} target tokens).",
+    ]
     if s["eval_loss_after"] is not None:
         lines.append(f"Held-out loss {s['eval_loss_before']:.3f} -> {s['eval_loss_after']:.3f}.")
     return "\n".join(lines + ["", "![SFT loss](sft_loss.png)", ""])

@@ -96,7 +96,11 @@ class Engine(ABC):
         if path.exists():
             set_rng_state(torch.load(path, weights_only=False))
         else:
-            log.warning("no RNG state for rank %d in %s (world size changed?); keeping the seeded state", self.env.rank, directory)
+            log.warning(
+                "no RNG state for rank %d in %s (world size changed?); keeping the seeded state",
+                self.env.rank,
+                directory,
+            )
 
 
 class DDPEngine(Engine):
@@ -105,8 +109,11 @@ class DDPEngine(Engine):
         self.model = model.to(device)
         self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
         self.wrapped = (
-            torch.nn.parallel.DistributedDataParallel(self.model, device_ids=[device.index] if device.type == "cuda" else None)
-            if env.world_size > 1 else self.model
+            torch.nn.parallel.DistributedDataParallel(
+                self.model, device_ids=[device.index] if device.type == "cuda" else None
+            )
+            if env.world_size > 1
+            else self.model
         )
 
     def train_step(self, micro_batches, loss_fn=None):
@@ -130,8 +137,11 @@ class DDPEngine(Engine):
         directory.mkdir(parents=True, exist_ok=True)
         parts = self._save_rng(directory)
         if self.env.is_main:  # DDP replicas are identical: one copy of the state suffices
-            for name, obj in (("model.pt", self.model.state_dict()), ("optimizer.pt", self.optimizer.state_dict()),
-                              ("scheduler.pt", self.scheduler.state_dict())):
+            for name, obj in (
+                ("model.pt", self.model.state_dict()),
+                ("optimizer.pt", self.optimizer.state_dict()),
+                ("scheduler.pt", self.scheduler.state_dict()),
+            ):
                 torch.save(obj, directory / name)
                 parts[name] = directory / name
         return parts
@@ -153,8 +163,20 @@ class DDPEngine(Engine):
 class DeepSpeedEngine(Engine):
     TAG = "state"
 
-    def __init__(self, model, optimizer, scheduler, *, env, device, autocast_dtype, grad_clip: float,
-                 zero_stage: int, micro_batch: int, grad_accum: int):
+    def __init__(
+        self,
+        model,
+        optimizer,
+        scheduler,
+        *,
+        env,
+        device,
+        autocast_dtype,
+        grad_clip: float,
+        zero_stage: int,
+        micro_batch: int,
+        grad_accum: int,
+    ):
         super().__init__(env, device, None)  # DeepSpeed owns mixed precision through its config
         import deepspeed
 
@@ -207,9 +229,10 @@ class DeepSpeedEngine(Engine):
 
         params = list(self.model.parameters())
         with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self.env.is_main else None
+            return (
+                {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self.env.is_main else None
+            )
 
     @property
     def lr(self):
         return self.engine.get_lr()[0]
-

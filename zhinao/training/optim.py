@@ -14,8 +14,15 @@ def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
-def build_adamw(model: torch.nn.Module, *, lr: float, betas: tuple[float, float], eps: float, weight_decay: float,
-                groups: list[dict] | None = None):
+def build_adamw(
+    model: torch.nn.Module,
+    *,
+    lr: float,
+    betas: tuple[float, float],
+    eps: float,
+    weight_decay: float,
+    groups: list[dict] | None = None,
+):
     """`groups` replaces the default decay/no-decay split (e.g. a critic with its own lr)."""
     # The fused kernel (one pass over all parameters) exists for CPU and CUDA tensors alike.
     return torch.optim.AdamW(groups or param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=True)

@@ -14,20 +14,42 @@ from zhinao.training.session import TrainingSession
 log = logging.getLogger(__name__)
 
 
-def micro_batches(data: np.ndarray, params, *, step: int, rank: int, world_size: int,
-                  device: torch.device) -> list[torch.Tensor]:
+def micro_batches(
+    data: np.ndarray, params, *, step: int, rank: int, world_size: int, device: torch.device
+) -> list[torch.Tensor]:
     """This rank's micro-batches of optimizer step `step`: a pure function of the position, so resumable."""
     return [
-        torch.from_numpy(data[batch_indices(n_sequences=len(data), step=step, micro_step=m, rank=rank,
-                                            world_size=world_size, micro_batch=params.micro_batch_size,
-                                            grad_accum=params.grad_accum_steps, seed=params.seed)].astype(np.int64)
-                         ).to(device)
+        torch.from_numpy(
+            data[
+                batch_indices(
+                    n_sequences=len(data),
+                    step=step,
+                    micro_step=m,
+                    rank=rank,
+                    world_size=world_size,
+                    micro_batch=params.micro_batch_size,
+                    grad_accum=params.grad_accum_steps,
+                    seed=params.seed,
+                )
+            ].astype(np.int64)
+        ).to(device)
         for m in range(params.grad_accum_steps)
     ]
 
 
-def train_steps(session: TrainingSession, engine: Engine, metrics: TrainingMetrics, data: np.ndarray, params, *,
-                start: int, rank: int, world_size: int, tokens_per_step: int, meta: dict | None = None) -> None:
+def train_steps(
+    session: TrainingSession,
+    engine: Engine,
+    metrics: TrainingMetrics,
+    data: np.ndarray,
+    params,
+    *,
+    start: int,
+    rank: int,
+    world_size: int,
+    tokens_per_step: int,
+    meta: dict | None = None,
+) -> None:
     """Optimizer steps `start`+1 to maxSteps, checkpointing every checkpointEvery steps and at the end.
 
     `rank` and `world_size` place this process among the replicas that read different sequences;
@@ -39,11 +61,25 @@ def train_steps(session: TrainingSession, engine: Engine, metrics: TrainingMetri
         batches = micro_batches(data, params, step=step, rank=rank, world_size=world_size, device=session.device)
         lr = engine.lr
         loss, grad_norm = engine.train_step(batches)
-        metrics.record_step(step=step + 1, loss=loss, lr=lr, grad_norm=grad_norm, tokens=tokens_per_step,
-                            samples=params.micro_batch_size * params.grad_accum_steps,
-                            step_seconds=time.perf_counter() - began)
+        metrics.record_step(
+            step=step + 1,
+            loss=loss,
+            lr=lr,
+            grad_norm=grad_norm,
+            tokens=tokens_per_step,
+            samples=params.micro_batch_size * params.grad_accum_steps,
+            step_seconds=time.perf_counter() - began,
+        )
         if (step + 1) % params.log_every == 0 and env.is_main:
             log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, params.max_steps, loss, lr, grad_norm)
         if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
-            session.save_checkpoint(engine, step + 1, {"step": step + 1, "world_size": env.world_size, **(meta or {}),
-                                                       "tokens": (step + 1) * tokens_per_step * env.world_size})
+            session.save_checkpoint(
+                engine,
+                step + 1,
+                {
+                    "step": step + 1,
+                    "world_size": env.world_size,
+                    **(meta or {}),
+                    "tokens": (step + 1) * tokens_per_step * env.world_size,
+                },
+            )

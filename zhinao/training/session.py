@@ -64,22 +64,48 @@ class TrainingSession:
         return out
 
     # -- the engine every stage trains with
-    def build_engine(self, model, params, *, warmup: int, total: int, groups: list[dict] | None = None,
-                     ddp_engine: type[DDPEngine] = DDPEngine, **engine_kwargs) -> Engine:
+    def build_engine(
+        self,
+        model,
+        params,
+        *,
+        warmup: int,
+        total: int,
+        groups: list[dict] | None = None,
+        ddp_engine: type[DDPEngine] = DDPEngine,
+        **engine_kwargs,
+    ) -> Engine:
         """AdamW + warmup/cosine from a stage's optimizer fields, then DDP (zeroStage 0) or DeepSpeed ZeRO.
 
         `groups` overrides the parameter groups (e.g. a critic with its own lr); `ddp_engine` lets a
         stage bring a DDPEngine subclass (sequence parallelism) with its `engine_kwargs`.
         """
-        optimizer = build_adamw(model, lr=params.lr, betas=(params.adam_beta1, params.adam_beta2), eps=params.adam_eps,
-                                weight_decay=params.weight_decay, groups=groups)
+        optimizer = build_adamw(
+            model,
+            lr=params.lr,
+            betas=(params.adam_beta1, params.adam_beta2),
+            eps=params.adam_eps,
+            weight_decay=params.weight_decay,
+            groups=groups,
+        )
         scheduler = build_scheduler(optimizer, warmup=warmup, total=total, floor=params.min_lr_ratio)
-        common = dict(env=self.env, device=self.device, autocast_dtype=autocast_dtype(params.precision, self.device),
-                      grad_clip=params.grad_clip)
+        common = dict(
+            env=self.env,
+            device=self.device,
+            autocast_dtype=autocast_dtype(params.precision, self.device),
+            grad_clip=params.grad_clip,
+        )
         if params.zero_stage == 0:
             return ddp_engine(model, optimizer, scheduler, **common, **engine_kwargs)
-        return DeepSpeedEngine(model.to(self.device), optimizer, scheduler, zero_stage=params.zero_stage,
-                               micro_batch=params.micro_batch_size, grad_accum=params.grad_accum_steps, **common)
+        return DeepSpeedEngine(
+            model.to(self.device),
+            optimizer,
+            scheduler,
+            zero_stage=params.zero_stage,
+            micro_batch=params.micro_batch_size,
+            grad_accum=params.grad_accum_steps,
+            **common,
+        )
 
     # -- metrics
     @property
@@ -90,15 +116,21 @@ class TrainingSession:
         """Continue the stage's JSONL log from object storage, dropping steps a restart will redo."""
         path = self.workdir / self.metrics_key
         path.parent.mkdir(parents=True, exist_ok=True)
-        previous = self.out.get_bytes(self.metrics_key).decode().splitlines() if self.out.exists(self.metrics_key) else []
+        previous = (
+            self.out.get_bytes(self.metrics_key).decode().splitlines() if self.out.exists(self.metrics_key) else []
+        )
         kept = [line for line in previous if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
         path.write_text("".join(line + "\n" for line in kept))
         peak, how = peak_flops(self.device)
         log.info("MFU peak: %.3g FLOP/s (%s)", peak, how)
         self.metrics = TrainingMetrics(
-            pipeline=self.rt.pipeline, stage=self.rt.stage, rank=self.env.rank,
-            port=metrics_port_from_env(self.env.local_rank), log_path=path,
-            flops_per_token=flops_per_token, peak_flops=peak,
+            pipeline=self.rt.pipeline,
+            stage=self.rt.stage,
+            rank=self.env.rank,
+            port=metrics_port_from_env(self.env.local_rank),
+            log_path=path,
+            flops_per_token=flops_per_token,
+            peak_flops=peak,
         )
         return self.metrics
 

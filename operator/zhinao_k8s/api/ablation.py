@@ -43,8 +43,10 @@ class Ablation(SpecModel):
         longest = max(len(r.name) for r in self.spec.recipes)
         size = len(self.metadata.name) + 1 + longest + 2 + len(str(self.spec.seeds - 1))
         if size > MAX_RUN_NAME:
-            raise ValueError(f"run names `<ablation>-<recipe>-s<k>` would be {size} characters (at most {MAX_RUN_NAME}): "
-                             "shorten metadata.name or the recipe names")
+            raise ValueError(
+                f"run names `<ablation>-<recipe>-s<k>` would be {size} characters (at most {MAX_RUN_NAME}): "
+                "shorten metadata.name or the recipe names"
+            )
         return self
 
 

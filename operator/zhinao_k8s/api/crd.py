@@ -35,8 +35,18 @@ SHORT_NAMES = ["tp", "tpipe"]
 MAX_NAME_LENGTH = 40  # Metadata.name: child jobs are `<name>-<stage>` and must fit 63 characters
 
 PRINTER_COLUMNS = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase", "description": "Pending, Running, Suspended, Succeeded or Failed"},
-    {"name": "Stage", "type": "string", "jsonPath": ".status.currentStage", "description": "The first stage that has not Succeeded"},
+    {
+        "name": "Phase",
+        "type": "string",
+        "jsonPath": ".status.phase",
+        "description": "Pending, Running, Suspended, Succeeded or Failed",
+    },
+    {
+        "name": "Stage",
+        "type": "string",
+        "jsonPath": ".status.currentStage",
+        "description": "The first stage that has not Succeeded",
+    },
     {"name": "Progress", "type": "string", "jsonPath": ".status.progress", "description": "Succeeded stages / stages"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -45,8 +55,12 @@ ABLATION_PLURAL = "ablations"
 # The shortest run name is `<ablation>-r-s0`; the operator checks the real recipe names.
 MAX_ABLATION_NAME = MAX_RUN_NAME - len("-r-s0")
 ABLATION_PRINTER_COLUMNS = [
-    {"name": "Phase", "type": "string", "jsonPath": ".status.phase",
-     "description": "Pending, Preparing, Training, Evaluating, Succeeded or Failed"},
+    {
+        "name": "Phase",
+        "type": "string",
+        "jsonPath": ".status.phase",
+        "description": "Pending, Preparing, Training, Evaluating, Succeeded or Failed",
+    },
     {"name": "Runs", "type": "string", "jsonPath": ".status.progress", "description": "Succeeded runs / runs"},
     {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"},
 ]
@@ -75,15 +89,26 @@ class Resource:
 
 
 TRAINING_PIPELINE = Resource(
-    kind=KIND, plural=PLURAL, singular=SINGULAR, short_names=tuple(SHORT_NAMES), printer_columns=PRINTER_COLUMNS,
-    spec_model=PipelineSpec, status_model=PipelineStatus,
+    kind=KIND,
+    plural=PLURAL,
+    singular=SINGULAR,
+    short_names=tuple(SHORT_NAMES),
+    printer_columns=PRINTER_COLUMNS,
+    spec_model=PipelineSpec,
+    status_model=PipelineStatus,
     description="A chain of training stages (tokenizer, pretrain, ...) run as PyTorchJobs, one after another.",
     spec_description="What to train: the stages, run in order, and how they run.",
-    max_name=MAX_NAME_LENGTH, max_name_why="child PyTorchJobs are named <pipeline>-<stage>",
+    max_name=MAX_NAME_LENGTH,
+    max_name_why="child PyTorchJobs are named <pipeline>-<stage>",
 )
 ABLATION = Resource(
-    kind=ABLATION_KIND, plural=ABLATION_PLURAL, singular="ablation", short_names=("abl",),
-    printer_columns=ABLATION_PRINTER_COLUMNS, spec_model=AblationSpec, status_model=AblationStatus,
+    kind=ABLATION_KIND,
+    plural=ABLATION_PLURAL,
+    singular="ablation",
+    short_names=("abl",),
+    printer_columns=ABLATION_PRINTER_COLUMNS,
+    spec_model=AblationSpec,
+    status_model=AblationStatus,
     description="Data recipes compared on a small proxy model: recipes x seeds TrainingPipelines, evaluations, statistics.",
     spec_description="The recipes, the fixed base data, the proxy model, the seeds and the evaluations.",
     max_name=MAX_ABLATION_NAME,
@@ -135,8 +160,9 @@ def _merge(a: dict, b: dict) -> dict:
         out.pop("required", None)
         if required:
             out["required"] = required
-        out["description"] = (a.get("description") or b.get("description") or "") + \
-            " Fields depend on the stage kind; the operator checks them and reports errors in status."
+        out["description"] = (
+            a.get("description") or b.get("description") or ""
+        ) + " Fields depend on the stage kind; the operator checks them and reports errors in status."
         out["description"] = out["description"].strip()
         return out
     if a.get("type") == b.get("type") and a.get("type") in ("integer", "number", "string", "boolean", "array"):
@@ -218,10 +244,12 @@ def openapi_schema(resource: Resource = TRAINING_PIPELINE) -> dict:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": [{
-            "rule": f"size(self.metadata.name) <= {resource.max_name}",
-            "message": f"metadata.name must be at most {resource.max_name} characters: {resource.max_name_why}",
-        }],
+        "x-kubernetes-validations": [
+            {
+                "rule": f"size(self.metadata.name) <= {resource.max_name}",
+                "message": f"metadata.name must be at most {resource.max_name} characters: {resource.max_name_why}",
+            }
+        ],
     }
 
 
@@ -244,17 +272,29 @@ def crd(resource: Resource = TRAINING_PIPELINE) -> dict:
                 "categories": ["zhinao"],
             },
             "scope": "Namespaced",
-            "versions": [{
-                "name": VERSION,
-                "served": True,
-                "storage": True,
-                "subresources": {"status": {}},
-                "additionalPrinterColumns": copy.deepcopy(resource.printer_columns),
-                "schema": {"openAPIV3Schema": openapi_schema(resource)},
-            }],
+            "versions": [
+                {
+                    "name": VERSION,
+                    "served": True,
+                    "storage": True,
+                    "subresources": {"status": {}},
+                    "additionalPrinterColumns": copy.deepcopy(resource.printer_columns),
+                    "schema": {"openAPIV3Schema": openapi_schema(resource)},
+                }
+            ],
         },
     }
 
 
-__all__ = ["crd", "openapi_schema", "structural", "model_schema", "Resource", "TRAINING_PIPELINE", "ABLATION", "PLURAL",
-           "ABLATION_PLURAL", "API_VERSION"]
+__all__ = [
+    "crd",
+    "openapi_schema",
+    "structural",
+    "model_schema",
+    "Resource",
+    "TRAINING_PIPELINE",
+    "ABLATION",
+    "PLURAL",
+    "ABLATION_PLURAL",
+    "API_VERSION",
+]

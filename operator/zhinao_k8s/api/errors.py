@@ -44,4 +44,3 @@ def format_errors(exc: ValidationError, stage_kinds: tuple[str, ...] = ()) -> li
         path = _path(err["loc"], tags)
         lines.append(f"{path}: {_reason(err)}" if path else _reason(err))
     return lines
-

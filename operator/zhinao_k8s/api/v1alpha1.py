@@ -5,7 +5,7 @@ values schema, so a spec accepted here is accepted everywhere.
 """
 
 import re
-from typing import Annotated, Literal, Union
+from typing import Annotated, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -184,8 +184,10 @@ class RLHFStage(StageBase):
     params: RLHFParams = Field(default_factory=RLHFParams)
 
 
-Stage = Annotated[Union[DataStage, TokenizerStage, PretrainStage, LongContextStage, SFTStage, RewardStage, RLHFStage],
-                  Field(discriminator="kind")]
+Stage = Annotated[
+    DataStage | TokenizerStage | PretrainStage | LongContextStage | SFTStage | RewardStage | RLHFStage,
+    Field(discriminator="kind"),
+]
 STAGE_KINDS = ("data", "tokenizer", "pretrain", "longctx", "sft", "reward", "rlhf")
 
 
@@ -210,7 +212,7 @@ class PipelineSpec(SpecModel):
             if stage.name in seen:
                 raise ValueError(f"stage name {stage.name!r} is used twice")
             for key, uri in stage.inputs.items():
-                if uri.startswith("stage://") and uri[len("stage://"):] not in seen:
+                if uri.startswith("stage://") and uri[len("stage://") :] not in seen:
                     raise ValueError(
                         f"stage {stage.name!r} input {key!r} refers to {uri!r}, which is not an earlier stage"
                     )
@@ -236,6 +238,6 @@ class TrainingPipeline(SpecModel):
     def resolve_inputs(self, stage: StageBase) -> dict[str, str]:
         """stage://<name> references replaced by that stage's output URI."""
         return {
-            key: self.output_of(self.stage(uri[len("stage://"):])) if uri.startswith("stage://") else uri
+            key: self.output_of(self.stage(uri[len("stage://") :])) if uri.startswith("stage://") else uri
             for key, uri in stage.inputs.items()
         }

@@ -2,7 +2,7 @@
 
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,14 +14,19 @@ class OutputFormat(str, Enum):
 
 
 NamespaceOpt = Annotated[
-    Optional[str],
-    typer.Option("--namespace", "-n", help="Namespace (default: the spec's metadata.namespace, else the kubeconfig context's)."),
+    str | None,
+    typer.Option(
+        "--namespace", "-n", help="Namespace (default: the spec's metadata.namespace, else the kubeconfig context's)."
+    ),
 ]
 KubeconfigOpt = Annotated[
-    Optional[Path],
-    typer.Option("--kubeconfig", help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster credentials).",
-                 dir_okay=False),
+    Path | None,
+    typer.Option(
+        "--kubeconfig",
+        help="Kubeconfig file (default: $KUBECONFIG, ~/.kube/config, or in-cluster credentials).",
+        dir_okay=False,
+    ),
 ]
-ContextOpt = Annotated[Optional[str], typer.Option("--context", help="Kubeconfig context to use.")]
+ContextOpt = Annotated[str | None, typer.Option("--context", help="Kubeconfig context to use.")]
 OutputOpt = Annotated[OutputFormat, typer.Option("--output", "-o", help="Output format.", case_sensitive=False)]
 AllNamespacesOpt = Annotated[bool, typer.Option("--all-namespaces", "-A", help="List across all namespaces.")]

@@ -63,7 +63,9 @@ def run(
     spec: SpecArg,
     workdir: WorkdirOpt = Path("runs/ablation"),
     storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri (e.g. file://<dir>).")] = None,
-    in_process: Annotated[bool, typer.Option(help="Train in this process (world size 1) instead of torchrun replicas.")] = False,
+    in_process: Annotated[
+        bool, typer.Option(help="Train in this process (world size 1) instead of torchrun replicas.")
+    ] = False,
     threads: Annotated[int, typer.Option(help="CPU threads per run (0: leave the default).")] = 1,
 ) -> None:
     """Prepare the data, train every recipe x seed with the local PyTorchJob runner, evaluate, print the report.
@@ -74,15 +76,18 @@ def run(
     ablation = _load(spec, storage)
     workdir.mkdir(parents=True, exist_ok=True)
     began = time.time()
-    report = run_ablation(ablation, workdir=workdir, listener=Progress(), in_process=in_process,
-                          threads_per_run=threads or None)
+    report = run_ablation(
+        ablation, workdir=workdir, listener=Progress(), in_process=in_process, threads_per_run=threads or None
+    )
     print_report(report)
     out.print(f"[green]done[/] in {time.time() - began:.0f}s")
 
 
 @app.command()
 @friendly
-def prepare(spec: SpecArg, storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None) -> None:
+def prepare(
+    spec: SpecArg, storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None
+) -> None:
     """Only build the data (held-out split, shared tokenizer, recipe mixtures), e.g. before submitting the runs."""
     from zhinao.ablation.prepare import prepare as do_prepare
     from zhinao_k8s.ablation_plan import prep_uri
@@ -116,20 +121,27 @@ def demo(
         shutil.rmtree(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     store = f"file://{(workdir / 'store').resolve()}"
-    ablation = parse_ablation(example_text("ablation-demo").replace("file://runs/ablation-demo/store", store), "embedded ablation demo")
+    ablation = parse_ablation(
+        example_text("ablation-demo").replace("file://runs/ablation-demo/store", store), "embedded ablation demo"
+    )
     if not (workdir / "store" / "corpus").exists():
         out.print(f"demo corpus: {build_demo_corpus(store, n_docs=docs)}")
     (workdir / "ablation.yaml").write_text(to_yaml([ablation.to_wire()]))
     began = time.time()
     rep = run_ablation(ablation, workdir=workdir, listener=Progress())
     print_report(rep, metrics=["valid_loss", "bench/avg", "train_loss"])
-    out.print(f"[green]done[/] in {time.time() - began:.0f}s; full report: {workdir / 'store' / ablation.metadata.name / 'report' / 'report.md'}")
+    out.print(
+        f"[green]done[/] in {time.time() - began:.0f}s; full report: {workdir / 'store' / ablation.metadata.name / 'report' / 'report.md'}"
+    )
 
 
 @app.command()
 @friendly
-def evaluate(spec: SpecArg, workdir: WorkdirOpt = Path("runs/ablation"),
-             storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None) -> None:
+def evaluate(
+    spec: SpecArg,
+    workdir: WorkdirOpt = Path("runs/ablation"),
+    storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None,
+) -> None:
     """Evaluate finished runs (for example after a cluster ran them) and write the report."""
     from zhinao_k8s.runner.ablation import evaluate_ablation, threads
 
@@ -141,8 +153,13 @@ def evaluate(spec: SpecArg, workdir: WorkdirOpt = Path("runs/ablation"),
 @app.command()
 @api_errors
 def report(
-    where: Annotated[str, typer.Argument(help="An Ablation spec file, a report directory, a report.json, or the "
-                                              "NAME of an Ablation on the cluster (a path that exists wins).")],
+    where: Annotated[
+        str,
+        typer.Argument(
+            help="An Ablation spec file, a report directory, a report.json, or the "
+            "NAME of an Ablation on the cluster (a path that exists wins)."
+        ),
+    ],
     storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri when WHERE is a spec.")] = None,
     metric: Annotated[list[str], typer.Option(help="Only these metrics (repeatable).")] = [],
     namespace: NamespaceOpt = None,
@@ -182,7 +199,9 @@ def load_report(where: str, storage: str | None = None) -> dict:
     if path.is_dir():
         path = path / "report.json" if (path / "report.json").exists() else path / "report" / "report.json"
     if not path.is_file():
-        raise FileNotFoundError(f"no report.json at {where} (give an Ablation spec, a report directory or a report.json)")
+        raise FileNotFoundError(
+            f"no report.json at {where} (give an Ablation spec, a report directory or a report.json)"
+        )
     return json.loads(path.read_text())
 
 
@@ -196,16 +215,25 @@ def print_report(rep: dict, metrics: list[str] | None = None) -> None:
     names = [m for m in rep["metrics"] if metrics is None or m in metrics]
     from zhinao.ablation.report import chance_line
 
-    out.print(f"[bold]ablation {rep['ablation']}[/]: {len(rep['runs'])} runs, recipes {', '.join(rep['recipes'])}; "
-              f"detected = Welch p, Holm-adjusted within the metric, < {rep['alpha']}. {chance_line(rep)}")
+    out.print(
+        f"[bold]ablation {rep['ablation']}[/]: {len(rep['runs'])} runs, recipes {', '.join(rep['recipes'])}; "
+        f"detected = Welch p, Holm-adjusted within the metric, < {rep['alpha']}. {chance_line(rep)}"
+    )
     rank = Table(title="metric quality (most useful first)")
     for col in ("metric", "seed std", "CV", "sensitivity", "ANOVA p", "detected pairs", "flags"):
         rank.add_column(col)
     for q in rep["ranking"]:
         if q["metric"] in names:
             flags = ", ".join(q["flags"])
-            rank.add_row(q["metric"], _f(q["noise"]), _f(q["cv"], 3), _f(q["sensitivity"], 2), _f(q["anova_p"], 3),
-                         f"{q['detected_pairs']}/{q['pairs']}", f"[yellow]{flags}[/]" if flags else "[green]ok[/]")
+            rank.add_row(
+                q["metric"],
+                _f(q["noise"]),
+                _f(q["cv"], 3),
+                _f(q["sensitivity"], 2),
+                _f(q["anova_p"], 3),
+                f"{q['detected_pairs']}/{q['pairs']}",
+                f"[yellow]{flags}[/]" if flags else "[green]ok[/]",
+            )
     out.print(rank)
     for name in names:
         m = rep["metrics"][name]
@@ -213,15 +241,26 @@ def print_report(rep: dict, metrics: list[str] | None = None) -> None:
         for col in ("recipe", "mean", "std", "95% CI", "seeds"):
             t.add_column(col)
         for recipe, s in m["recipes"].items():
-            t.add_row(recipe, _f(s["mean"]), _f(s["std"]), f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}]",
-                      ", ".join(_f(v) for v in s.get("values", [])))
+            t.add_row(
+                recipe,
+                _f(s["mean"]),
+                _f(s["std"]),
+                f"[{_f(s['ci_low'])}, {_f(s['ci_high'])}]",
+                ", ".join(_f(v) for v in s.get("values", [])),
+            )
         out.print(t)
         p = Table(show_header=True)
         for col in ("a - b", "difference", "effect size d", "Welch p", "Holm p", "detected"):
             p.add_column(col)
         for pair in m["pairs"]:
-            p.add_row(f"{pair['a']} - {pair['b']}", _f(pair["diff"]), _f(pair["effect_size"], 2), _f(pair["p"], 3),
-                      _f(pair["p_holm"], 3), "[bold green]yes[/]" if pair["detected"] else "no")
+            p.add_row(
+                f"{pair['a']} - {pair['b']}",
+                _f(pair["diff"]),
+                _f(pair["effect_size"], 2),
+                _f(pair["p"], 3),
+                _f(pair["p_holm"], 3),
+                "[bold green]yes[/]" if pair["detected"] else "no",
+            )
         out.print(p)
 
 
@@ -256,7 +295,9 @@ def cluster_report(name: str, namespace: str | None, kubeconfig: Path | None, co
 
 @app.command()
 @api_errors
-def submit(spec: SpecArg, namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None) -> None:
+def submit(
+    spec: SpecArg, namespace: NamespaceOpt = None, kubeconfig: KubeconfigOpt = None, context: ContextOpt = None
+) -> None:
     """Validate an Ablation and create it in the cluster: the operator prepares the data, runs every
     recipe x seed as a TrainingPipeline, then evaluates and writes the report."""
     from zhinao_k8s.api.ablation import load_ablation
@@ -289,14 +330,23 @@ def status(
     rows = []
     for run_name, run in sorted(cluster.list_ablation_runs(ns, name).items()):
         labels = run["metadata"].get("labels") or {}
-        rows.append({"name": run_name, "recipe": labels.get(LABEL_RECIPE, ""), "seed": labels.get(LABEL_SEED, ""),
-                     **printer_fields(run.get("status")), "age": _age(run["metadata"].get("creationTimestamp"))})
+        rows.append(
+            {
+                "name": run_name,
+                "recipe": labels.get(LABEL_RECIPE, ""),
+                "seed": labels.get(LABEL_SEED, ""),
+                **printer_fields(run.get("status")),
+                "age": _age(run["metadata"].get("creationTimestamp")),
+            }
+        )
     if output != OutputFormat.table:
         _dump({"name": name, "namespace": ns, **st, "pipelines": rows}, output)
         return
     counts = st.get("runs") or {}
     failed = f", {counts['failed']} failed" if counts.get("failed") else ""
-    out.print(f"[bold]{name}[/] ({ns})  phase [bold]{st.get('phase', 'Pending')}[/]  runs {st.get('progress') or '-'}{failed}")
+    out.print(
+        f"[bold]{name}[/] ({ns})  phase [bold]{st.get('phase', 'Pending')}[/]  runs {st.get('progress') or '-'}{failed}"
+    )
     if st.get("message"):
         out.print(f"  {st.get('reason', '')}: {st['message']}", markup=False)
     table = Table("RUN", "RECIPE", "SEED", "PHASE", "STAGE", "PROGRESS", "AGE", box=None)

@@ -11,7 +11,7 @@ import os
 import re
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 import yaml
@@ -77,20 +77,25 @@ def api_errors(fn):
 # -- helpers ----------------------------------------------------------------------------------------
 
 
-def _connect(kubeconfig: Optional[Path], context: Optional[str]):
+def _connect(kubeconfig: Path | None, context: str | None):
     from zhinao_k8s.k8s import Cluster, load_client
 
     return Cluster(load_client(str(kubeconfig) if kubeconfig else None, context))
 
 
-def _namespace(namespace: Optional[str], kubeconfig: Optional[Path], context: Optional[str]) -> str:
+def _namespace(namespace: str | None, kubeconfig: Path | None, context: str | None) -> str:
     from zhinao_k8s.k8s import default_namespace
 
     return namespace or default_namespace(str(kubeconfig) if kubeconfig else None, context)
 
 
-def placed_document(spec: Path, spec_namespace: Optional[str], namespace: Optional[str], kubeconfig: Optional[Path],
-                    context: Optional[str]) -> tuple[dict, str]:
+def placed_document(
+    spec: Path,
+    spec_namespace: str | None,
+    namespace: str | None,
+    kubeconfig: Path | None,
+    context: str | None,
+) -> tuple[dict, str]:
     """The spec file's document as written (defaults stay implicit, so `kubectl get -o yaml` shows the
     user's document) and its namespace: the option's, else the spec's, else the kubeconfig context's."""
     doc = yaml.safe_load(spec.read_text(encoding="utf-8"))
@@ -99,7 +104,7 @@ def placed_document(spec: Path, spec_namespace: Optional[str], namespace: Option
     return doc, ns
 
 
-def _age(timestamp: Optional[str]) -> str:
+def _age(timestamp: str | None) -> str:
     if not timestamp:
         return ""
     try:
@@ -157,7 +162,7 @@ def live_metrics(cluster, namespace: str, pipeline: dict) -> dict[str, dict[str,
     return live
 
 
-def _fmt(value: Optional[float], spec: str) -> str:
+def _fmt(value: float | None, spec: str) -> str:
     return format(value, spec) if value is not None else "-"
 
 
@@ -197,17 +202,27 @@ def status(
     if output != OutputFormat.table:
         _dump({"name": name, "namespace": ns, **st, "live": live}, output)
         return
-    out.print(f"[bold]{name}[/] ({ns})  phase [bold]{st.get('phase', 'Pending')}[/]  "
-              f"stage {st.get('currentStage') or '-'}  progress {st.get('progress') or '-'}")
+    out.print(
+        f"[bold]{name}[/] ({ns})  phase [bold]{st.get('phase', 'Pending')}[/]  "
+        f"stage {st.get('currentStage') or '-'}  progress {st.get('progress') or '-'}"
+    )
     if st.get("message"):
         out.print(f"  {st.get('reason', '')}: {st['message']}", markup=False)
     kinds = {s.get("name"): s.get("kind") for s in (body.get("spec") or {}).get("stages", [])}
     table = Table("STAGE", "KIND", "PHASE", "ATTEMPT", "JOB", "AGE", "STEP", "LOSS", "TOKENS/S (rank 0)", box=None)
     for s in st.get("stages", []):
         m = live.get(s["name"], {})
-        table.add_row(s["name"], kinds.get(s["name"], ""), s.get("phase", ""), str(s.get("attempt") or "-"),
-                      s.get("jobName") or "-", _age(s.get("startTime")), _fmt(m.get(METRIC_STEP), ".0f"),
-                      _fmt(m.get(METRIC_LOSS), ".4f"), _fmt(m.get(METRIC_TOKENS_PER_SECOND), ",.0f"))
+        table.add_row(
+            s["name"],
+            kinds.get(s["name"], ""),
+            s.get("phase", ""),
+            str(s.get("attempt") or "-"),
+            s.get("jobName") or "-",
+            _age(s.get("startTime")),
+            _fmt(m.get(METRIC_STEP), ".0f"),
+            _fmt(m.get(METRIC_LOSS), ".4f"),
+            _fmt(m.get(METRIC_TOKENS_PER_SECOND), ",.0f"),
+        )
     out.print(table)
 
 
@@ -224,14 +239,29 @@ def list_(
     ns = None if all_namespaces else _namespace(namespace, kubeconfig, context)
     items = _connect(kubeconfig, context).list_pipelines(ns)
     if output != OutputFormat.table:
-        _dump([{"name": i["metadata"]["name"], "namespace": i["metadata"].get("namespace"),
-                **printer_fields(i.get("status"))} for i in items], output)
+        _dump(
+            [
+                {
+                    "name": i["metadata"]["name"],
+                    "namespace": i["metadata"].get("namespace"),
+                    **printer_fields(i.get("status")),
+                }
+                for i in items
+            ],
+            output,
+        )
         return
     table = Table("NAMESPACE", "NAME", "PHASE", "STAGE", "PROGRESS", "AGE", box=None)
     for i in items:
         f = printer_fields(i.get("status"))
-        table.add_row(i["metadata"].get("namespace", ""), i["metadata"]["name"], f["phase"], f["stage"],
-                      f["progress"], _age(i["metadata"].get("creationTimestamp")))
+        table.add_row(
+            i["metadata"].get("namespace", ""),
+            i["metadata"]["name"],
+            f["phase"],
+            f["stage"],
+            f["progress"],
+            _age(i["metadata"].get("creationTimestamp")),
+        )
     out.print(table)
 
 
@@ -239,7 +269,7 @@ def logs(
     name: Annotated[str, typer.Argument(help="TrainingPipeline name.")],
     stage: Annotated[str, typer.Option("--stage", "-s", help="Stage name.")],
     replica: Annotated[str, typer.Option(help="`master`, or `worker` for the first worker's logs.")] = "master",
-    tail: Annotated[Optional[int], typer.Option(help="Only the last N lines.")] = None,
+    tail: Annotated[int | None, typer.Option(help="Only the last N lines.")] = None,
     namespace: NamespaceOpt = None,
     kubeconfig: KubeconfigOpt = None,
     context: ContextOpt = None,
@@ -258,7 +288,9 @@ def logs(
     job = stages.get(stage, {}).get("jobName") or f"{name}-{stage}"
     pods = cluster.job_pods(ns, job, role=replica)
     if not pods:
-        die(f"no {replica} pod for PyTorchJob {ns}/{job} yet (stage phase: {stages.get(stage, {}).get('phase', 'Pending')})")
+        die(
+            f"no {replica} pod for PyTorchJob {ns}/{job} yet (stage phase: {stages.get(stage, {}).get('phase', 'Pending')})"
+        )
     typer.echo(cluster.pod_logs(ns, pods[0]["metadata"]["name"], CONTAINER_NAME, tail), nl=False)
 
 
@@ -275,11 +307,16 @@ def delete(
     out.print(f"trainingpipeline.zhinao.ai/{name} deleted from namespace {ns}")
 
 
-operator_app = typer.Typer(help="The TrainingPipeline operator (what the zhinao-operator chart runs).", no_args_is_help=True)
+operator_app = typer.Typer(
+    help="The TrainingPipeline operator (what the zhinao-operator chart runs).", no_args_is_help=True
+)
 
 
 def operator_run(
-    namespace: Annotated[Optional[list[str]], typer.Option("--namespace", "-n", help="Watch only these namespaces (repeatable); default: all.")] = None,
+    namespace: Annotated[
+        list[str] | None,
+        typer.Option("--namespace", "-n", help="Watch only these namespaces (repeatable); default: all."),
+    ] = None,
     metrics_port: Annotated[int, typer.Option(help="Port of the operator's /metrics.")] = 8000,
     health_port: Annotated[int, typer.Option(help="Port of /healthz (kopf's liveness endpoint).")] = 8080,
     kubeconfig: KubeconfigOpt = None,
@@ -291,7 +328,9 @@ def operator_run(
     from zhinao_k8s.k8s import Cluster, load_client
     from zhinao_k8s.settings import run_operator
 
-    logging.basicConfig(level=os.environ.get("ZHINAO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=os.environ.get("ZHINAO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     cluster = Cluster(load_client(str(kubeconfig) if kubeconfig else None, context))
     run_operator(namespaces=namespace or None, metrics_port=metrics_port, health_port=health_port, cluster=cluster)
 

@@ -33,8 +33,10 @@ def to_yaml(objs: list[dict]) -> str:
 def validate(spec: SpecArg) -> None:
     """Check a spec; print one `field.path: reason` line per problem (exit code 2)."""
     pipeline = load_pipeline(spec)
-    out.print(f"[green]ok[/] {pipeline.metadata.name}: {len(pipeline.spec.stages)} stages "
-              f"({', '.join(s.name for s in pipeline.spec.stages)})")
+    out.print(
+        f"[green]ok[/] {pipeline.metadata.name}: {len(pipeline.spec.stages)} stages "
+        f"({', '.join(s.name for s in pipeline.spec.stages)})"
+    )
 
 
 def render(spec: SpecArg) -> None:
@@ -57,7 +59,9 @@ def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
     return secrets
 
 
-def run_local(pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: list[str] | None, verbose: bool) -> PipelineResult:
+def run_local(
+    pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: list[str] | None, verbose: bool
+) -> PipelineResult:
     workdir.mkdir(parents=True, exist_ok=True)
     if verbose:
         return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
@@ -82,12 +86,17 @@ def headline(summary: dict) -> str:
         parts.append(f"MFU {summary['mfu_mean']:.1%}")
     if summary.get("held_out_accuracy") is not None:
         before = summary.get("held_out_accuracy_before")
-        parts.append("held-out accuracy " + (f"{before:.2f} -> " if before is not None else "")
-                     + f"{summary['held_out_accuracy']:.2f}")
+        parts.append(
+            "held-out accuracy "
+            + (f"{before:.2f} -> " if before is not None else "")
+            + f"{summary['held_out_accuracy']:.2f}"
+        )
     if summary.get("eval_before") and summary.get("eval_after"):
         b, a = summary["eval_before"], summary["eval_after"]
-        parts.append(f"checked reward greedy {b['greedy']['rule']:.2f} -> {a['greedy']['rule']:.2f}, "
-                     f"sampled {b['sampled']['rule']:.2f} -> {a['sampled']['rule']:.2f}")
+        parts.append(
+            f"checked reward greedy {b['greedy']['rule']:.2f} -> {a['greedy']['rule']:.2f}, "
+            f"sampled {b['sampled']['rule']:.2f} -> {a['sampled']['rule']:.2f}"
+        )
     return ", ".join(parts)
 
 
@@ -98,8 +107,13 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
     for col in ("stage", "result", "seconds", "restarts", "outputs"):
         table.add_column(col)
     for name, job in result.stages:
-        table.add_row(name, "[green]Succeeded[/]" if job.succeeded else "[red]Failed[/]", f"{job.seconds:.1f}",
-                      str(job.restarts), pipeline.output_of(pipeline.stage(name)))
+        table.add_row(
+            name,
+            "[green]Succeeded[/]" if job.succeeded else "[red]Failed[/]",
+            f"{job.seconds:.1f}",
+            str(job.restarts),
+            pipeline.output_of(pipeline.stage(name)),
+        )
     out.print(table)
     for name, job in result.stages:
         if not job.succeeded:
@@ -143,8 +157,12 @@ def demo_pipeline(workdir: Path) -> TrainingPipeline:
 
 def demo(
     workdir: Annotated[Path, typer.Option(help="Where the corpus, checkpoints and report go.")] = Path("runs/demo"),
-    docs: Annotated[int, typer.Option(help="Real documents in the demo corpus (plus planted junk and duplicates).")] = 1500,
-    fresh: Annotated[bool, typer.Option(help="Start from an empty workdir; --no-fresh resumes a previous demo.")] = True,
+    docs: Annotated[
+        int, typer.Option(help="Real documents in the demo corpus (plus planted junk and duplicates).")
+    ] = 1500,
+    fresh: Annotated[
+        bool, typer.Option(help="Start from an empty workdir; --no-fresh resumes a previous demo.")
+    ] = True,
 ) -> None:
     """The whole recipe on a laptop: clean and deduplicate a corpus built from the Python standard
     library's docstrings, train a tokenizer, pretrain a tiny 360Zhinao model with 2 ranks, then SFT,
@@ -178,12 +196,18 @@ def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResu
     """REPORT.md beside the run: one section per stage with its summary and plots."""
     from zhinao.storage import open_store
 
-    lines = [f"# {pipeline.metadata.name}: local run report", "",
-             "| stage | kind | result | seconds | restarts |", "|---|---|---|---|---|"]
+    lines = [
+        f"# {pipeline.metadata.name}: local run report",
+        "",
+        "| stage | kind | result | seconds | restarts |",
+        "|---|---|---|---|---|",
+    ]
     for name, job in result.stages:
-        lines.append(f"| {name} | {pipeline.stage(name).kind} | {'Succeeded' if job.succeeded else 'Failed'} "
-                     f"| {job.seconds:.1f} | {job.restarts} |")
-    for name, job in result.stages:
+        lines.append(
+            f"| {name} | {pipeline.stage(name).kind} | {'Succeeded' if job.succeeded else 'Failed'} "
+            f"| {job.seconds:.1f} | {job.restarts} |"
+        )
+    for name, _job in result.stages:
         store = open_store(pipeline.output_of(pipeline.stage(name)))
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
         keys = store.list("report/")

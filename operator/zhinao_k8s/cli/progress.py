@@ -41,8 +41,13 @@ class RunDisplay:
         self.current: str | None = None
         self.current_job: str | None = None
         self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
-            TimeElapsedColumn(), TimeRemainingColumn(), console=self.console,
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("{task.fields[info]}"),
+            TimeElapsedColumn(),
+            TimeRemainingColumn(),
+            console=self.console,
         )
         self.task = None
         self._stop = threading.Event()
@@ -99,6 +104,11 @@ class RunDisplay:
         colors = {"succeeded": "green", "failed": "red", "running": "cyan", "restarting": "yellow"}
         for s in self.pipeline.spec.stages:
             st = self.state[s.name]
-            table.add_row(s.name, s.kind, f"{s.replicas}x{s.nproc_per_node}", f"[{colors.get(st, 'dim')}]{st}[/]",
-                          self.detail[s.name])
+            table.add_row(
+                s.name,
+                s.kind,
+                f"{s.replicas}x{s.nproc_per_node}",
+                f"[{colors.get(st, 'dim')}]{st}[/]",
+                self.detail[s.name],
+            )
         return Group(table, self.progress)

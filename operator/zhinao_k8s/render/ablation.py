@@ -41,13 +41,26 @@ def step_gpus(ablation: Ablation, step: Step) -> int:
 
 def render_step_job(ablation: Ablation, step: Step) -> dict:
     spec = ablation.spec
-    env = [{"name": ENV_ABLATION_SPEC, "value": json.dumps(ablation.to_wire(), sort_keys=True, separators=(",", ":"))},
-           *scratch_env(), *storage_env(spec.storage)]
+    env = [
+        {"name": ENV_ABLATION_SPEC, "value": json.dumps(ablation.to_wire(), sort_keys=True, separators=(",", ":"))},
+        *scratch_env(),
+        *storage_env(spec.storage),
+    ]
     labels = step_labels(ablation, step)
     template = pod_template(
-        image=spec.image, pull_policy=spec.image_pull_policy, command=["python"], args=["-m", JOB_MODULE, step],
-        env=env, resources=Resources(cpu=spec.proxy.cpu, memory=spec.proxy.memory, gpu=step_gpus(ablation, step)),
-        labels=labels, metrics_port=None,
+        image=spec.image,
+        pull_policy=spec.image_pull_policy,
+        command=["python"],
+        args=["-m", JOB_MODULE, step],
+        env=env,
+        resources=Resources(cpu=spec.proxy.cpu, memory=spec.proxy.memory, gpu=step_gpus(ablation, step)),
+        labels=labels,
+        metrics_port=None,
     )
-    return pytorchjob(name=step_job_name(ablation, step), namespace=ablation.metadata.namespace, labels=labels,
-                      template=template, backoff_limit=BACKOFF_LIMIT)
+    return pytorchjob(
+        name=step_job_name(ablation, step),
+        namespace=ablation.metadata.namespace,
+        labels=labels,
+        template=template,
+        backoff_limit=BACKOFF_LIMIT,
+    )

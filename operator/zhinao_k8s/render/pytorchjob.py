@@ -58,7 +58,10 @@ def storage_env(storage: Storage) -> list[dict]:
         env.append({"name": "AWS_REGION", "value": storage.region})
     if storage.credentials:
         ref = storage.credentials.secret_ref
-        for var, key in (("AWS_ACCESS_KEY_ID", ref.access_key_id_key), ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key)):
+        for var, key in (
+            ("AWS_ACCESS_KEY_ID", ref.access_key_id_key),
+            ("AWS_SECRET_ACCESS_KEY", ref.secret_access_key_key),
+        ):
             env.append({"name": var, "valueFrom": {"secretKeyRef": {"name": ref.name, "key": key}}})
     return env
 
@@ -80,8 +83,15 @@ def _resources(resources: Resources) -> dict:
 
 
 def pod_template(
-    *, image: str, pull_policy: str, command: list[str], args: list[str], env: list[dict], resources: Resources,
-    labels: dict[str, str], metrics_port: int | None,
+    *,
+    image: str,
+    pull_policy: str,
+    command: list[str],
+    args: list[str],
+    env: list[dict],
+    resources: Resources,
+    labels: dict[str, str],
+    metrics_port: int | None,
 ) -> dict:
     """The pod every replica runs: restricted security context, scratch volumes, Guaranteed QoS;
     `metrics_port` None: the process serves no /metrics."""
@@ -137,8 +147,14 @@ def pod_template(
 
 
 def pytorchjob(
-    *, name: str, namespace: str | None, labels: dict[str, str], template: dict, replicas: int = 1,
-    nproc_per_node: int = 1, backoff_limit: int,
+    *,
+    name: str,
+    namespace: str | None,
+    labels: dict[str, str],
+    template: dict,
+    replicas: int = 1,
+    nproc_per_node: int = 1,
+    backoff_limit: int,
 ) -> dict:
     """A PyTorchJob of one Master plus replicas-1 Workers, all running `template`."""
     replica_specs = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
@@ -170,13 +186,24 @@ def pytorchjob(
 def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
     spec = pipeline.spec
     template = pod_template(
-        image=stage.image or spec.image, pull_policy=spec.image_pull_policy, command=TRAINER_COMMAND,
-        args=TRAINER_ARGS, env=_env(pipeline, stage), resources=stage.resources, labels=labels(pipeline, stage),
+        image=stage.image or spec.image,
+        pull_policy=spec.image_pull_policy,
+        command=TRAINER_COMMAND,
+        args=TRAINER_ARGS,
+        env=_env(pipeline, stage),
+        resources=stage.resources,
+        labels=labels(pipeline, stage),
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
     )
-    return pytorchjob(name=job_name(pipeline, stage), namespace=pipeline.metadata.namespace,
-                      labels=labels(pipeline, stage), template=template, replicas=stage.replicas,
-                      nproc_per_node=stage.nproc_per_node, backoff_limit=stage.backoff_limit)
+    return pytorchjob(
+        name=job_name(pipeline, stage),
+        namespace=pipeline.metadata.namespace,
+        labels=labels(pipeline, stage),
+        template=template,
+        replicas=stage.replicas,
+        nproc_per_node=stage.nproc_per_node,
+        backoff_limit=stage.backoff_limit,
+    )
 
 
 def render_pipeline(pipeline: TrainingPipeline) -> list[dict]:

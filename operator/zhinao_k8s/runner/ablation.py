@@ -57,12 +57,17 @@ def _notify(listener: Listener | None):
     return listener or (lambda event, data: None)
 
 
-def train_runs(ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False) -> list[Run]:
+def train_runs(
+    ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False
+) -> list[Run]:
     notify = _notify(listener)
     runs = plan_runs(ablation)
     for i, run in enumerate(runs, 1):
-        todo = [stage for stage in run.pipeline.spec.stages  # stages added later (sft) run alone
-                if not open_store(run.pipeline.output_of(stage)).exists("summary.json")]
+        todo = [
+            stage
+            for stage in run.pipeline.spec.stages  # stages added later (sft) run alone
+            if not open_store(run.pipeline.output_of(stage)).exists("summary.json")
+        ]
         if not todo:
             notify("run-skipped", {"run": run.name, "i": i, "n": len(runs)})
             continue
@@ -77,7 +82,9 @@ def train_runs(ablation: Ablation, *, workdir: Path, listener: Listener | None =
         else:
             result = run_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
             if not result.succeeded:
-                raise AblationFailed(f"run {run.name} failed in stage {result.stages[-1][0]}: {result.stages[-1][1].reason}")
+                raise AblationFailed(
+                    f"run {run.name} failed in stage {result.stages[-1][0]}: {result.stages[-1][1].reason}"
+                )
         notify("run-finished", {"run": run.name, "i": i, "n": len(runs), "seconds": time.time() - began})
     return runs
 
@@ -115,8 +122,13 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
         scratch = workdir / "eval" / run.name
         if result is None:
             notify("eval-started", {"run": run.name, "i": i, "n": len(runs)})
-            result = evaluate_run(run.output, valid_tokens=valid, items=items, workdir=scratch,
-                                  max_new_tokens=spec.evaluations.benchmarks.max_new_tokens)
+            result = evaluate_run(
+                run.output,
+                valid_tokens=valid,
+                items=items,
+                workdir=scratch,
+                max_new_tokens=spec.evaluations.benchmarks.max_new_tokens,
+            )
             root.put_bytes(key, json.dumps(result, indent=1).encode())
         if run.sft_output and "sft" not in result:  # also when the SFT evaluation was switched on later
             notify("eval-started", {"run": f"{run.name} (sft)", "i": i, "n": len(runs)})
@@ -124,17 +136,33 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             root.put_bytes(key, json.dumps(result, indent=1).encode())
         results.append(RunResult(run.recipe, run.index, run.seed, run.name, result))
     prep_summary = json.loads(prep.get_bytes("done.json"))
-    report = build_report(ablation.metadata.name, results, [r.name for r in spec.recipes],
-                          meta={"spec": ablation.to_wire(), "prep": prep_summary,
-                                "proxy": {"model_size": spec.proxy.model_size, "tokens": spec.proxy.tokens,
-                                          "max_steps": spec.proxy.max_steps}})
+    report = build_report(
+        ablation.metadata.name,
+        results,
+        [r.name for r in spec.recipes],
+        meta={
+            "spec": ablation.to_wire(),
+            "prep": prep_summary,
+            "proxy": {
+                "model_size": spec.proxy.model_size,
+                "tokens": spec.proxy.tokens,
+                "max_steps": spec.proxy.max_steps,
+            },
+        },
+    )
     write_report(root.child("report"), report, results)
     notify("report", {"uri": root.url("report/report.md")})
     return report
 
 
-def run_ablation(ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False,
-                 threads_per_run: int | None = 1) -> dict:
+def run_ablation(
+    ablation: Ablation,
+    *,
+    workdir: Path,
+    listener: Listener | None = None,
+    in_process: bool = False,
+    threads_per_run: int | None = 1,
+) -> dict:
     """Prepare, train, evaluate and report; returns the report (also under <storage>/<ablation>/report/)."""
     notify = _notify(listener)
     with threads(threads_per_run):

@@ -15,9 +15,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 from zhinao_k8s.runner.env import Replica, command_line, container_env, operator_env, replicas
 
@@ -156,8 +156,14 @@ class LocalJobRunner:
             self.running.append(RunningReplica(replica, process, metrics_port, log_path))
             self.listener(
                 "started",
-                {"job": self.name, "replica": replica.name, "pid": process.pid, "attempt": attempt,
-                 "metrics_port": metrics_port, "log": str(log_path)},
+                {
+                    "job": self.name,
+                    "replica": replica.name,
+                    "pid": process.pid,
+                    "attempt": attempt,
+                    "metrics_port": metrics_port,
+                    "log": str(log_path),
+                },
             )
         if self.echo_logs:
             self._start_echo_threads()
@@ -228,5 +234,7 @@ def _resolve_executable(name: str) -> str:
         return str(local)
     found = shutil.which(name)
     if not found:
-        raise FileNotFoundError(f"{name!r} is not installed (the trainer image provides it; locally install the [train] extra)")
+        raise FileNotFoundError(
+            f"{name!r} is not installed (the trainer image provides it; locally install the [train] extra)"
+        )
     return found

@@ -44,7 +44,7 @@ def report(tmp_path_factory):
         lines, k = [], 0
         for line in doc["text"].split("\n"):  # same line lengths, words from anywhere in the document
             n = len(line.split())
-            lines.append(" ".join(words[k:k + n]))
+            lines.append(" ".join(words[k : k + n]))
             k += n
         return dict(doc, text="\n".join(lines))
 
@@ -53,18 +53,40 @@ def report(tmp_path_factory):
     for name, records in (("clean", docs), ("shuffled", shuffled)):
         (root / name).mkdir()
         (root / name / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    ablation = Ablation.model_validate({"metadata": {"name": "proof"}, "spec": {
-        "storage": {"uri": f"file://{root}/store"},
-        "base": {"corpus": f"file://{root}/clean"},
-        "recipes": [{"name": "good", "dataset": f"file://{root}/clean"},
+    ablation = Ablation.model_validate(
+        {
+            "metadata": {"name": "proof"},
+            "spec": {
+                "storage": {"uri": f"file://{root}/store"},
+                "base": {"corpus": f"file://{root}/clean"},
+                "recipes": [
+                    {"name": "good", "dataset": f"file://{root}/clean"},
                     {"name": "good-copy", "dataset": f"file://{root}/clean"},
-                    {"name": "shuffled", "dataset": f"file://{root}/shuffled"}],
-        "proxy": {"modelSize": "tiny", "tokens": 300 * 8 * 128, "seqLen": 128, "microBatchSize": 8, "gradAccumSteps": 1,
-                  "replicas": 1, "nprocPerNode": 1, "gpu": 0, "cpu": "1", "memory": "2Gi", "lr": 1e-2, "warmupSteps": 20},
-        "seeds": 3, "tokenizer": {"vocabSize": 1024},
-        "evaluations": {"validLoss": {"everySteps": 150, "heldOutShare": 0.15, "maxSequences": 256},
-                        "benchmarks": {"itemsPerTask": 20, "maxNewTokens": 4}},
-    }})
+                    {"name": "shuffled", "dataset": f"file://{root}/shuffled"},
+                ],
+                "proxy": {
+                    "modelSize": "tiny",
+                    "tokens": 300 * 8 * 128,
+                    "seqLen": 128,
+                    "microBatchSize": 8,
+                    "gradAccumSteps": 1,
+                    "replicas": 1,
+                    "nprocPerNode": 1,
+                    "gpu": 0,
+                    "cpu": "1",
+                    "memory": "2Gi",
+                    "lr": 1e-2,
+                    "warmupSteps": 20,
+                },
+                "seeds": 3,
+                "tokenizer": {"vocabSize": 1024},
+                "evaluations": {
+                    "validLoss": {"everySteps": 150, "heldOutShare": 0.15, "maxSequences": 256},
+                    "benchmarks": {"itemsPerTask": 20, "maxNewTokens": 4},
+                },
+            },
+        }
+    )
     rep = run_ablation(ablation, workdir=root / "work", in_process=True)
     return rep, root
 
@@ -100,7 +122,9 @@ def test_identical_recipes_are_not_reported_as_different(report):
 def test_the_report_holds_stats_curves_and_plots(report):
     rep, root = report
     out = root / "store" / "proof" / "report"
-    assert {"report.json", "report.md", "valid_loss.png", "train_loss.png", "bars-valid_loss.png"} <= {p.name for p in out.iterdir()}
+    assert {"report.json", "report.md", "valid_loss.png", "train_loss.png", "bars-valid_loss.png"} <= {
+        p.name for p in out.iterdir()
+    }
     s = rep["metrics"]["valid_loss"]["recipes"]["good"]
     assert len(s["values"]) == 3 and s["ci_low"] <= s["mean"] <= s["ci_high"] and s["std"] > 0
     run = json.loads((root / "store" / "proof" / "runs" / "proof-good-s0.json").read_text())

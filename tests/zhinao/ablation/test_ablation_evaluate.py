@@ -39,8 +39,11 @@ def test_a_url_topic_is_its_host_and_parent_path_so_pages_of_one_module_share_it
 
 
 def test_no_topic_is_both_in_train_and_in_valid_and_the_split_is_seeded():
-    records = [{"text": f"page {i} of module {m}", "url": f"https://docs.example/m{m}/{i}"}
-               for m in range(200) for i in range(5)]
+    records = [
+        {"text": f"page {i} of module {m}", "url": f"https://docs.example/m{m}/{i}"}
+        for m in range(200)
+        for i in range(5)
+    ]
     train, valid = split_by_topic(records, share=0.2, field="url", seed=3)
     train_topics = {topic_of(r) for r in train}
     valid_topics = {topic_of(r) for r in valid}
@@ -63,8 +66,9 @@ def test_no_topic_is_both_in_train_and_in_valid_and_the_split_is_seeded():
 @pytest.fixture(scope="module")
 def tokenizer():
     words = "Paris Rome Berlin capital France answer option right the of is A B".split()
-    texts = [" ".join(words)] * 20 + ["Question: The capital of France is\nAnswer: A. Paris\nB. Rome\nOptions:\n"
-                                      "The right option is B"] * 20
+    texts = [" ".join(words)] * 20 + [
+        "Question: The capital of France is\nAnswer: A. Paris\nB. Rome\nOptions:\nThe right option is B"
+    ] * 20
     tok = to_transformers(train_bpe(texts, vocab_size=400))
     for word in (" Paris", " Rome", " A", " B", " is"):
         assert len(tok(word, add_special_tokens=False)["input_ids"]) == 1, word  # the tables below rely on it
@@ -101,8 +105,12 @@ def test_loglikelihoods_sum_the_continuation_tokens_only_and_ignore_padding(toke
     v = len(tokenizer)
     table = torch.randn(v, v, generator=torch.Generator().manual_seed(0)) * 3
     model = Bigram(table)
-    pairs = [("The capital of France is", " Paris"), ("Question: The capital of France is\nAnswer:", " the right option"),
-             ("is", " Rome"), ("The capital of France is", " Rome Berlin Paris")]
+    pairs = [
+        ("The capital of France is", " Paris"),
+        ("Question: The capital of France is\nAnswer:", " the right option"),
+        ("is", " Rome"),
+        ("The capital of France is", " Rome Berlin Paris"),
+    ]
     together = loglikelihoods(model, tokenizer, pairs, batch=4)  # padded to the longest pair
     one_by_one = [loglikelihoods(model, tokenizer, [p], batch=1)[0] for p in pairs]
     for (ctx, cont), (score, n), (alone, n_alone) in zip(pairs, together, one_by_one):
@@ -111,7 +119,7 @@ def test_loglikelihoods_sum_the_continuation_tokens_only_and_ignore_padding(toke
         assert score == pytest.approx(alone, abs=1e-5)
     # an empty context is scored after a document start (<eod>), not after the last padding position
     eod = tokenizer.convert_tokens_to_ids(EOD)
-    (score, _), = loglikelihoods(model, tokenizer, [("", " Paris")])
+    ((score, _),) = loglikelihoods(model, tokenizer, [("", " Paris")])
     assert score == pytest.approx(float(torch.log_softmax(table[eod].double(), -1)[tid(tokenizer, " Paris")]), abs=1e-5)
 
 
@@ -137,8 +145,10 @@ def capital_model(tokenizer, *, content: float, letter: float) -> Bigram:
 
 def test_mc_scoring_picks_the_option_the_model_finds_likelier_under_every_rule(tokenizer):
     model = capital_model(tokenizer, content=8.0, letter=6.0)
-    items = [Item("capitals", "mc", "The capital of France is", ["Paris", "Rome"], 0),
-             Item("capitals", "mc", "The capital of France is", ["Rome", "Paris"], 1)]
+    items = [
+        Item("capitals", "mc", "The capital of France is", ["Paris", "Rome"], 0),
+        Item("capitals", "mc", "The capital of France is", ["Rome", "Paris"], 1),
+    ]
     res = evaluate_tasks(model, tokenizer, items, max_new_tokens=3)["capitals"]
     assert res["type"] == "mc" and res["items"] == 2
     assert set(res["templates"]) == {"qa", "choose", "cloze"}
@@ -151,8 +161,9 @@ def test_mc_scoring_picks_the_option_the_model_finds_likelier_under_every_rule(t
     assert res["templates"]["qa"]["generated"] == 1.0
     assert res["scores"]["letter"] == 0.5 and res["scores"]["content"] == 1.0
 
-    wrong = evaluate_tasks(model, tokenizer, [Item("capitals", "mc", "The capital of France is", ["Rome", "Berlin"], 0)],
-                           max_new_tokens=3)["capitals"]
+    wrong = evaluate_tasks(
+        model, tokenizer, [Item("capitals", "mc", "The capital of France is", ["Rome", "Berlin"], 0)], max_new_tokens=3
+    )["capitals"]
     assert wrong["scores"]["letter"] == 1.0  # A is right here
     assert wrong["templates"]["qa"]["generated"] == 0.0  # ' Paris' names neither option
 
@@ -160,10 +171,12 @@ def test_mc_scoring_picks_the_option_the_model_finds_likelier_under_every_rule(t
 def test_generative_items_are_scored_exact_and_contains(tokenizer):
     model = capital_model(tokenizer, content=8.0, letter=0.0)
     assert greedy(model, tokenizer, ["The capital of France is", "Answer:"], max_new_tokens=4) == [" Paris", " Paris"]
-    items = [Item("cities", "gen", "The capital of France is", answers=["Paris"]),
-             Item("cities", "gen", "The capital of France is", answers=["Rome", "paris."]),  # case and punctuation aside
-             Item("cities", "gen", "The capital of France is", answers=["Par"]),  # contained, not exact
-             Item("cities", "gen", "The capital of France is", answers=["Berlin"])]
+    items = [
+        Item("cities", "gen", "The capital of France is", answers=["Paris"]),
+        Item("cities", "gen", "The capital of France is", answers=["Rome", "paris."]),  # case and punctuation aside
+        Item("cities", "gen", "The capital of France is", answers=["Par"]),  # contained, not exact
+        Item("cities", "gen", "The capital of France is", answers=["Berlin"]),
+    ]
     res = evaluate_tasks(model, tokenizer, items, max_new_tokens=4)["cities"]
     assert set(res["templates"]) == {"qa", "cloze"}
     for template in res["templates"].values():
@@ -203,13 +216,23 @@ def test_generated_mc_answers_by_letter_or_by_the_options_text():
 
 
 def test_task_files_load_mc_and_gen_items(tmp_path):
-    good = [{"task": "capitals", "type": "mc", "question": "The capital of France is", "choices": ["Paris", "Rome"], "answer": 0},
-            {"task": "sums", "type": "gen", "question": "2 + 2 =", "answers": ["4", "four"]}]
+    good = [
+        {
+            "task": "capitals",
+            "type": "mc",
+            "question": "The capital of France is",
+            "choices": ["Paris", "Rome"],
+            "answer": 0,
+        },
+        {"task": "sums", "type": "gen", "question": "2 + 2 =", "answers": ["4", "four"]},
+    ]
     path = tmp_path / "tasks.jsonl"
     path.write_text(json.dumps(good[0]) + "\n\n" + json.dumps(good[1]) + "\n")
     items = load_tasks(f"file://{path}")
-    assert items == [Item("capitals", "mc", "The capital of France is", ["Paris", "Rome"], 0),
-                     Item("sums", "gen", "2 + 2 =", answers=["4", "four"])]
+    assert items == [
+        Item("capitals", "mc", "The capital of France is", ["Paris", "Rome"], 0),
+        Item("sums", "gen", "2 + 2 =", answers=["4", "four"]),
+    ]
     (tmp_path / "dir").mkdir()
     (tmp_path / "dir" / "a.jsonl").write_text(json.dumps(good[1]) + "\n")
     (tmp_path / "dir" / "notes.txt").write_text("not a task file")
@@ -220,23 +243,26 @@ MC = {"task": "t", "type": "mc", "question": "q", "choices": ["a", "b"], "answer
 GEN = {"task": "t", "type": "gen", "question": "q", "answers": ["a"]}
 
 
-@pytest.mark.parametrize("line, reason", [
-    ("{not json", "not valid JSON"),
-    ("[1, 2]", "an item is a JSON object, not list"),
-    (json.dumps({**MC, "type": "open"}), "type must be 'mc' or 'gen', not 'open'"),
-    (json.dumps({k: v for k, v in MC.items() if k != "question"}), "missing field 'question'"),
-    (json.dumps({k: v for k, v in MC.items() if k != "answer"}), "missing field 'answer'"),
-    (json.dumps({**MC, "choices": ["only one"], "answer": 0}), "needs 2-10 choices"),
-    (json.dumps({**MC, "choices": [str(i) for i in range(11)], "answer": 0}), "needs 2-10 choices"),
-    (json.dumps({**MC, "answer": 2}), "0 <= answer < len(choices)"),
-    (json.dumps({**MC, "answer": -1}), "0 <= answer < len(choices)"),
-    (json.dumps({**MC, "answer": "1"}), "answer must be the 0-based index"),
-    (json.dumps({**MC, "answer": True}), "answer must be the 0-based index"),
-    (json.dumps({**MC, "choices": "ab"}), "choices must be a list of strings"),
-    (json.dumps({**GEN, "answers": []}), "answers is empty"),
-    (json.dumps({**GEN, "answers": "4"}), "answers must be a list of strings"),
-    (json.dumps({**GEN, "question": 7}), "question must be a string"),
-])
+@pytest.mark.parametrize(
+    "line, reason",
+    [
+        ("{not json", "not valid JSON"),
+        ("[1, 2]", "an item is a JSON object, not list"),
+        (json.dumps({**MC, "type": "open"}), "type must be 'mc' or 'gen', not 'open'"),
+        (json.dumps({k: v for k, v in MC.items() if k != "question"}), "missing field 'question'"),
+        (json.dumps({k: v for k, v in MC.items() if k != "answer"}), "missing field 'answer'"),
+        (json.dumps({**MC, "choices": ["only one"], "answer": 0}), "needs 2-10 choices"),
+        (json.dumps({**MC, "choices": [str(i) for i in range(11)], "answer": 0}), "needs 2-10 choices"),
+        (json.dumps({**MC, "answer": 2}), "0 <= answer < len(choices)"),
+        (json.dumps({**MC, "answer": -1}), "0 <= answer < len(choices)"),
+        (json.dumps({**MC, "answer": "1"}), "answer must be the 0-based index"),
+        (json.dumps({**MC, "answer": True}), "answer must be the 0-based index"),
+        (json.dumps({**MC, "choices": "ab"}), "choices must be a list of strings"),
+        (json.dumps({**GEN, "answers": []}), "answers is empty"),
+        (json.dumps({**GEN, "answers": "4"}), "answers must be a list of strings"),
+        (json.dumps({**GEN, "question": 7}), "question must be a string"),
+    ],
+)
 def test_a_bad_task_line_is_reported_with_its_file_line_and_reason(tmp_path, line, reason):
     path = tmp_path / "tasks.jsonl"
     path.write_text(json.dumps(MC) + "\n" + line + "\n")

@@ -11,27 +11,60 @@ from zhinao.data.demo_corpus import real_documents
 from zhinao.model import build_config
 from zhinao.tokenizer import to_transformers, train_bpe
 from zhinao_k8s.ablation_plan import plan_runs
-from zhinao_k8s.api.ablation import Ablation
+from zhinao_k8s.api.ablation import Ablation, parse_ablation
 from zhinao_k8s.api.load import SpecError
-from zhinao_k8s.api.ablation import parse_ablation
 from zhinao_k8s.runner.ablation import run_ablation
 
-SFT = {"enabled": True, "params": {"lr": 5e-3, "maxLen": 64, "microBatchSize": 16, "maxSteps": 8, "warmupRatio": 0.1,
-                                   "dedup": False, "checkpointEvery": 8},
-       "maxNewTokens": 4, "samples": 1, "maxPrompts": 24}
+SFT = {
+    "enabled": True,
+    "params": {
+        "lr": 5e-3,
+        "maxLen": 64,
+        "microBatchSize": 16,
+        "maxSteps": 8,
+        "warmupRatio": 0.1,
+        "dedup": False,
+        "checkpointEvery": 8,
+    },
+    "maxNewTokens": 4,
+    "samples": 1,
+    "maxPrompts": 24,
+}
 
 
 def ablation_doc(root, sft: dict) -> dict:
-    return {"metadata": {"name": "sfteval"}, "spec": {
-        "storage": {"uri": f"file://{root}/store"},
-        "base": {"corpus": f"file://{root}/docs"},
-        "recipes": [{"name": "a", "dataset": f"file://{root}/docs"}, {"name": "b", "dataset": f"file://{root}/docs"}],
-        "proxy": {"modelSize": "tiny", "tokens": 12 * 4 * 64, "seqLen": 64, "microBatchSize": 4, "gradAccumSteps": 1,
-                  "replicas": 1, "nprocPerNode": 1, "gpu": 0, "cpu": "1", "memory": "2Gi", "lr": 3e-3, "warmupSteps": 2},
-        "seeds": 2, "tokenizer": {"vocabSize": 600},
-        "evaluations": {"validLoss": {"everySteps": 12, "heldOutShare": 0.2, "maxSequences": 16},
-                        "benchmarks": {"enabled": False}, "sft": sft},
-    }}
+    return {
+        "metadata": {"name": "sfteval"},
+        "spec": {
+            "storage": {"uri": f"file://{root}/store"},
+            "base": {"corpus": f"file://{root}/docs"},
+            "recipes": [
+                {"name": "a", "dataset": f"file://{root}/docs"},
+                {"name": "b", "dataset": f"file://{root}/docs"},
+            ],
+            "proxy": {
+                "modelSize": "tiny",
+                "tokens": 12 * 4 * 64,
+                "seqLen": 64,
+                "microBatchSize": 4,
+                "gradAccumSteps": 1,
+                "replicas": 1,
+                "nprocPerNode": 1,
+                "gpu": 0,
+                "cpu": "1",
+                "memory": "2Gi",
+                "lr": 3e-3,
+                "warmupSteps": 2,
+            },
+            "seeds": 2,
+            "tokenizer": {"vocabSize": 600},
+            "evaluations": {
+                "validLoss": {"everySteps": 12, "heldOutShare": 0.2, "maxSequences": 16},
+                "benchmarks": {"enabled": False},
+                "sft": sft,
+            },
+        },
+    }
 
 
 def reward_model(root) -> str:
@@ -50,7 +83,8 @@ def ablated(tmp_path_factory):
     root = tmp_path_factory.mktemp("sfteval")
     (root / "docs").mkdir()
     (root / "docs" / "part-00000.jsonl").write_text(
-        "".join(json.dumps(d) + "\n" for d in real_documents(120, random.Random(0))))
+        "".join(json.dumps(d) + "\n" for d in real_documents(120, random.Random(0)))
+    )
     ablation = Ablation.model_validate(ablation_doc(root, {**SFT, "rewardModel": reward_model(root)}))
     return ablation, run_ablation(ablation, workdir=root / "work", in_process=True), root
 
@@ -63,7 +97,9 @@ def test_every_run_fine_tunes_its_own_base_with_the_same_recipe(ablated):
         sft = run.pipeline.stage("sft")
         assert run.pipeline.resolve_inputs(sft)["model"] == run.output  # this run's base, not another's
         assert sft.params.seed == run.seed and sft.params.max_steps == 8
-    assert len({r.pipeline.stage("sft").params.model_copy(update={"seed": 0}).model_dump_json() for r in runs}) == 1  # one recipe
+    assert (
+        len({r.pipeline.stage("sft").params.model_copy(update={"seed": 0}).model_dump_json() for r in runs}) == 1
+    )  # one recipe
 
 
 def test_answers_are_scored_by_the_reward_model_plus_the_rules(ablated):

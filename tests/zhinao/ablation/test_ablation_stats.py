@@ -69,10 +69,12 @@ def test_metric_quality_flags_noise_insensitivity_and_constants():
 
 
 def test_analyse_ranks_the_sensitive_metric_first():
-    out = stats.analyse({
-        "noisy": {"a": [0.5, 0.6, 0.4], "b": [0.55, 0.45, 0.5]},
-        "loss": {"a": [5.0, 5.01, 4.99], "b": [5.5, 5.51, 5.49]},
-    })
+    out = stats.analyse(
+        {
+            "noisy": {"a": [0.5, 0.6, 0.4], "b": [0.55, 0.45, 0.5]},
+            "loss": {"a": [5.0, 5.01, 4.99], "b": [5.5, 5.51, 5.49]},
+        }
+    )
     assert [q["metric"] for q in out["ranking"]] == ["loss", "noisy"]
     pair = out["metrics"]["loss"]["pairs"][0]
     assert pair["a"] == "a" and pair["diff"] == pytest.approx(-0.5) and pair["detected"]

@@ -48,7 +48,11 @@ CASES = [
         "Supercalifragilisticexpialidociousandevenlongerwords is odd. " * 2 + "Fine.",
         "编号123456789012345678901234567890是一个非常长的数字。编号998877665544332211009988776655也是。",
     ),
-    ("repeated_sentences", "Buy the best shoes today. " * 4 + "They are good.", "今天买最好的鞋子。" * 4 + "它们很好。"),
+    (
+        "repeated_sentences",
+        "Buy the best shoes today. " * 4 + "They are good.",
+        "今天买最好的鞋子。" * 4 + "它们很好。",
+    ),
     (
         "short_paragraphs",
         "Home.\nNews.\nShop.\nThe weather will be fine tomorrow, with sun in the morning and rain later.",

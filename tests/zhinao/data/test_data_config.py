@@ -44,7 +44,12 @@ def test_wire_form_is_camel_case_and_round_trips():
 
 @pytest.mark.parametrize(
     "bad",
-    [{"minhash": {"bands": 20, "rows": 8}}, {"paragraphDedup": {"deleteShare": 1.5}}, {"mix": {"maxOversample": 0.5}}, {"unknown": 1}],
+    [
+        {"minhash": {"bands": 20, "rows": 8}},
+        {"paragraphDedup": {"deleteShare": 1.5}},
+        {"mix": {"maxOversample": 0.5}},
+        {"unknown": 1},
+    ],
 )
 def test_invalid_values_are_rejected(bad):
     with pytest.raises(ValidationError):

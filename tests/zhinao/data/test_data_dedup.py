@@ -53,7 +53,11 @@ def test_sentence_units_16_token_guard():
     long = " ".join(["word"] * 20) + "."
     para = f"Short one. Another short one. {long} Tail."
     units = sentence_units(para, 16)
-    assert [(para[s:e].strip(), ok) for _, s, e, ok in units] == [("Short one. Another short one.", False), (long, True), ("Tail.", False)]
+    assert [(para[s:e].strip(), ok) for _, s, e, ok in units] == [
+        ("Short one. Another short one.", False),
+        (long, True),
+        ("Tail.", False),
+    ]
     run = " ".join(f"Tiny sentence {i} here." for i in range(5))  # 5 x 4 tokens: a 20-token run
     assert [ok for *_, ok in sentence_units(run, 16)] == [True]
     zh = "这是一个足够长的中文句子，用来测试去重单元的长度是否达到要求。短句。"
@@ -88,7 +92,9 @@ def test_exact_dedup_url_then_body(tmp_path):
 
 def test_paragraph_dedup_deletes_30_percent_of_a_group(tmp_path):
     shared = "This paragraph is shared boilerplate that appears on many pages of the site."
-    docs = [Doc(make_gid(0, i), f"Unique first paragraph number {i} of this page.\n{shared}", "webpages") for i in range(10)]
+    docs = [
+        Doc(make_gid(0, i), f"Unique first paragraph number {i} of this page.\n{shared}", "webpages") for i in range(10)
+    ]
     drops = _run_global(ParagraphDedup(ParagraphDedupConfig(), _ctx(tmp_path)), docs)
     assert drops == [None] * 10
     assert sum(shared in d.text for d in docs) == 7

@@ -11,7 +11,22 @@ def test_demo_corpus_is_deterministic_and_planted(tmp_path):
     sa, sb = open_store(f"file://{tmp_path}/a"), open_store(f"file://{tmp_path}/b")
     assert sa.list() == [f"corpus/part-{i:05d}.jsonl" for i in range(4)]
     assert all(sa.get_bytes(k) == sb.get_bytes(k) for k in sa.list())
-    for kind in ("url_blacklist", "keywords", "url_dup", "exact_dup", "lang_id", "english_with_chinese", "junk_page",
-                 "near_dup", "repeated_paragraph", "repeated_sentence", "pii", "exam", "rule_punct"):
+    for kind in (
+        "url_blacklist",
+        "keywords",
+        "url_dup",
+        "exact_dup",
+        "lang_id",
+        "english_with_chinese",
+        "junk_page",
+        "near_dup",
+        "repeated_paragraph",
+        "repeated_sentence",
+        "pii",
+        "exam",
+        "rule_punct",
+    ):
         assert a.get(kind, 0) >= 1, kind
-    assert a["bad_lines"] == 6 and a["lines"] == a["real"] + sum(v for k, v in a.items() if k not in ("real", "lines", "files", "repeated_paragraph", "repeated_sentence"))
+    assert a["bad_lines"] == 6 and a["lines"] == a["real"] + sum(
+        v for k, v in a.items() if k not in ("real", "lines", "files", "repeated_paragraph", "repeated_sentence")
+    )

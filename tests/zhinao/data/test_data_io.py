@@ -55,7 +55,10 @@ def test_reject_records_keep_the_raw_line(tmp_path):
     assert rec["truncated"] and rec["raw_bytes"] > 5000 and len(rec["raw"]) == 20
     doc = Doc(make_gid(2, 5), "text", "code", "http://u", {"id": 1})
     assert reject_record("rules", "too_short", doc, cfg) == {
-        "step": "rules", "reason": "too_short", "file_index": 2, "line": 5,
+        "step": "rules",
+        "reason": "too_short",
+        "file_index": 2,
+        "line": 5,
         "doc": {"id": 1, "text": "text", "source": "code", "url": "http://u"},
     }
 
@@ -71,6 +74,7 @@ def test_shard_writer_rolls_files(tmp_path):
 
 # --- Parquet -----------------------------------------------------------------------------------
 
+
 def _bad_utf8_strings(values: list[bytes]):
     """A string array holding invalid UTF-8 (pyarrow validates nothing when built from buffers)."""
     raw = pa.array(values, type=pa.binary())
@@ -79,26 +83,36 @@ def _bad_utf8_strings(values: list[bytes]):
 
 def test_parquet_rows_map_like_jsonl_lines(tmp_path):
     path = tmp_path / "in.parquet"
-    table = pa.table({
-        "text": ["fine", None, "", "  \n ", "x" * 1001, "second fine", "bad \xff"],
-        "url": ["http://a/", None, None, None, None, None, None],
-        "source": [None, None, None, None, None, "code", None],
-        "id": [7, 8, 9, 10, 11, None, 13],
-    })
-    table = table.set_column(0, "text", _bad_utf8_strings([b"fine", None, b"", b"  \n ", b"x" * 1001, b"second fine", b"bad \xff"]))
+    table = pa.table(
+        {
+            "text": ["fine", None, "", "  \n ", "x" * 1001, "second fine", "bad \xff"],
+            "url": ["http://a/", None, None, None, None, None, None],
+            "source": [None, None, None, None, None, "code", None],
+            "id": [7, 8, 9, 10, 11, None, 13],
+        }
+    )
+    table = table.set_column(
+        0, "text", _bad_utf8_strings([b"fine", None, b"", b"  \n ", b"x" * 1001, b"second fine", b"bad \xff"])
+    )
     pq.write_table(table, path, row_group_size=3)  # several row groups and batches
     items = list(read_input(path, 3, CFG))
     reasons = [i.reason if isinstance(i, Rejected) else None for i in items]
     assert reasons == [None, "missing_text", "empty_text", "empty_text", "gigantic", None, "invalid_utf8"]
     first, second = items[0], items[5]
-    assert first.text == "fine" and first.url == "http://a/" and first.source == "webpages" and first.fields == {"id": 7}
+    assert (
+        first.text == "fine" and first.url == "http://a/" and first.source == "webpages" and first.fields == {"id": 7}
+    )
     assert second.text == "second fine" and second.url is None and second.source == "code"
     assert second.fields == {}  # a null cell is a missing key, as in a JSONL line
     assert [split_gid(i.gid) for i in items] == [(3, n) for n in range(7)]
 
     recs = [reject_record("input", i.reason, i, CFG) for i in items if isinstance(i, Rejected)]
     assert [(r["reason"], r["line"], r["file_index"]) for r in recs] == [
-        ("missing_text", 1, 3), ("empty_text", 2, 3), ("empty_text", 3, 3), ("gigantic", 4, 3), ("invalid_utf8", 6, 3)
+        ("missing_text", 1, 3),
+        ("empty_text", 2, 3),
+        ("empty_text", 3, 3),
+        ("gigantic", 4, 3),
+        ("invalid_utf8", 6, 3),
     ]
     assert json.loads(recs[0]["raw"]) == {"text": None, "id": 8}  # the row, as a JSON line
     assert recs[3]["raw_bytes"] > 1001
@@ -115,9 +129,17 @@ def test_parquet_non_string_text_is_rejected(tmp_path):
 
 def test_parquet_passes_other_columns_through_as_json(tmp_path):
     path = tmp_path / "in.parquet"
-    pq.write_table(pa.table({
-        "text": ["a page"], "day": [datetime.date(2024, 5, 1)], "tags": [["x", "y"]], "blob": [b"\x00\x01"],
-    }), path)
+    pq.write_table(
+        pa.table(
+            {
+                "text": ["a page"],
+                "day": [datetime.date(2024, 5, 1)],
+                "tags": [["x", "y"]],
+                "blob": [b"\x00\x01"],
+            }
+        ),
+        path,
+    )
     (doc,) = read_input(path, 0, CFG)
     assert doc.fields == {"day": "2024-05-01", "tags": ["x", "y"], "blob": "AAE="}
     assert Doc.from_spill(doc.to_spill()) == doc  # survives the spill files between passes
@@ -169,7 +191,9 @@ def test_stage_reads_jsonl_and_parquet_side_by_side(tmp_path, demo_corpus):
     pq.write_table(pa.table(cols), corpus / "b.parquet", row_group_size=16)
 
     out = tmp_path / "out"
-    rt = StageRuntime(pipeline="p", stage="data", kind="data", inputs={"corpus": f"file://{corpus}"}, output=f"file://{out}")
+    rt = StageRuntime(
+        pipeline="p", stage="data", kind="data", inputs={"corpus": f"file://{corpus}"}, output=f"file://{out}"
+    )
     data_stage.run(rt, data_stage.Params(mix={"enabled": False}))
 
     docs = [json.loads(line) for f in sorted((out / "docs").glob("*.jsonl")) for line in f.read_text().splitlines()]

@@ -7,7 +7,7 @@ import sys
 import numpy as np
 
 from zhinao.data.lsh import BAND, PAIR, candidate_pairs, components
-from zhinao.data.minhash import MinHasher, SENTINEL, estimated_jaccard, shingle_hashes, token_hashes
+from zhinao.data.minhash import SENTINEL, MinHasher, estimated_jaccard, shingle_hashes, token_hashes
 
 
 def _vocab(rng, n=5000):

@@ -29,7 +29,10 @@ def test_downsampling_hits_targets_exactly():
 
 
 def test_fixed_budget_and_untargeted_sources():
-    f = mix_factors({"webpages": 1000, "code": 1000, "forum": 50}, MixConfig(targets={"webpages": 0.5, "code": 0.5}, target_tokens=1000))
+    f = mix_factors(
+        {"webpages": 1000, "code": 1000, "forum": 50},
+        MixConfig(targets={"webpages": 0.5, "code": 0.5}, target_tokens=1000),
+    )
     assert f == pytest.approx({"webpages": 0.5, "code": 0.5, "forum": 1.0})
     assert mix_key("forum", TARGETS) == "other" and mix_key("code", TARGETS) == "code"
 

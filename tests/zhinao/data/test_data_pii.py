@@ -18,7 +18,10 @@ CFG = PiiConfig()
         ("IPv6 fe80::1ff:fe23:4567:890a works", "IPv6 <|ip|> works"),
         ("手机13812345678，电话010-12345678。", "手机<|phone|>，电话<|phone|>。"),
         ("Call (555) 123-4567 or +44 20 7946 0958.", "Call <|phone|> or <|phone|>."),
-        ("In 1999 we sold 12345 items; a::b stays; 3.14 stays.", "In 1999 we sold 12345 items; a::b stays; 3.14 stays."),
+        (
+            "In 1999 we sold 12345 items; a::b stays; 3.14 stays.",
+            "In 1999 we sold 12345 items; a::b stays; 3.14 stays.",
+        ),
     ],
 )
 def test_scrub(text, expected):

@@ -10,7 +10,7 @@ import pytest
 
 from zhinao.config.data import DataParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.pipeline import plan_passes, build_steps, run_pipeline
+from zhinao.data.pipeline import build_steps, plan_passes, run_pipeline
 from zhinao.distributed import DistEnv
 from zhinao.stages import data as data_stage
 from zhinao.storage import open_store
@@ -43,12 +43,19 @@ def _write_corpus(root: Path) -> str:
     """Two files, so that with 2 ranks each reads one: the planted pairs straddle the shards."""
     near = "\n".join(ARTICLE) + "\nVisitors can walk along the wall at low tide and see the old gates."
     files = [
-        [{"text": _page(i), "url": f"https://town.example/{i}"} for i in range(6)] + [{"text": near, "url": "https://town.example/near-a"}],
+        [{"text": _page(i), "url": f"https://town.example/{i}"} for i in range(6)]
+        + [{"text": near, "url": "https://town.example/near-a"}],
         [{"text": _page(i), "url": f"https://mirror.example/{i}"} for i in range(6, 10)]
         + [
-            {"text": near.replace("low tide", "low water"), "url": "https://town.example/near-b"},  # near-duplicate across shards
+            {
+                "text": near.replace("low tide", "low water"),
+                "url": "https://town.example/near-b",
+            },  # near-duplicate across shards
             {"text": _page(2), "url": "https://other.example/copy"},  # exact duplicate across shards
-            {"text": "Ein deutscher Satz über den Hafen und die alte Mauer der Stadt.", "url": "https://town.example/de"},
+            {
+                "text": "Ein deutscher Satz über den Hafen und die alte Mauer der Stadt.",
+                "url": "https://town.example/de",
+            },
         ],
     ]
     corpus = root / "corpus"
@@ -68,7 +75,9 @@ def _run_ranks(params: DataParams, corpus: str, out: str, world: int) -> None:
 
     def rank(r):
         try:
-            run_pipeline(params, corpus=open_store(corpus), output=open_store(out), dist=DistEnv(r, world, r), run_id="test")
+            run_pipeline(
+                params, corpus=open_store(corpus), output=open_store(out), dist=DistEnv(r, world, r), run_id="test"
+            )
         except BaseException as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
 
@@ -113,7 +122,12 @@ def test_passes_split_at_global_steps(tmp_path):
     steps = build_steps(DataParams(), StepContext(Sharding(1, 1), 0, tmp_path))
     passes = plan_passes(steps)
     assert [p.collect.names[0] if p.collect else None for p in passes] == [
-        "url_dedup", "minhash", "paragraph_dedup", "sentence_dedup", "mix", None
+        "url_dedup",
+        "minhash",
+        "paragraph_dedup",
+        "sentence_dedup",
+        "mix",
+        None,
     ]
     assert [s.names[0] for s in passes[1].local] == ["lang_id", "rules", "junk", "pii"]
 
@@ -139,11 +153,21 @@ def test_stage_on_demo_corpus_writes_docs_rejects_and_report(tmp_path, demo_corp
     assert set(rows["input"]["reasons"]) == {"malformed_json", "invalid_utf8", "missing_text", "empty_text", "gigantic"}
     assert len(rejects) == sum(r["docs_removed"] for r in report["steps"] if r["step"] != "mix")
     # Every step removes something on the demo corpus: documents, or bytes for the steps that edit text.
-    idle = [r["step"] for r in report["steps"] if r["step"] != "mix" and r["docs_removed"] <= 0 and r["bytes_removed"] <= 0]
+    idle = [
+        r["step"] for r in report["steps"] if r["step"] != "mix" and r["docs_removed"] <= 0 and r["bytes_removed"] <= 0
+    ]
     assert idle == []
     planted = {(r["step"], r["doc"].get("planted")) for r in rejects if "doc" in r}
-    for step, kind in [("url_filter", "url_blacklist"), ("keywords", "keywords"), ("url_dedup", "url_dup"), ("exact_dedup", "exact_dup"),
-                       ("lang_id", "lang_id"), ("english_with_chinese", "english_with_chinese"), ("junk", "junk_page"), ("minhash", "near_dup")]:
+    for step, kind in [
+        ("url_filter", "url_blacklist"),
+        ("keywords", "keywords"),
+        ("url_dedup", "url_dup"),
+        ("exact_dedup", "exact_dup"),
+        ("lang_id", "lang_id"),
+        ("english_with_chinese", "english_with_chinese"),
+        ("junk", "junk_page"),
+        ("minhash", "near_dup"),
+    ]:
         assert (step, kind) in planted
     assert report["mix"]["factors"]["webpages"] >= 1 and max(report["mix"]["factors"].values()) <= 5
     summary = json.loads((out / "summary.json").read_text())

@@ -62,7 +62,10 @@ def test_trie_regex_matches_like_an_alternation():
         ("委员会同意推迟表决，等所有成员审阅完最终报告后再作决定。", None),
         ("Die Stadt liegt am Ufer eines breiten Flusses, und im Sommer kommen viele Besucher.", "lang_id"),
         ("Le village se trouve au pied de la montagne et les habitants vendent leurs fromages.", "lang_id"),
-        ("The committee agreed to postpone the vote until the 最终报告 had been reviewed by all.", "english_with_chinese"),
+        (
+            "The committee agreed to postpone the vote until the 最终报告 had been reviewed by all.",
+            "english_with_chinese",
+        ),
     ],
 )
 def test_language_id(text, step):

@@ -20,7 +20,13 @@ def test_two_ranks_over_s3_match_one_local_rank(s3_store, tmp_path):
 
     def rank(r):
         try:
-            run_pipeline(_params(), corpus=s3_store.child("corpus"), output=s3_store.child("out"), dist=DistEnv(r, 2, r), run_id="s3")
+            run_pipeline(
+                _params(),
+                corpus=s3_store.child("corpus"),
+                output=s3_store.child("out"),
+                dist=DistEnv(r, 2, r),
+                run_id="s3",
+            )
         except BaseException as e:  # noqa: BLE001 - surfaced below
             errors.append(e)
 

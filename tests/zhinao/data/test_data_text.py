@@ -2,11 +2,29 @@
 
 import pytest
 
-from zhinao.data.text import estimate_tokens, han_count, paragraphs, sentence_spans, split_sentences, tokens, top_ngram_share
+from zhinao.data.text import (
+    estimate_tokens,
+    han_count,
+    paragraphs,
+    sentence_spans,
+    split_sentences,
+    tokens,
+    top_ngram_share,
+)
 
 
 def test_tokens_are_words_numbers_and_single_cjk_characters():
-    assert tokens("Don't panic: 3.14 apples, 中文句子 café") == ["don't", "panic", "3.14", "apples", "中", "文", "句", "子", "café"]
+    assert tokens("Don't panic: 3.14 apples, 中文句子 café") == [
+        "don't",
+        "panic",
+        "3.14",
+        "apples",
+        "中",
+        "文",
+        "句",
+        "子",
+        "café",
+    ]
 
 
 @pytest.mark.parametrize(

@@ -39,7 +39,9 @@ def test_block_causal_mask():
 
 def test_document_packing_isolates_examples_and_naive_does_not():
     torch.manual_seed(0)
-    model = build_model(build_config("tiny", vocab_size=64, max_position_embeddings=64, attention="sdpa"), seed=0).eval()
+    model = build_model(
+        build_config("tiny", vocab_size=64, max_position_embeddings=64, attention="sdpa"), seed=0
+    ).eval()
     a, b = ex(5, 3), ex(6, 20)
     packed = pack_examples([a, b], max_len=16, pad_id=0)
     ids = torch.from_numpy(packed.input_ids)
@@ -47,8 +49,9 @@ def test_document_packing_isolates_examples_and_naive_does_not():
     mask = torch.zeros(allowed.shape).masked_fill(~allowed, torch.finfo(torch.float32).min)
     with torch.no_grad():
         alone = model(input_ids=torch.tensor([b[0]])).logits[0]
-        doc = model(input_ids=ids, position_ids=torch.from_numpy(packed.position_ids("document")),
-                    attention_mask=mask).logits[0, 5:11]
+        doc = model(
+            input_ids=ids, position_ids=torch.from_numpy(packed.position_ids("document")), attention_mask=mask
+        ).logits[0, 5:11]
         naive = model(input_ids=ids, position_ids=torch.from_numpy(packed.position_ids("naive"))).logits[0, 5:11]
     torch.testing.assert_close(doc, alone, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(naive, alone, atol=1e-3)

@@ -20,11 +20,17 @@ def test_rate_sample_and_drop_low_sources():
 
 
 def test_keyword_labels_and_existing_labels_win():
-    recs = [conv("Solve 3 + 4 = ?", "7"), conv("Write a python function", "x" * 1500),
-            conv("翻译这句话", "ok", category="translation-set")]
+    recs = [
+        conv("Solve 3 + 4 = ?", "7"),
+        conv("Write a python function", "x" * 1500),
+        conv("翻译这句话", "ok", category="translation-set"),
+    ]
     labelled = T.label_records(recs, T.keyword_labeler)
     assert [(r["category"], r["difficulty"]) for r in labelled] == [
-        ("math", "easy"), ("code", "hard"), ("translation-set", "easy")]
+        ("math", "easy"),
+        ("code", "hard"),
+        ("translation-set", "easy"),
+    ]
     assert T.label_records(recs[2:], T.keyword_labeler, overwrite=True)[0]["category"] == "translation"
 
 

@@ -14,13 +14,16 @@ def test_defaults_follow_the_report():
     assert wire.sequence_parallel == 4 and wire.to_wire()["needle"]["lengths"] == [512]
 
 
-@pytest.mark.parametrize("params, message", [
-    ({"seqLen": 1000, "sequenceParallel": 3}, "divisible"),
-    ({"sequenceParallel": 2, "zeroStage": 2}, "zeroStage"),
-    ({"seqLen": 4096, "maxPositionEmbeddings": 2048}, "maxPositionEmbeddings"),
-    ({"warmupSteps": 100, "maxSteps": 100}, "warmupSteps"),
-    ({"ropeTheta": 1e6, "ropeBase": 1e6}, "ropeBase"),
-])
+@pytest.mark.parametrize(
+    "params, message",
+    [
+        ({"seqLen": 1000, "sequenceParallel": 3}, "divisible"),
+        ({"sequenceParallel": 2, "zeroStage": 2}, "zeroStage"),
+        ({"seqLen": 4096, "maxPositionEmbeddings": 2048}, "maxPositionEmbeddings"),
+        ({"warmupSteps": 100, "maxSteps": 100}, "warmupSteps"),
+        ({"ropeTheta": 1e6, "ropeBase": 1e6}, "ropeBase"),
+    ],
+)
 def test_inconsistent_params_are_rejected(params, message):
     with pytest.raises(ValidationError, match=message):
         LongContextParams.model_validate(params)

@@ -4,12 +4,21 @@ import numpy as np
 import pytest
 
 from zhinao.longctx.data import (
-    SourceDocument, mix_sequences, multi_doc_qa, render_chat, segment, split_sentences, synthesize_long_qa,
+    SourceDocument,
+    mix_sequences,
+    multi_doc_qa,
+    render_chat,
+    segment,
+    split_sentences,
+    synthesize_long_qa,
 )
 
 DOCS = [
-    SourceDocument(f"Topic {i} opens with a long enough first sentence. The value of item {i} is {i * 7} units today. "
-                   f"Nothing else about topic {i} is worth a mention here.", "web" if i % 3 else "books")
+    SourceDocument(
+        f"Topic {i} opens with a long enough first sentence. The value of item {i} is {i * 7} units today. "
+        f"Nothing else about topic {i} is worth a mention here.",
+        "web" if i % 3 else "books",
+    )
     for i in range(12)
 ]
 WORDS = lambda text: len(text.split())  # noqa: E731
@@ -17,8 +26,10 @@ WORDS = lambda text: len(text.split())  # noqa: E731
 
 def test_chat_format_is_360zhinao():
     text = render_chat([{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}])
-    assert text == ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
-                    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n")
+    assert text == (
+        "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n"
+        "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\nhello<|im_end|>\n"
+    )
     assert render_chat([{"role": "user", "content": "x"}], system=None) == "<|im_start|>user\nx<|im_end|>\n"
 
 
@@ -48,6 +59,7 @@ def test_conversations_are_multi_turn_within_budget_and_answers_are_in_the_conte
 def test_multi_doc_locate_answers_name_the_document_holding_the_quote():
     docs = [d.text for d in DOCS[:4]]
     import random
+
     for seed in range(20):
         msgs = multi_doc_qa(docs, n_questions=4, rng=random.Random(seed))
         for q, a in zip(msgs[0::2], msgs[1::2]):

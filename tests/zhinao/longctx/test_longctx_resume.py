@@ -9,7 +9,6 @@ import json
 from pathlib import Path
 
 import pytest
-
 from alignment_assets import assert_same_weights, hf_weights
 from stage_runs import assert_restarted_once_and_resumed, run, run_killing_a_rank, stage_output, step_records
 
@@ -19,19 +18,25 @@ pytestmark = pytest.mark.slow
 PARAMS = dict(replicas=2, nproc=1, backoff_limit=1, maxSteps=9, checkpointEvery=3, needle={"enabled": False})
 
 
-def test_sigkill_of_a_sequence_parallel_rank_resumes_to_identical_weights(tmp_path, stage_assets, longctx_base_model,
-                                                                          make_longctx_spec):
+def test_sigkill_of_a_sequence_parallel_rank_resumes_to_identical_weights(
+    tmp_path, stage_assets, longctx_base_model, make_longctx_spec
+):
     store = f"file://{tmp_path}/store"
 
     def spec(name: str) -> str:
         return make_longctx_spec(name, store, longctx_base_model, stage_assets["corpus"], **PARAMS)
 
     ref_pipeline, ref = run(spec("ref"), tmp_path / "w1")
-    assert ref.succeeded and ref.stages[0][1].restarts == 0, (ref.stages[0][1].log_dir / "master-0.log").read_text()[-3000:]
+    assert ref.succeeded and ref.stages[0][1].restarts == 0, (ref.stages[0][1].log_dir / "master-0.log").read_text()[
+        -3000:
+    ]
 
     pipeline, result, killed = run_killing_a_rank(
-        spec("killed"), tmp_path / "w2", replica="worker-0",
-        once_exists=tmp_path / "store" / "killed" / "longctx" / "checkpoints" / "latest")
+        spec("killed"),
+        tmp_path / "w2",
+        replica="worker-0",
+        once_exists=tmp_path / "store" / "killed" / "longctx" / "checkpoints" / "latest",
+    )
     assert_restarted_once_and_resumed(result, killed=killed, replica="worker-0", step=3)
 
     ref_uri, out_uri = (p.output_of(p.stage("longctx")) for p in (ref_pipeline, pipeline))

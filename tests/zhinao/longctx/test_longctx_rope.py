@@ -4,7 +4,12 @@ import pytest
 import torch
 
 from zhinao.longctx.rope import (
-    REPORT_ROPE_THETA, apply_rope_base, ensure_fp32_inv_freq, inverse_frequencies, rope_theta_of, rotary_modules,
+    REPORT_ROPE_THETA,
+    apply_rope_base,
+    ensure_fp32_inv_freq,
+    inverse_frequencies,
+    rope_theta_of,
+    rotary_modules,
 )
 from zhinao.model import build_config, build_model
 

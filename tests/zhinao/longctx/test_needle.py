@@ -3,7 +3,14 @@
 import pytest
 
 from zhinao.longctx.needle import (
-    NEEDLES, PromptBuilder, evaluate, grid, heatmap_png, insert_needle, levenshtein, score_answer,
+    NEEDLES,
+    PromptBuilder,
+    evaluate,
+    grid,
+    heatmap_png,
+    insert_needle,
+    levenshtein,
+    score_answer,
 )
 
 
@@ -11,15 +18,21 @@ def test_reference_grid_shape():
     lengths, depths = grid(max_length=360000, lengths=None, min_length=1024, num_lengths=10, num_depths=21)
     assert lengths[0] == 1024 and lengths[-1] == 360000 and len(lengths) == 10
     assert depths == [5.0 * i for i in range(21)]
-    assert grid(max_length=256, lengths=[300, 100, 100], min_length=1024, num_lengths=3, num_depths=1) == ([100, 300], [50.0])
+    assert grid(max_length=256, lengths=[300, 100, 100], min_length=1024, num_lengths=3, num_depths=1) == (
+        [100, 300],
+        [50.0],
+    )
 
 
-@pytest.mark.parametrize("answer, expected", [
-    ("Eat a sandwich and sit in Dolores Park on a sunny day.", 100.0),
-    ("The best thing is a SANDWICH in dolores park when sunny", 100.0),
-    (NEEDLES["en"].expected.replace("sunny", "rainy"), None),  # no regex match: edit-distance score
-    ("", 0.0),
-])
+@pytest.mark.parametrize(
+    "answer, expected",
+    [
+        ("Eat a sandwich and sit in Dolores Park on a sunny day.", 100.0),
+        ("The best thing is a SANDWICH in dolores park when sunny", 100.0),
+        (NEEDLES["en"].expected.replace("sunny", "rainy"), None),  # no regex match: edit-distance score
+        ("", 0.0),
+    ],
+)
 def test_english_scoring(answer, expected):
     score = score_answer(answer, NEEDLES["en"])
     if expected is None:
@@ -83,7 +96,7 @@ class EchoModel:
         import torch
 
         row = input_ids[0].tolist()
-        found = any(row[i:i + len(self.needle)] == self.needle for i in range(len(row)))
+        found = any(row[i : i + len(self.needle)] == self.needle for i in range(len(row)))
         answer = self.needle if found else []
         return torch.tensor([row + answer[:max_new_tokens]])
 
@@ -91,8 +104,10 @@ class EchoModel:
 def test_evaluate_builds_exact_lengths_and_a_perfect_retriever_scores_100(tmp_path):
     haystack = "The grass is green. The sky is blue! Water is wet. " * 20
     needle = NEEDLES["en"]
-    tok = CharTokenizer(haystack + needle.needle + needle.question + " Answer from the text above.\nsystemuserassistant"
-                        "You are a helpful assistant.")
+    tok = CharTokenizer(
+        haystack + needle.needle + needle.question + " Answer from the text above.\nsystemuserassistant"
+        "You are a helpful assistant."
+    )
     builder = PromptBuilder(tok, haystack, needle)
     model = EchoModel(tok, builder.needle)
     result = evaluate(model, tok, haystack, lengths=[400, 700], depths=[0.0, 50.0, 100.0], max_new_tokens=200)
@@ -106,6 +121,10 @@ def test_evaluate_builds_exact_lengths_and_a_perfect_retriever_scores_100(tmp_pa
 
 
 def test_heatmap_renders_a_partial_grid():
-    result = {"lengths": [10, 20], "depths": [0.0, 100.0], "average": 50.0,
-              "cells": [{"length": 10, "depth": 0.0, "score": 100.0}, {"length": 20, "depth": 100.0, "score": 0.0}]}
+    result = {
+        "lengths": [10, 20],
+        "depths": [0.0, 100.0],
+        "average": 50.0,
+        "cells": [{"length": 10, "depth": 0.0, "score": 100.0}, {"length": 20, "depth": 100.0, "score": 0.0}],
+    }
     assert heatmap_png(result)[:8] == b"\x89PNG\r\n\x1a\n"

@@ -10,10 +10,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
-
 from alignment_assets import tiny_policy, write_jsonl
 from stage_runs import run, stage_output, step_records
+from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
+
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, sft_conversations
 
 pytestmark = pytest.mark.slow
@@ -36,8 +36,14 @@ def run_on_two_ranks(name: str, stages: list[dict], workdir: Path) -> tuple:
     """(pipeline, {stage name: JobResult}) of a pipeline whose stages each run on two pods of one rank."""
     for stage in stages:  # a failure fails the test instead of being retried
         stage.update(replicas=2, nprocPerNode=1, backoffLimit=0)
-    spec = json.dumps({"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": name},
-                       "spec": {"storage": {"uri": f"file://{workdir}/store"}, "stages": stages}})
+    spec = json.dumps(
+        {
+            "apiVersion": "zhinao.ai/v1alpha1",
+            "kind": "TrainingPipeline",
+            "metadata": {"name": name},
+            "spec": {"storage": {"uri": f"file://{workdir}/store"}, "stages": stages},
+        }
+    )
     pipeline, result = run(spec, workdir / "w")
     return pipeline, dict(result.stages)
 
@@ -47,15 +53,40 @@ def chain(assets, tmp_path_factory):
     """(pipeline, {stage name: JobResult}) of sft -> rm -> rlhf, every stage on 2 ranks with DDP."""
     stages = [
         {"name": "sft", "kind": "sft", "inputs": {"model": assets["policy"], "data": assets["sft"]}, "params": SFT},
-        {"name": "rm", "kind": "reward", "inputs": {"model": "stage://sft", "preferences": assets["preferences"]},
-         "params": dict(lr=3e-3, maxLen=64, microBatchSize=8, maxSteps=6, warmupRatio=0.1, checkpointEvery=6,
-                        task="arithmetic", evalFraction=0.2)},
-        {"name": "rlhf", "kind": "rlhf",
-         "inputs": {"policy": "stage://sft", "reward": "stage://rm", "prompts": assets["prompts"]},
-         # A prompt without letters or CJK counts as Chinese, so the code-switch rule scores every Latin word
-         # of a response: a dense reward that an untrained policy improves on within a few steps.
-         "params": dict(algorithm="remax", lr=3e-2, maxSteps=16, microBatchSize=8, maxNewTokens=2, checkpointEvery=16,
-                        evalPrompts=16, evalSamples=4, rules={"code_switch": 1.0}, klCoef=0.1)},
+        {
+            "name": "rm",
+            "kind": "reward",
+            "inputs": {"model": "stage://sft", "preferences": assets["preferences"]},
+            "params": dict(
+                lr=3e-3,
+                maxLen=64,
+                microBatchSize=8,
+                maxSteps=6,
+                warmupRatio=0.1,
+                checkpointEvery=6,
+                task="arithmetic",
+                evalFraction=0.2,
+            ),
+        },
+        {
+            "name": "rlhf",
+            "kind": "rlhf",
+            "inputs": {"policy": "stage://sft", "reward": "stage://rm", "prompts": assets["prompts"]},
+            # A prompt without letters or CJK counts as Chinese, so the code-switch rule scores every Latin word
+            # of a response: a dense reward that an untrained policy improves on within a few steps.
+            "params": dict(
+                algorithm="remax",
+                lr=3e-2,
+                maxSteps=16,
+                microBatchSize=8,
+                maxNewTokens=2,
+                checkpointEvery=16,
+                evalPrompts=16,
+                evalSamples=4,
+                rules={"code_switch": 1.0},
+                klCoef=0.1,
+            ),
+        },
     ]
     return run_on_two_ranks("chain", stages, tmp_path_factory.mktemp("chain"))
 
@@ -93,7 +124,9 @@ def test_reward_with_ddp_trains_each_rank_on_its_own_pairs_and_exports_a_classif
     out = succeeded(chain, "rm")
     rank0, rank1 = per_rank_steps(out, 6)
     # Batch accuracy and margin are each rank's own pairs' (equal weights, so equal pairs would give equal values).
-    assert [(r["rm_accuracy"], r["reward_margin"]) for r in rank0] != [(r["rm_accuracy"], r["reward_margin"]) for r in rank1]
+    assert [(r["rm_accuracy"], r["reward_margin"]) for r in rank0] != [
+        (r["rm_accuracy"], r["reward_margin"]) for r in rank1
+    ]
     summary = json.loads(out.get_bytes("summary.json"))
     assert summary["loss_last"] < summary["loss_first"]
     assert summary["held_out_accuracy"] > summary["held_out_accuracy_before"]
@@ -118,8 +151,12 @@ def test_remax_with_ddp_rolls_out_each_rank_on_its_own_prompts_and_exports_the_p
 
 
 def test_sft_with_deepspeed_zero2_partitions_the_optimizer_and_trains_like_ddp(assets, chain, tmp_path):
-    stage = {"name": "sft", "kind": "sft", "inputs": {"model": assets["policy"], "data": assets["sft"]},
-             "params": {**SFT, "zeroStage": 2}}
+    stage = {
+        "name": "sft",
+        "kind": "sft",
+        "inputs": {"model": assets["policy"], "data": assets["sft"]},
+        "params": {**SFT, "zeroStage": 2},
+    }
     out = succeeded(run_on_two_ranks("zero2", [stage], tmp_path), "sft")
     zero2, _ = per_rank_steps(out, 6)
     manifest = json.loads(out.get_bytes("checkpoints/step-00000006/manifest.json"))

@@ -14,8 +14,9 @@ from zhinao_k8s.runner.pipeline import run_pipeline
 pytestmark = pytest.mark.slow
 
 
-def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(tmp_path, stage_assets, longctx_base_model,
-                                                                              make_longctx_spec):
+def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(
+    tmp_path, stage_assets, longctx_base_model, make_longctx_spec
+):
     spec = make_longctx_spec("long", f"file://{tmp_path}/store", longctx_base_model, stage_assets["corpus"])
     pipeline = parse_pipeline(spec)
     result = run_pipeline(pipeline, workdir=tmp_path / "w")

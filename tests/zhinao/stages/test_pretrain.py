@@ -7,9 +7,9 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
+from stage_runs import assert_restarted_once_and_resumed, run, run_killing_a_rank
 from transformers import AutoModelForCausalLM
 
-from stage_runs import assert_restarted_once_and_resumed, run, run_killing_a_rank
 from zhinao.storage import StorageError, open_store
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import run_pipeline
@@ -21,24 +21,34 @@ def weights(uri: str) -> dict[str, torch.Tensor]:
     return load_file(uri.removeprefix("file://") + "/hf/model.safetensors")
 
 
-def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(tmp_path, stage_assets, make_pretrain_spec):
+def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
+    tmp_path, stage_assets, make_pretrain_spec
+):
     ref_pipeline, ref = run(make_pretrain_spec("ref", f"file://{tmp_path}/store", stage_assets), tmp_path / "w1")
     assert ref.succeeded and ref.stages[0][1].restarts == 0
 
     pipeline, result, killed = run_killing_a_rank(
-        make_pretrain_spec("killed", f"file://{tmp_path}/store", stage_assets), tmp_path / "w2",
-        once_exists=tmp_path / "store" / "killed" / "pretrain" / "checkpoints" / "latest")
+        make_pretrain_spec("killed", f"file://{tmp_path}/store", stage_assets),
+        tmp_path / "w2",
+        once_exists=tmp_path / "store" / "killed" / "pretrain" / "checkpoints" / "latest",
+    )
     assert_restarted_once_and_resumed(result, killed=killed, replica="worker-0", step=10)
 
-    a, b = weights(ref_pipeline.output_of(ref_pipeline.stage("pretrain"))), weights(pipeline.output_of(pipeline.stage("pretrain")))
+    a, b = (
+        weights(ref_pipeline.output_of(ref_pipeline.stage("pretrain"))),
+        weights(pipeline.output_of(pipeline.stage("pretrain"))),
+    )
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
     # The metrics log covers every step once, despite the restart.
     out = open_store(pipeline.output_of(pipeline.stage("pretrain")))
-    steps = [json.loads(l)["step"] for l in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines()
-             if json.loads(l).get("event") == "step"]
+    steps = [
+        json.loads(l)["step"]
+        for l in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines()
+        if json.loads(l).get("event") == "step"
+    ]
     assert steps == list(range(1, 31))
     summary = json.loads(out.get_bytes("summary.json"))
     assert summary["loss_last"] < summary["loss_first"]
@@ -53,7 +63,9 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     from zhinao.storage import RetryPolicy
 
     server = fresh_s3_server
-    spec = json.loads(make_pretrain_spec("outage", "s3://zhinao-ci/runs", stage_assets, maxSteps=30, checkpointEvery=10))
+    spec = json.loads(
+        make_pretrain_spec("outage", "s3://zhinao-ci/runs", stage_assets, maxSteps=30, checkpointEvery=10)
+    )
     spec["spec"]["storage"].update(endpoint=server.endpoint, credentials={"secretRef": {"name": "s3"}})
     secrets = {"s3": {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}}
     store = server.store("s3://zhinao-ci/runs/outage/pretrain")
@@ -111,8 +123,12 @@ def metrics_log(stage_uri: str) -> list[dict]:
     return [r for r in map(json.loads, filter(str.strip, lines)) if r.get("event", "step") == "step"]
 
 
-def test_prometheus_scrapes_loss_and_throughput_of_a_real_pretraining_run(tmp_path, stage_assets, make_pretrain_spec, prometheus):
-    spec = make_pretrain_spec("scraped", f"file://{tmp_path}/store", stage_assets, replicas=1, maxSteps=200, checkpointEvery=200)
+def test_prometheus_scrapes_loss_and_throughput_of_a_real_pretraining_run(
+    tmp_path, stage_assets, make_pretrain_spec, prometheus
+):
+    spec = make_pretrain_spec(
+        "scraped", f"file://{tmp_path}/store", stage_assets, replicas=1, maxSteps=200, checkpointEvery=200
+    )
 
     def listener(event, data):
         if event == "started" and data["metrics_port"]:  # the port the runner gave this "pod"
@@ -144,10 +160,20 @@ def test_prometheus_scrapes_loss_and_throughput_of_a_real_pretraining_run(tmp_pa
 
 
 @pytest.mark.parametrize("zero_stage", [1, 2, 3])
-def test_deepspeed_zero_trains_with_two_ranks_and_checkpoints_every_rank_shard(tmp_path, stage_assets, make_pretrain_spec,
-                                                                               zero_stage):
-    spec = make_pretrain_spec(f"zero{zero_stage}", f"file://{tmp_path}/store", stage_assets, replicas=1, nproc=2,
-                              zeroStage=zero_stage, maxSteps=6, warmupSteps=1, checkpointEvery=3)
+def test_deepspeed_zero_trains_with_two_ranks_and_checkpoints_every_rank_shard(
+    tmp_path, stage_assets, make_pretrain_spec, zero_stage
+):
+    spec = make_pretrain_spec(
+        f"zero{zero_stage}",
+        f"file://{tmp_path}/store",
+        stage_assets,
+        replicas=1,
+        nproc=2,
+        zeroStage=zero_stage,
+        maxSteps=6,
+        warmupSteps=1,
+        checkpointEvery=3,
+    )
     pipeline, result = run(spec, tmp_path / "w")
     job = result.stages[0][1]
     assert result.succeeded, (job.log_dir / "master-0.log").read_text()[-3000:]

@@ -4,12 +4,12 @@ import json
 
 import pytest
 import torch
+from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from transformers import AutoModelForSequenceClassification
 
-from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from zhinao.chat import ChatEncoder
-from zhinao.stages.reward import encode_pairs
 from zhinao.config.reward import RewardParams
+from zhinao.stages.reward import encode_pairs
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs
 from zhinao.tokenizer import load as load_tokenizer
@@ -26,19 +26,32 @@ def one_thread():
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("rm")
-    pairs = preference_pairs(all_pairs()[:40], per_pair=2) + [{"prompt": "x", "chosen": "a", "rejected": "b", "task": "other"}]
+    pairs = preference_pairs(all_pairs()[:40], per_pair=2) + [
+        {"prompt": "x", "chosen": "a", "rejected": "b", "task": "other"}
+    ]
     return {"model": tiny_policy(root / "policy"), "preferences": write_jsonl(root / "prefs", pairs)}
 
 
-PARAMS = dict(lr=3e-3, maxLen=64, microBatchSize=8, maxSteps=8, warmupRatio=0.1, checkpointEvery=4, evalEvery=4,
-              task="arithmetic", evalFraction=0.2)
+PARAMS = dict(
+    lr=3e-3,
+    maxLen=64,
+    microBatchSize=8,
+    maxSteps=8,
+    warmupRatio=0.1,
+    checkpointEvery=4,
+    evalEvery=4,
+    task="arithmetic",
+    evalFraction=0.2,
+)
 
 
 def test_pairs_are_chat_formatted_and_filtered_by_task(assets):
     tok = load_tokenizer(assets["model"].removeprefix("file://") + "/hf")
-    records = [{"prompt": "2+2=", "chosen": "4", "rejected": "5", "task": "arithmetic", "margin": 0.5},
-               {"prompt": "x", "chosen": "a", "rejected": "b", "task": "other"},
-               {"prompt": "2+2=", "chosen": "4", "rejected": "4"}]
+    records = [
+        {"prompt": "2+2=", "chosen": "4", "rejected": "5", "task": "arithmetic", "margin": 0.5},
+        {"prompt": "x", "chosen": "a", "rejected": "b", "task": "other"},
+        {"prompt": "2+2=", "chosen": "4", "rejected": "4"},
+    ]
     pairs, dropped = encode_pairs(records, tok, RewardParams(task="arithmetic"))
     assert len(pairs) == 1 and dropped == 0
     assert tok.decode(pairs[0]["chosen"]) == "<|im_start|>user\n2+2=<|im_end|>\n<|im_start|>assistant\n4<|im_end|>\n"
@@ -76,5 +89,7 @@ def test_reward_stage_resumes_to_identical_weights(tmp_path, assets, monkeypatch
             run_stage("reward", assets, out, **PARAMS)
     run_stage("reward", assets, out, **PARAMS)
     assert_same_weights(hf_weights(ref), hf_weights(out))
-    assert json.loads(open_store(out).get_bytes("summary.json"))["eval_curve"] == \
-        json.loads(open_store(ref).get_bytes("summary.json"))["eval_curve"]
+    assert (
+        json.loads(open_store(out).get_bytes("summary.json"))["eval_curve"]
+        == json.loads(open_store(ref).get_bytes("summary.json"))["eval_curve"]
+    )

@@ -6,9 +6,9 @@ import math
 
 import pytest
 import torch
+from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from safetensors.torch import load_file
 
-from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
 from zhinao_k8s.api.load import parse_pipeline
@@ -29,14 +29,34 @@ def assets(tmp_path_factory):
     torch.set_num_threads(1)
     policy = tiny_policy(root / "policy")
     prefs = write_jsonl(root / "prefs", preference_pairs(all_pairs()[:20], per_pair=2))
-    run_stage("reward", {"model": policy, "preferences": prefs}, f"file://{root}/rm", maxSteps=2, maxLen=64,
-              microBatchSize=8, lr=1e-3)
-    return {"policy": policy, "reward": f"file://{root}/rm", "prompts": write_jsonl(root / "prompts", rl_prompts(all_pairs()[:40])),
-            "preferences": prefs}
+    run_stage(
+        "reward",
+        {"model": policy, "preferences": prefs},
+        f"file://{root}/rm",
+        maxSteps=2,
+        maxLen=64,
+        microBatchSize=8,
+        lr=1e-3,
+    )
+    return {
+        "policy": policy,
+        "reward": f"file://{root}/rm",
+        "prompts": write_jsonl(root / "prompts", rl_prompts(all_pairs()[:40])),
+        "preferences": prefs,
+    }
 
 
-ONLINE = dict(lr=1e-3, maxSteps=4, microBatchSize=4, maxNewTokens=3, checkpointEvery=2, evalPrompts=4, evalSamples=1,
-              rules={"arithmetic": 1.0}, klCoef=0.1)
+ONLINE = dict(
+    lr=1e-3,
+    maxSteps=4,
+    microBatchSize=4,
+    maxNewTokens=3,
+    checkpointEvery=2,
+    evalPrompts=4,
+    evalSamples=1,
+    rules={"arithmetic": 1.0},
+    klCoef=0.1,
+)
 
 
 def test_remax_resumes_mid_run_to_identical_weights_and_reports(tmp_path, assets, monkeypatch):
@@ -67,8 +87,9 @@ def test_remax_resumes_mid_run_to_identical_weights_and_reports(tmp_path, assets
 def test_remax_scored_by_the_reward_model_alone_trains(tmp_path, assets):
     # The defaults: rmWeight 1 and no rules (a rule-less score once came out as an integer tensor).
     out = f"file://{tmp_path}/rm-only"
-    run_stage("rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out,
-              **{**ONLINE, "rules": {}, "maxSteps": 2})
+    run_stage(
+        "rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out, **{**ONLINE, "rules": {}, "maxSteps": 2}
+    )
     steps = [json.loads(l) for l in open_store(out).get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
     steps = [r for r in steps if r.get("event") == "step"]
     assert [r["step"] for r in steps] == [1, 2] and all(r["reward_rule_mean"] == 0.0 for r in steps)
@@ -77,8 +98,12 @@ def test_remax_scored_by_the_reward_model_alone_trains(tmp_path, assets):
 
 def test_ppo_trains_policy_and_critic_and_exports_the_policy_only(tmp_path, assets):
     out = f"file://{tmp_path}/ppo"
-    run_stage("rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out,
-              **{**ONLINE, "algorithm": "ppo", "maxSteps": 2, "ppoEpochs": 2})
+    run_stage(
+        "rlhf",
+        {k: assets[k] for k in ("policy", "reward", "prompts")},
+        out,
+        **{**ONLINE, "algorithm": "ppo", "maxSteps": 2, "ppoEpochs": 2},
+    )
     store = open_store(out)
     exported = hf_weights(out)
     assert not any(k.startswith(("critic", "policy.")) for k in exported)
@@ -95,8 +120,17 @@ def test_ppo_trains_policy_and_critic_and_exports_the_policy_only(tmp_path, asse
 @pytest.mark.parametrize("algorithm", ["dpo", "orpo"])
 def test_offline_preference_optimisation(tmp_path, assets, algorithm):
     out = f"file://{tmp_path}/{algorithm}"
-    run_stage("rlhf", {"policy": assets["policy"], "preferences": assets["preferences"]}, out,
-              algorithm=algorithm, lr=3e-3, maxSteps=6, microBatchSize=8, maxLen=64, checkpointEvery=6)
+    run_stage(
+        "rlhf",
+        {"policy": assets["policy"], "preferences": assets["preferences"]},
+        out,
+        algorithm=algorithm,
+        lr=3e-3,
+        maxSteps=6,
+        microBatchSize=8,
+        maxLen=64,
+        checkpointEvery=6,
+    )
     store = open_store(out)
     steps = [json.loads(l) for l in store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
     steps = [r for r in steps if r.get("event") == "step"]
@@ -110,21 +144,59 @@ def test_offline_preference_optimisation(tmp_path, assets, algorithm):
 
 # ------------------------------------------------------------------------------ the demo chain
 
+
 def demo_stages(data: dict[str, str]) -> list[dict]:
     """The alignment stages of the demo pipeline (docs/alignment.md prints the same as YAML)."""
     return [
-        {"name": "sft", "kind": "sft", "inputs": {"model": "stage://pretrain", "data": data["sft"]},
-         "params": {"lr": 5e-3, "maxLen": 128, "microBatchSize": 16, "maxSteps": 300, "warmupRatio": 0.03,
-                    "dedup": False, "checkpointEvery": 100}},
-        {"name": "rm", "kind": "reward", "inputs": {"model": "stage://sft", "preferences": data["preferences"]},
-         "params": {"lr": 1e-3, "maxLen": 64, "microBatchSize": 32, "maxSteps": 100, "warmupRatio": 0.05,
-                    "checkpointEvery": 50}},
-        {"name": "rlhf", "kind": "rlhf",
-         "inputs": {"policy": "stage://sft", "reward": "stage://rm", "prompts": data["prompts"],
-                    "evalPrompts": data["evalPrompts"]},
-         "params": {"algorithm": "remax", "lr": 2e-4, "maxSteps": 40, "microBatchSize": 32, "maxNewTokens": 6,
-                    "klCoef": 0.05, "rmWeight": 1.0, "rules": {"arithmetic": 1.0}, "evalSamples": 8,
-                    "checkpointEvery": 20}},
+        {
+            "name": "sft",
+            "kind": "sft",
+            "inputs": {"model": "stage://pretrain", "data": data["sft"]},
+            "params": {
+                "lr": 5e-3,
+                "maxLen": 128,
+                "microBatchSize": 16,
+                "maxSteps": 300,
+                "warmupRatio": 0.03,
+                "dedup": False,
+                "checkpointEvery": 100,
+            },
+        },
+        {
+            "name": "rm",
+            "kind": "reward",
+            "inputs": {"model": "stage://sft", "preferences": data["preferences"]},
+            "params": {
+                "lr": 1e-3,
+                "maxLen": 64,
+                "microBatchSize": 32,
+                "maxSteps": 100,
+                "warmupRatio": 0.05,
+                "checkpointEvery": 50,
+            },
+        },
+        {
+            "name": "rlhf",
+            "kind": "rlhf",
+            "inputs": {
+                "policy": "stage://sft",
+                "reward": "stage://rm",
+                "prompts": data["prompts"],
+                "evalPrompts": data["evalPrompts"],
+            },
+            "params": {
+                "algorithm": "remax",
+                "lr": 2e-4,
+                "maxSteps": 40,
+                "microBatchSize": 32,
+                "maxNewTokens": 6,
+                "klCoef": 0.05,
+                "rmWeight": 1.0,
+                "rules": {"arithmetic": 1.0},
+                "evalSamples": 8,
+                "checkpointEvery": 20,
+            },
+        },
     ]
 
 
@@ -133,19 +205,35 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
     monkeypatch.setenv("OMP_NUM_THREADS", "1")
     store = f"file://{tmp_path}/store"
     data = write_demo_alignment_data(store)
-    pretrain = {"name": "pretrain", "kind": "pretrain", "inputs": {"tokenizer": stage_assets["tokenizer"],
-                                                                    "corpus": stage_assets["corpus"]},
-                "params": {"seqLen": 64, "microBatchSize": 4, "maxSteps": 30, "warmupSteps": 3, "checkpointEvery": 30}}
-    spec = {"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "chain"},
-            "spec": {"storage": {"uri": store}, "stages": [pretrain, *demo_stages(data)]}}
+    pretrain = {
+        "name": "pretrain",
+        "kind": "pretrain",
+        "inputs": {"tokenizer": stage_assets["tokenizer"], "corpus": stage_assets["corpus"]},
+        "params": {"seqLen": 64, "microBatchSize": 4, "maxSteps": 30, "warmupSteps": 3, "checkpointEvery": 30},
+    }
+    spec = {
+        "apiVersion": "zhinao.ai/v1alpha1",
+        "kind": "TrainingPipeline",
+        "metadata": {"name": "chain"},
+        "spec": {"storage": {"uri": store}, "stages": [pretrain, *demo_stages(data)]},
+    }
     pipeline = parse_pipeline(json.dumps(spec))
     result = run_pipeline(pipeline, workdir=tmp_path / "w")
     last = result.stages[-1][1]
     assert result.succeeded, (last.log_dir / "master-0.log").read_text()[-3000:]
-    summary = {name: json.loads(open_store(pipeline.output_of(pipeline.stage(name))).get_bytes("summary.json"))
-               for name in ("sft", "rm", "rlhf")}
-    print(json.dumps({"sft": [summary["sft"]["loss_first"], summary["sft"]["loss_last"]],
-                      "rm": summary["rm"]["eval_curve"], "rlhf": [summary["rlhf"]["eval_before"], summary["rlhf"]["eval_after"]]}))
+    summary = {
+        name: json.loads(open_store(pipeline.output_of(pipeline.stage(name))).get_bytes("summary.json"))
+        for name in ("sft", "rm", "rlhf")
+    }
+    print(
+        json.dumps(
+            {
+                "sft": [summary["sft"]["loss_first"], summary["sft"]["loss_last"]],
+                "rm": summary["rm"]["eval_curve"],
+                "rlhf": [summary["rlhf"]["eval_before"], summary["rlhf"]["eval_after"]],
+            }
+        )
+    )
     assert summary["sft"]["loss_last"] < 0.5 * summary["sft"]["loss_first"]
     assert summary["rm"]["held_out_accuracy"] > 0.6
     before, after = summary["rlhf"]["eval_before"], summary["rlhf"]["eval_after"]

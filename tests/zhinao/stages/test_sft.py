@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from transformers import AutoModelForCausalLM
 
-from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from zhinao.storage import open_store
 from zhinao.synthetic import sft_conversations
 
@@ -57,6 +57,9 @@ def test_sft_resumes_mid_run_to_identical_weights(tmp_path, assets, monkeypatch)
     assert open_store(out).get_bytes("checkpoints/latest").decode().strip() == "step-00000004"
     run_stage("sft", assets, out, **PARAMS)
     assert_same_weights(hf_weights(ref), hf_weights(out))
-    steps = [json.loads(l)["step"] for l in open_store(out).get_bytes("metrics/rank-0.jsonl").decode().splitlines()
-             if json.loads(l).get("event") == "step"]
+    steps = [
+        json.loads(l)["step"]
+        for l in open_store(out).get_bytes("metrics/rank-0.jsonl").decode().splitlines()
+        if json.loads(l).get("event") == "step"
+    ]
     assert steps == list(range(1, 13))

@@ -40,15 +40,26 @@ class RecordingMetrics:
         self.records.append(record)
 
 
-PARAMS = PretrainParams(seq_len=16, micro_batch_size=2, grad_accum_steps=2, max_steps=7, warmup_steps=1,
-                        checkpoint_every=3)
+PARAMS = PretrainParams(
+    seq_len=16, micro_batch_size=2, grad_accum_steps=2, max_steps=7, warmup_steps=1, checkpoint_every=3
+)
 DATA = np.arange(40 * 16, dtype=TOKEN_DTYPE).reshape(40, 16)
 
 
 def run(start: int, *, rank: int = 0, world_size: int = 1, meta: dict | None = None):
     session, engine, metrics = RecordingSession(world_size), RecordingEngine(), RecordingMetrics()
-    train_steps(session, engine, metrics, DATA, PARAMS, start=start, rank=rank, world_size=world_size,
-                tokens_per_step=64, meta=meta)
+    train_steps(
+        session,
+        engine,
+        metrics,
+        DATA,
+        PARAMS,
+        start=start,
+        rank=rank,
+        world_size=world_size,
+        tokens_per_step=64,
+        meta=meta,
+    )
     return session, engine, metrics
 
 

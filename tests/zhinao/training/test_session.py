@@ -1,15 +1,17 @@
 """TrainingSession's checkpoints and metrics log, through a real (tiny, in-process) SFT stage."""
 
 import pytest
-
 from alignment_assets import Crash, run_stage, tiny_policy, write_jsonl
 from stage_runs import step_records
+
 from zhinao.checkpoint import CheckpointManager
 from zhinao.storage import open_store
 from zhinao.synthetic import sft_conversations
 
 
-def test_a_rank_lost_right_after_a_checkpoint_commit_keeps_the_steps_before_it_in_the_metrics_log(tmp_path, monkeypatch):
+def test_a_rank_lost_right_after_a_checkpoint_commit_keeps_the_steps_before_it_in_the_metrics_log(
+    tmp_path, monkeypatch
+):
     # The restart resumes from the committed checkpoint and redoes only the later steps, so the log
     # of the steps up to it must already be in storage when `latest` names it.
     assets = {"model": tiny_policy(tmp_path / "policy"), "data": write_jsonl(tmp_path / "data", sft_conversations(40))}
