@@ -8,8 +8,12 @@ so we configure it rather than re-implement it: checkpoints load anywhere Qwen2 
 import importlib.util
 import math
 from dataclasses import dataclass
+from functools import partial
+from typing import Literal
 
 import torch
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
+from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 
@@ -86,3 +90,50 @@ def build_model(config: Qwen2Config, *, seed: int) -> Qwen2ForCausalLM:
 def matmul_params(model: torch.nn.Module) -> int:
     """Parameters that take part in matmuls (everything but the input embedding table and norms)."""
     return sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in name)
+
+
+# ----------------------------------------------------------------------------- activation checkpointing
+
+CheckpointMode = Literal["off", "full", "blocks", "ops"]
+
+# Outputs worth keeping under `ops`: the matmuls and attention are most of a block's FLOPs, while the
+# norms, SwiGLU gate and residual adds they feed are cheap to redo (torchtitan's selective-op idea).
+_SAVED_OPS = {
+    torch.ops.aten.mm.default,
+    torch.ops.aten.addmm.default,
+    torch.ops.aten.bmm.default,
+    torch.ops.aten._scaled_dot_product_flash_attention.default,
+    torch.ops.aten._scaled_dot_product_efficient_attention.default,
+    torch.ops.aten._scaled_dot_product_cudnn_attention.default,
+    torch.ops.aten._scaled_dot_product_flash_attention_for_cpu.default,
+}
+
+
+def _save_matmuls(ctx, op, *args, **kwargs) -> CheckpointPolicy:
+    return CheckpointPolicy.MUST_SAVE if op in _SAVED_OPS else CheckpointPolicy.PREFER_RECOMPUTE
+
+
+def apply_activation_checkpointing(model: torch.nn.Module, mode: CheckpointMode, *, every: int = 2) -> int:
+    """Recompute transformer blocks' activations in backward instead of keeping them; returns blocks wrapped.
+
+    full: every block keeps only its input. blocks: every `every`-th block does (a middle ground
+    between memory and the ~1/3 extra compute of full). ops: every block keeps its matmul and
+    attention outputs and recomputes the rest. Must run before the engine shards the blocks.
+    The wrapper strips its prefix from state_dict keys, so checkpoints and exports are unchanged.
+    """
+    if mode == "off":
+        return 0
+    layers = model.model.layers
+    wrapped = 0
+    for i, layer in enumerate(layers):
+        if mode == "blocks" and i % every != 0:
+            continue
+        kwargs = {"context_fn": partial(create_selective_checkpoint_contexts, _save_matmuls)} if mode == "ops" else {}
+        layers[i] = checkpoint_wrapper(layer, preserve_rng_state=False, **kwargs)
+        wrapped += 1
+    return wrapped
+
+
+def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The decoder layers (checkpoint-wrapped or not): the unit FSDP shards and AC recomputes."""
+    return list(model.model.layers)

@@ -15,6 +15,8 @@ from zhinao.config._base import SpecModel
 Precision = Literal["auto", "bf16", "fp32"]
 Attention = Literal["auto", "flash_attention_2", "sdpa", "eager"]
 ZeroStage = Literal[0, 1, 2, 3]
+EngineKind = Literal["auto", "ddp", "fsdp", "deepspeed"]
+ActivationCheckpointing = Literal["auto", "off", "full", "blocks", "ops"]
 
 
 class OptimParams(SpecModel):
@@ -51,7 +53,25 @@ class OptimParams(SpecModel):
     """`auto` keeps what the input model's config names when its backend is available."""
 
     zero_stage: ZeroStage = 0
-    """0: PyTorch DDP; 1-3: DeepSpeed ZeRO stage."""
+    """DeepSpeed ZeRO stage 1-3 (engine `deepspeed`, or `auto` with a stage > 0); 0: no DeepSpeed."""
+
+    engine: EngineKind = "auto"
+    """How the ranks share the model. `ddp`: full replicas; `fsdp`: PyTorch FSDP2, every transformer
+    block sharded, bf16 parameters and fp32 gradient reduction; `deepspeed`: ZeRO `zeroStage` (3 when
+    left at 0). `auto`: DeepSpeed when zeroStage > 0, else FSDP2 for models of 1B parameters and up
+    (their fp32 Adam state alone outgrows one GPU replicated), else DDP."""
+
+    activation_checkpointing: ActivationCheckpointing = "auto"
+    """Recompute transformer blocks in backward instead of keeping their activations. `full`: every
+    block; `blocks`: every `activationCheckpointingEvery`-th block; `ops`: every block, keeping
+    matmul and attention outputs; `auto`: `full` for models of 1B parameters and up, else `off`."""
+
+    activation_checkpointing_every: int = Field(default=2, ge=1)
+    """Under `blocks`: checkpoint block 0, k, 2k, ... (2: half the blocks)."""
+
+    loss_chunk_tokens: int = Field(default=1024, ge=0)
+    """Cross-entropy over the vocabulary in chunks of this many tokens, so the logits of a whole
+    micro-batch never exist at once (Liger's fused kernel on CUDA when installed). 0: the plain loss."""
 
     checkpoint_every: int = Field(default=200, ge=1)
     """Save a resumable checkpoint every N optimizer steps and at the end (reference save_steps: 200)."""

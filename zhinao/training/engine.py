@@ -1,6 +1,6 @@
-"""The two ways a stage trains data-parallel: PyTorch DDP (zeroStage 0) or DeepSpeed ZeRO 1-3.
+"""The ways a stage trains data-parallel: PyTorch DDP, DeepSpeed ZeRO 1-3 (here) and FSDP2 (fsdp_engine.py).
 
-Both expose the same four operations the loop needs, so stages never branch on the engine.
+All expose the same four operations the loop needs, so stages never branch on the engine.
 """
 
 import contextlib
@@ -16,6 +16,8 @@ import torch
 import torch.distributed as dist
 
 from zhinao.distributed import DistEnv
+from zhinao.training.chunked_loss import ChunkedLossLM
+from zhinao.training.deepspeed_config import deepspeed_config
 
 log = logging.getLogger(__name__)
 
@@ -104,16 +106,19 @@ class Engine(ABC):
 
 
 class DDPEngine(Engine):
-    def __init__(self, model, optimizer, scheduler, *, env, device, autocast_dtype, grad_clip: float):
+    def __init__(
+        self, model, optimizer, scheduler, *, env, device, autocast_dtype, grad_clip: float, loss_chunk: int = 0
+    ):
         super().__init__(env, device, autocast_dtype)
         self.model = model.to(device)
         self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
+        forward = ChunkedLossLM(self.model, chunk=loss_chunk) if loss_chunk else self.model
         self.wrapped = (
             torch.nn.parallel.DistributedDataParallel(
-                self.model, device_ids=[device.index] if device.type == "cuda" else None
+                forward, device_ids=[device.index] if device.type == "cuda" else None
             )
             if env.world_size > 1
-            else self.model
+            else forward
         )
 
     def train_step(self, micro_batches, loss_fn=None):
@@ -176,24 +181,23 @@ class DeepSpeedEngine(Engine):
         zero_stage: int,
         micro_batch: int,
         grad_accum: int,
+        loss_chunk: int = 0,
     ):
         super().__init__(env, device, None)  # DeepSpeed owns mixed precision through its config
         import deepspeed
 
-        config = {
-            "train_micro_batch_size_per_gpu": micro_batch,
-            "gradient_accumulation_steps": grad_accum,
-            "gradient_clipping": grad_clip,
-            "zero_optimization": {"stage": zero_stage},
-            "zero_allow_untested_optimizer": True,
-            "bf16": {"enabled": autocast_dtype == torch.bfloat16},
-            "steps_per_print": 10**9,
-            "wall_clock_breakdown": False,
-        }
-        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+        config = deepspeed_config(
+            zero_stage=zero_stage,
+            micro_batch=micro_batch,
+            grad_accum=grad_accum,
+            grad_clip=grad_clip,
+            bf16=autocast_dtype == torch.bfloat16,
         )
-        self.model = self.engine.module
+        forward = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
+        self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
+            model=forward, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+        )
+        self.model = model
         self.zero_stage = zero_stage
 
     def train_step(self, micro_batches, loss_fn=None):

@@ -20,17 +20,10 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.distributed import DistEnv
 from zhinao.metrics import TrainingMetrics, metrics_port_from_env, peak_flops
 from zhinao.storage import ObjectStore, open_store
-from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
-from zhinao.training.optim import build_adamw, build_scheduler
+from zhinao.training.engine import Engine
+from zhinao.training.engine_builder import build_engine
 
 log = logging.getLogger(__name__)
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """bf16 where the hardware has it (the report trains in BF16); fp32 on CPU under `auto`."""
-    if precision == "bf16" or (precision == "auto" and device.type == "cuda" and torch.cuda.is_bf16_supported()):
-        return torch.bfloat16
-    return None
 
 
 class TrainingSession:
@@ -64,48 +57,9 @@ class TrainingSession:
         return out
 
     # -- the engine every stage trains with
-    def build_engine(
-        self,
-        model,
-        params,
-        *,
-        warmup: int,
-        total: int,
-        groups: list[dict] | None = None,
-        ddp_engine: type[DDPEngine] = DDPEngine,
-        **engine_kwargs,
-    ) -> Engine:
-        """AdamW + warmup/cosine from a stage's optimizer fields, then DDP (zeroStage 0) or DeepSpeed ZeRO.
-
-        `groups` overrides the parameter groups (e.g. a critic with its own lr); `ddp_engine` lets a
-        stage bring a DDPEngine subclass (sequence parallelism) with its `engine_kwargs`.
-        """
-        optimizer = build_adamw(
-            model,
-            lr=params.lr,
-            betas=(params.adam_beta1, params.adam_beta2),
-            eps=params.adam_eps,
-            weight_decay=params.weight_decay,
-            groups=groups,
-        )
-        scheduler = build_scheduler(optimizer, warmup=warmup, total=total, floor=params.min_lr_ratio)
-        common = dict(
-            env=self.env,
-            device=self.device,
-            autocast_dtype=autocast_dtype(params.precision, self.device),
-            grad_clip=params.grad_clip,
-        )
-        if params.zero_stage == 0:
-            return ddp_engine(model, optimizer, scheduler, **common, **engine_kwargs)
-        return DeepSpeedEngine(
-            model.to(self.device),
-            optimizer,
-            scheduler,
-            zero_stage=params.zero_stage,
-            micro_batch=params.micro_batch_size,
-            grad_accum=params.grad_accum_steps,
-            **common,
-        )
+    def build_engine(self, model, params, **kwargs) -> Engine:
+        """The stage's engine on this process's place and device (see engine_builder.build_engine)."""
+        return build_engine(model, params, env=self.env, device=self.device, **kwargs)
 
     # -- metrics
     @property

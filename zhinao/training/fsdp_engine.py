@@ -1,0 +1,109 @@
+"""PyTorch FSDP2: every transformer block sharded across the ranks, torchtitan-style.
+
+Each block is its own `fully_shard` unit (all-gathered just before its forward and backward,
+resharded after), the root unit holds the embeddings, final norm and lm_head. Parameters are
+stored sharded in fp32 (the optimizer's master copy), cast to bf16 for compute by the
+mixed-precision policy, and gradients are reduce-scattered in fp32. Checkpoints are
+torch.distributed.checkpoint (DCP) files: every rank writes and reads only its shards, and a
+checkpoint saved with N ranks loads with M (DCP reshards on load).
+"""
+
+from collections.abc import Callable
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.tensor import DTensor
+
+from zhinao.model import transformer_blocks
+from zhinao.training.chunked_loss import ChunkedLossLM
+from zhinao.training.engine import Engine
+
+OptimizerFactory = Callable[[torch.nn.Module], tuple[torch.optim.Optimizer, object]]
+"""model with sharded parameters -> (optimizer, scheduler): built after sharding, over the sharded parameters."""
+
+
+class FSDPEngine(Engine):
+    def __init__(
+        self,
+        model,
+        make_optimizer: OptimizerFactory,
+        *,
+        env,
+        device,
+        autocast_dtype,
+        grad_clip: float,
+        loss_chunk: int = 0,
+    ):
+        # Mixed precision comes from the sharding policy (bf16 compute copies), not from autocast.
+        super().__init__(env, device, None)
+        self.model, self.grad_clip = model, grad_clip
+        mesh = init_device_mesh(device.type, (env.world_size,))
+        policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32)
+        self.wrapped = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
+        for block in transformer_blocks(model):
+            fully_shard(block, mesh=mesh, mp_policy=policy)
+        fully_shard(self.wrapped, mesh=mesh, mp_policy=policy)
+        self.optimizer, self.scheduler = make_optimizer(model)  # its parameters are the shards now
+
+    def train_step(self, micro_batches, loss_fn=None):
+        self.model.train()
+        total = 0.0
+        for i, batch in enumerate(micro_batches):
+            # Gradients are reduce-scattered once, after the last micro-batch.
+            self.wrapped.set_requires_gradient_sync(i == len(micro_batches) - 1)
+            loss = loss_fn(self.wrapped, batch) if loss_fn else self.wrapped(input_ids=batch, labels=batch).loss
+            loss = loss / len(micro_batches)
+            loss.backward()
+            total += loss.item()
+        norm = torch.nn.utils.clip_grad_norm_(self.wrapped.parameters(), self.grad_clip)
+        grad_norm = (norm.full_tensor() if isinstance(norm, DTensor) else norm).item()
+        self.optimizer.step()
+        self.scheduler.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        return self._mean_across_ranks(total), grad_norm
+
+    def _state(self) -> dict:
+        return {
+            "model": get_model_state_dict(self.wrapped),
+            "optimizer": get_optimizer_state_dict(self.wrapped, self.optimizer),
+        }
+
+    def save(self, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        # Each rank passes its own directory: it writes its shard file there, rank 0 adds .metadata.
+        dcp.save(self._state(), checkpoint_id=directory)
+        parts = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+        if self.env.is_main:
+            torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
+            parts["scheduler.pt"] = directory / "scheduler.pt"
+        parts.update(self._save_rng(directory))
+        return parts
+
+    def load(self, directory):
+        state = self._state()
+        dcp.load(state, checkpoint_id=directory)
+        set_model_state_dict(self.wrapped, state["model"])
+        set_optimizer_state_dict(self.wrapped, self.optimizer, state["optimizer"])
+        self.scheduler.load_state_dict(torch.load(directory / "scheduler.pt"))
+        self._load_rng(directory)
+
+    def full_state_dict(self):
+        # Gathered block by block into rank 0's host memory; the other ranks never hold a full copy.
+        state = get_model_state_dict(self.wrapped, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+        if not self.env.is_main:
+            return None
+        prefix = "lm." if self.wrapped is not self.model else ""
+        return {k.removeprefix(prefix): v for k, v in state.items()}
+
+    @property
+    def lr(self):
+        return self.scheduler.get_last_lr()[0]
