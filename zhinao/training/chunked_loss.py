@@ -28,22 +28,24 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         count = mask.sum().clamp(min=1).to(torch.float32)
         w = weight.to(compute_dtype)
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros(weight.shape, dtype=torch.float32, device=weight.device)
+        # Accumulated in the matmul's dtype, like the lm_head's own weight gradient would be.
+        grad_weight = torch.zeros(weight.shape, dtype=compute_dtype, device=weight.device)
         total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), chunk):
             h = hidden[start : start + chunk].to(compute_dtype)
             y, m = labels[start : start + chunk], mask[start : start + chunk]
             logits = (h @ w.t()).float()
             lse = torch.logsumexp(logits, dim=-1)
-            target = torch.gather(logits, 1, y.masked_fill(~m, 0).unsqueeze(1)).squeeze(1)
-            total = total + ((lse - target) * m).sum()
-            # d(loss)/d(logits) = (softmax - onehot) / count on labelled rows, 0 elsewhere.
-            grad_logits = torch.exp(logits - lse.unsqueeze(1))
-            grad_logits.scatter_add_(1, y.masked_fill(~m, 0).unsqueeze(1), -torch.ones_like(lse).unsqueeze(1))
-            grad_logits = (grad_logits * (m.unsqueeze(1) / count)).to(compute_dtype)
+            safe = y.masked_fill(~m, 0).unsqueeze(1)
+            total = total + ((lse - torch.gather(logits, 1, safe).squeeze(1)) * m).sum()
+            # d(loss)/d(logits) = (softmax - onehot) / count on labelled rows, 0 elsewhere; built in
+            # the logits' own buffer, so a chunk costs one fp32 (chunk, V) tensor and its bf16 copy.
+            logits.sub_(lse.unsqueeze(1)).exp_()
+            logits.scatter_add_(1, safe, -torch.ones_like(safe, dtype=logits.dtype))
+            grad_logits = logits.mul_(m.unsqueeze(1) / count).to(compute_dtype)
             del logits
             grad_hidden[start : start + chunk] = (grad_logits @ w).to(hidden.dtype)
-            grad_weight += (grad_logits.t() @ h).float()
+            grad_weight.addmm_(grad_logits.t(), h)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
         return total / count
 

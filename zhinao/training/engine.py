@@ -110,7 +110,8 @@ class DDPEngine(Engine):
         self, model, optimizer, scheduler, *, env, device, autocast_dtype, grad_clip: float, loss_chunk: int = 0
     ):
         super().__init__(env, device, autocast_dtype)
-        self.model = model.to(device)
+        # No-op moves are skipped: FakeTensor parameters (the memory planner) cannot be swapped in place.
+        self.model = model if next(model.parameters()).device == device else model.to(device)
         self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
         forward = ChunkedLossLM(self.model, chunk=loss_chunk) if loss_chunk else self.model
         self.wrapped = (

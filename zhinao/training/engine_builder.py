@@ -63,6 +63,7 @@ def build_engine(
     total: int,
     groups: list[dict] | None = None,
     ddp_engine: type[DDPEngine] = DDPEngine,
+    fused_optimizer: bool = True,
     **engine_kwargs,
 ) -> Engine:
     """AdamW + warmup/cosine from a stage's optimizer fields, wrapped by the engine `engine_kind` picks.
@@ -85,6 +86,7 @@ def build_engine(
             eps=params.adam_eps,
             weight_decay=params.weight_decay,
             groups=param_groups,
+            fused=fused_optimizer,
         )
         return optimizer, build_scheduler(optimizer, warmup=warmup, total=total, floor=params.min_lr_ratio)
 

@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch._subclasses.fake_tensor import unset_fake_temporarily
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -46,7 +47,9 @@ class FSDPEngine(Engine):
         # Mixed precision comes from the sharding policy (bf16 compute copies), not from autocast.
         super().__init__(env, device, None)
         self.model, self.grad_clip = model, grad_clip
-        mesh = init_device_mesh(device.type, (env.world_size,))
+        # The mesh holds real rank numbers even while the memory planner runs under FakeTensorMode.
+        with unset_fake_temporarily():
+            mesh = init_device_mesh(device.type, (env.world_size,))
         policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32)
         self.wrapped = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
         for block in transformer_blocks(model):

@@ -22,10 +22,15 @@ def build_adamw(
     eps: float,
     weight_decay: float,
     groups: list[dict] | None = None,
+    fused: bool = True,
 ):
-    """`groups` replaces the default decay/no-decay split (e.g. a critic with its own lr)."""
-    # The fused kernel (one pass over all parameters) exists for CPU and CUDA tensors alike.
-    return torch.optim.AdamW(groups or param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, fused=True)
+    """`groups` replaces the default decay/no-decay split (e.g. a critic with its own lr).
+
+    The fused kernel (one pass over all parameters) exists for CPU and CUDA tensors alike; `fused`
+    False is the per-tensor loop (same state, used by the memory planner, see memory_plan.py).
+    """
+    options = {"fused": True} if fused else {"foreach": False}
+    return torch.optim.AdamW(groups or param_groups(model, weight_decay), lr=lr, betas=betas, eps=eps, **options)
 
 
 def cosine_multiplier(step: int, *, warmup: int, total: int, floor: float) -> float:

@@ -96,7 +96,11 @@ class Resources(SpecModel):
     gpu: int = Field(default=0, ge=0, le=16)
     """`nvidia.com/gpu` per replica; usually equal to nprocPerNode."""
 
-    @field_validator("cpu", "memory")
+    gpu_memory: str = "80G"
+    """Memory of one GPU (Kubernetes quantity; default an 80 GB H100). `validate` refuses a stage
+    whose planned per-GPU peak does not fit (`zhinao-k8s plan`)."""
+
+    @field_validator("cpu", "memory", "gpu_memory")
     @classmethod
     def _quantity(cls, v: str) -> str:
         if not QUANTITY.match(str(v)):

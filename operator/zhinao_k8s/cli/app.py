@@ -7,11 +7,12 @@ import typer
 from zhinao_k8s import __version__
 from zhinao_k8s.cli import ablation, cluster, data, local
 from zhinao_k8s.cli.errors import friendly
+from zhinao_k8s.cli.plan import plan
 
 app = typer.Typer(
     name="zhinao-k8s",
     help="Train LLMs the 360Zhinao way on Kubernetes: one TrainingPipeline spec -> Kubeflow PyTorchJobs.\n\n"
-    "Offline: validate, render, run (local runner), demo. On a cluster: submit, status, list, logs, delete.",
+    "Offline: validate, plan, render, run (local runner), demo. On a cluster: submit, status, list, logs, delete.",
     rich_markup_mode="rich",
     context_settings={"help_option_names": ["-h", "--help"]},
     no_args_is_help=True,
@@ -34,7 +35,7 @@ def _root(
     pass
 
 
-for command in (local.validate, local.render, local.run, local.demo):
+for command in (local.validate, plan, local.render, local.run, local.demo):
     app.command(epilog="Docs: docs/ in the repository.")(friendly(command))
 cluster.register(app)  # submit, status, list, logs, delete, `operator run`
 app.add_typer(data.app, name="data")

@@ -12,6 +12,7 @@ from rich.table import Table
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.cli.errors import EXIT_FAILED
+from zhinao_k8s.cli.plan import check_fit
 from zhinao_k8s.cli.progress import RunDisplay
 from zhinao_k8s.examples import example_text
 from zhinao_k8s.render.pytorchjob import render_pipeline
@@ -30,9 +31,20 @@ def to_yaml(objs: list[dict]) -> str:
     return yaml.dump_all(objs, Dumper=_NoAliases, sort_keys=False, default_flow_style=False)
 
 
-def validate(spec: SpecArg) -> None:
-    """Check a spec; print one `field.path: reason` line per problem (exit code 2)."""
+def validate(
+    spec: SpecArg,
+    plan: Annotated[
+        bool, typer.Option("--plan/--no-plan", help="Plan GPU stages' memory and refuse those that do not fit.")
+    ] = True,
+) -> None:
+    """Check a spec; print one `field.path: reason` line per problem (exit code 2).
+
+    Stages that ask for GPUs are also planned (`zhinao-k8s plan`, seconds to minutes of CPU for a
+    7B model); CPU-only specs are not, so they validate instantly.
+    """
     pipeline = load_pipeline(spec)
+    if plan and any(s.resources.gpu > 0 for s in pipeline.spec.stages):
+        check_fit(spec)
     out.print(
         f"[green]ok[/] {pipeline.metadata.name}: {len(pipeline.spec.stages)} stages "
         f"({', '.join(s.name for s in pipeline.spec.stages)})"
