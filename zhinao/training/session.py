@@ -33,6 +33,9 @@ class TrainingSession:
         if torch.cuda.is_available():
             self.device = torch.device("cuda", self.env.local_rank)
             torch.cuda.set_device(self.device)
+            # fp32 matmuls that remain under bf16 (optimizer-side, fp32 heads) run on tensor cores.
+            torch.backends.cuda.matmul.allow_tf32 = True
+            torch.backends.cudnn.allow_tf32 = True
         else:
             self.device = torch.device("cpu")
         if self.env.world_size > 1 and not dist.is_initialized():
