@@ -29,6 +29,7 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from zhinao.ablation.sft_eval import write_builtin
+from zhinao.artifacts import StageOutput
 from zhinao.config.ablation import AblationParams, Recipe
 from zhinao.config.data import DataParams
 from zhinao.corpus import corpus_keys
@@ -39,6 +40,8 @@ from zhinao.tokenizer import EOD, to_transformers, train_bpe
 from zhinao.tokenizer import load as load_tokenizer
 
 log = logging.getLogger(__name__)
+PREP_TOKENIZER = "tokenizer"
+"""The shared tokenizer's prefix under the preparation root, laid out as a tokenizer stage's output."""
 
 
 # ---- documents ---------------------------------------------------------------------------------
@@ -156,10 +159,10 @@ def mix(
 def run_data_pipeline(params: DataParams, corpus_uri: str, out: ObjectStore) -> None:
     from zhinao.data.pipeline import run_pipeline
 
-    if out.exists("summary.json"):
+    if StageOutput(out).is_finished():
         return
     report = run_pipeline(params, corpus=open_store(corpus_uri), output=out, dist=DistEnv(0, 1, 0), run_id="ablation")
-    out.put_bytes("summary.json", json.dumps({"docs_written": report["docs_written"]}).encode())
+    StageOutput(out).write_summary({"docs_written": report["docs_written"]})
 
 
 def token_lengths(tokenizer, records: list[dict]) -> list[int]:
@@ -175,15 +178,11 @@ def train_tokenizer(params: AblationParams, records: list[dict], out: ObjectStor
     tok = train_bpe(texts, vocab_size=tp.vocab_size, min_frequency=tp.min_frequency)
     with tempfile.TemporaryDirectory() as tmp:
         to_transformers(tok).save_pretrained(tmp)
-        for path in sorted(Path(tmp).iterdir()):
-            out.put_file(f"tokenizer/{path.name}", path)
+        StageOutput(out).put_tokenizer(Path(tmp))
 
 
 def fetch_prep_tokenizer(prep: ObjectStore, dest: Path):
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in prep.list("tokenizer/tokenizer/"):
-        prep.get_file(key, dest / key.rsplit("/", 1)[1])
-    return load_tokenizer(dest)
+    return load_tokenizer(StageOutput(prep.child(PREP_TOKENIZER)).fetch_tokenizer(dest))
 
 
 def pack_valid(tokenizer, records: list[dict], *, seq_len: int, max_sequences: int, seed: int) -> np.ndarray:
@@ -222,8 +221,8 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     write_records(prep, "valid/docs.jsonl", base_valid)
 
     notify("prep", {"step": "tokenizer"})
-    if not prep.exists("tokenizer/tokenizer/tokenizer.json"):
-        train_tokenizer(params, base_train, prep.child("tokenizer"))
+    if not StageOutput(prep.child(PREP_TOKENIZER)).has_tokenizer():
+        train_tokenizer(params, base_train, prep.child(PREP_TOKENIZER))
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = fetch_prep_tokenizer(prep, Path(tmp) / "tok")
     valid = pack_valid(

@@ -9,12 +9,12 @@ Built-in data (written under `<prep>/sft/` when the spec names none): the alignm
 single-digit addition conversations and the 100 addition questions (zhinao.synthetic).
 """
 
-import json
 from pathlib import Path
 
 import torch
 
 from zhinao.ablation.evaluate import eval_device
+from zhinao.artifacts import StageOutput
 from zhinao.chat import ChatEncoder
 from zhinao.config.ablation import SftEval
 from zhinao.config.rlhf import RLHFParams
@@ -77,7 +77,7 @@ def evaluate_sft(sft_uri: str, sft: SftEval, prep_uri: str, workdir: Path) -> di
     scores = evaluate(
         policy, prompts, Scorer(params, rm_enc or ChatEncoder(tokenizer), rm, device), params, tokenizer, device
     )
-    summary = json.loads(open_store(sft_uri).get_bytes("summary.json"))
+    summary = StageOutput.at(sft_uri).read_summary()
     parts = (["rm"] if rm is not None else []) + (["rule"] if any(sft.rules.values()) else [])
     return {
         "loss_last": summary["loss_last"],

@@ -9,9 +9,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from zhinao.artifacts import REPORT as REPORT_PREFIX
 from zhinao.storage import ObjectStore
-
-REPORT_PREFIX = "report"
 
 
 @dataclass

@@ -10,11 +10,11 @@ Every rank reads its share of the input files; the cross-shard steps meet throug
 (`_work/`), with gloo barriers when the job provides MASTER_ADDR and object-store barriers otherwise.
 """
 
-import json
 import logging
 import os
 from datetime import timedelta
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.data import DataParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.pipeline import default_run_id, run_pipeline
@@ -59,9 +59,9 @@ def run(rt: StageRuntime, params: DataParams) -> None:
             "docs_written": report["docs_written"],
             "docs": output.url("docs"),
             "rejects": output.url("rejects"),
-            "report": output.url("report/retention.md"),
+            "report": StageOutput(output).report_url("retention.md"),
             "retention": [
                 {k: r[k] for k in ("step", "docs_in", "docs_out", "bytes_in", "bytes_out")} for r in report["steps"]
             ],
         }
-        output.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        StageOutput(output).write_summary(summary)

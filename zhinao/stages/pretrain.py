@@ -7,12 +7,12 @@ output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 """
 
 import io
-import json
 import logging
 from pathlib import Path
 
 import numpy as np
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
@@ -28,17 +28,6 @@ from zhinao.training.session import TrainingSession
 
 Params = PretrainParams
 log = logging.getLogger(__name__)
-INDEX = "tokens/index.json"
-
-
-def fetch_tokenizer(uri: str, dest: Path) -> Path:
-    store = open_store(uri)
-    prefix = "tokenizer/" if store.exists("tokenizer/tokenizer.json") else ""
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        if "/" not in key[len(prefix) :]:
-            store.get_file(key, dest / key[len(prefix) :])
-    return dest
 
 
 def pack_corpus(corpus: ObjectStore, tokenizer, out: ObjectStore, params: PretrainParams) -> dict:
@@ -60,12 +49,12 @@ def pack_corpus(corpus: ObjectStore, tokenizer, out: ObjectStore, params: Pretra
         index["shards"].append({"key": key, "source": source, "sequences": int(len(seqs)), "tokens": int(seqs.size)})
     if not index["shards"]:
         raise SystemExit(f"corpus {corpus.uri} yields no sequence of {params.seq_len} tokens")
-    out.put_bytes(INDEX, json.dumps(index, indent=2).encode())
+    StageOutput(out).write_tokens_index(index)
     return index
 
 
 def load_tokens(store: ObjectStore, dest: Path) -> np.ndarray:
-    index = json.loads(store.get_bytes(INDEX))
+    index = StageOutput(store).read_tokens_index()
     dest.mkdir(parents=True, exist_ok=True)
     arrays = []
     for shard in index["shards"]:
@@ -80,11 +69,11 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     env, out = session.env, session.out
     if "tokenizer" not in rt.inputs:
         raise SystemExit("pretrain stage needs inputs.tokenizer")
-    tok_dir = fetch_tokenizer(rt.inputs["tokenizer"], session.workdir / "tokenizer")
+    tok_dir = StageOutput.at(rt.inputs["tokenizer"]).fetch_tokenizer(session.workdir / "tokenizer")
     tokenizer = load_tokenizer(tok_dir)
 
     tokens_store = open_store(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
-    if env.is_main and not tokens_store.exists(INDEX):
+    if env.is_main and not StageOutput(tokens_store).has_tokens():
         if "corpus" not in rt.inputs:
             raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
         pack_corpus(open_store(rt.inputs["corpus"]), tokenizer, out, params)
@@ -136,13 +125,12 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
-        write_summary(out, params, env.world_size, hf)
+        write_summary(session.output, params, env.world_size, hf)
     session.close()
 
 
-def write_summary(out: ObjectStore, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
-    records = [json.loads(line) for line in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if line.strip()]
-    steps = [r for r in records if r.get("event", "step") == "step"]
+def write_summary(out: StageOutput, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
+    steps = out.step_records()
     train_seconds = sum(r["step_seconds"] for r in steps)
     tokens = sum(r["tokens"] for r in steps) * world_size
     summary = {
@@ -152,11 +140,11 @@ def write_summary(out: ObjectStore, params: PretrainParams, world_size: int, hf_
         "loss_last": steps[-1]["loss"],
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "mfu_mean": float(np.mean([r["mfu"] for r in steps if r.get("mfu") is not None] or [float("nan")])),
-        "checkpoints": out.url("checkpoints"),
+        "checkpoints": out.checkpoints_url,
         "hf": hf_uri,
-        "metrics": out.url("metrics"),
-        "loss_curve": out.url("report/loss.png"),
+        "metrics": out.metrics_url,
+        "loss_curve": out.report_url("loss.png"),
     }
-    out.put_bytes("report/loss.png", loss_curve_png(steps, title=f"pretrain ({params.model_size})"))
-    out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    out.put_report("loss.png", loss_curve_png(steps, title=f"pretrain ({params.model_size})"))
+    out.write_summary(summary)
     return summary

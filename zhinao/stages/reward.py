@@ -10,7 +10,6 @@ sequence (the response's trailing newline), as `Qwen2ForSequenceClassification` 
 """
 
 import io
-import json
 import logging
 import time
 
@@ -25,7 +24,7 @@ from zhinao.data.packing import batch_indices
 from zhinao.losses import bradley_terry_loss, pairwise_accuracy
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
-from zhinao.stages.sft import fetch_hf, metrics_records, read_jsonl, split_holdout, steps_for
+from zhinao.stages.sft import fetch_hf, read_jsonl, split_holdout, steps_for
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.session import TrainingSession
 
@@ -109,7 +108,7 @@ def held_out_accuracy(model, pairs: list[dict], pad_id: int, device, batch: int)
 
 def run(rt: StageRuntime, params: RewardParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     for name in ("model", "preferences"):
         if name not in rt.inputs:
             raise SystemExit(f"reward stage needs inputs.{name}")
@@ -208,7 +207,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
-        steps = [x for x in metrics_records(out) if x.get("event", "step") == "step"]
+        steps = session.output.step_records()
         evals = [e for e in meta["eval"] if e[1] is not None]
         summary = {
             "steps": len(steps),
@@ -223,12 +222,12 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
             "held_out_loss": evals[-1][2] if evals else None,
             "eval_curve": evals,
             "hf": hf,
-            "checkpoints": out.url("checkpoints"),
-            "metrics": out.url("metrics"),
+            "checkpoints": session.output.checkpoints_url,
+            "metrics": session.output.metrics_url,
         }
-        out.put_bytes("report/rm_accuracy.png", accuracy_png(steps, evals))
-        out.put_bytes("report/reward.md", reward_markdown(summary).encode())
-        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        session.output.put_report("rm_accuracy.png", accuracy_png(steps, evals))
+        session.output.put_report("reward.md", reward_markdown(summary).encode())
+        session.output.write_summary(summary)
     session.close()
 
 

@@ -12,7 +12,6 @@ The checked reward is measured on held-out prompts before training (the SFT poli
 """
 
 import io
-import json
 import logging
 import time
 
@@ -41,7 +40,7 @@ from zhinao.losses import (
 )
 from zhinao.model import attention_implementation
 from zhinao.stages.reward import encode_pairs, load_reward_model, pad_right
-from zhinao.stages.sft import fetch_hf, load_causal_lm, metrics_records, read_jsonl
+from zhinao.stages.sft import fetch_hf, load_causal_lm, read_jsonl
 from zhinao.tokenizer import EOD, IM_END
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.optim import param_groups
@@ -301,7 +300,7 @@ def preference_loss_fn(params: RLHFParams, ref, stats: list):
 
 def run(rt: StageRuntime, params: RLHFParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out, device = session.env, session.out, session.device
+    env, device = session.env, session.device
     online = params.algorithm in ("remax", "ppo")
     need = (
         ["policy"]
@@ -438,7 +437,7 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
-        steps = [x for x in metrics_records(out) if x.get("event", "step") == "step"]
+        steps = session.output.step_records()
         summary = {
             "algorithm": params.algorithm,
             "steps": len(steps),
@@ -448,8 +447,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             "eval_before": meta.get("eval_before"),
             "eval_after": eval_after,
             "hf": hf,
-            "checkpoints": out.url("checkpoints"),
-            "metrics": out.url("metrics"),
+            "checkpoints": session.output.checkpoints_url,
+            "metrics": session.output.metrics_url,
         }
         if online:
             summary.update(
@@ -457,9 +456,9 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
                 reward_last=float(np.mean([s["reward_mean"] for s in steps[-5:]])),
                 kl_last=steps[-1]["kl"],
             )
-        out.put_bytes("report/rlhf.png", rlhf_png(steps, summary))
-        out.put_bytes("report/rlhf.md", rlhf_markdown(summary).encode())
-        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        session.output.put_report("rlhf.png", rlhf_png(steps, summary))
+        session.output.put_report("rlhf.md", rlhf_markdown(summary).encode())
+        session.output.write_summary(summary)
     session.close()
 
 

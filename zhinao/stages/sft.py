@@ -15,6 +15,7 @@ import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
+from zhinao.artifacts import StageOutput
 from zhinao.chat import ChatEncoder, validate_sft_messages
 from zhinao.config.runtime import StageRuntime
 from zhinao.config.sft import SFTParams
@@ -32,7 +33,6 @@ from zhinao.training.session import TrainingSession
 
 Params = SFTParams
 log = logging.getLogger(__name__)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 
 
 # ---------------------------------------------------------------- helpers shared by the alignment stages
@@ -40,20 +40,8 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 def fetch_hf(uri: str, dest: Path) -> tuple[Path, Path]:
     """Download a stage output's hf/ export; returns (model dir, tokenizer-only dir)."""
-    store = open_store(uri)
-    prefix = "hf/" if store.exists("hf/config.json") else ""
-    if not store.exists(prefix + "config.json"):
-        raise SystemExit(f"{uri} holds no Hugging Face export (expected hf/config.json)")
-    model_dir, tok_dir = dest / "model", dest / "tokenizer"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        name = key[len(prefix) :]
-        if "/" not in name:
-            store.get_file(key, model_dir / name)
-            if name in TOKENIZER_FILES:
-                (tok_dir / name).write_bytes((model_dir / name).read_bytes())
-    return model_dir, tok_dir
+    export = StageOutput.at(uri).fetch_hf(dest)
+    return export.model_dir, export.tokenizer_dir
 
 
 def read_jsonl(uri: str) -> list[dict]:
@@ -103,10 +91,6 @@ def load_causal_lm(model_dir: Path, attention: str):
     return AutoModelForCausalLM.from_pretrained(
         model_dir, dtype=torch.float32, attn_implementation=attention_implementation(attention)
     )
-
-
-def metrics_records(out, key: str = "metrics/rank-0.jsonl") -> list[dict]:
-    return [json.loads(l) for l in out.get_bytes(key).decode().splitlines() if l.strip()]
 
 
 # ------------------------------------------------------------------------------------- SFT data
@@ -182,7 +166,7 @@ def eval_loss(model, packed: Packed, mode: str, attention: str, device, batch: i
 
 def run(rt: StageRuntime, params: SFTParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     for name in ("model", "data"):
         if name not in rt.inputs:
             raise SystemExit(f"sft stage needs inputs.{name}")
@@ -275,7 +259,7 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
-        steps = [r for r in metrics_records(out) if r.get("event", "step") == "step"]
+        steps = session.output.step_records()
         summary = {
             "steps": len(steps),
             "loss_first": steps[0]["loss"],
@@ -285,16 +269,16 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
             "packing": params.packing,
             "data": data_stats,
             "hf": hf,
-            "checkpoints": out.url("checkpoints"),
-            "metrics": out.url("metrics"),
-            "loss_curve": out.url("report/sft_loss.png"),
+            "checkpoints": session.output.checkpoints_url,
+            "metrics": session.output.metrics_url,
+            "loss_curve": session.output.report_url("sft_loss.png"),
             "tokens_per_second": sum(r["tokens"] for r in steps)
             * env.world_size
             / max(1e-9, sum(r["step_seconds"] for r in steps)),
         }
-        out.put_bytes("report/sft_loss.png", loss_curve_png(steps, title=f"SFT ({params.packing} packing)"))
-        out.put_bytes("report/sft.md", sft_markdown(summary).encode())
-        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        session.output.put_report("sft_loss.png", loss_curve_png(steps, title=f"SFT ({params.packing} packing)"))
+        session.output.put_report("sft.md", sft_markdown(summary).encode())
+        session.output.write_summary(summary)
     session.close()
 
 

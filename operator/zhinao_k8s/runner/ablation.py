@@ -20,6 +20,7 @@ from zhinao.ablation.prepare import prepare, read_records
 from zhinao.ablation.report import RunResult, build_report, write_report
 from zhinao.ablation.sft_eval import evaluate_sft
 from zhinao.ablation.suite import build_suite
+from zhinao.artifacts import StageOutput
 from zhinao.storage import open_store
 from zhinao_k8s.ablation_plan import Run, plan_runs, prep_uri, root_uri
 from zhinao_k8s.api.ablation import Ablation
@@ -66,7 +67,7 @@ def train_runs(
         todo = [
             stage
             for stage in run.pipeline.spec.stages  # stages added later (sft) run alone
-            if not open_store(run.pipeline.output_of(stage)).exists("summary.json")
+            if not StageOutput.at(run.pipeline.output_of(stage)).is_finished()
         ]
         if not todo:
             notify("run-skipped", {"run": run.name, "i": i, "n": len(runs)})
@@ -150,8 +151,8 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             },
         },
     )
-    write_report(root.child("report"), report, results)
-    notify("report", {"uri": root.url("report/report.md")})
+    write_report(StageOutput(root).report, report, results)
+    notify("report", {"uri": StageOutput(root).report_url("report.md")})
     return report
 
 
