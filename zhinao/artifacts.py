@@ -24,7 +24,8 @@ METRICS = "metrics"
 CHECKPOINTS = "checkpoints"
 HF = "hf"
 TOKENIZER = "tokenizer"
-TOKENS_INDEX = "tokens/index.json"
+TOKENS = "tokens"
+TOKENS_INDEX = f"{TOKENS}/index.json"
 REPORT = "report"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 """The files of an HF export that make up its tokenizer (the rest is weights and config)."""
@@ -155,6 +156,17 @@ class StageOutput:
     # -- packed tokens
     def has_tokens(self) -> bool:
         return self.store.exists(TOKENS_INDEX)
+
+    def put_token_shard(self, name: str, data: bytes) -> str:
+        """Store one .npy shard; returns its key (what the index lists)."""
+        key = f"{TOKENS}/{name}.npy"
+        self.store.put_bytes(key, data)
+        return key
+
+    def fetch_token_shard(self, key: str, dest_dir: Path) -> Path:
+        path = dest_dir / Path(key).name
+        self.store.get_file(key, path)
+        return path
 
     def read_tokens_index(self) -> dict:
         return json.loads(self.store.get_bytes(TOKENS_INDEX))

@@ -8,7 +8,6 @@ output:  tokens/ sft/long-qa.jsonl checkpoints/ hf/ metrics/ report/loss.png rep
          report/needle.json summary.json
 """
 
-import io
 import json
 import logging
 
@@ -21,6 +20,7 @@ from zhinao.config.longctx import LongContextParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
 from zhinao.data.packing import TOKEN_DTYPE, pack_source
+from zhinao.data.token_shards import load_tokens, put_shard
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
@@ -33,12 +33,12 @@ from zhinao.longctx.sequence_parallel import (
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
 from zhinao.report import loss_curve_png
-from zhinao.stages.pretrain import load_tokens
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.causal_lm import causal_lm_step
 from zhinao.training.engine import DDPEngine
-from zhinao.training.pretrain_loop import train_steps
+from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = LongContextParams
@@ -57,13 +57,7 @@ class SequenceParallelEngine(DDPEngine):
         return super().train_step(micro_batches, lambda model, batch: sequence_parallel_lm_loss(model, batch, self.sp))
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongContextParams) -> dict:
+def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongContextParams) -> dict:
     """Pack the corpus into seqLen sequences per source, write the synthetic long QA set, and mix."""
     docs = list(read_documents(corpus, text_field=params.text_field, source_field=params.source_field))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -86,7 +80,7 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
         count_tokens=lambda t: len(encode(t)),
         seed=params.seed,
     )
-    out.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    out.store.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     synthetic = pack_source((encode(render_chat(r["messages"])) for r in rows), seq_len=params.seq_len, eod_id=eod)
     data = mix_sequences(corpus_seqs, synthetic, ratio=params.synthetic_mix, seed=params.seed)
     index = {
@@ -97,10 +91,8 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
         "synthetic_sequences": int(len(data) - len(corpus_seqs)),
         "synthetic_conversations": len(rows),
     }
-    key = "tokens/longctx-00000.npy"
-    out.put_bytes(key, _npy(data.astype(TOKEN_DTYPE)))
-    index["shards"].append({"key": key, "source": "mixed", "sequences": int(len(data)), "tokens": int(data.size)})
-    StageOutput(out).write_tokens_index(index)
+    index["shards"].append(put_shard(out, "longctx-00000", data.astype(TOKEN_DTYPE), source="mixed"))
+    out.write_tokens_index(index)
     return index
 
 
@@ -144,7 +136,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         if name not in rt.inputs:
             raise SystemExit(f"longctx stage needs inputs.{name}")
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     sp = init_sequence_parallel(params.sequence_parallel)
     base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "base")
     model_dir = base.model_dir
@@ -152,9 +144,9 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     corpus = open_store(rt.inputs["corpus"])
 
     if env.is_main and not session.output.has_tokens():
-        build_data(corpus, tokenizer, out, params)
+        build_data(corpus, tokenizer, session.output, params)
     session.barrier()
-    data = load_tokens(out, session.workdir / "tokens")
+    data = load_tokens(session.output, session.workdir / "tokens")
     if data.shape[1] != params.seq_len:
         raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
 
@@ -166,8 +158,6 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         model, params, warmup=params.warmup_steps, total=params.max_steps, ddp_engine=SequenceParallelEngine, sp=sp
     )
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
-    meta = session.resume(engine)
-    start = meta.get("step", 0)
     config = model.config
     fpt = flops_per_token(
         n_params=matmul_params(model),
@@ -175,7 +165,8 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         hidden=config.hidden_size,
         seq_len=params.seq_len,
     )
-    metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
+    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
+    start = loop.resume().get("step", 0)
     log.info(
         "long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "
         "parallel %d, steps %d..%d",
@@ -190,17 +181,18 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     )
 
     # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
-    train_steps(
-        session,
-        engine,
-        metrics,
-        data,
-        params,
-        start=start,
-        rank=sp.dp_rank,
-        world_size=sp.dp_size,
-        tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size,
-        meta={"sequence_parallel": sp.size},
+    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size
+    loop.run(
+        causal_lm_step(
+            engine,
+            data,
+            params,
+            rank=sp.dp_rank,
+            world_size=sp.dp_size,
+            device=session.device,
+            tokens_per_step=tokens_per_step,
+        ),
+        checkpoint_meta=lambda step: {"sequence_parallel": sp.size, "tokens": step * tokens_per_step * env.world_size},
     )
 
     # The export loads anywhere with standard attention; the ring is only this job's business.

@@ -1,17 +1,11 @@
-"""The step loop of causal-LM training on packed token sequences: pretrain and longctx."""
-
-import logging
-import time
+"""The step function of causal-LM training on packed token sequences: pretrain and longctx."""
 
 import numpy as np
 import torch
 
 from zhinao.data.packing import batch_indices
-from zhinao.metrics import TrainingMetrics
 from zhinao.training.engine import Engine
-from zhinao.training.session import TrainingSession
-
-log = logging.getLogger(__name__)
+from zhinao.training.loop import StepFn, StepResult
 
 
 def micro_batches(
@@ -37,49 +31,27 @@ def micro_batches(
     ]
 
 
-def train_steps(
-    session: TrainingSession,
+def causal_lm_step(
     engine: Engine,
-    metrics: TrainingMetrics,
     data: np.ndarray,
     params,
     *,
-    start: int,
     rank: int,
     world_size: int,
+    device: torch.device,
     tokens_per_step: int,
-    meta: dict | None = None,
-) -> None:
-    """Optimizer steps `start`+1 to maxSteps, checkpointing every checkpointEvery steps and at the end.
+) -> StepFn:
+    """Train on this rank's sequences of each step; `rank` and `world_size` place it among the
+    replicas that read different sequences, `tokens_per_step` is what it trains on per step."""
 
-    `rank` and `world_size` place this process among the replicas that read different sequences;
-    `tokens_per_step` is what it trains on per step; `meta` joins every checkpoint's meta.
-    """
-    env = session.env
-    for step in range(start, params.max_steps):
-        began = time.perf_counter()
-        batches = micro_batches(data, params, step=step, rank=rank, world_size=world_size, device=session.device)
-        lr = engine.lr
+    def step(index: int) -> StepResult:
+        batches = micro_batches(data, params, step=index, rank=rank, world_size=world_size, device=device)
         loss, grad_norm = engine.train_step(batches)
-        metrics.record_step(
-            step=step + 1,
+        return StepResult(
             loss=loss,
-            lr=lr,
             grad_norm=grad_norm,
             tokens=tokens_per_step,
             samples=params.micro_batch_size * params.grad_accum_steps,
-            step_seconds=time.perf_counter() - began,
         )
-        if (step + 1) % params.log_every == 0 and env.is_main:
-            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, params.max_steps, loss, lr, grad_norm)
-        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
-            session.save_checkpoint(
-                engine,
-                step + 1,
-                {
-                    "step": step + 1,
-                    "world_size": env.world_size,
-                    **(meta or {}),
-                    "tokens": (step + 1) * tokens_per_step * env.world_size,
-                },
-            )
+
+    return step
