@@ -5,18 +5,13 @@ values schema, so a spec accepted here is accepted everywhere.
 """
 
 import re
-from typing import Annotated, Literal
+from typing import Annotated, Literal, Union
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, create_model, field_validator, model_validator
 
 from zhinao.config._base import SpecModel
-from zhinao.config.data import DataParams
-from zhinao.config.longctx import LongContextParams
-from zhinao.config.pretrain import PretrainParams
-from zhinao.config.reward import RewardParams
-from zhinao.config.rlhf import RLHFParams
-from zhinao.config.sft import SFTParams
-from zhinao.config.tokenizer import TokenizerParams
+from zhinao.config.kinds import KIND_NAMES, StageKind
+from zhinao.config.kinds import STAGE_KINDS as KINDS
 from zhinao_k8s.api.policy import RetryPolicy
 
 GROUP = "zhinao.ai"
@@ -149,46 +144,24 @@ class StageBase(SpecModel):
         return v
 
 
-class DataStage(StageBase):
-    kind: Literal["data"]
-    params: DataParams = Field(default_factory=DataParams)
+def _stage_model(k: StageKind) -> type[StageBase]:
+    """`<Kind>Stage`: the common stage fields, `kind: Literal[<kind>]` and the kind's params."""
+    return create_model(
+        k.spec_model,
+        __base__=StageBase,
+        __module__=__name__,
+        kind=(Literal[k.kind], ...),
+        params=(k.params, Field(default_factory=k.params)),
+    )
 
 
-class TokenizerStage(StageBase):
-    kind: Literal["tokenizer"]
-    params: TokenizerParams = Field(default_factory=TokenizerParams)
+STAGE_MODELS: dict[str, type[StageBase]] = {k.kind: _stage_model(k) for k in KINDS}
+"""One spec model per registered kind (zhinao.config.kinds), in pipeline order."""
+PretrainStage = STAGE_MODELS["pretrain"]
+SFTStage = STAGE_MODELS["sft"]
 
-
-class PretrainStage(StageBase):
-    kind: Literal["pretrain"]
-    params: PretrainParams = Field(default_factory=PretrainParams)
-
-
-class LongContextStage(StageBase):
-    kind: Literal["longctx"]
-    params: LongContextParams = Field(default_factory=LongContextParams)
-
-
-class SFTStage(StageBase):
-    kind: Literal["sft"]
-    params: SFTParams = Field(default_factory=SFTParams)
-
-
-class RewardStage(StageBase):
-    kind: Literal["reward"]
-    params: RewardParams = Field(default_factory=RewardParams)
-
-
-class RLHFStage(StageBase):
-    kind: Literal["rlhf"]
-    params: RLHFParams = Field(default_factory=RLHFParams)
-
-
-Stage = Annotated[
-    DataStage | TokenizerStage | PretrainStage | LongContextStage | SFTStage | RewardStage | RLHFStage,
-    Field(discriminator="kind"),
-]
-STAGE_KINDS = ("data", "tokenizer", "pretrain", "longctx", "sft", "reward", "rlhf")
+Stage = Annotated[Union[tuple(STAGE_MODELS.values())], Field(discriminator="kind")]  # noqa: UP007
+STAGE_KINDS = KIND_NAMES
 
 
 class PipelineSpec(SpecModel):
