@@ -2,11 +2,11 @@
 
 Layout under the ablation's prep prefix (`<storage>/<ablation>/prep`):
 
-    base/                    data-pipeline output over the base corpus (when base.data is set)
+    base/                    data-processing output over the base corpus (when base.data is set)
     tokenizer/tokenizer/     the shared tokenizer (the tokenizer stage's layout)
     valid/docs.jsonl         held-out documents of the base data (whole topics)
     valid/tokens.npy         (n, seqLen) validation sequences packed from them
-    recipes/<r>/data/        the recipe's data-pipeline output
+    recipes/<r>/data/        the recipe's data-processing output
     recipes/<r>/train/docs/  the run's training documents: experimental + base at the share
     recipes/<r>/train/mix.json
     sft/data/, sft/prompts/  the built-in SFT evaluation data (sft_eval.py), when the spec names none
@@ -156,12 +156,14 @@ def mix(
 # ---- the whole preparation ---------------------------------------------------------------------
 
 
-def run_data_pipeline(params: DataParams, corpus_uri: str, out: ObjectStore) -> None:
-    from zhinao.data.pipeline import run_pipeline
+def process_data(params: DataParams, corpus_uri: str, out: ObjectStore) -> None:
+    from zhinao.data.processing import run_data_processing
 
     if StageOutput(out).is_finished():
         return
-    report = run_pipeline(params, corpus=open_store(corpus_uri), output=out, dist=DistEnv(0, 1, 0), run_id="ablation")
+    report = run_data_processing(
+        params, corpus=open_store(corpus_uri), output=out, dist=DistEnv(0, 1, 0), run_id="ablation"
+    )
     StageOutput(out).write_summary({"docs_written": report["docs_written"]})
 
 
@@ -206,7 +208,7 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     vl = params.evaluations.valid_loss
     notify("prep", {"step": "base"})
     if params.base.data is not None:
-        run_data_pipeline(params.base.data, params.base.corpus, prep.child("base"))
+        process_data(params.base.data, params.base.corpus, prep.child("base"))
         base_records = read_records(prep.child("base"))
     else:
         base_records = read_records(open_store(params.base.corpus))
@@ -262,7 +264,7 @@ def prepare_recipe(
     if recipe.dataset is not None:
         records = read_records(open_store(recipe.dataset))
     else:
-        run_data_pipeline(recipe.data or DataParams(), params.recipe_corpus(recipe), rdir.child("data"))
+        process_data(recipe.data or DataParams(), params.recipe_corpus(recipe), rdir.child("data"))
         records = read_records(rdir.child("data"))
     train, dropped = split_by_topic(records, share=vl.held_out_share, field=vl.topic_field, seed=params.seed)
     if not train:

@@ -1,4 +1,4 @@
-"""Data stage: the pretraining data pipeline of report section 2.1, sharded over a PyTorchJob's ranks.
+"""Data stage: the pretraining data processing of report section 2.1, sharded over a PyTorchJob's ranks.
 
 inputs:  corpus  (*.jsonl, *.jsonl.gz or *.parquet documents under a URI prefix)
 output:  <output>/docs/part-RRRRR-NNNNN.jsonl     cleaned, deduplicated, mixed documents (text, source, ...)
@@ -17,7 +17,7 @@ from datetime import timedelta
 from zhinao.artifacts import StageOutput
 from zhinao.config.data import DataParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.pipeline import default_run_id, run_pipeline
+from zhinao.data.processing import default_run_id, run_data_processing
 from zhinao.distributed import DistEnv
 from zhinao.storage import open_store
 
@@ -46,7 +46,7 @@ def run(rt: StageRuntime, params: DataParams) -> None:
     owns_group = _init_gloo(dist, params.output.barrier_timeout_s)
     try:
         output = open_store(rt.output)
-        report = run_pipeline(
+        report = run_data_processing(
             params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id()
         )
     finally:

@@ -32,7 +32,7 @@ from zhinao.longctx.sequence_parallel import (
 )
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
-from zhinao.report import loss_curve_png
+from zhinao.plots import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer

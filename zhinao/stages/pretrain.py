@@ -18,7 +18,7 @@ from zhinao.data.packing import pack_source
 from zhinao.data.token_shards import load_tokens, put_shard
 from zhinao.metrics import flops_per_token
 from zhinao.model import build_config, build_model, matmul_params
-from zhinao.report import loss_curve_png
+from zhinao.plots import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer

@@ -178,7 +178,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
 
 
 def accuracy_png(steps: list[dict], evals: list[list]) -> bytes:
-    from zhinao.report import plt
+    from zhinao.plots import plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     x = [s["step"] for s in steps]

@@ -183,7 +183,7 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
 
 
 def rlhf_png(steps: list[dict], s: dict) -> bytes:
-    from zhinao.report import plt
+    from zhinao.plots import plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     x = [r["step"] for r in steps]

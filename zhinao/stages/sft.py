@@ -22,7 +22,7 @@ from zhinao.data.sft_packing import Packed, block_causal_mask, pack_examples
 from zhinao.losses import lm_loss
 from zhinao.metrics import flops_per_token
 from zhinao.model import matmul_params
-from zhinao.report import loss_curve_png
+from zhinao.plots import loss_curve_png
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop
 from zhinao.training.session import TrainingSession

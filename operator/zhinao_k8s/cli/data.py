@@ -16,6 +16,6 @@ def report(
 ) -> None:
     """Print the retention cascade (documents and bytes in, out and removed per step), like the
     report's Figure 1, and where its table and PNG are stored."""
-    from zhinao.data.report import show_report
+    from zhinao.data.retention import show_retention
 
-    typer.echo(show_report(output))
+    typer.echo(show_retention(output))

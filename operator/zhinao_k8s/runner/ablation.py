@@ -17,7 +17,7 @@ import numpy as np
 
 from zhinao.ablation.evaluate import evaluate_run, load_tasks
 from zhinao.ablation.prepare import prepare, read_records
-from zhinao.ablation.report import RunResult, build_report, write_report
+from zhinao.ablation.results import RunResult, build_results, write_results
 from zhinao.ablation.sft_eval import evaluate_sft
 from zhinao.ablation.suite import build_suite
 from zhinao.artifacts import StageOutput
@@ -137,7 +137,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             root.put_bytes(key, json.dumps(result, indent=1).encode())
         results.append(RunResult(run.recipe, run.index, run.seed, run.name, result))
     prep_summary = json.loads(prep.get_bytes("done.json"))
-    report = build_report(
+    report = build_results(
         ablation.metadata.name,
         results,
         [r.name for r in spec.recipes],
@@ -151,7 +151,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             },
         },
     )
-    write_report(StageOutput(root).report, report, results)
+    write_results(StageOutput(root).report, report, results)
     notify("report", {"uri": StageOutput(root).report_url("report.md")})
     return report
 
