@@ -30,6 +30,7 @@ import torch.nn.functional as F
 
 from zhinao.artifacts import StageOutput
 from zhinao.checkpoint import step_name
+from zhinao.corpus import jsonl_lines
 from zhinao.storage import ObjectStore, open_store
 
 LETTERS = "ABCDEFGHIJ"
@@ -109,12 +110,8 @@ def load_tasks(uri: str) -> list[Item]:
         lines = [(str(path), i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
     else:
         store = open_store(uri)
-        lines = [
-            (f"{uri}/{k}", i, ln)
-            for k in store.list()
-            if k.endswith(".jsonl")
-            for i, ln in enumerate(store.get_bytes(k).decode("utf-8").splitlines(), 1)
-        ]
+        keys = [k for k in store.list() if k.endswith(".jsonl")]
+        lines = [(f"{uri}/{k}", i, ln.decode("utf-8")) for k, i, ln in jsonl_lines(store, keys)]
     items = []
     for src, i, ln in lines:
         if not ln.strip():

@@ -32,7 +32,7 @@ from zhinao.ablation.sft_eval import write_builtin
 from zhinao.artifacts import StageOutput
 from zhinao.config.ablation import AblationParams, Recipe
 from zhinao.config.data import DataParams
-from zhinao.corpus import corpus_keys
+from zhinao.corpus import corpus_keys, jsonl_lines
 from zhinao.data.packing import pack_source
 from zhinao.distributed import DistEnv
 from zhinao.storage import ObjectStore, open_store
@@ -50,19 +50,13 @@ PREP_TOKENIZER = "tokenizer"
 def read_records(store: ObjectStore) -> list[dict]:
     """Every JSON object with a non-empty `text` under the prefix (docs/ of a data-stage output first)."""
     records = []
-    for key in corpus_keys(store):
-        raw = store.get_bytes(key)
-        if key.endswith(".gz"):
-            import gzip
-
-            raw = gzip.decompress(raw)
-        for line in raw.splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("text"), str) and rec["text"].strip():
-                records.append(rec)
+    for _key, _number, line in jsonl_lines(store, corpus_keys(store)):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str) and rec["text"].strip():
+            records.append(rec)
     return records
 
 

@@ -1,7 +1,6 @@
 """Alignment data shared by SFT, reward modelling, RLHF and the ablation's SFT evaluation: JSONL
 records, held-out splits, preference pairs and prompts encoded with the chat format, right padding."""
 
-import gzip
 import json
 import logging
 import random
@@ -11,7 +10,7 @@ import torch
 
 from zhinao.chat import ChatEncoder, as_messages
 from zhinao.config.rlhf import RLHFParams
-from zhinao.corpus import corpus_keys
+from zhinao.corpus import corpus_keys, jsonl_lines
 from zhinao.storage import open_store
 
 log = logging.getLogger(__name__)
@@ -24,17 +23,11 @@ def read_jsonl(uri: str) -> list[dict]:
     keys = corpus_keys(store)
     if not keys:
         raise SystemExit(f"no .jsonl files under {uri}")
-    for key in keys:
-        raw = store.get_bytes(key)
-        if key.endswith(".gz"):
-            raw = gzip.decompress(raw)
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                bad += 1
+    for _key, _number, line in jsonl_lines(store, keys):
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            bad += 1
     if bad:
         log.warning("skipped %d unparsable lines in %s", bad, uri)
     return records

@@ -1,7 +1,8 @@
-"""Everything around the optimizer step that every training stage needs.
+"""The process-level services every training stage uses around its loop.
 
-Process group and device, metrics (Prometheus + JSONL in object storage), resumable checkpoints,
-and the Hugging Face export the next stage starts from. Stages own only their model and data.
+Process group and device, the engine (DDP or DeepSpeed ZeRO), metrics (Prometheus + JSONL in
+object storage), resumable checkpoints, and the Hugging Face export the next stage starts from.
+The loop that drives them is zhinao.training.loop; stages own only their model, data and step.
 """
 
 import json
