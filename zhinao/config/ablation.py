@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
 from zhinao.config.data import DataParams
+from zhinao.config.optim import MAX_MICRO_BATCH, MAX_SEQ_LEN
 from zhinao.config.pretrain import ModelSize
 from zhinao.config.rlhf import RULES
 from zhinao.config.sft import SFTParams
@@ -59,8 +60,8 @@ class Proxy(SpecModel):
     tokens: int = Field(default=100_000_000_000, ge=1)
     """Training budget in tokens per run; maxSteps = tokens / (seqLen x global batch)."""
 
-    seq_len: int = Field(default=4096, ge=16)
-    micro_batch_size: int = Field(default=4, ge=1)
+    seq_len: int = Field(default=4096, ge=16, le=MAX_SEQ_LEN)
+    micro_batch_size: int = Field(default=4, ge=1, le=MAX_MICRO_BATCH)
     grad_accum_steps: int = Field(default=2, ge=1)
     replicas: int = Field(default=8, ge=1)
     """Pods per run (PyTorchJob Master + Workers)."""

@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from zhinao.config.data import InputConfig
-from zhinao.data.io import Doc, Rejected, ShardWriter, make_gid, read_input, reject_record, split_gid
+from zhinao.data.io import BadFile, Doc, Rejected, ShardWriter, make_gid, read_input, reject_record, split_gid
 from zhinao.storage import open_store
 
 CFG = InputConfig(max_doc_bytes=1000)
@@ -169,8 +169,8 @@ def test_parquet_keeps_only_owned_rows_and_bounds_batches(tmp_path, monkeypatch)
 def test_parquet_without_text_column_names_file_and_columns(tmp_path):
     path = tmp_path / "notext.parquet"
     pq.write_table(pa.table({"body": ["x"], "url": ["http://a/"]}), path)
-    with pytest.raises(ValueError, match=r"notext\.parquet.*'text'.*\['body', 'url'\]"):
-        list(read_input(path, 0, CFG))
+    (bad,) = read_input(path, 0, CFG)
+    assert isinstance(bad, BadFile) and bad.reason == "no_text_column" and "['body', 'url']" in bad.detail
     cfg = InputConfig(text_field="body")
     (doc,) = read_input(path, 0, cfg)
     assert doc.text == "x" and doc.url == "http://a/"
