@@ -24,9 +24,11 @@ MAX_NODES = 50_000
 class SpecError(ValueError):
     """A spec that cannot be used; `problems` holds one `path: reason` line each."""
 
-    def __init__(self, source: str, problems: list[str]):
+    def __init__(self, source: str, problems: list[str], what: str = "spec"):
         self.source = source
         self.problems = problems
+        self.what = what
+        """What the file is meant to be (`spec`, `Secret file`), for the headline of the error."""
         super().__init__(f"{source}: " + "; ".join(problems))
 
 

@@ -31,10 +31,10 @@ def _decode(data: dict[str, str], where: str, problems: list[str]) -> dict[str, 
     for key, value in data.items():
         try:
             out[key] = base64.b64decode(value, validate=True).decode("utf-8")
+        except UnicodeDecodeError:  # before ValueError, its base class
+            problems.append(f"{where}.{key}: decodes to bytes that are not UTF-8 text")
         except (binascii.Error, ValueError):
             problems.append(f"{where}.{key}: not valid base64 (put plain text under stringData instead)")
-        except UnicodeDecodeError:
-            problems.append(f"{where}.{key}: decodes to bytes that are not UTF-8 text")
     return out
 
 
@@ -63,9 +63,9 @@ def parse_secret_text(text: str, source: str) -> dict[str, dict[str, str]]:
         values.update(_strings(doc.get("stringData"), f"{where} (Secret {name}) stringData", problems))
         secrets[name] = values
     if problems:
-        raise SpecError(source, problems)
+        raise SpecError(source, problems, "Secret file")
     if not secrets:
-        raise SpecError(source, ["holds no document of kind Secret"])
+        raise SpecError(source, ["holds no document of kind Secret"], "Secret file")
     return secrets
 
 
@@ -73,5 +73,9 @@ def load_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
     """Secret manifests (data base64 or stringData) -> {name: {key: value}}, later files win."""
     secrets: dict[str, dict[str, str]] = {}
     for path in paths:
-        secrets.update(parse_secret_text(read_spec_file(path, "Secret file"), str(path)))
+        try:
+            secrets.update(parse_secret_text(read_spec_file(path, "Secret file"), str(path)))
+        except SpecError as exc:
+            exc.what = "Secret file"
+            raise
     return secrets
