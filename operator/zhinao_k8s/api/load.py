@@ -4,6 +4,7 @@ A spec file is untrusted input: its size, nesting and alias expansion are capped
 built from it, so a hostile file costs milliseconds and one line, never minutes and gigabytes.
 """
 
+import re
 from pathlib import Path
 from typing import TypeVar
 
@@ -52,13 +53,25 @@ def decode_text(data: bytes, source: str, what: str = "spec") -> str:
 def _check_depth(text: str) -> None:
     """Nesting measured on the parser's events (no recursion), before the recursive composer runs."""
     depth = 0
-    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+    for event in yaml.parse(text, Loader=_Loader):
         if isinstance(event, (yaml.SequenceStartEvent, yaml.MappingStartEvent)):
             depth += 1
             if depth > MAX_DEPTH:
                 raise ValueError(f"line {event.start_mark.line + 1}: nested deeper than {MAX_DEPTH} levels")
         elif isinstance(event, (yaml.SequenceEndEvent, yaml.MappingEndEvent)):
             depth -= 1
+
+
+class _Loader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2's numbers: `1e-4` is a float, as for the API server and
+    JSON (PyYAML follows YAML 1.1, where a float needs a dot, and would read a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class _Measure:
@@ -116,7 +129,7 @@ def load_yaml_documents(text: str, source: str, what: str = "spec", *, single: b
     loader = None
     try:
         _check_depth(text)
-        loader = yaml.SafeLoader(text)
+        loader = _Loader(text)
         nodes = [loader.get_single_node()] if single else []
         while not single and loader.check_node():
             nodes.append(loader.get_node())
