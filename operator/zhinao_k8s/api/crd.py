@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from zhinao_k8s.ablation_control import AblationStatus
-from zhinao_k8s.api import cel
+from zhinao_k8s.api import cel, rules
 from zhinao_k8s.api.ablation import KIND as ABLATION_KIND
 from zhinao_k8s.api.ablation import MAX_RUN_NAME, AblationSpec
 from zhinao_k8s.api.v1alpha1 import API_VERSION, GROUP, KIND, VERSION, PipelineSpec
@@ -33,7 +33,7 @@ from zhinao_k8s.status import PipelineStatus
 PLURAL = "trainingpipelines"
 SINGULAR = "trainingpipeline"
 SHORT_NAMES = ["tp", "tpipe"]
-MAX_NAME_LENGTH = 40  # Metadata.name: child jobs are `<name>-<stage>` and must fit 63 characters
+MAX_NAME_LENGTH = rules.MAX_PIPELINE_NAME
 
 PRINTER_COLUMNS = [
     {
