@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from kube_mock import KubeMock  # tests/zhinao_k8s is on sys.path (rootdir-relative discovery)
+from servers.kube_mock import KubeMock  # tests/ is on sys.path (rootdir conftest)
 from typer.testing import CliRunner
 
 from zhinao.ablation.stats import analyse

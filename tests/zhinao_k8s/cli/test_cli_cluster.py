@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from kube_mock import KubeMock, free_port  # tests/zhinao_k8s is on sys.path (rootdir-relative discovery)
+from servers.kube_mock import KubeMock, free_port  # tests/ is on sys.path (rootdir conftest)
 from typer.testing import CliRunner
 
 from zhinao_k8s.cli import cluster as cli
