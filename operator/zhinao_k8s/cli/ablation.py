@@ -1,4 +1,4 @@
-"""`zhinao-k8s ablation`: run, evaluate, report and render an Ablation (report section 2.6), or
+"""`zhinao-k8s ablation`: run, evaluate, report and render an Ablation (the 360Zhinao technical report, section 2.6), or
 submit it to a cluster and follow it there (submit, status, report NAME)."""
 
 import json

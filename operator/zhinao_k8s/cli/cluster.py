@@ -308,7 +308,7 @@ def delete(
 
 
 operator_app = typer.Typer(
-    help="The TrainingPipeline operator (what the zhinao-operator chart runs).", no_args_is_help=True
+    help="The operator of TrainingPipelines and Ablations (what the zhinao-operator chart runs).", no_args_is_help=True
 )
 
 

@@ -24,7 +24,7 @@ from zhinao.storage import open_store
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.render.ablation_runs import Run, expand_runs, prep_uri, root_uri
 from zhinao_k8s.runner.local import Listener
-from zhinao_k8s.runner.pipeline import run_pipeline
+from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 
 class AblationFailed(RuntimeError):
@@ -80,7 +80,7 @@ def train_runs(
             for stage in todo:
                 run_stage(stage_runtime(run.pipeline, stage))
         else:
-            result = run_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
+            result = run_training_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
             if not result.succeeded:
                 raise AblationFailed(
                     f"run {run.name} failed in stage {result.stages[-1][0]}: {result.stages[-1][1].reason}"
