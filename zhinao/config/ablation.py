@@ -63,11 +63,12 @@ class Proxy(SpecModel):
     seq_len: int = Field(default=4096, ge=16, le=MAX_SEQ_LEN)
     micro_batch_size: int = Field(default=4, ge=1, le=MAX_MICRO_BATCH)
     grad_accum_steps: int = Field(default=2, ge=1)
-    replicas: int = Field(default=8, ge=1)
+    # The bounds of a pipeline stage's replicas, nprocPerNode and gpu: each run is such a stage.
+    replicas: int = Field(default=8, ge=1, le=1024)
     """Pods per run (PyTorchJob Master + Workers)."""
 
-    nproc_per_node: int = Field(default=8, ge=1)
-    gpu: int = Field(default=8, ge=0)
+    nproc_per_node: int = Field(default=8, ge=1, le=64)
+    gpu: int = Field(default=8, ge=0, le=16)
     """GPUs per pod."""
 
     cpu: str = "32"
