@@ -17,6 +17,7 @@ import yaml
 from typer.testing import CliRunner
 
 from zhinao_k8s.cli.app import app
+from zhinao_k8s.examples import example_text
 
 BASE = {
     "apiVersion": "zhinao.ai/v1alpha1",
@@ -401,6 +402,34 @@ SPEC_CASES = [
 ]
 
 
+def ablation(change) -> str:
+    doc = yaml.safe_load(example_text("ablation-demo"))
+    change(doc)
+    return yaml.safe_dump(doc)
+
+
+SPEC_CASES += [
+    Case(
+        "ablation: proxy cpu negative",
+        ablation(lambda d: d["spec"].setdefault("proxy", {}).update(cpu="-4")),
+        ["spec.proxy.cpu:", "quantity"],
+        command="ablation render",
+    ),
+    Case(
+        "ablation: name starts with a digit",
+        ablation(lambda d: d["metadata"].update(name="1abl")),
+        ["metadata.name:", "DNS-1035"],
+        command="ablation render",
+    ),
+    Case(
+        "ablation: proxy replicas unbounded",
+        ablation(lambda d: d["spec"].setdefault("proxy", {}).update(replicas=5000)),
+        ["spec.proxy.replicas: must be <= 1024"],
+        command="ablation render",
+    ),
+]
+
+
 def billion_laughs(levels: int = 9, width: int = 10) -> str:
     lines = ['a0: &a0 "lol"']
     for k in range(1, levels + 1):
@@ -477,7 +506,7 @@ def invoke(tmp_path: Path, case: Case):
     path = tmp_path / "spec.yaml"
     text = RUNNABLE if case.secret is not None else case.text
     path.write_bytes(text if isinstance(text, bytes) else text.encode())
-    args = [case.command, str(path)]
+    args = [*case.command.split(), str(path)]
     if case.command == "run" or case.secret is not None:
         args = ["run", str(path), "--workdir", str(tmp_path / "w")]
     if case.secret is not None:
