@@ -7,8 +7,8 @@ from typing import get_args
 
 from zhinao.config.kinds import KIND_NAMES, STAGE_KINDS
 from zhinao.stages import STAGE_MODULES
+from zhinao_k8s.api.v1alpha1 import STAGE_CLASSES, Stage
 from zhinao_k8s.api.v1alpha1 import STAGE_KINDS as SPEC_KINDS
-from zhinao_k8s.api.v1alpha1 import Stage
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -16,6 +16,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def test_the_spec_accepts_exactly_the_registered_kinds():
     union = get_args(get_args(Stage)[0])
     assert SPEC_KINDS == KIND_NAMES
+    assert union == STAGE_CLASSES
     assert [get_args(m.model_fields["kind"].annotation) for m in union] == [(k,) for k in KIND_NAMES]
     for model, kind in zip(union, STAGE_KINDS, strict=True):
         assert model.__name__ == kind.spec_model

@@ -1,9 +1,11 @@
-"""The stage kinds: the one registry a new kind is added to (pure: pydantic models only).
+"""The stage kinds: the one registry of kinds (pure: pydantic models only).
 
 A kind names its typed parameters; its code is the module `zhinao.stages.<kind>` (a `Params`
-alias and a `run`); the spec (operator/zhinao_k8s/api/v1alpha1.py) builds its stage model from
-this table, so the CRD, the validator and the trainer accept the same kinds. README.md's
-"Stage kinds" line lists them (tests/test_stage_kinds.py checks all four agree).
+alias and a `run`), which `python -m zhinao` finds from here; its spec model
+(operator/zhinao_k8s/api/v1alpha1.py, `<Kind>Stage`: the inputs it reads and its cross-field
+rules) takes `STAGE_KINDS` from here. tests/test_stage_kinds.py checks that the registry, the
+spec's stage models, the stage modules, README.md's "Stage kinds" line and docs/kubernetes.md's
+table agree, so a kind added in one place and missing in another fails the suite.
 """
 
 from dataclasses import dataclass
@@ -25,7 +27,7 @@ class StageKind:
     params: type[SpecModel]
     """The stage's typed hyperparameters (`params` in the spec)."""
     spec_model: str
-    """The class name of its spec model; it titles the stage's definition in the CRD schema."""
+    """The class name of its spec model in operator/zhinao_k8s/api/v1alpha1.py."""
 
     @property
     def module(self) -> str:

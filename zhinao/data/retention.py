@@ -127,6 +127,13 @@ def format_table(report: dict) -> str:
             )
         lines.append("")
         lines.append("Tokens are estimated as UTF-8 bytes / 4 (the tokenizer is trained after this stage).")
+    files = report.get("files") or {}
+    if files.get("rejected") or files.get("skipped"):
+        lines += ["", "| input file | problem | lines read |", "|---|---|---:|"]
+        for f in files.get("rejected", []):
+            lines.append(f"| {f['file']} | {f['reason']}: {f['detail']} | {f['lines_read']:,} |")
+        for f in files.get("skipped", []):
+            lines.append(f"| {f['file']} | skipped: {f['reason']} | 0 |")
     return "\n".join(lines) + "\n"
 
 
@@ -174,6 +181,14 @@ def write_retention(store: ObjectStore, report: dict, *, tmp_png: str) -> dict[s
     plot_cascade(report, tmp_png)
     store.put_file(f"{REPORT_PREFIX}/retention.png", tmp_png)
     return {n: store.url(f"{REPORT_PREFIX}/retention.{n}") for n in ("json", "md", "png")}
+
+
+RETENTION_JSON = f"{REPORT_PREFIX}/retention.json"
+
+
+def has_retention(store: ObjectStore) -> bool:
+    """Whether a data-stage output holds its retention cascade."""
+    return store.exists(RETENTION_JSON)
 
 
 def read_retention(store: ObjectStore) -> dict:

@@ -10,12 +10,13 @@ from rich.console import Console
 from rich.table import Table
 
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
+from zhinao_k8s.api.secrets import load_secrets
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.cli.errors import EXIT_FAILED
 from zhinao_k8s.cli.progress import RunDisplay
 from zhinao_k8s.examples import example_text
 from zhinao_k8s.render.pytorchjob import render_pipeline
-from zhinao_k8s.runner.pipeline import PipelineResult, run_pipeline
+from zhinao_k8s.runner.pipeline import PipelineResult, run_training_pipeline
 
 out = Console(highlight=False)
 SpecArg = Annotated[Path, typer.Argument(help="TrainingPipeline YAML file.", exists=False)]
@@ -44,29 +45,14 @@ def render(spec: SpecArg) -> None:
     print(to_yaml(render_pipeline(load_pipeline(spec))), end="")
 
 
-def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
-    """Secret manifests (data base64 or stringData) -> {name: {key: value}}."""
-    import base64
-
-    secrets: dict[str, dict[str, str]] = {}
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "Secret":
-                continue
-            data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
-            data.update(doc.get("stringData") or {})
-            secrets[doc["metadata"]["name"]] = data
-    return secrets
-
-
 def run_local(
     pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: list[str] | None, verbose: bool
 ) -> PipelineResult:
     workdir.mkdir(parents=True, exist_ok=True)
     if verbose:
-        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
+        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
     with RunDisplay(pipeline, workdir) as display:
-        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
+        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
 
 
 def headline(summary: dict) -> str:
@@ -142,7 +128,7 @@ def run(
     RANK, PET_*), restarted as a whole on failure up to the stage's backoffLimit.
     """
     pipeline = load_pipeline(spec)
-    result = run_local(pipeline, workdir, parse_secrets(secret), stage or None, verbose)
+    result = run_local(pipeline, workdir, load_secrets(secret), stage or None, verbose)
     print_result(result, pipeline)
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
@@ -186,14 +172,15 @@ def demo(
     (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
     result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
-    report = write_report(workdir, pipeline, result)
-    out.print(f"report: {report}")
+    overview = write_run_overview(workdir, pipeline, result)
+    out.print(f"report: {overview}")
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
 
 
-def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
-    """REPORT.md beside the run: one section per stage with its summary and plots."""
+def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
+    """REPORT.md beside the run (the file name users know): one section per stage with its summary
+    and the plots from the stage's `report/` folder."""
     from zhinao.artifacts import StageOutput
 
     lines = [
