@@ -10,13 +10,14 @@ from rich.console import Console
 from rich.table import Table
 
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
+from zhinao_k8s.api.secrets import load_secrets
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.cli.errors import EXIT_FAILED
 from zhinao_k8s.cli.plan import check_fit
 from zhinao_k8s.cli.progress import RunDisplay
 from zhinao_k8s.examples import example_text
 from zhinao_k8s.render.pytorchjob import render_pipeline
-from zhinao_k8s.runner.pipeline import PipelineResult, run_pipeline
+from zhinao_k8s.runner.pipeline import PipelineResult, run_training_pipeline
 
 out = Console(highlight=False)
 SpecArg = Annotated[Path, typer.Argument(help="TrainingPipeline YAML file.", exists=False)]
@@ -56,29 +57,14 @@ def render(spec: SpecArg) -> None:
     print(to_yaml(render_pipeline(load_pipeline(spec))), end="")
 
 
-def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
-    """Secret manifests (data base64 or stringData) -> {name: {key: value}}."""
-    import base64
-
-    secrets: dict[str, dict[str, str]] = {}
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "Secret":
-                continue
-            data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
-            data.update(doc.get("stringData") or {})
-            secrets[doc["metadata"]["name"]] = data
-    return secrets
-
-
 def run_local(
     pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: list[str] | None, verbose: bool
 ) -> PipelineResult:
     workdir.mkdir(parents=True, exist_ok=True)
     if verbose:
-        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
+        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
     with RunDisplay(pipeline, workdir) as display:
-        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
+        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
 
 
 def headline(summary: dict) -> str:
@@ -113,7 +99,7 @@ def headline(summary: dict) -> str:
 
 
 def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
-    from zhinao.storage import open_store
+    from zhinao.artifacts import StageOutput
 
     table = Table(title="summary")
     for col in ("stage", "result", "seconds", "restarts", "outputs"):
@@ -131,10 +117,10 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
         if not job.succeeded:
             out.print(f"[red]{name} failed:[/] {job.reason}")
             continue
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
-        if not store.exists("summary.json"):
+        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        if not output.is_finished():
             continue
-        summary = json.loads(store.get_bytes("summary.json"))
+        summary = output.read_summary()
         out.print(f"[bold]{name}[/]: {headline(summary)}")
         for key in ("checkpoints", "hf", "loss_curve", "report"):
             if isinstance(summary.get(key), str):
@@ -154,7 +140,7 @@ def run(
     RANK, PET_*), restarted as a whole on failure up to the stage's backoffLimit.
     """
     pipeline = load_pipeline(spec)
-    result = run_local(pipeline, workdir, parse_secrets(secret), stage or None, verbose)
+    result = run_local(pipeline, workdir, load_secrets(secret), stage or None, verbose)
     print_result(result, pipeline)
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
@@ -198,15 +184,16 @@ def demo(
     (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
     result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
-    report = write_report(workdir, pipeline, result)
-    out.print(f"report: {report}")
+    overview = write_run_overview(workdir, pipeline, result)
+    out.print(f"report: {overview}")
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
 
 
-def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
-    """REPORT.md beside the run: one section per stage with its summary and plots."""
-    from zhinao.storage import open_store
+def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
+    """REPORT.md beside the run (the file name users know): one section per stage with its summary
+    and the plots from the stage's `report/` folder."""
+    from zhinao.artifacts import StageOutput
 
     lines = [
         f"# {pipeline.metadata.name}: local run report",
@@ -220,11 +207,12 @@ def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResu
             f"| {job.seconds:.1f} | {job.restarts} |"
         )
     for name, _job in result.stages:
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
+        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        store = output.store
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
-        keys = store.list("report/")
-        if store.exists("summary.json") and not any(k.endswith(".md") for k in keys):
-            lines += ["", "```json", store.get_bytes("summary.json").decode().strip(), "```"]
+        keys = output.report_keys()
+        if output.is_finished() and not any(k.endswith(".md") for k in keys):
+            lines += ["", "```json", json.dumps(output.read_summary(), indent=2), "```"]
         for key in keys:
             if key.endswith(".png"):
                 local = workdir / "report" / f"{name}-{Path(key).name}"

@@ -17,14 +17,15 @@ import numpy as np
 
 from zhinao.ablation.evaluate import evaluate_run, load_tasks
 from zhinao.ablation.prepare import prepare, read_records
-from zhinao.ablation.report import RunResult, build_report, write_report
+from zhinao.ablation.results import RunResult, build_results, write_results
 from zhinao.ablation.sft_eval import evaluate_sft
 from zhinao.ablation.suite import build_suite
+from zhinao.artifacts import StageOutput
 from zhinao.storage import open_store
-from zhinao_k8s.ablation_plan import Run, plan_runs, prep_uri, root_uri
 from zhinao_k8s.api.ablation import Ablation
+from zhinao_k8s.render.ablation_runs import Run, expand_runs, prep_uri, root_uri
 from zhinao_k8s.runner.local import Listener
-from zhinao_k8s.runner.pipeline import run_pipeline
+from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 
 class AblationFailed(RuntimeError):
@@ -61,12 +62,12 @@ def train_runs(
     ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False
 ) -> list[Run]:
     notify = _notify(listener)
-    runs = plan_runs(ablation)
+    runs = expand_runs(ablation)
     for i, run in enumerate(runs, 1):
         todo = [
             stage
             for stage in run.pipeline.spec.stages  # stages added later (sft) run alone
-            if not open_store(run.pipeline.output_of(stage)).exists("summary.json")
+            if not StageOutput.at(run.pipeline.output_of(stage)).is_finished()
         ]
         if not todo:
             notify("run-skipped", {"run": run.name, "i": i, "n": len(runs)})
@@ -80,7 +81,7 @@ def train_runs(
             for stage in todo:
                 run_stage(stage_runtime(run.pipeline, stage))
         else:
-            result = run_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
+            result = run_training_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
             if not result.succeeded:
                 raise AblationFailed(
                     f"run {run.name} failed in stage {result.stages[-1][0]}: {result.stages[-1][1].reason}"
@@ -115,7 +116,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
         valid = np.load(local)
     items = benchmark_items(ablation)
     results = []
-    runs = plan_runs(ablation)
+    runs = expand_runs(ablation)
     for i, run in enumerate(runs, 1):
         key = f"runs/{run.name}.json"
         result = json.loads(root.get_bytes(key)) if root.exists(key) else None
@@ -136,7 +137,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             root.put_bytes(key, json.dumps(result, indent=1).encode())
         results.append(RunResult(run.recipe, run.index, run.seed, run.name, result))
     prep_summary = json.loads(prep.get_bytes("done.json"))
-    report = build_report(
+    report = build_results(
         ablation.metadata.name,
         results,
         [r.name for r in spec.recipes],
@@ -150,8 +151,8 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             },
         },
     )
-    write_report(root.child("report"), report, results)
-    notify("report", {"uri": root.url("report/report.md")})
+    write_results(StageOutput(root).report, report, results)
+    notify("report", {"uri": StageOutput(root).report_url("report.md")})
     return report
 
 
