@@ -53,7 +53,12 @@ def test_validate_refuses_a_stage_that_does_not_fit_and_names_it(tmp_path):
 
 
 def test_plan_prints_every_gpu_stage_and_validate_accepts_a_fit(tmp_path):
-    reward = {"name": "rm", "kind": "reward", "resources": {"gpu": 1}, "inputs": {"model": "stage://pre"}}
+    reward = {
+        "name": "rm",
+        "kind": "reward",
+        "resources": {"gpu": 1},
+        "inputs": {"model": "stage://pre", "preferences": "file:///p.jsonl"},
+    }
     spec = _spec(tmp_path, "16G", extra_stage=reward)
     result = runner.invoke(app, ["plan", str(spec)])
     assert result.exit_code == 0, result.output

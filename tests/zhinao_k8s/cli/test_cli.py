@@ -52,6 +52,7 @@ def test_help_lists_every_command():
     rows = re.findall(r"^│ ([a-z]+) ", panel, re.M)
     assert rows == [
         "validate",
+        "plan",
         "render",
         "run",
         "demo",
