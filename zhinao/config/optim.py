@@ -6,9 +6,9 @@ stages give it as a fraction of the steps their epochs come to, the pretraining 
 of steps of their fixed budget.
 """
 
-from typing import Literal
+from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
 
@@ -61,11 +61,16 @@ class OptimParams(SpecModel):
     zero_stage: ZeroStage = 0
     """DeepSpeed ZeRO stage 1-3 (engine `deepspeed`, or `auto` with a stage > 0); 0: no DeepSpeed."""
 
+    FSDP_CAPABLE: ClassVar[bool] = False
+    """Whether the stage only runs its model through the engine, as FSDP2's sharded root needs (the
+    alignment and long-context stages also evaluate and generate with the bare model)."""
+
     engine: EngineKind = "auto"
     """How the ranks share the model. `ddp`: full replicas; `fsdp`: PyTorch FSDP2, every transformer
     block sharded, bf16 parameters and fp32 gradient reduction; `deepspeed`: ZeRO `zeroStage` (3 when
     left at 0). `auto`: DeepSpeed when zeroStage > 0, else FSDP2 for models of 1B parameters and up
-    (their fp32 Adam state alone outgrows one GPU replicated), else DDP."""
+    (their fp32 Adam state alone outgrows one GPU replicated) in the pretrain stage, else DDP. `fsdp`
+    is the pretrain stage's only; the others shard with `deepspeed` (zeroStage 3)."""
 
     activation_checkpointing: ActivationCheckpointing = "auto"
     """Recompute transformer blocks in backward instead of keeping their activations. `full`: every
@@ -87,6 +92,12 @@ class OptimParams(SpecModel):
 
     log_every: int = Field(default=1, ge=1)
     """Log a progress line every N steps (the JSONL record and Prometheus are updated every step)."""
+
+    @model_validator(mode="after")
+    def _fsdp_where_supported(self) -> "OptimParams":
+        if self.engine == "fsdp" and not self.FSDP_CAPABLE:
+            raise ValueError("engine: fsdp is for the pretrain stage; shard this stage with engine deepspeed")
+        return self
 
 
 class FinetuneOptimParams(OptimParams):

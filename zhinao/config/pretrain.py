@@ -14,6 +14,7 @@ ModelSize = Literal["tiny", "0.5b", "1.8b", "7b"]
 
 
 class PretrainParams(OptimParams):
+    FSDP_CAPABLE = True  # the causal-LM loop only trains and exports through the engine
     model_size: ModelSize = "tiny"
     """Named 360Zhinao-architecture size; `1.8b` is the report's ablation model, `7b` the released one."""
 

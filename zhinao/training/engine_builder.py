@@ -34,7 +34,8 @@ def engine_kind(params, *, n_params: int, world_size: int) -> str:
         return params.engine
     if params.zero_stage > 0:
         return "deepspeed"
-    return "fsdp" if n_params >= SHARDED_FROM_PARAMS and world_size > 1 else "ddp"
+    sharded = params.FSDP_CAPABLE and n_params >= SHARDED_FROM_PARAMS and world_size > 1
+    return "fsdp" if sharded else "ddp"
 
 
 def checkpoint_mode(params, *, n_params: int) -> str:
