@@ -57,8 +57,9 @@ class LongContextParams(OptimParams):
     """Written into the exported config; default seqLen (the report's 32K model: 32768)."""
 
     sequence_parallel: int = Field(default=1, ge=1, le=1024)
-    """Ranks one sequence is split across (ring attention). Must divide the world size; the data
-    parallel degree is worldSize / sequenceParallel. 1: every rank holds whole sequences."""
+    """Ranks one sequence is split across (ring attention, zigzag layout: each rank holds 2 of
+    2 x sequenceParallel chunks). Must divide the world size; the data parallel degree is
+    worldSize / sequenceParallel. 1: every rank holds whole sequences."""
 
     micro_batch_size: int = Field(default=1, ge=1)
     """Sequences per sequence-parallel group per forward pass."""
@@ -117,9 +118,10 @@ class LongContextParams(OptimParams):
     def _consistent(self) -> "LongContextParams":
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmupSteps ({self.warmup_steps}) must be < maxSteps ({self.max_steps})")
-        if self.seq_len % self.sequence_parallel:
+        if self.sequence_parallel > 1 and self.seq_len % (2 * self.sequence_parallel):
             raise ValueError(
-                f"seqLen ({self.seq_len}) must be divisible by sequenceParallel ({self.sequence_parallel})"
+                f"seqLen ({self.seq_len}) must be divisible by 2 x sequenceParallel ({self.sequence_parallel}): "
+                "the zigzag layout cuts it into that many chunks"
             )
         if self.zero_stage and self.sequence_parallel > 1:
             raise ValueError("zeroStage > 0 needs sequenceParallel 1 (ring attention runs under DDP)")
