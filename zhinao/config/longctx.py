@@ -16,18 +16,20 @@ from pydantic import Field, model_validator
 from zhinao.config._base import SpecModel
 from zhinao.config.optim import Attention, OptimParams, Precision, ZeroStage
 
-NeedlePreset = Literal["en", "zh"]
+NeedlePreset = Literal["en", "zh", "kv"]
 
 
 class NeedleParams(SpecModel):
-    """Needle-in-a-haystack evaluation run on rank 0 after training (report Fig. 4)."""
+    """Needle-in-a-haystack evaluation run on rank 0 after training (report Fig. 4), in bf16
+    autocast, the depths of one length decoded as one batch."""
 
     enabled: bool = True
     """Run the evaluation and write report/needle.png + report/needle.json."""
 
     preset: NeedlePreset = "en"
     """`en`: the original needle (San Francisco / Dolores Park, scored by the regex
-    `sandwich.+?dolores.+?sunny`); `zh`: the Chinese needle whose answer is 刘秀."""
+    `sandwich.+?dolores.+?sunny`); `zh`: the Chinese needle whose answer is 刘秀; `kv`: value
+    retrieval (Arize-style): a different random "special magic {city} number" in every cell."""
 
     lengths: list[int] | None = None
     """Context lengths in tokens. Default: `numLengths` values spaced evenly from `minLength` to

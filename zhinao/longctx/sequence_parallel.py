@@ -236,19 +236,26 @@ class _RingAttention(torch.autograd.Function):
 
 
 def ring_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sp: SequenceParallel, scale: float | None = None
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    sp: SequenceParallel,
+    scale: float | None = None,
+    kernel: BlockKernel | None = None,
 ) -> torch.Tensor:
     """Causal attention of this rank's query shard over the whole sequence's keys/values.
 
     q, k, v: [batch, heads, T/S, head_dim], the shard of rank sp.rank in sp.sharding's layout
     (same head count: repeat grouped K/V heads first). Returns [batch, heads, T/S, head_dim] in
     q's dtype; differentiable. k and v are cast to q's dtype (autocast may leave them apart).
+    kernel: the block kernel; default the fused one for q's device (bench/ wraps it with a timer).
     """
     if q.shape != k.shape or k.shape != v.shape:
         raise ValueError(f"q, k, v must have one shape, got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(v.shape)}")
     if sp.sharding == "zigzag" and q.shape[2] % 2:
         raise ValueError(f"a zigzag shard holds two equal chunks, got {q.shape[2]} rows")
-    kernel = kernel_for(q.device)
+    kernel = kernel or kernel_for(q.device)
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return _RingAttention.apply(q, k.to(q.dtype), v.to(q.dtype), scale, sp, kernel)
 
@@ -258,13 +265,46 @@ def ring_attention(
 _active: SequenceParallel | None = None
 
 
+@dataclass
+class DecodeState:
+    """Set by sequence-parallel generation (zhinao.longctx.sp_generate) while it decodes: the number
+    of cached keys each rank holds from the ring prefill. Tokens after the prefill are cached on
+    every rank, but counted only on rank 0, so that each key enters the softmax once."""
+
+    prefill_keys: int | None = None
+
+
+decode_state = DecodeState()
+
+
 def _repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x if n_rep == 1 else x.repeat_interleave(n_rep, dim=1)
 
 
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, sp: SequenceParallel, scale: float):
+    """Attention of new query rows over the KV cache spread across the group (every key is in the
+    past of a decoded token, so nothing is masked): each rank attends over its own keys, the
+    (output, log-sum-exp) pairs are all-gathered, and the log-sum-exp merge gives every rank the
+    same result. q: [batch, heads, new, head_dim]; k, v: this rank's cache."""
+    if decode_state.prefill_keys is None:
+        raise RuntimeError("ring attention got a KV cache outside sequence-parallel generation")
+    keys = k.shape[2] if sp.rank == 0 else decode_state.prefill_keys
+    out, lse = kernel_for(q.device).forward(q, k[:, :, :keys], v[:, :, :keys], causal=False, scale=scale)
+    acc = _acc_dtype(q.dtype)
+    outs = [torch.empty(out.shape, dtype=acc, device=q.device) for _ in range(sp.size)]
+    lses = [torch.empty(lse.shape, dtype=acc, device=q.device) for _ in range(sp.size)]
+    dist.all_gather(outs, out.to(acc).contiguous(), group=sp.group)
+    dist.all_gather(lses, lse.to(acc).contiguous(), group=sp.group)
+    lse_all = torch.stack(lses)
+    weights = torch.exp(lse_all - torch.logsumexp(lse_all, dim=0)).unsqueeze(-1)
+    return (weights * torch.stack(outs)).sum(0).to(q.dtype)
+
+
 def ring_attention_forward(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **_):
     """transformers attention-interface function (query/key/value [batch, heads, seq, head_dim],
-    RoPE already applied); returns ([batch, seq, heads, head_dim], None) like the built-ins."""
+    RoPE already applied); returns ([batch, seq, heads, head_dim], None) like the built-ins.
+    Training and prefill (as many keys as queries) go around the ring; decoding with a cache
+    (more keys than queries) merges every rank's cached keys (decode_attention)."""
     if _active is None:
         raise RuntimeError(f"attention {ATTENTION_NAME!r} used without activate_sequence_parallel()")
     if attention_mask is not None:
@@ -272,7 +312,12 @@ def ring_attention_forward(module, query, key, value, attention_mask, scaling=No
     if dropout:
         raise ValueError("ring attention does not implement attention dropout")
     n_rep = query.shape[1] // key.shape[1]
-    out = ring_attention(query, _repeat_kv(key, n_rep), _repeat_kv(value, n_rep), sp=_active, scale=scaling)
+    key, value = _repeat_kv(key, n_rep).to(query.dtype), _repeat_kv(value, n_rep).to(query.dtype)
+    if key.shape[2] != query.shape[2]:
+        scale = query.shape[-1] ** -0.5 if scaling is None else scaling
+        out = decode_attention(query, key, value, sp=_active, scale=scale)
+    else:
+        out = ring_attention(query, key, value, sp=_active, scale=scaling)
     return out.transpose(1, 2).contiguous(), None
 
 
