@@ -160,6 +160,16 @@ def _acc_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.promote_types(dtype, torch.float32)
 
 
+def _merge(out: torch.Tensor, lse: torch.Tensor, rows: slice, block_out: torch.Tensor, block_lse: torch.Tensor):
+    """Fold one block's (output, log-sum-exp) into the running result of `rows`, in place."""
+    old = lse[:, :, rows]
+    merged = torch.logaddexp(old, block_lse)
+    out[:, :, rows] = out[:, :, rows] * torch.exp(old - merged).unsqueeze(-1) + block_out * torch.exp(
+        block_lse - merged
+    ).unsqueeze(-1)
+    lse[:, :, rows] = merged
+
+
 class _RingAttention(torch.autograd.Function):
     @staticmethod
     def forward(ctx, q, k, v, scale: float, sp: SequenceParallel, kernel: BlockKernel):
@@ -180,13 +190,7 @@ class _RingAttention(torch.autograd.Function):
                         causal=work.causal,
                         scale=scale,
                     )
-                    # log-sum-exp merge of this block into the rows' running result
-                    old = lse[:, :, work.rows]
-                    merged = torch.logaddexp(old, block_lse.to(acc))
-                    out[:, :, work.rows] = out[:, :, work.rows] * torch.exp(old - merged).unsqueeze(-1) + block_out.to(
-                        acc
-                    ) * torch.exp(block_lse.to(acc) - merged).unsqueeze(-1)
-                    lse[:, :, work.rows] = merged
+                    _merge(out, lse, work.rows, block_out.to(acc), block_lse.to(acc))
                 if pending is not None:
                     _wait(pending[1])
                     block = pending[0]
