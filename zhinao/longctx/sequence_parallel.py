@@ -142,10 +142,11 @@ def block_work(sp: SequenceParallel, src: int, shard_len: int) -> BlockWork | No
 
 def _ring_exchange(tensors: list[torch.Tensor], sp: SequenceParallel) -> tuple[list[torch.Tensor], list]:
     """Start sending `tensors` to the next rank and receiving the previous rank's into new buffers."""
+    tensors = [t.contiguous() for t in tensors]  # transformers hands over transposed views
     received = [torch.empty_like(t) for t in tensors]
     ops = []
     for send, recv in zip(tensors, received):
-        ops.append(dist.P2POp(dist.isend, send.contiguous(), group=sp.group, group_peer=sp.next_rank))
+        ops.append(dist.P2POp(dist.isend, send, group=sp.group, group_peer=sp.next_rank))
         ops.append(dist.P2POp(dist.irecv, recv, group=sp.group, group_peer=sp.prev_rank))
     return received, dist.batch_isend_irecv(ops)
 

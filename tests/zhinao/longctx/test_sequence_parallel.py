@@ -76,7 +76,8 @@ def _attention_worker(rank: int, world: int, port: int, out_dir: str) -> None:
             ref_out = F.scaled_dot_product_attention(*ref, is_causal=True)
             ref_out.backward(dout.double())
             index = _shard_index(q.shape[2], sp)
-            mine = [t[:, :, index].clone().requires_grad_() for t in (q, k, v)]
+            # [batch, seq, heads, dim] storage seen as [batch, heads, seq, dim], as transformers hands it over
+            mine = [t[:, :, index].transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v)]
             out = ring_attention(*mine, sp=sp)
             out.backward(dout[:, :, index])
             key = f"{sharding}/{str(dtype).removeprefix('torch.')}"
