@@ -47,7 +47,7 @@ def generate(
         last = torch.zeros(batch, logits.shape[-1], dtype=torch.float32, device=input_ids.device)
         for span in shard_spans(prefill, sp):
             if prefill - 1 in span:
-                last = logits[:, offset + prefill - 1 - span.start].float()
+                last = logits[:, offset + prefill - 1 - span.start].float().contiguous()  # all_reduce needs it
             offset += len(span)
         dist.all_reduce(last, group=sp.group)
         for position in range(prefill, seq_len):

@@ -18,7 +18,7 @@ from zhinao.longctx.needle import evaluate
 from zhinao.longctx.sequence_parallel import activate_sequence_parallel, init_sequence_parallel
 
 NEW_TOKENS = 8
-PROMPT_LEN = 45  # 45 = 11 * 4 + 1: one token over after a zigzag prefill on 2 ranks
+PROMPT_LEN = 45  # 45 = 11 * 4 + 1: one token over after the ring prefill on 2 ranks
 
 
 def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:
@@ -36,12 +36,21 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
         eos_token_id=[0],
         pad_token_id=0,
     )[:, PROMPT_LEN:]
-    model.set_attn_implementation(activate_sequence_parallel(sp))
+    ring = activate_sequence_parallel(sp)
+    model.set_attn_implementation(ring)
     got = sp_generate.generate(model, prompts, sp, max_new_tokens=NEW_TOKENS, stop_ids=[0])
     # A stop id ends a row early; the rows that stopped are padded with it.
     first = int(expected[0, 2])
     stopped = sp_generate.generate(model, prompts, sp, max_new_tokens=NEW_TOKENS, stop_ids=[first])
     result = {"expected": expected.tolist(), "got": got.tolist(), "stopped": stopped.tolist(), "first": first}
+    # A prompt the ring prefills whole (no token over), batch of 3.
+    whole = torch.randint(3, 97, (3, 44))
+    model.set_attn_implementation("sdpa")
+    result["whole_expected"] = model.generate(
+        input_ids=whole, attention_mask=torch.ones_like(whole), max_new_tokens=4, do_sample=False, eos_token_id=[0]
+    )[:, 44:].tolist()
+    model.set_attn_implementation(ring)
+    result["whole"] = sp_generate.generate(model, whole, sp, max_new_tokens=4, stop_ids=[0]).tolist()
 
     # The needle grid, batched, once across the ranks and once on one process (fp32: exact tokens).
     tok = CharTokenizer(ALPHABET + "".join(chr(0x4E00 + i) for i in range(97)))  # covers the model's ids
@@ -61,6 +70,7 @@ def test_two_rank_generation_decodes_the_single_process_tokens(tmp_path, shardin
     for rank in range(2):
         result = json.loads((tmp_path / f"rank-{rank}.json").read_text())
         assert result["got"] == result["expected"], rank
+        assert result["whole"] == result["whole_expected"], rank
         assert len(set(result["expected"][0])) > 1  # the model does not just repeat one token
         assert result["stopped"][0][:3] == result["expected"][0][:3]
         assert all(t == result["first"] for t in result["stopped"][0][3:])
