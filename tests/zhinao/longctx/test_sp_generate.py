@@ -57,6 +57,8 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     cells = dict(lengths=[250, 333], depths=[0.0, 50.0, 100.0], preset="kv", max_new_tokens=6, precision="fp32")
     haystack = "The grass is green. The sky is blue! Water is wet. "
     result["needle_sp"] = evaluate(model, tok, haystack, sp=sp, **cells)["cells"]
+    bf16 = evaluate(model, tok, haystack, sp=sp, **{**cells, "precision": "bf16"})  # bf16 kernels, bf16 cache
+    result["needle_bf16_cells"] = len(bf16["cells"])
     model.set_attn_implementation("sdpa")
     result["needle_local"] = evaluate(model, tok, haystack, **cells)["cells"]
     with open(f"{out_dir}/rank-{rank}.json", "w") as f:
@@ -75,3 +77,4 @@ def test_two_rank_generation_decodes_the_single_process_tokens(tmp_path, shardin
         assert result["stopped"][0][:3] == result["expected"][0][:3]
         assert all(t == result["first"] for t in result["stopped"][0][3:])
         assert result["needle_sp"] == result["needle_local"] and len(result["needle_sp"]) == 6
+        assert result["needle_bf16_cells"] == 6
