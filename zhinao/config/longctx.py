@@ -20,8 +20,9 @@ NeedlePreset = Literal["en", "zh", "kv"]
 
 
 class NeedleParams(SpecModel):
-    """Needle-in-a-haystack evaluation run on rank 0 after training (report Fig. 4), in bf16
-    autocast, the depths of one length decoded as one batch."""
+    """Needle-in-a-haystack evaluation run after training (report Fig. 4), in bf16 autocast, the
+    depths of one length decoded as one batch; on rank 0, or with sequenceParallel > 1 across the
+    first sequence-parallel group (prefill through the ring)."""
 
     enabled: bool = True
     """Run the evaluation and write report/needle.png + report/needle.json."""
@@ -85,7 +86,8 @@ class LongContextParams(OptimParams):
     """`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU. RoPE inverse frequencies stay fp32."""
 
     attention: Attention = "auto"
-    """Attention kernel when sequenceParallel is 1 and for the needle evaluation."""
+    """Attention kernel when sequenceParallel is 1 (training and the needle evaluation); with
+    sequenceParallel > 1 both use the ring."""
 
     zero_stage: ZeroStage = 0
     """0: PyTorch DDP; 1-3: DeepSpeed ZeRO (only with sequenceParallel 1)."""
