@@ -85,6 +85,7 @@ def refused(*args: str) -> str:
 def test_there_are_the_scenarios() -> None:
     assert {p.name for p in SCENARIOS} >= {
         "default-values.yaml",
+        "gpu-cluster-values.yaml",
         "operator-values.yaml",
         "plain-values.yaml",
         "plain-single-stage-values.yaml",
@@ -426,6 +427,7 @@ def test_values_schema_pipeline_is_the_models_schema() -> None:
         "metrics",
         "stages",
         "retryPolicy",
+        "scheduling",
         "suspend",
     }
     assert schema["definitions"]["Credentials"]["properties"].keys() == {"secretRef"}
