@@ -35,9 +35,12 @@ def with_scheduling(job: dict, s: Scheduling) -> dict:
     job = copy.deepcopy(job)
     for replica in job["spec"]["pytorchReplicaSpecs"].values():
         _pod_spec(replica["template"]["spec"], s)
+    run_policy = job["spec"]["runPolicy"]
     if s.queue_name:
         job["metadata"]["labels"][KUEUE_QUEUE_LABEL] = s.queue_name
-    run_policy = job["spec"]["runPolicy"]
+        # Created suspended, so no pod starts before Kueue admits the job (with or without its
+        # webhook); Kueue resumes it, and the operator never does (controller/plan_pipeline.py).
+        run_policy["suspend"] = True
     if s.scheduling_policy:
         run_policy["schedulingPolicy"] = s.scheduling_policy.to_wire()
     if s.ttl_seconds_after_finished is not None:

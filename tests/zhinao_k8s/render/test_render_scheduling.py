@@ -74,6 +74,7 @@ def test_pipeline_defaults_reach_every_replica_of_every_stage(jobs):
         assert pod["serviceAccountName"] == "zhinao-trainer"
     for job in jobs.values():
         assert job["metadata"]["labels"][KUEUE_QUEUE_LABEL] == "team-a"
+        assert job["spec"]["runPolicy"]["suspend"] is True  # until Kueue admits it
         assert job["spec"]["runPolicy"]["ttlSecondsAfterFinished"] == 86400
 
 
