@@ -10,7 +10,7 @@ import kmock
 import pytest
 from servers.kube_mock import KubeMock
 from servers.operator_thread import NS, Operator, set_job_condition, wait_for
-from test_operator_kmock import job, pipeline_doc, status
+from test_operator_kmock import invalid_pipeline_doc, job, pipeline_doc, status
 
 from zhinao_k8s.api.scheduling import KUEUE_QUEUE_LABEL
 from zhinao_k8s.controller.handlers import RECONCILE_INTERVAL
@@ -61,9 +61,7 @@ def test_an_invalid_pipeline_is_reported_once(kube: KubeMock, operator: Operator
     """One status write and one error: kopf's per-object error log is what it posts as an Event
     on a real cluster (kmock receives no Events, so the log is read here)."""
     cluster = operator.cluster
-    bad = pipeline_doc("bad")
-    bad["spec"]["stages"][1]["replicas"] = 0
-    cluster.create_pipeline(NS, bad)
+    cluster.create_pipeline(NS, invalid_pipeline_doc("bad"))
     wait_for("InvalidSpec", lambda: status(cluster, "bad").get("reason") == "InvalidSpec")
     time.sleep(2.5 * RECONCILE_INTERVAL)  # two timer intervals
     status_writes = [r for r in requests_for(kube, "trainingpipelines", "bad") if r.subresource == "status"]
