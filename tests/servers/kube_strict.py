@@ -19,7 +19,6 @@ import copy
 from functools import cache
 from pathlib import Path
 
-import attrs
 import jsonschema
 import kmock
 import yaml
@@ -29,18 +28,13 @@ REPO = Path(__file__).resolve().parents[2]
 FOREGROUND = "foregroundDeletion"
 
 
-@attrs.frozen
-class Invalid(kmock.KubernetesError):
-    status: int = 422
-    reason: str = "Invalid"
-    message: str = ""
+def invalid(message: str) -> kmock.KubernetesError:
+    """kmock answers a KubernetesError with a Status object of its code, reason and message."""
+    return kmock.KubernetesError(status=422, reason="Invalid", message=message)
 
 
-@attrs.frozen
-class Conflict(kmock.KubernetesError):
-    status: int = 409
-    reason: str = "Conflict"
-    message: str = ""
+def conflict(message: str) -> kmock.KubernetesError:
+    return kmock.KubernetesError(status=409, reason="Conflict", message=message)
 
 
 @cache
@@ -65,7 +59,7 @@ def validate(resource, obj: dict) -> None:
         validator.validate(obj)
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path) or "<object>"
-        raise Invalid(message=f"{resource.plural} is invalid: {where}: {exc.message}") from None
+        raise invalid(f"{resource.plural} is invalid: {where}: {exc.message}") from None
 
 
 def merge_patch(target: object, patch: object) -> object:
@@ -86,8 +80,8 @@ def check_write(resource, info: kmock.ResourceInfo | None, stored: dict, request
     data = request.data
     sent_version = (data.get("metadata") or {}).get("resourceVersion")
     if sent_version is not None and sent_version != (stored.get("metadata") or {}).get("resourceVersion"):
-        raise Conflict(
-            message=f"Operation cannot be fulfilled on {resource.plural} {request.name!r}: the object has been "
+        raise conflict(
+            f"Operation cannot be fulfilled on {resource.plural} {request.name!r}: the object has been "
             "modified; please apply your changes to the latest version and try again"
         )
     has_status = info is not None and "status" in (info.subresources or set())
