@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
+from zhinao_k8s.api.secrets import load_secrets
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.cli.errors import EXIT_FAILED
 from zhinao_k8s.cli.progress import RunDisplay
@@ -42,21 +43,6 @@ def validate(spec: SpecArg) -> None:
 def render(spec: SpecArg) -> None:
     """Print the PyTorchJobs the pipeline runs as YAML (offline; pipe into `kubectl apply -f -`)."""
     print(to_yaml(render_pipeline(load_pipeline(spec))), end="")
-
-
-def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
-    """Secret manifests (data base64 or stringData) -> {name: {key: value}}."""
-    import base64
-
-    secrets: dict[str, dict[str, str]] = {}
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "Secret":
-                continue
-            data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
-            data.update(doc.get("stringData") or {})
-            secrets[doc["metadata"]["name"]] = data
-    return secrets
 
 
 def run_local(
@@ -142,7 +128,7 @@ def run(
     RANK, PET_*), restarted as a whole on failure up to the stage's backoffLimit.
     """
     pipeline = load_pipeline(spec)
-    result = run_local(pipeline, workdir, parse_secrets(secret), stage or None, verbose)
+    result = run_local(pipeline, workdir, load_secrets(secret), stage or None, verbose)
     print_result(result, pipeline)
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
