@@ -107,7 +107,10 @@ def test_gang_scheduling_multikueue_rdma_and_nccl(jobs):
 
 
 def test_without_scheduling_nothing_changes():
-    pipeline = parse_pipeline(SPEC.split("  scheduling:\n")[0] + "  stages: [{name: tok, kind: tokenizer}]\n")
+    pipeline = parse_pipeline(
+        SPEC.split("  scheduling:\n")[0]
+        + "  stages: [{name: tok, kind: tokenizer, inputs: {corpus: s3://zhinao-data/corpus}}]\n"
+    )
     job = render_pytorchjob(pipeline, pipeline.stage("tok"))
     (pod,) = pods(job)
     assert not {"nodeSelector", "tolerations", "affinity", "priorityClassName", "serviceAccountName"} & set(pod)
@@ -127,7 +130,8 @@ def test_without_scheduling_nothing_changes():
 )
 def test_bad_scheduling_is_one_line_at_the_field(scheduling: str, problem: str):
     text = (
-        SPEC.split("  scheduling:\n")[0] + f"  scheduling: {scheduling}\n  stages: [{{name: tok, kind: tokenizer}}]\n"
+        SPEC.split("  scheduling:\n")[0]
+        + f"  scheduling: {scheduling}\n  stages: [{{name: tok, kind: tokenizer, inputs: {{corpus: s3://zhinao-data/corpus}}}}]\n"
     )
     with pytest.raises(SpecError) as err:
         parse_pipeline(text)
