@@ -87,7 +87,7 @@ def headline(summary: dict) -> str:
 
 
 def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
-    from zhinao.storage import open_store
+    from zhinao.artifacts import StageOutput
 
     table = Table(title="summary")
     for col in ("stage", "result", "seconds", "restarts", "outputs"):
@@ -105,10 +105,10 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
         if not job.succeeded:
             out.print(f"[red]{name} failed:[/] {job.reason}")
             continue
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
-        if not store.exists("summary.json"):
+        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        if not output.is_finished():
             continue
-        summary = json.loads(store.get_bytes("summary.json"))
+        summary = output.read_summary()
         out.print(f"[bold]{name}[/]: {headline(summary)}")
         for key in ("checkpoints", "hf", "loss_curve", "report"):
             if isinstance(summary.get(key), str):
@@ -181,7 +181,7 @@ def demo(
 def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
     """REPORT.md beside the run (the file name users know): one section per stage with its summary
     and the plots from the stage's `report/` folder."""
-    from zhinao.storage import open_store
+    from zhinao.artifacts import StageOutput
 
     lines = [
         f"# {pipeline.metadata.name}: local run report",
@@ -195,11 +195,12 @@ def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: Pipeli
             f"| {job.seconds:.1f} | {job.restarts} |"
         )
     for name, _job in result.stages:
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
+        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        store = output.store
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
-        keys = store.list("report/")
-        if store.exists("summary.json") and not any(k.endswith(".md") for k in keys):
-            lines += ["", "```json", store.get_bytes("summary.json").decode().strip(), "```"]
+        keys = output.report_keys()
+        if output.is_finished() and not any(k.endswith(".md") for k in keys):
+            lines += ["", "```json", json.dumps(output.read_summary(), indent=2), "```"]
         for key in keys:
             if key.endswith(".png"):
                 local = workdir / "report" / f"{name}-{Path(key).name}"
