@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config.optim import FinetuneOptimParams
+from zhinao.config.optim import FinetuneOptimParams, Precision
 
 RULES = ("arithmetic", "code_switch", "function_call")
 
@@ -39,6 +39,19 @@ class RLHFParams(FinetuneOptimParams):
 
     system_prompt: str | None = None
     """Prepended as a system turn to prompts without one (use the SFT stage's value)."""
+
+    rollout_engine: Literal["hf", "vllm"] = "hf"
+    """What generates the rollouts (zhinao/rollout/). `hf`: one batched, KV-cached decode loop per
+    step on the training module itself (all prompts, sampled and greedy rows together; CPU and GPU).
+    `vllm`: a vLLM engine colocated on each GPU rank, asleep during updates and given the policy's
+    weights after each one (GPU trainer image only)."""
+
+    rollout_precision: Precision = "auto"
+    """`hf` engine: `bf16` decodes under bf16 autocast (KV cache in bf16), `fp32` in the model's
+    precision, `auto` is bf16 on a GPU that supports it and fp32 on CPU. vLLM always runs bf16."""
+
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, lt=1)
+    """`vllm` engine: share of the GPU's memory its weights and KV cache may take while awake."""
 
     # -- reward
     kl_coef: float = Field(default=0.05, ge=0)

@@ -7,7 +7,8 @@ inputs:  policy       (an SFT output prefix; also the frozen KL/DPO reference, r
          preferences  (dpo/orpo: the reward stage's pair JSONL)
 output:  checkpoints/ hf/ (the policy) metrics/ report/rlhf.png report/rlhf.md summary.json
 
-Rollouts use Hugging Face `generate` (sampling at `temperature`, stopping at <|im_end|> / <eod>).
+Rollouts come from the engine `rolloutEngine` names (zhinao/rollout/): all prompts of a step in one
+call, sampled (at `temperature`) and, for ReMax, greedy, stopping at <|im_end|>, <eod> or <|im_start|>.
 The checked reward is measured on held-out prompts before training (the SFT policy) and after.
 """
 
@@ -40,9 +41,10 @@ from zhinao.losses import (
     token_logprobs,
 )
 from zhinao.model import attention_implementation
+from zhinao.rollout.engine import RolloutEngine, Sampling
+from zhinao.rollout.factory import build_rollout_engine
 from zhinao.stages.reward import encode_pairs, load_reward_model, pad_right
 from zhinao.stages.sft import fetch_hf, load_causal_lm, metrics_records, read_jsonl
-from zhinao.tokenizer import EOD, IM_END
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.optim import param_groups
 from zhinao.training.session import TrainingSession
@@ -102,36 +104,8 @@ def load_prompts(uri: str, enc: ChatEncoder, params: RLHFParams) -> list[dict]:
     return out
 
 
-@torch.no_grad()
-def generate(policy, prompts: list[dict], params: RLHFParams, *, greedy: bool, tokenizer, device) -> list[list[int]]:
-    """Response token ids per prompt, cut after the first stop token (kept: the policy chose it)."""
-    pad = tokenizer.pad_token_id
-    stops = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOD)]
-    length = max(len(p["_ids"]) for p in prompts)
-    ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding; generate derives position ids from the mask
-        ids[i, length - len(p["_ids"]) :] = torch.tensor(p["_ids"])
-        mask[i, length - len(p["_ids"]) :] = 1
-    was_training = policy.training
-    policy.eval()
-    sampling = {} if greedy else {"temperature": params.temperature, "top_k": params.top_k, "top_p": 1.0}
-    out = policy.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        do_sample=not greedy,
-        max_new_tokens=params.max_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=pad,
-        use_cache=True,
-        **sampling,
-    )
-    policy.train(was_training)
-    responses = []
-    for row in out[:, length:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        responses.append(row[:cut])
-    return responses
+def sampling_of(params: RLHFParams) -> Sampling:
+    return Sampling(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_k=params.top_k)
 
 
 def sequence_batch(prompts: list[dict], responses: list[list[int]], pad: int, device) -> dict:
@@ -165,33 +139,38 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def evaluate(policy, prompts: list[dict], scorer: Scorer, params: RLHFParams, tokenizer, device) -> dict | None:
+def evaluate(
+    rollouts: RolloutEngine, prompts: list[dict], scorer: Scorer, params: RLHFParams, tokenizer, device
+) -> dict | None:
     """Mean score components on held-out prompts: greedy, and `evalSamples` samples per prompt (seeded)."""
     if not prompts:
         return None
-    result = {}
+    sampled, greedy = [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(params.seed + 7)
-        for name, greedy, reps in (("greedy", True, 1), ("sampled", False, params.eval_samples)):
-            batch = [p for p in prompts for _ in range(reps)]
-            responses = []
-            for start in range(0, len(batch), 64):
-                responses += generate(
-                    policy, batch[start : start + 64], params, greedy=greedy, tokenizer=tokenizer, device=device
-                )
-            s = scorer(batch, texts(tokenizer, responses))
-            result[name] = {k: float(v.float().mean()) for k, v in s.items()}
+        for start in range(0, len(prompts), 64):
+            gen = rollouts.generate(
+                [p["_ids"] for p in prompts[start : start + 64]],
+                sampled=params.eval_samples,
+                greedy=True,
+                sampling=sampling_of(params),
+            )
+            sampled, greedy = sampled + gen.sampled, greedy + gen.greedy
+    result = {}
+    for name, responses, reps in (("greedy", greedy, 1), ("sampled", sampled, params.eval_samples)):
+        s = scorer([p for p in prompts for _ in range(reps)], texts(tokenizer, responses))
+        result[name] = {k: float(v.float().mean()) for k, v in s.items()}
     return result
 
 
 # ------------------------------------------------------------------------------------ steps
 
 
-def remax_rollout(policy, ref, prompts, scorer, params, tokenizer, device) -> tuple[dict, dict]:
+def remax_rollout(policy, ref, prompts, generated, scorer, params, tokenizer, device) -> tuple[dict, dict]:
+    """`generated`: (one sampled response per prompt, one greedy response per prompt)."""
     pad = tokenizer.pad_token_id
     rollouts = {}
-    for kind, greedy in (("sample", False), ("greedy", True)):
-        responses = generate(policy, prompts, params, greedy=greedy, tokenizer=tokenizer, device=device)
+    for kind, responses in zip(("sample", "greedy"), generated):
         batch = sequence_batch(prompts, responses, pad, device)
         logp, mask = logprobs_of(policy, batch)
         ref_logp, _ = logprobs_of(ref, batch)
@@ -225,8 +204,9 @@ def remax_loss_fn(model, b):
     return remax_loss(logp, mask, b["ret"], b["baseline"])
 
 
-def ppo_rollout(ac: ActorCritic, ref, prompts, scorer, params, tokenizer, device) -> tuple[dict, dict]:
-    responses = generate(ac.policy, prompts, params, greedy=False, tokenizer=tokenizer, device=device)
+def ppo_rollout(ac: ActorCritic, ref, prompts, generated, scorer, params, tokenizer, device) -> tuple[dict, dict]:
+    """`generated`: (one sampled response per prompt,)."""
+    responses = generated[0]
     batch = sequence_batch(prompts, responses, tokenizer.pad_token_id, device)
     with torch.no_grad():
         logits, values = ac(batch["input_ids"], batch["attention_mask"])
@@ -363,8 +343,12 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     actor = (lambda: engine.model.policy) if params.algorithm == "ppo" else (lambda: engine.model)
     meta = session.resume(engine)
     start = meta.get("step", 0)
+    rollouts = None
+    if online:
+        rollouts = build_rollout_engine(params, model_dir=str(policy_dir), tokenizer=tokenizer, device=device)
+        rollouts.sync(actor())
     if start == 0 and can_eval and env.is_main:
-        meta["eval_before"] = evaluate(actor(), eval_prompts, scorer, params, tokenizer, device)
+        meta["eval_before"] = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device)
     with torch.random.fork_rng(devices=[]):  # its peak-FLOPs probe draws random matrices
         metrics = session.open_metrics(flops_per_token=None, resumed_step=start)
     log.info(
@@ -398,13 +382,25 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
         ]
         lr = engine.lr
         if online:
-            rollout = remax_rollout if params.algorithm == "remax" else ppo_rollout
-            results = [rollout(engine.model, ref, c, scorer, params, tokenizer, device) for c in chunks]
+            remax = params.algorithm == "remax"
+            gen_began = time.perf_counter()
+            gen = rollouts.generate(
+                [p["_ids"] for c in chunks for p in c], sampled=1, greedy=remax, sampling=sampling_of(params)
+            )
+            gen_seconds = time.perf_counter() - gen_began
+            results, at = [], 0
+            for c in chunks:
+                generated = (gen.sampled[at : at + len(c)], gen.greedy[at : at + len(c)])[: 2 if remax else 1]
+                rollout = remax_rollout if remax else ppo_rollout
+                results.append(rollout(engine.model, ref, c, generated, scorer, params, tokenizer, device))
+                at += len(c)
             batches = [r[0] for r in results]
             extra = {k: float(np.mean([r[1][k] for r in results])) for k in results[0][1]}
-            fn = remax_loss_fn if params.algorithm == "remax" else ppo_loss_fn(params)
+            extra["generation_seconds"] = gen_seconds
+            fn = remax_loss_fn if remax else ppo_loss_fn(params)
             for _ in range(steps_per_rollout):
                 loss, grad_norm = engine.train_step(batches, loss_fn=fn)
+            rollouts.sync(actor())
         else:
             seen: list[torch.Tensor] = []
             batches = [preference_batch(c, pad, device) for c in chunks]
@@ -433,7 +429,7 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
 
     eval_after = (
-        evaluate(actor(), eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
+        evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
     )
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
