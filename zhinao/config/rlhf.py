@@ -58,8 +58,28 @@ class RLHFParams(FinetuneOptimParams):
     """beta in R(y) = score(y) - beta * sum_t KL_t(pi || pi_ref)."""
 
     kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_target: float | None = Field(default=None, gt=0)
+    """Target KL to the reference per response (nats). Unset: beta stays at klCoef. Set: klCoef is the
+    starting beta, adapted after every step toward the target (Ziegler et al. 2019; see
+    zhinao/reward_guard.py), to hold the policy near the reference."""
+
+    kl_horizon: int = Field(default=10_000, ge=1)
+    """Adaptive KL: beta moves by at most 20% x (prompts of the step) / klHorizon per step."""
+
+    kl_stop: float | None = Field(default=None, gt=0)
+    """Stop training after a step whose mean KL per response (over all ranks) exceeds this; that
+    step is checkpointed and exported, and the summary records the stop."""
+
     rm_weight: float = Field(default=1.0, ge=0)
     """Weight of the reward model's score in the total score (needs inputs.reward when > 0)."""
+
+    reference_precision: Precision = "auto"
+    """Precision the frozen reference and reward model are held in: `bf16` halves their memory,
+    `auto` is bf16 on a GPU that supports it and fp32 on CPU."""
+
+    offload_frozen: bool = False
+    """Keep the reference and reward model in CPU memory and move each onto the GPU only for its
+    forward passes (GPU memory for transfer time)."""
 
     rules: dict[str, float] = Field(default_factory=dict)
     """Rule-based rewards added to the score, name -> weight. Names: arithmetic, code_switch,

@@ -12,6 +12,7 @@ call, sampled (at `temperature`) and, for ReMax, greedy, stopping at <|im_end|>,
 The checked reward is measured on held-out prompts before training (the SFT policy) and after.
 """
 
+import contextlib
 import io
 import json
 import logging
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification
 
-from zhinao import rule_rewards
+from zhinao import reward_guard, rule_rewards
 from zhinao.chat import IGNORE_INDEX, ChatEncoder, as_messages
 from zhinao.config.rlhf import RLHFParams
 from zhinao.config.runtime import StageRuntime
@@ -47,7 +48,7 @@ from zhinao.stages.reward import encode_pairs, load_reward_model, pad_right
 from zhinao.stages.sft import fetch_hf, load_causal_lm, metrics_records, read_jsonl
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.optim import param_groups
-from zhinao.training.session import TrainingSession
+from zhinao.training.session import TrainingSession, autocast_dtype
 
 Params = RLHFParams
 log = logging.getLogger(__name__)
@@ -70,6 +71,37 @@ class ActorCritic(torch.nn.Module):
         if state_dict is not None:
             state_dict = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
         self.policy.save_pretrained(path, state_dict=state_dict, **kwargs)
+
+
+class Offloaded(torch.nn.Module):
+    """A frozen model kept in CPU memory and moved onto the device for each forward pass only."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.inner, self.device = [model], device  # a list: not a submodule, so .to() elsewhere cannot move it
+
+    def forward(self, **inputs):
+        model = self.inner[0].to(self.device)
+        try:
+            return model(**inputs)
+        finally:
+            model.to("cpu")
+
+
+def frozen(model: torch.nn.Module, params: RLHFParams, device: torch.device) -> torch.nn.Module:
+    """The reference or reward model in `referencePrecision`, on the device or offloaded to CPU."""
+    model = model.eval().requires_grad_(False)
+    if autocast_dtype(params.reference_precision, device) == torch.bfloat16:
+        model = model.to(torch.bfloat16)
+    if params.offload_frozen and device.type != "cpu":
+        return Offloaded(model, device)
+    return model.to(device)
+
+
+def precision(params: RLHFParams, device: torch.device):
+    """The update's autocast, for the rollout's log-probs and values (PPO's old log-probs must match it)."""
+    dtype = autocast_dtype(params.precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 class Scorer:
@@ -295,11 +327,11 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     tokenizer = load_tokenizer(tok_dir)
     enc, pad = ChatEncoder(tokenizer), tokenizer.pad_token_id
     policy = load_causal_lm(policy_dir, params.attention)
-    ref = load_causal_lm(policy_dir, params.attention).to(device).eval().requires_grad_(False)
+    ref = frozen(load_causal_lm(policy_dir, params.attention), params, device)
     rm, rm_dir = None, None
     if "reward" in rt.inputs:
         rm_dir, _ = fetch_hf(rt.inputs["reward"], session.workdir / "reward")
-        rm = load_reward_model(rm_dir, params.attention, pad).to(device).eval().requires_grad_(False)
+        rm = frozen(load_reward_model(rm_dir, params.attention, pad), params, device)
     scorer = Scorer(params, enc, rm, device)
 
     train_prompts, eval_prompts = [], []
@@ -343,6 +375,9 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     actor = (lambda: engine.model.policy) if params.algorithm == "ppo" else (lambda: engine.model)
     meta = session.resume(engine)
     start = meta.get("step", 0)
+    kl_control = reward_guard.KLController(
+        coef=meta.get("kl_coef", params.kl_coef), target=params.kl_target, horizon=params.kl_horizon
+    )
     rollouts = None
     if online:
         rollouts = build_rollout_engine(params, model_dir=str(policy_dir), tokenizer=tokenizer, device=device)
@@ -362,7 +397,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     )
 
     items = train_prompts if online else pairs
-    for step in range(start, params.max_steps):
+    end = start if "stopped" in meta else params.max_steps  # a run stopped by klStop stays stopped on resume
+    for step in range(start, end):
         began = time.perf_counter()
         chunks = [
             [
@@ -389,14 +425,20 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             )
             gen_seconds = time.perf_counter() - gen_began
             results, at = [], 0
+            step_params = params.model_copy(update={"kl_coef": kl_control.coef})
             for c in chunks:
                 generated = (gen.sampled[at : at + len(c)], gen.greedy[at : at + len(c)])[: 2 if remax else 1]
                 rollout = remax_rollout if remax else ppo_rollout
-                results.append(rollout(engine.model, ref, c, generated, scorer, params, tokenizer, device))
+                with precision(params, device):
+                    results.append(rollout(engine.model, ref, c, generated, scorer, step_params, tokenizer, device))
                 at += len(c)
             batches = [r[0] for r in results]
             extra = {k: float(np.mean([r[1][k] for r in results])) for k in results[0][1]}
-            extra["generation_seconds"] = gen_seconds
+            extra.update(generation_seconds=gen_seconds, kl_coef=kl_control.coef)
+            kl_all = float(np.mean(session.gather(extra["kl"])))  # every rank takes the same decisions
+            kl_control.update(kl_all, len(chunks) * params.micro_batch_size * env.world_size)
+            if params.kl_stop is not None and kl_all > params.kl_stop:
+                meta["stopped"] = {"step": step + 1, "kl": kl_all}
             fn = remax_loss_fn if remax else ppo_loss_fn(params)
             for _ in range(steps_per_rollout):
                 loss, grad_norm = engine.train_step(batches, loss_fn=fn)
@@ -425,8 +467,13 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
                 loss,
                 " ".join(f"{k} {v:.3f}" for k, v in extra.items()),
             )
-        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
-            session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
+        stop = meta.get("stopped", {}).get("step") == step + 1
+        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps or stop:
+            state = {**meta, "step": step + 1, "world_size": env.world_size, "kl_coef": kl_control.coef}
+            session.save_checkpoint(engine, step + 1, state)
+        if stop:
+            log.info("step %d: KL %.3f > klStop %.3f, stopping", step + 1, meta["stopped"]["kl"], params.kl_stop)
+            break
 
     eval_after = (
         evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
@@ -448,15 +495,35 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             "metrics": out.url("metrics"),
         }
         if online:
+            last5 = lambda key: float(np.mean([s[key] for s in steps[-5:]]))  # noqa: E731
             summary.update(
                 reward_first=steps[0]["reward_mean"],
-                reward_last=float(np.mean([s["reward_mean"] for s in steps[-5:]])),
+                reward_last=last5("reward_mean"),
+                reward_rm_first=steps[0]["reward_rm_mean"],
+                reward_rm_last=last5("reward_rm_mean"),
+                reward_rule_first=steps[0]["reward_rule_mean"],
+                reward_rule_last=last5("reward_rule_mean"),
                 kl_last=steps[-1]["kl"],
+                kl_coef_last=steps[-1]["kl_coef"],
+                stopped_early=meta.get("stopped"),
+                reward_guard=guard(summary, steps, uses_rm=rm is not None and params.rm_weight > 0),
             )
         out.put_bytes("report/rlhf.png", rlhf_png(steps, summary))
         out.put_bytes("report/rlhf.md", rlhf_markdown(summary).encode())
         out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
     session.close()
+
+
+def guard(summary: dict, steps: list[dict], *, uses_rm: bool) -> dict:
+    """Did the checked reward rise with the RM score? On held-out prompts when they were evaluated
+    (sampled responses), else the first training step against the mean of the last five."""
+    if summary["eval_before"] and summary["eval_after"]:
+        b, a, where = summary["eval_before"]["sampled"], summary["eval_after"]["sampled"], "held-out prompts"
+    else:
+        b = {"rm": steps[0]["reward_rm_mean"], "rule": steps[0]["reward_rule_mean"]}
+        a = {k: float(np.mean([s[f"reward_{k}_mean"] for s in steps[-5:]])) for k in ("rm", "rule")}
+        where = "first training step vs the last five"
+    return reward_guard.verdict(rm=(b["rm"], a["rm"]) if uses_rm else None, checked=(b["rule"], a["rule"]), where=where)
 
 
 def preference_batch(pairs: list[dict], pad: int, device) -> dict:
@@ -528,6 +595,12 @@ def rlhf_markdown(s: dict) -> str:
         lines += [
             "",
             f"Training reward {s['reward_first']:.3f} -> {s['reward_last']:.3f} (mean of the last 5 steps), "
-            f"final KL {s['kl_last']:.3f}.",
+            f"final KL {s['kl_last']:.3f} (beta {s['kl_coef_last']:.3g}).",
+            "",
+            f"Reward-hacking check: {s['reward_guard']['sentence']}.",
         ]
+        if s["stopped_early"]:
+            lines.append(
+                f"Stopped early after step {s['stopped_early']['step']}: KL {s['stopped_early']['kl']:.3f} > klStop."
+            )
     return "\n".join(lines + ["", "![RLHF](rlhf.png)", ""])
