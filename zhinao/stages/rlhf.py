@@ -378,8 +378,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     kl_control = reward_guard.KLController(
         coef=meta.get("kl_coef", params.kl_coef), target=params.kl_target, horizon=params.kl_horizon
     )
-    rollouts = None
-    if online:
+    rollouts = None  # online training and held-out evaluation (DPO/ORPO too, given evalPrompts) generate
+    if online or can_eval:
         rollouts = build_rollout_engine(params, model_dir=str(policy_dir), tokenizer=tokenizer, device=device)
         rollouts.sync(actor())
     if start == 0 and can_eval and env.is_main:
@@ -475,9 +475,10 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             log.info("step %d: KL %.3f > klStop %.3f, stopping", step + 1, meta["stopped"]["kl"], params.kl_stop)
             break
 
-    eval_after = (
-        evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
-    )
+    eval_after = None
+    if can_eval:
+        rollouts.sync(actor())  # offline steps do not sync; every rank pushes (vLLM), only rank 0 evaluates
+        eval_after = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device) if env.is_main else None
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:

@@ -150,7 +150,8 @@ def test_offline_preference_optimisation(tmp_path, assets, algorithm):
     out = f"file://{tmp_path}/{algorithm}"
     run_stage(
         "rlhf",
-        {"policy": assets["policy"], "preferences": assets["preferences"]},
+        # Held-out prompts: the checked reward is measured before and after offline training too.
+        {k: assets[k] for k in ("policy", "preferences", "prompts")} | {"evalPrompts": assets["prompts"]},
         out,
         algorithm=algorithm,
         lr=3e-3,
@@ -158,8 +159,14 @@ def test_offline_preference_optimisation(tmp_path, assets, algorithm):
         microBatchSize=8,
         maxLen=64,
         checkpointEvery=6,
+        evalPrompts=4,
+        evalSamples=1,
+        maxNewTokens=3,
+        rules={"arithmetic": 1.0},
     )
     store = open_store(out)
+    s = json.loads(store.get_bytes("summary.json"))
+    assert s["eval_prompts"] == 4 and "rule" in s["eval_before"]["greedy"] and "rule" in s["eval_after"]["sampled"]
     steps = [json.loads(l) for l in store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
     steps = [r for r in steps if r.get("event") == "step"]
     if algorithm == "dpo":  # policy == reference at step 1: margin 0, loss ln 2
