@@ -14,7 +14,10 @@ seconds compare like for like on a shared machine.
     with 2 completions per prompt (ReMax also generates 2 per prompt: one sampled, one greedy);
     and each one's share of step time spent generating.
 
-    python bench/rlhf_vs_trl.py [--steps 6] [--new-tokens 24] [--rounds 3]
+(c) DPO: tokens per CPU second of our RLHF stage (algorithm dpo) against TRL's `DPOTrainer`.
+(d) SFT: tokens per CPU second of our SFT stage against TRL's `SFTTrainer` (both packing rows full).
+
+    python bench/rlhf_vs_trl.py [--steps 6] [--new-tokens 24] [--rounds 3] [--parts generation,remax,dpo,sft]
 """
 
 import argparse
@@ -154,25 +157,36 @@ def bench_generation(tok, hf: Path, records, new_tokens: int, rounds: int) -> di
 # ------------------------------------------------------------------------------ (b) ReMax step
 
 
-def step_clock(sink: list):
-    """Wraps TrainingMetrics.record_step to note the CPU clock at the end of every step."""
+def run_stage_timed(root: Path, name: str, kind: str, params, inputs: dict) -> tuple[list[dict], list[float]]:
+    """Runs one of our stages in this process; its step records and the CPU seconds of each step
+    (both without step 1, which warms up). The CPU clock is read as each step's metrics are recorded."""
+    from zhinao.config.runtime import StageRuntime
     from zhinao.metrics import TrainingMetrics
+    from zhinao.stages import rlhf, sft
 
-    real = TrainingMetrics.record_step
+    os.environ["ZHINAO_WORKDIR"] = str(root / f"work-{name}")
+    rt = StageRuntime(
+        pipeline="bench", stage=kind, kind=kind, params=params.to_wire(), inputs=inputs, output=f"file://{root / name}"
+    )
+    clock, real = [], TrainingMetrics.record_step
 
     def record(self, **kw):
-        sink.append(time.process_time())
+        clock.append(time.process_time())
         return real(self, **kw)
 
-    return TrainingMetrics, real, record
+    TrainingMetrics.record_step = record
+    try:
+        {"rlhf": rlhf, "sft": sft}[kind].run(rt, params)
+    finally:
+        TrainingMetrics.record_step = real
+    lines = (root / name / "metrics" / "rank-0.jsonl").read_text().splitlines()
+    recs = [r for r in map(json.loads, lines) if r.get("event") == "step"][1:]
+    return recs, [b - a for a, b in zip(clock, clock[1:])]
 
 
 def run_ours(root: Path, hf: Path, steps: int, new_tokens: int, *, before: bool) -> dict:
-    from zhinao.config.runtime import StageRuntime
     from zhinao.stages import rlhf
 
-    name = "before" if before else "batched"
-    os.environ["ZHINAO_WORKDIR"] = str(root / f"work-{name}")
     params = RLHFParams(
         algorithm="remax",
         rm_weight=0,
@@ -187,47 +201,64 @@ def run_ours(root: Path, hf: Path, steps: int, new_tokens: int, *, before: bool)
         kl_coef=0.05,
         attention="sdpa",
     )
-    rt = StageRuntime(
-        pipeline="bench",
-        stage="rlhf",
-        kind="rlhf",
-        params=params.to_wire(),
-        inputs={"policy": f"file://{hf.parent}", "prompts": f"file://{root / 'prompts'}"},
-        output=f"file://{root / name}",
-    )
-    clock: list[float] = []
-    cls, real, record = step_clock(clock)
+    inputs = {"policy": f"file://{hf.parent}", "prompts": f"file://{root / 'prompts'}"}
     real_build = rlhf.build_rollout_engine
     if before:
         rlhf.build_rollout_engine = lambda params, *, tokenizer, **_: PerMicroBatchGenerate(
             stop_ids=stop_token_ids(tokenizer), pad_id=tokenizer.pad_token_id, micro_batch=params.micro_batch_size
         )
-    cls.record_step = record
     try:
-        clock.append(time.process_time())
-        rlhf.run(rt, params)
+        recs, cpu = run_stage_timed(root, "remax-before" if before else "remax", "rlhf", params, inputs)
     finally:
-        cls.record_step, rlhf.build_rollout_engine = real, real_build
-    lines = (root / name / "metrics" / "rank-0.jsonl").read_text().splitlines()
-    recs = [r for r in map(json.loads, lines) if r.get("event") == "step"][1:]  # step 1 warms up
-    cpu = [b - a for a, b in zip(clock[1:], clock[2:])]
+        rlhf.build_rollout_engine = real_build
     wall = sum(r["step_seconds"] for r in recs)
     return {
         "prompts_per_cpu_second": sum(r["samples"] for r in recs) / sum(cpu),
         "prompts_per_second": sum(r["samples"] for r in recs) / wall,
         "generation_share": sum(r["generation_seconds"] for r in recs) / wall,
-        "reward_rule_first": recs[0]["reward_rule_mean"],
     }
+
+
+class StepClock:
+    """A TrainerCallback's hook: CPU and wall clocks at the end of every step (TRL's trainers)."""
+
+    def __init__(self):
+        self.cpu, self.wall = [], []
+
+    def on_step_end(self, *a, **k):
+        self.cpu.append(time.process_time())
+        self.wall.append(time.perf_counter())
+
+    def per_cpu_second(self, per_step: float) -> float:
+        return per_step * (len(self.cpu) - 1) / (self.cpu[-1] - self.cpu[0])  # step 1 warms up, as for ours
+
+
+def trl_callback(clock: StepClock):
+    from transformers import TrainerCallback
+
+    return type("Clock", (TrainerCallback,), {"on_step_end": lambda self, *a, **k: clock.on_step_end()})()
+
+
+def trl_common(root: Path, name: str, steps: int) -> dict:
+    return dict(
+        output_dir=str(root / name),
+        max_steps=steps,
+        use_cpu=True,
+        bf16=False,
+        gradient_checkpointing=False,
+        save_strategy="no",
+        report_to="none",
+        logging_steps=1,
+        seed=0,
+        dataloader_num_workers=0,
+    )
 
 
 def run_trl(root: Path, tok, hf: Path, records, steps: int, new_tokens: int) -> dict:
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, TrainerCallback
     from trl import RLOOConfig, RLOOTrainer
 
-    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32, attn_implementation="sdpa")
-    model.generation_config.eos_token_id = stop_token_ids(tok)
-    model.generation_config.pad_token_id = tok.pad_token_id
+    model = load_policy(tok, hf)
     data = Dataset.from_list(
         [
             {
@@ -243,7 +274,6 @@ def run_trl(root: Path, tok, hf: Path, records, steps: int, new_tokens: int) -> 
         return [rule_rewards.score({"answer": a, "task": t}, c, RULES) for c, a, t in zip(completions, answer, task)]
 
     args = RLOOConfig(
-        output_dir=str(root / "trl"),
         per_device_train_batch_size=2 * MICRO,  # completions: MICRO prompts x 2
         gradient_accumulation_steps=ACCUM,
         num_generations=2,
@@ -252,18 +282,12 @@ def run_trl(root: Path, tok, hf: Path, records, steps: int, new_tokens: int) -> 
         top_k=0,
         beta=0.05,
         learning_rate=1e-5,
-        max_steps=steps,
-        use_cpu=True,
-        bf16=False,
-        gradient_checkpointing=False,
-        save_strategy="no",
-        report_to="none",
-        logging_steps=1,
-        seed=0,
-        dataloader_num_workers=0,
+        generation_kwargs={"eos_token_id": stop_token_ids(tok)},
+        **trl_common(root, "trl-rloo", steps),
     )
     trainer = RLOOTrainer(model=model, reward_funcs=reward, args=args, train_dataset=data, processing_class=tok)
-    clock, wall, gen = [], [], [0.0]
+    trainer.eos_token_ids = stop_token_ids(tok)  # its completion masks end at the same three stop tokens
+    clock, gen = StepClock(), [0.0]
     real_generate = trainer.model.generate
 
     def timed_generate(*a, **k):
@@ -271,24 +295,108 @@ def run_trl(root: Path, tok, hf: Path, records, steps: int, new_tokens: int) -> 
         try:
             return real_generate(*a, **k)
         finally:
-            gen[0] += time.perf_counter() - t
+            if clock.wall:  # step 1 warms up, as for ours
+                gen[0] += time.perf_counter() - t
 
     trainer.model.generate = timed_generate
-
-    class Clock(TrainerCallback):
-        def on_step_end(self, *a, **k):
-            clock.append(time.process_time())
-            wall.append(time.perf_counter())
-            if len(wall) == 1:
-                gen[0] = 0.0  # step 1 warms up, as for ours
-
-    trainer.add_callback(Clock())
+    trainer.add_callback(trl_callback(clock))
     trainer.train()
-    prompts = MICRO * ACCUM * (len(clock) - 1)
+    prompts = MICRO * ACCUM
     return {
-        "prompts_per_cpu_second": prompts / (clock[-1] - clock[0]),
-        "prompts_per_second": prompts / (wall[-1] - wall[0]),
-        "generation_share": gen[0] / (wall[-1] - wall[0]),
+        "prompts_per_cpu_second": clock.per_cpu_second(prompts),
+        "prompts_per_second": prompts * (len(clock.wall) - 1) / (clock.wall[-1] - clock.wall[0]),
+        "generation_share": gen[0] / (clock.wall[-1] - clock.wall[0]),
+    }
+
+
+# ------------------------------------------------------------------------------ (c) DPO, (d) SFT
+
+
+def load_policy(tok, hf: Path):
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32, attn_implementation="sdpa")
+    model.generation_config.eos_token_id = stop_token_ids(tok)
+    model.generation_config.pad_token_id = tok.pad_token_id
+    return model
+
+
+def bench_dpo(root: Path, tok, hf: Path, steps: int) -> dict:
+    from datasets import Dataset
+    from trl import DPOConfig, DPOTrainer
+
+    from zhinao.stages.reward import encode_pairs
+    from zhinao.synthetic import preference_pairs
+
+    records = preference_pairs(all_pairs(), per_pair=2)
+    (root / "prefs").mkdir()
+    (root / "prefs" / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    params = RLHFParams(
+        algorithm="dpo", beta=0.1, max_len=64, max_steps=steps, micro_batch_size=MICRO, lr=1e-5,
+        checkpoint_every=10_000, eval_prompts=0, attention="sdpa",
+    )  # fmt: skip
+    inputs = {"policy": f"file://{hf.parent}", "preferences": f"file://{root / 'prefs'}"}
+    recs, cpu = run_stage_timed(root, "dpo", "rlhf", params, inputs)
+    ours = sum(r["tokens"] for r in recs) / sum(cpu)
+    # Tokens of a pair as we encode it (prompt + chosen and prompt + rejected); TRL trains the same pairs.
+    pairs, _ = encode_pairs(records, tok, params)
+    per_pair = sum(len(p["chosen"]) + len(p["rejected"]) for p in pairs) / len(pairs)
+    im_end = "<|im_end|>\n"
+    data = Dataset.from_list(
+        [
+            {
+                "prompt": render(as_messages(r["prompt"]), add_generation_prompt=True),
+                "chosen": r["chosen"] + im_end,
+                "rejected": r["rejected"] + im_end,
+            }
+            for r in records
+        ]
+    )
+    args = DPOConfig(beta=0.1, max_length=64, per_device_train_batch_size=MICRO, learning_rate=1e-5,
+                     **trl_common(root, "trl-dpo", steps))  # fmt: skip
+    trainer = DPOTrainer(model=load_policy(tok, hf), args=args, train_dataset=data, processing_class=tok)
+    clock = StepClock()
+    trainer.add_callback(trl_callback(clock))
+    trainer.train()
+    peer = clock.per_cpu_second(MICRO * per_pair)
+    return {
+        "pairs_per_step": MICRO,
+        "tokens_per_pair": per_pair,
+        "tokens_per_cpu_second": {"ours": ours, "TRL DPOTrainer": peer},
+        "ratio": ours / peer,
+    }
+
+
+def bench_sft(root: Path, tok, hf: Path, steps: int) -> dict:
+    from datasets import Dataset
+    from trl import SFTConfig, SFTTrainer
+
+    from zhinao.config.sft import SFTParams
+    from zhinao.synthetic import sft_conversations
+
+    records = sft_conversations(2000)
+    (root / "sft-data").mkdir()
+    (root / "sft-data" / "part-00000.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    max_len = 256
+    params = SFTParams(max_len=max_len, max_steps=steps, micro_batch_size=MICRO, lr=1e-5, checkpoint_every=10_000,
+                       dedup=False, attention="sdpa")  # fmt: skip
+    inputs = {"model": f"file://{hf.parent}", "data": f"file://{root / 'sft-data'}"}
+    recs, cpu = run_stage_timed(root, "sft", "sft", params, inputs)
+    ours = sum(r["tokens"] for r in recs) / sum(cpu)
+    # The same conversations as text, packed into full rows of max_len tokens ("wrapped"), as ours packs.
+    data = Dataset.from_list([{"text": render(r["messages"])} for r in records])
+    args = SFTConfig(max_length=max_len, packing=True, packing_strategy="wrapped", per_device_train_batch_size=MICRO,
+                     learning_rate=1e-5, **trl_common(root, "trl-sft", steps))  # fmt: skip
+    trainer = SFTTrainer(model=load_policy(tok, hf), args=args, train_dataset=data, processing_class=tok)
+    clock = StepClock()
+    trainer.add_callback(trl_callback(clock))
+    trainer.train()
+    peer = clock.per_cpu_second(MICRO * max_len)
+    return {
+        "rows_per_step": MICRO,
+        "row_tokens": max_len,
+        "tokens_per_cpu_second": {"ours": ours, "TRL SFTTrainer": peer},
+        "ratio": ours / peer,
     }
 
 
@@ -297,33 +405,41 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--new-tokens", type=int, default=24)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--parts", default="generation,remax,dpo,sft", help="comma-separated subset to run")
     a = ap.parse_args()
     torch.set_num_threads(1)
     os.environ.setdefault("ZHINAO_METRICS_PORT", "0")
     os.environ.setdefault("ZHINAO_PEAK_FLOPS", "1e11")  # skip the start-up matmul probe
-    with tempfile.TemporaryDirectory() as tmp:
-        root = Path(tmp)
-        tok, hf, records = prepare(root)
-        generation = bench_generation(tok, hf, records, a.new_tokens, a.rounds)
-        print(json.dumps(generation, indent=2), flush=True)
-        remax = {
-            "ours batched engine": run_ours(root, hf, a.steps, a.new_tokens, before=False),
-            "ours before (per-micro-batch generate)": run_ours(root, hf, a.steps, a.new_tokens, before=True),
-            "TRL RLOOTrainer (2 completions/prompt)": run_trl(root, tok, hf, records, a.steps, a.new_tokens),
-        }
-    peer = remax["TRL RLOOTrainer (2 completions/prompt)"]
-    for r in remax.values():
-        r["ratio_vs_trl_cpu"] = r["prompts_per_cpu_second"] / peer["prompts_per_cpu_second"]
     result = {
         "date": date.today().isoformat(),
         "machine": machine(),
-        "load_average": os.getloadavg()[0],
         "trl": __import__("trl").__version__,
         "transformers": __import__("transformers").__version__,
         "settings": {"steps": a.steps, "max_new_tokens": a.new_tokens, "prompts_per_step": MICRO * ACCUM},
-        "generation": generation,
-        "remax_step": remax,
     }
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        tok, hf, records = prepare(root)
+        if "generation" in a.parts:
+            result["generation"] = bench_generation(tok, hf, records, a.new_tokens, a.rounds)
+            print(json.dumps(result["generation"], indent=2), flush=True)
+        if "remax" in a.parts:
+            remax = {
+                "ours batched engine": run_ours(root, hf, a.steps, a.new_tokens, before=False),
+                "ours before (per-micro-batch generate)": run_ours(root, hf, a.steps, a.new_tokens, before=True),
+                "TRL RLOOTrainer (2 completions/prompt)": run_trl(root, tok, hf, records, a.steps, a.new_tokens),
+            }
+            peer = remax["TRL RLOOTrainer (2 completions/prompt)"]
+            for r in remax.values():
+                r["ratio_vs_trl_cpu"] = r["prompts_per_cpu_second"] / peer["prompts_per_cpu_second"]
+            result["remax_step"] = remax
+            print(json.dumps(remax, indent=2), flush=True)
+        if "dpo" in a.parts:
+            result["dpo"] = bench_dpo(root, tok, hf, a.steps)
+            print(json.dumps(result["dpo"], indent=2), flush=True)
+        if "sft" in a.parts:
+            result["sft"] = bench_sft(root, tok, hf, a.steps)
+    result["load_average_at_end"] = os.getloadavg()[0]
     print(json.dumps(result, indent=2))
     RESULTS.write_text(json.dumps(result, indent=2) + "\n")
 
