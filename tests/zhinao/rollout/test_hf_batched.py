@@ -130,3 +130,22 @@ def test_generate_before_sync_is_refused(tok):
     e = HFBatchedEngine(stop_ids=[1], pad_id=0, device=torch.device("cpu"), dtype=None)
     with pytest.raises(RuntimeError, match="sync"):
         e.generate([[5]], sampled=1, greedy=False, sampling=Sampling(max_new_tokens=2))
+
+
+@pytest.mark.parametrize("temperature, top_k", [(1.0, 0), (0.7, 5)])
+def test_sampled_first_tokens_follow_the_policy_s_distribution(tok, model, temperature, top_k):
+    prompt = prompts(tok)[1]
+    with torch.no_grad():
+        logits = model(input_ids=torch.tensor([prompt])).logits[0, -1] / temperature
+    if top_k:
+        logits = logits.masked_fill(logits < logits.topk(top_k).values[-1], float("-inf"))
+    expected = logits.softmax(-1)
+    n = 4000
+    torch.manual_seed(0)
+    gen = engine(tok, model, stops=[]).generate(
+        [prompt], sampled=n, greedy=True, sampling=Sampling(max_new_tokens=1, temperature=temperature, top_k=top_k)
+    )
+    seen = torch.bincount(torch.tensor([r[0] for r in gen.sampled]), minlength=len(expected)).double() / n
+    assert (seen - expected).abs().max() < 4 * (0.25 / n) ** 0.5  # 4 standard errors at worst (p = 1/2)
+    if top_k:
+        assert set(torch.nonzero(seen).flatten().tolist()) <= set(torch.nonzero(expected).flatten().tolist())
