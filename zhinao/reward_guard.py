@@ -34,26 +34,38 @@ def _delta(before: float, after: float) -> str:
     return f"{before:.3f} -> {after:.3f}"
 
 
-def verdict(*, rm: tuple[float, float] | None, checked: tuple[float, float], where: str) -> dict:
+def verdict(
+    *, rm: tuple[float, float] | None, checked: tuple[float, float], where: str, noise: float | None = None
+) -> dict:
     """Whether the checked (rule) reward rose with the reward model's score, as a record and a sentence.
 
-    `rm`/`checked`: (before, after) means; `rm` None when no reward model scored. `where` names what
+    `rm`/`checked`: (before, after) means; `rm` None when no reward model scored. `noise`: the
+    standard error of the checked reward's change, when known; a change within two of them does not
+    count as a rise (on the demo's 160 held-out responses that is about +-0.1). `where` names what
     the means were taken over (held-out prompts, or the first and last training steps).
     """
-    checked_rose = checked[1] > checked[0]
-    record = {"where": where, "checked_before": checked[0], "checked_after": checked[1], "checked_rose": checked_rose}
+    change = checked[1] - checked[0]
+    checked_rose = change > (2 * noise if noise is not None else 0.0)
+    shown = f"checked {_delta(*checked)}" + (f" (+-{2 * noise:.3f} at 2 s.e.)" if noise is not None else "")
+    record = {
+        "where": where,
+        "checked_before": checked[0],
+        "checked_after": checked[1],
+        "checked_noise": noise,
+        "checked_rose": checked_rose,
+    }
     if rm is None:
-        sentence = f"checked reward {_delta(*checked)} ({where}; no reward model)"
-        return {**record, "sentence": sentence}
+        return {**record, "sentence": f"{shown} ({where}; no reward model)"}
     rm_rose = rm[1] > rm[0]
     record.update(rm_before=rm[0], rm_after=rm[1], rm_rose=rm_rose, checked_rose_with_rm=rm_rose and checked_rose)
+    numbers = f"RM {_delta(*rm)}, {shown}; {where}"
     if rm_rose and checked_rose:
-        sentence = f"the checked reward rose with the RM score (RM {_delta(*rm)}, checked {_delta(*checked)}; {where})"
+        sentence = f"the checked reward rose with the RM score ({numbers})"
     elif rm_rose:
         sentence = (
-            f"the checked reward did NOT rise with the RM score (RM {_delta(*rm)}, checked {_delta(*checked)}; "
-            f"{where}): the policy may be exploiting the reward model; lower rmWeight, raise klCoef or set klTarget"
+            f"the checked reward did NOT rise with the RM score ({numbers}): the policy may be exploiting "
+            "the reward model; lower rmWeight, raise klCoef or set klTarget"
         )
     else:
-        sentence = f"the RM score did not rise (RM {_delta(*rm)}, checked {_delta(*checked)}; {where})"
+        sentence = f"the RM score did not rise ({numbers})"
     return {**record, "sentence": sentence}

@@ -26,5 +26,10 @@ def test_verdicts():
     assert "RM 0.050 -> 2.200, checked 0.550 -> 0.550" in hacked["sentence"]
     flat = verdict(rm=(1.0, 0.5), checked=(0.2, 0.4), where="training steps")
     assert not flat["rm_rose"] and flat["checked_rose"] and "RM score did not rise" in flat["sentence"]
+    within = verdict(rm=(0.3, 1.7), checked=(0.275, 0.33), where="held-out prompts", noise=0.05)
+    assert not within["checked_rose_with_rm"] and "did NOT rise" in within["sentence"]
+    assert "checked 0.275 -> 0.330 (+-0.100 at 2 s.e.)" in within["sentence"]
+    clear = verdict(rm=(0.3, 1.7), checked=(0.275, 0.40), where="held-out prompts", noise=0.05)
+    assert clear["checked_rose_with_rm"] and clear["checked_noise"] == 0.05
     rules_only = verdict(rm=None, checked=(0.2, 0.4), where="training steps")
     assert rules_only["checked_rose"] and "rm_before" not in rules_only and "no reward model" in rules_only["sentence"]

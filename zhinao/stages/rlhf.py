@@ -192,6 +192,8 @@ def evaluate(
     for name, responses, reps in (("greedy", greedy, 1), ("sampled", sampled, params.eval_samples)):
         s = scorer([p for p in prompts for _ in range(reps)], texts(tokenizer, responses))
         result[name] = {k: float(v.float().mean()) for k, v in s.items()}
+        # The spread of the checked reward, so that a change can be told from noise (reward_guard).
+        result[name].update(rule_std=float(s["rule"].float().std()) if len(responses) > 1 else 0.0, n=len(responses))
     return result
 
 
@@ -518,13 +520,17 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
 def guard(summary: dict, steps: list[dict], *, uses_rm: bool) -> dict:
     """Did the checked reward rise with the RM score? On held-out prompts when they were evaluated
     (sampled responses), else the first training step against the mean of the last five."""
+    noise = None
     if summary["eval_before"] and summary["eval_after"]:
-        b, a, where = summary["eval_before"]["sampled"], summary["eval_after"]["sampled"], "held-out prompts"
+        b, a = summary["eval_before"]["sampled"], summary["eval_after"]["sampled"]
+        where = f"held-out prompts, {a['n']} sampled responses each"
+        noise = float(np.sqrt((b["rule_std"] ** 2 + a["rule_std"] ** 2) / a["n"]))
     else:
         b = {"rm": steps[0]["reward_rm_mean"], "rule": steps[0]["reward_rule_mean"]}
         a = {k: float(np.mean([s[f"reward_{k}_mean"] for s in steps[-5:]])) for k in ("rm", "rule")}
         where = "first training step vs the last five"
-    return reward_guard.verdict(rm=(b["rm"], a["rm"]) if uses_rm else None, checked=(b["rule"], a["rule"]), where=where)
+    rm = (b["rm"], a["rm"]) if uses_rm else None
+    return reward_guard.verdict(rm=rm, checked=(b["rule"], a["rule"]), where=where, noise=noise)
 
 
 def preference_batch(pairs: list[dict], pad: int, device) -> dict:

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
 from zhinao_k8s.api.load import parse_pipeline
+from zhinao_k8s.cli.local import headline
 from zhinao_k8s.runner.pipeline import run_pipeline
 
 
@@ -88,9 +89,14 @@ def test_remax_resumes_mid_run_to_identical_weights_and_reports(tmp_path, assets
     assert store.exists("report/rlhf.png") and store.exists("report/rlhf.md")
     # The reward-hacking check: both rewards in the summary and a plain verdict on held-out prompts.
     g = s["reward_guard"]
-    assert g["where"] == "held-out prompts" and g["rm_after"] == s["eval_after"]["sampled"]["rm"]
-    assert g["checked_after"] == s["eval_after"]["sampled"]["rule"]
-    assert g["checked_rose_with_rm"] == (g["rm_after"] > g["rm_before"] and g["checked_after"] > g["checked_before"])
+    after = s["eval_after"]["sampled"]
+    assert g["where"] == "held-out prompts, 4 sampled responses each" and after["n"] == 4
+    assert g["rm_after"] == after["rm"] and g["checked_after"] == after["rule"]
+    assert g["checked_noise"] == pytest.approx(
+        ((s["eval_before"]["sampled"]["rule_std"] ** 2 + after["rule_std"] ** 2) / 4) ** 0.5
+    )
+    rose = g["checked_after"] - g["checked_before"] > 2 * g["checked_noise"]
+    assert g["checked_rose_with_rm"] == (g["rm_after"] > g["rm_before"] and rose)
     assert g["sentence"] in store.get_bytes("report/rlhf.md").decode()
     assert {"reward_rm_first", "reward_rm_last", "reward_rule_first", "reward_rule_last"} <= s.keys()
     assert s["stopped_early"] is None
@@ -272,7 +278,13 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
     assert summary["sft"]["loss_last"] < 0.5 * summary["sft"]["loss_first"]
     assert summary["rm"]["held_out_accuracy"] > 0.6
     before, after = summary["rlhf"]["eval_before"], summary["rlhf"]["eval_after"]
-    assert after["sampled"]["rule"] > before["sampled"]["rule"]
+    # The RM score rises on held-out prompts; whether the checked reward rises with it depends on the
+    # seed on a model this small (docs/alignment.md), so the summary and its headline must say which.
+    assert after["sampled"]["rm"] > before["sampled"]["rm"] + 0.5
+    g = summary["rlhf"]["reward_guard"]
+    rose = after["sampled"]["rule"] - before["sampled"]["rule"] > 2 * g["checked_noise"]
+    assert g["checked_rose_with_rm"] == rose and g["sentence"] in headline(summary["rlhf"])
+    assert ("did NOT rise" in g["sentence"]) != rose
     for name, png in (("sft", "sft_loss.png"), ("rm", "rm_accuracy.png"), ("rlhf", "rlhf.png")):
         assert open_store(pipeline.output_of(pipeline.stage(name))).exists(f"report/{png}")
 
