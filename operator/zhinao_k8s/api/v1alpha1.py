@@ -122,7 +122,9 @@ class StageBase(SpecModel):
 
     resources: Resources = Field(default_factory=Resources)
     backoff_limit: int = Field(default=3, ge=0, le=100)
-    """Whole-job restarts after a failure before the stage is Failed."""
+    """The PyTorchJob's `runPolicy.backoffLimit`: restarts before the job is Failed (on a cluster the
+    kubelet restarts a failed container in its pod and the training operator counts the restarts;
+    the local runner restarts every replica together)."""
 
     image: str | None = None
     """Overrides the pipeline image for this stage."""
