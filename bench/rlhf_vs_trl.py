@@ -325,7 +325,7 @@ def bench_dpo(root: Path, tok, hf: Path, steps: int) -> dict:
     from datasets import Dataset
     from trl import DPOConfig, DPOTrainer
 
-    from zhinao.stages.reward import encode_pairs
+    from zhinao.alignment.data import encode_pairs
     from zhinao.synthetic import preference_pairs
 
     records = preference_pairs(all_pairs(), per_pair=2)

@@ -290,9 +290,8 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
 
 
 def test_frozen_models_are_held_in_the_reference_precision(assets):
+    from zhinao.alignment.models import Offloaded, frozen, load_causal_lm
     from zhinao.config.rlhf import RLHFParams
-    from zhinao.stages.rlhf import Offloaded, frozen
-    from zhinao.stages.sft import load_causal_lm
 
     path = assets["policy"].removeprefix("file://") + "/hf"
     cpu = torch.device("cpu")
