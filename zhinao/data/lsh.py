@@ -44,17 +44,25 @@ _BATCH = 512
 
 def candidate_pairs(entries: np.ndarray) -> np.ndarray:
     """(a, b) for every document b sharing a (band, key) bucket with a smaller gid a, a being the
-    bucket's smallest gid; duplicates across bands removed."""
+    bucket's smallest gid; duplicates across bands removed. A band key already mixes in its band
+    index (MinHasher.band_keys), so buckets are grouped by the key alone: one u64 sort."""
     if len(entries) == 0:
         return np.zeros(0, dtype=PAIR)
-    order = np.lexsort([entries["gid"], entries["key"], entries["band"]])
-    e = entries[order]
-    new = np.concatenate([[True], (e["band"][1:] != e["band"][:-1]) | (e["key"][1:] != e["key"][:-1])])
-    head = np.maximum.accumulate(np.where(new, np.arange(len(e)), 0))
-    pairs = np.empty(int((~new).sum()), dtype=PAIR)
-    pairs["a"], pairs["b"] = e["gid"][head[~new]], e["gid"][~new]
-    pairs = pairs[pairs["a"] != pairs["b"]]
-    return np.unique(pairs)
+    order = np.argsort(entries["key"])
+    key, gid = entries["key"][order], entries["gid"][order]
+    starts = np.flatnonzero(np.concatenate([[True], key[1:] != key[:-1]]))
+    sizes = np.diff(np.concatenate([starts, [len(key)]]))
+    head = np.repeat(np.minimum.reduceat(gid, starts), sizes)
+    other = gid != head
+    if not other.any():
+        return np.zeros(0, dtype=PAIR)
+    a, b = head[other], gid[other]
+    order = np.lexsort([b, a])
+    a, b = a[order], b[order]
+    new = np.concatenate([[True], (a[1:] != a[:-1]) | (b[1:] != b[:-1])])
+    pairs = np.empty(int(new.sum()), dtype=PAIR)
+    pairs["a"], pairs["b"] = a[new], b[new]
+    return pairs
 
 
 def components(edges: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

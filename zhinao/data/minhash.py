@@ -94,12 +94,13 @@ def token_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     cp = np.frombuffer("\0".join(lowered).encode("utf-32-le"), dtype=np.uint32)
     if cp.size == 0:
         return np.zeros(0, dtype=_U64), np.zeros(len(texts), dtype=np.int64)
-    cls = np.zeros(cp.size, dtype=np.uint8)
     bmp = cp < 0x10000
-    cls[bmp] = _char_classes()[cp[bmp]]
-    if not bmp.all():
-        astral = ~bmp
-        cls[astral & (cp >= 0x20000) & (cp <= 0x2FA1F)] = 2
+    if bmp.all():  # the common case: one table lookup, no masks
+        cls = _char_classes()[cp]
+    else:
+        cls = np.zeros(cp.size, dtype=np.uint8)
+        cls[bmp] = _char_classes()[cp[bmp]]
+        cls[~bmp & (cp >= 0x20000) & (cp <= 0x2FA1F)] = 2
     word = cls == 1
     prev_word = np.concatenate([[False], word[:-1]])
     next_word = np.concatenate([word[1:], [False]])
@@ -244,11 +245,21 @@ def grouped_sets(group: np.ndarray, elements: np.ndarray) -> np.ndarray:
 
 
 def exact_jaccard(a: np.ndarray, b: np.ndarray, n_pairs: int) -> np.ndarray:
-    """Exact Jaccard of each pair's two sets: `a` and `b` are `grouped_sets` records of each pair's
-    first and second set, grouped by pair index."""
-    size = np.bincount(a["pair"], minlength=n_pairs) + np.bincount(b["pair"], minlength=n_pairs)
-    both = np.concatenate([a, b])
-    # An element in both sets of a pair appears twice among the pair's records.
-    twice = grouped_sets(both["pair"], both["h"])
-    inter = size - np.bincount(twice["pair"], minlength=n_pairs)
-    return inter / np.maximum(size - inter, 1)
+    """Exact Jaccard of each pair's two sets: `a` and `b` are `grouped_sets` output (sorted by pair,
+    then element; no repeats) for each pair's first and second set."""
+    size_a = np.bincount(a["pair"], minlength=n_pairs)
+    size_b = np.bincount(b["pair"], minlength=n_pairs)
+    inter = np.zeros(n_pairs, dtype=np.int64)
+    for lo in range(0, n_pairs, _MAX_GROUPS):
+        ka, kb = _keys(a, lo), _keys(b, lo)
+        if ka.size and kb.size:
+            # Both key lists are sorted: a binary search per element of a finds its match in b.
+            at = np.minimum(np.searchsorted(kb, ka), kb.size - 1)
+            hit = ka[kb[at] == ka]
+            inter += np.bincount((hit >> _U64(_SET_BITS)).astype(np.int64) + lo, minlength=n_pairs)[:n_pairs]
+    return inter / np.maximum(size_a + size_b - inter, 1)
+
+
+def _keys(records: np.ndarray, lo: int) -> np.ndarray:
+    sel = (records["pair"] >= lo) & (records["pair"] < lo + _MAX_GROUPS)
+    return ((records["pair"][sel] - lo).astype(_U64) << _U64(_SET_BITS)) | records["h"][sel]
