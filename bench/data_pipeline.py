@@ -405,7 +405,9 @@ def main() -> int:
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     d, s, r = results["dedup"], results["signatures"], results["rules"]
-    print(f"\n{len(docs):,} docs, {mb:.1f} MB, one core; truth: {len(truth)} documents with an exact 5-shingle Jaccard >= {THRESHOLD} partner")
+    print(
+        f"\n{len(docs):,} docs, {mb:.1f} MB, one core; truth: {len(truth)} documents with an exact 5-shingle Jaccard >= {THRESHOLD} partner"
+    )
     print(f"{'':34} {'docs/s':>9} {'MB/s':>7} {'P':>6} {'R':>6} {'F1':>6}")
     for name, row in (("dedup, ours (MinHashDedup step)", d["ours"]), ("dedup, datatrove (4 stages)", d["datatrove"])):
         print(

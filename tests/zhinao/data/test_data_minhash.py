@@ -152,4 +152,3 @@ def test_near_duplicates_are_confirmed_by_exact_jaccard(tmp_path):
     texts = [" ".join(w) for w in originals] + above + below
     removed = _dedup(texts, tmp_path)
     assert removed == list(range(40, 60))  # every copy above 0.7 goes, none below
-
