@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from zhinao.config.rlhf import RLHFParams
 from zhinao.model import attention_implementation
-from zhinao.training.session import autocast_dtype
+from zhinao.training.engine_builder import autocast_dtype
 
 
 def load_causal_lm(model_dir: Path, attention: str):

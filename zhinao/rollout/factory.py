@@ -5,7 +5,7 @@ import torch
 from zhinao.config.rlhf import RLHFParams
 from zhinao.rollout.engine import RolloutEngine, stop_token_ids
 from zhinao.rollout.hf_batched import HFBatchedEngine
-from zhinao.training.session import autocast_dtype
+from zhinao.training.engine_builder import autocast_dtype
 
 
 def build_rollout_engine(params: RLHFParams, *, model_dir: str, tokenizer, device: torch.device) -> RolloutEngine:

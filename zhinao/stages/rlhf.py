@@ -34,8 +34,9 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import batch_indices
 from zhinao.rollout.factory import build_rollout_engine
 from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.engine_builder import autocast_dtype
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop
-from zhinao.training.session import TrainingSession, autocast_dtype
+from zhinao.training.session import TrainingSession
 
 Params = RLHFParams
 log = logging.getLogger(__name__)
