@@ -47,8 +47,13 @@ ENV_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 ENV_REGION = "AWS_REGION"
 DEFAULT_S3_ENDPOINT = "https://s3.amazonaws.com"
 
-# Marker in the names of in-flight temporary files; list() never reports them.
+# Marker in the names of in-flight temporary files; list() never reports them. The name goes on
+# with the writer's pid@host, so that the next start can tell a killed writer's leftovers from a
+# live writer's file (`sweep_stale_temp`).
 _TMP_MARK = ".zhinao-tmp-"
+_TMP_WRITER = re.compile(re.escape(_TMP_MARK) + r"(\d+)@(.+)-[0-9a-f]{12}$")
+STALE_TEMP_SECONDS = 3600.0
+"""A temporary file of a writer on another host counts as abandoned after this long untouched."""
 _CHUNK = 1 << 20
 
 
@@ -109,6 +114,48 @@ def _check_prefix(prefix: str) -> str:
 
 def _join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
+
+
+def tmp_next_to(dest: Path) -> Path:
+    """The temporary file a write to `dest` goes through, named after its writer."""
+    return dest.with_name(f".{dest.name}{_TMP_MARK}{os.getpid()}@{socket.gethostname()}-{uuid.uuid4().hex[:12]}")
+
+
+def _writer_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_stale_temp(root: str | Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary files killed writers left under `root` (a FileStore root or a scratch
+    directory) and return them. A file is abandoned when its writer ran on this host and is no longer
+    alive, or, written elsewhere, when it has not changed for STALE_TEMP_SECONDS: a live writer's file
+    is never touched."""
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    removed = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if _TMP_MARK not in name:
+                continue
+            path = Path(dirpath) / name
+            m = _TMP_WRITER.search(name)
+            try:
+                if m and m.group(2) == host:
+                    stale = _writer_gone(int(m.group(1)))
+                else:
+                    stale = now - path.stat().st_mtime > STALE_TEMP_SECONDS
+                if stale:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # its writer finished meanwhile
+                continue
+    return removed
 
 
 def _one_line(text: str) -> str:
@@ -182,7 +229,7 @@ class FileStore(ObjectStore):
 
     @staticmethod
     def _tmp_next_to(dest: Path) -> Path:
-        return dest.with_name(f".{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+        return tmp_next_to(dest)
 
     def _write_atomic(self, dest: Path, fill: Callable[[io.BufferedWriter], None]) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -536,7 +583,7 @@ class S3Store(ObjectStore):
         dest.parent.mkdir(parents=True, exist_ok=True)
 
         def fetch() -> None:
-            tmp = dest.with_name(f".{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+            tmp = tmp_next_to(dest)
             try:
                 resp = self._conn.client.get_object(self.bucket, obj)
                 try:

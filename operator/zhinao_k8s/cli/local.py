@@ -11,11 +11,12 @@ from rich.table import Table
 
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
-from zhinao_k8s.cli.errors import EXIT_FAILED
+from zhinao_k8s.cli.errors import EXIT_FAILED, EXIT_SPEC, die, sigterm_as_interrupt
 from zhinao_k8s.cli.progress import RunDisplay
 from zhinao_k8s.examples import example_text
 from zhinao_k8s.render.pytorchjob import render_pipeline
 from zhinao_k8s.runner.pipeline import PipelineResult, run_pipeline
+from zhinao_k8s.stores import open_spec_store
 
 out = Console(highlight=False)
 SpecArg = Annotated[Path, typer.Argument(help="TrainingPipeline YAML file.", exists=False)]
@@ -39,9 +40,20 @@ def validate(spec: SpecArg) -> None:
     )
 
 
-def render(spec: SpecArg) -> None:
-    """Print the PyTorchJobs the pipeline runs as YAML (offline; pipe into `kubectl apply -f -`)."""
-    print(to_yaml(render_pipeline(load_pipeline(spec))), end="")
+def render(
+    spec: SpecArg,
+    stage: Annotated[list[str], typer.Option(help="Render only these stages (repeatable).")] = [],
+) -> None:
+    """Print each stage's ConfigMap and PyTorchJob as YAML (offline; pipe into `kubectl apply -f -`:
+    each stage's pods wait until the outputs of the stages it reads have succeeded)."""
+    pipeline = load_pipeline(spec)
+    unknown = [name for name in stage if name not in {s.name for s in pipeline.spec.stages}]
+    if unknown:
+        die(
+            f"--stage: no stage {', '.join(unknown)} in {spec} (stages: {', '.join(s.name for s in pipeline.spec.stages)})",
+            EXIT_SPEC,
+        )
+    print(to_yaml(render_pipeline(pipeline, only=stage or None)), end="")
 
 
 def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
@@ -100,9 +112,7 @@ def headline(summary: dict) -> str:
     return ", ".join(parts)
 
 
-def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
-    from zhinao.storage import open_store
-
+def print_result(result: PipelineResult, pipeline: TrainingPipeline, secrets: dict | None = None) -> None:
     table = Table(title="summary")
     for col in ("stage", "result", "seconds", "restarts", "outputs"):
         table.add_column(col)
@@ -119,7 +129,7 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
         if not job.succeeded:
             out.print(f"[red]{name} failed:[/] {job.reason}")
             continue
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
+        store = open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage, secrets)
         if not store.exists("summary.json"):
             continue
         summary = json.loads(store.get_bytes("summary.json"))
@@ -139,11 +149,14 @@ def run(
     """Run every stage locally, exactly as the rendered PyTorchJobs would run on a cluster.
 
     One process per replica with the training operator's environment (MASTER_ADDR, WORLD_SIZE,
-    RANK, PET_*), restarted as a whole on failure up to the stage's backoffLimit.
+    RANK, PET_*); a failed container restarts in place, as the stage's restartPolicy and backoffLimit
+    allow. Ctrl-C or SIGTERM stops every replica as kubelet would (SIGTERM, grace period, SIGKILL).
     """
     pipeline = load_pipeline(spec)
-    result = run_local(pipeline, workdir, parse_secrets(secret), stage or None, verbose)
-    print_result(result, pipeline)
+    secrets = parse_secrets(secret)
+    with sigterm_as_interrupt():
+        result = run_local(pipeline, workdir, secrets, stage or None, verbose)
+    print_result(result, pipeline, secrets)
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
 
@@ -184,7 +197,8 @@ def demo(
     out.print(f"demo corpus -> {pipeline.spec.storage.uri}/corpus: {counts}")
     write_demo_alignment_data(pipeline.spec.storage.uri)
     (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
-    result = run_local(pipeline, workdir, {}, None, False)
+    with sigterm_as_interrupt():
+        result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
     report = write_report(workdir, pipeline, result)
     out.print(f"report: {report}")
@@ -194,8 +208,6 @@ def demo(
 
 def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
     """REPORT.md beside the run: one section per stage with its summary and plots."""
-    from zhinao.storage import open_store
-
     lines = [
         f"# {pipeline.metadata.name}: local run report",
         "",
@@ -208,7 +220,7 @@ def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResu
             f"| {job.seconds:.1f} | {job.restarts} |"
         )
     for name, _job in result.stages:
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
+        store = open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage)
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
         keys = store.list("report/")
         if store.exists("summary.json") and not any(k.endswith(".md") for k in keys):
