@@ -1,6 +1,6 @@
 """The operator at scale: N TrainingPipelines (default 1,000) against kmock's API emulator.
 
-What runs: kmock (tests/zhinao_k8s/kube_mock.py) serves the Kubernetes API on 127.0.0.1 in this
+What runs: kmock (tests/servers/kube_mock.py) serves the Kubernetes API on 127.0.0.1 in this
 process; the real operator (`run_operator`: kopf, the kubernetes client, our handlers) runs in a
 child process, so its memory is measured alone. This process creates the pipelines one after
 another, as fast as the API answers (a burst).
@@ -43,7 +43,7 @@ from pathlib import Path
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT / "tests" / "zhinao_k8s"))  # kube_mock: the emulator the operator tests use
+sys.path.insert(0, str(ROOT / "tests"))  # servers.kube_mock: the emulator the operator tests use
 
 NS = "bench"
 RESULTS = ROOT / "bench" / "results" / "operator_scale.json"
@@ -71,8 +71,8 @@ def pipeline_doc(name: str) -> dict:
 
 def serve_operator(kubeconfig: str, metrics_port: int, health_port: int) -> None:
     """Child process: the operator, watching NS only (as a namespaced install would)."""
-    from zhinao_k8s.k8s import Cluster, load_client
-    from zhinao_k8s.settings import run_operator
+    from zhinao_k8s.controller.k8s import Cluster, load_client
+    from zhinao_k8s.controller.operator import run_operator
 
     run_operator(
         namespaces=[NS],
@@ -122,6 +122,12 @@ def schedstat(pid: int, tid: int | None = None) -> tuple[float, float]:
     return on / 1e9, wait / 1e9
 
 
+def _sample(pattern: str, text: str) -> float:
+    """One sample's value; 0 when the series does not exist yet (a labelled series appears on first use)."""
+    found = re.search(pattern, text, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
 def reconcile_histogram(metrics_port: int) -> dict | None:
     """The operator's zhinao_operator_reconcile_seconds: count, mean, and the bucket upper bound
     that holds p50/p90/p99 (a histogram says no more than that)."""
@@ -132,13 +138,16 @@ def reconcile_histogram(metrics_port: int) -> dict | None:
         return None
     name = "zhinao_operator_reconcile_seconds"
     buckets = sorted(
-        (float(le), float(v)) for le, v in re.findall(rf'^{name}_bucket{{le="([^"]+)"}} (\S+)$', text, re.M)
+        (float(le), float(v))
+        for le, v in re.findall(rf'^{name}_bucket{{kind="TrainingPipeline",le="([^"]+)"}} (\S+)$', text, re.M)
     )
-    count = float(re.search(rf"^{name}_count (\S+)$", text, re.M).group(1))
-    total = float(re.search(rf"^{name}_sum (\S+)$", text, re.M).group(1))
+    count = _sample(rf'^{name}_count{{kind="TrainingPipeline"}} (\S+)$', text)
+    total = _sample(rf'^{name}_sum{{kind="TrainingPipeline"}} (\S+)$', text)
     triggers = {
         k: int(float(v))
-        for k, v in re.findall(r'^zhinao_operator_reconciles_total{trigger="([^"]+)"} (\S+)$', text, re.M)
+        for k, v in re.findall(
+            r'^zhinao_operator_reconciles_total{kind="TrainingPipeline",trigger="([^"]+)"} (\S+)$', text, re.M
+        )
     }
 
     def bound(q: float) -> float:
@@ -159,10 +168,10 @@ def reconcile_histogram(metrics_port: int) -> dict | None:
 
 
 def run(n: int, timeout: float) -> dict:
-    from kube_mock import KubeMock, free_port
     from kubernetes import client
+    from servers.kube_mock import KubeMock, free_port
 
-    from zhinao_k8s.k8s import JOB_PLURAL, load_client
+    from zhinao_k8s.controller.k8s import JOB_PLURAL, load_client
 
     workdir = Path(tempfile.mkdtemp(prefix="zhinao-opscale-"))
     kube = KubeMock(workdir).start()

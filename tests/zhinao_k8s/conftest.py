@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from kube_mock import KubeMock
+from servers.kube_mock import KubeMock
 
 
 @pytest.fixture

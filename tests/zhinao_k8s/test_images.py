@@ -67,7 +67,7 @@ def test_operator_image_has_no_torch() -> None:
 def test_operator_code_imports_without_torch() -> None:
     code = (
         "import sys; sys.modules['torch'] = None\n"
-        "import zhinao_k8s.cli.cluster, zhinao_k8s.settings, zhinao_k8s.handlers, zhinao_k8s.cli.app"
+        "import zhinao_k8s.cli.cluster, zhinao_k8s.controller.operator, zhinao_k8s.controller.handlers, zhinao_k8s.cli.app"
     )
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 

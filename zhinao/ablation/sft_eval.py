@@ -1,7 +1,7 @@
 """SFT evaluation of an ablation run (the report's third evaluation, section 2.6).
 
 Every run's pipeline has an `sft` stage after pretraining, with the same fixed recipe for every
-run (ablation_plan.py); here its fine-tuned model answers the evaluation prompts and a reward
+run (zhinao_k8s/render/ablation_runs.py); here its fine-tuned model answers the evaluation prompts and a reward
 scores the answers: the rule rewards and/or a reward model, summed as in RLHF (`stages.rlhf.Scorer`).
 Generation and scoring are RLHF's held-out evaluation, so the numbers mean the same in both places.
 

@@ -1,1 +1,2 @@
-"""Versioned pipeline API. Pure: no I/O, no kubernetes or kopf imports."""
+"""Versioned API: the TrainingPipeline and Ablation specs, their status models, the CRDs generated
+from them. Pure: no I/O, no kubernetes or kopf imports."""

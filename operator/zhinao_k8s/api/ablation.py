@@ -2,7 +2,7 @@
 
 The spec is the training side's `AblationParams` (recipes, base mixture, share, proxy, seeds,
 evaluations) plus what every TrainingPipeline has (image, storage, metrics). The operator and
-`zhinao-k8s ablation` turn it into one TrainingPipeline per recipe x seed (ablation_plan.py).
+`zhinao-k8s ablation` turn it into one TrainingPipeline per recipe x seed (render/ablation_runs.py).
 """
 
 from pathlib import Path

@@ -23,11 +23,10 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
-from zhinao_k8s.ablation_control import AblationStatus
 from zhinao_k8s.api.ablation import KIND as ABLATION_KIND
 from zhinao_k8s.api.ablation import MAX_RUN_NAME, AblationSpec
+from zhinao_k8s.api.status import AblationStatus, PipelineStatus
 from zhinao_k8s.api.v1alpha1 import API_VERSION, GROUP, KIND, VERSION, PipelineSpec
-from zhinao_k8s.status import PipelineStatus
 
 PLURAL = "trainingpipelines"
 SINGULAR = "trainingpipeline"

@@ -1,4 +1,4 @@
-"""`zhinao-k8s ablation`: run, evaluate, report and render an Ablation (report section 2.6), or
+"""`zhinao-k8s ablation`: run, evaluate, report and render an Ablation (the 360Zhinao technical report, section 2.6), or
 submit it to a cluster and follow it there (submit, status, report NAME)."""
 
 import json
@@ -90,7 +90,7 @@ def prepare(
 ) -> None:
     """Only build the data (held-out split, shared tokenizer, recipe mixtures), e.g. before submitting the runs."""
     from zhinao.ablation.prepare import prepare as do_prepare
-    from zhinao_k8s.ablation_plan import prep_uri
+    from zhinao_k8s.render.ablation_runs import prep_uri
     from zhinao_k8s.runner.ablation import threads
 
     ablation = _load(spec, storage)
@@ -179,18 +179,18 @@ def report(
 def render(spec: SpecArg) -> None:
     """Print the PyTorchJobs of every run as YAML (offline). Prepare the data first with `ablation run`
     or `ablation prepare` pointed at the same storage."""
-    from zhinao_k8s.ablation_plan import plan_runs
     from zhinao_k8s.cli.local import to_yaml
+    from zhinao_k8s.render.ablation_runs import expand_runs
     from zhinao_k8s.render.pytorchjob import render_pipeline
 
-    jobs = [job for run in plan_runs(_load(spec)) for job in render_pipeline(run.pipeline)]
+    jobs = [job for run in expand_runs(_load(spec)) for job in render_pipeline(run.pipeline)]
     print(to_yaml(jobs), end="")
 
 
 def load_report(where: str, storage: str | None = None) -> dict:
     path = Path(where)
     if path.suffix in (".yaml", ".yml") and path.is_file():
-        from zhinao_k8s.ablation_plan import root_uri
+        from zhinao_k8s.render.ablation_runs import root_uri
         from zhinao_k8s.stores import open_spec_store
 
         ablation = _load(path, storage)
@@ -281,7 +281,7 @@ def _ablation_body(name: str, namespace: str | None, kubeconfig: Path | None, co
 def cluster_report(name: str, namespace: str | None, kubeconfig: Path | None, context: str | None) -> dict:
     """report.json of a Succeeded Ablation, read from its storage (endpoint from the spec; credentials,
     as for every storage access, from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
-    from zhinao_k8s.ablation_control import ablation_from_body
+    from zhinao_k8s.controller.plan_ablation import ablation_from_body
     from zhinao_k8s.stores import open_spec_store
 
     _, ns, body = _ablation_body(name, namespace, kubeconfig, context)
@@ -321,9 +321,9 @@ def status(
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """Phase, runs done, the report once written, and every run's TrainingPipeline."""
-    from zhinao_k8s.ablation_plan import LABEL_RECIPE, LABEL_SEED
+    from zhinao_k8s.api.status import printer_fields
     from zhinao_k8s.cli.cluster import _age, _dump
-    from zhinao_k8s.status import printer_fields
+    from zhinao_k8s.render.names import LABEL_RECIPE, LABEL_SEED
 
     cluster, ns, body = _ablation_body(name, namespace, kubeconfig, context)
     st = body.get("status") or {}

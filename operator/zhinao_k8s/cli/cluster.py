@@ -1,7 +1,7 @@
 """Cluster commands: submit, status, list, logs, delete, and `operator run`.
 
 Each command parses its options and hands off to `k8s.Cluster`; what a reply means (phases,
-printer columns) comes from `status.py`. API-server errors become one line (`api_errors`).
+printer columns) comes from `api/status.py`. API-server errors become one line (`api_errors`).
 """
 
 import contextlib
@@ -78,13 +78,13 @@ def api_errors(fn):
 
 
 def _connect(kubeconfig: Path | None, context: str | None):
-    from zhinao_k8s.k8s import Cluster, load_client
+    from zhinao_k8s.controller.k8s import Cluster, load_client
 
     return Cluster(load_client(str(kubeconfig) if kubeconfig else None, context))
 
 
 def _namespace(namespace: str | None, kubeconfig: Path | None, context: str | None) -> str:
-    from zhinao_k8s.k8s import default_namespace
+    from zhinao_k8s.controller.k8s import default_namespace
 
     return namespace or default_namespace(str(kubeconfig) if kubeconfig else None, context)
 
@@ -234,7 +234,7 @@ def list_(
     output: OutputOpt = OutputFormat.table,
 ) -> None:
     """TrainingPipelines with their phase, current stage and progress."""
-    from zhinao_k8s.status import printer_fields
+    from zhinao_k8s.api.status import printer_fields
 
     ns = None if all_namespaces else _namespace(namespace, kubeconfig, context)
     items = _connect(kubeconfig, context).list_pipelines(ns)
@@ -308,7 +308,7 @@ def delete(
 
 
 operator_app = typer.Typer(
-    help="The TrainingPipeline operator (what the zhinao-operator chart runs).", no_args_is_help=True
+    help="The operator of TrainingPipelines and Ablations (what the zhinao-operator chart runs).", no_args_is_help=True
 )
 
 
@@ -325,8 +325,8 @@ def operator_run(
     """Run the operator in the foreground (in-cluster credentials inside a pod)."""
     import logging
 
-    from zhinao_k8s.k8s import Cluster, load_client
-    from zhinao_k8s.settings import run_operator
+    from zhinao_k8s.controller.k8s import Cluster, load_client
+    from zhinao_k8s.controller.operator import run_operator
 
     logging.basicConfig(
         level=os.environ.get("ZHINAO_LOG_LEVEL", "INFO"), format="%(asctime)s %(levelname)s %(name)s: %(message)s"

@@ -15,7 +15,7 @@ def report(
     output: Annotated[str, typer.Argument(help="The data stage's output URI (s3://bucket/prefix or file:///path).")],
 ) -> None:
     """Print the retention cascade (documents and bytes in, out and removed per step), like the
-    report's Figure 1, and where its table and PNG are stored."""
+    360Zhinao technical report's Figure 1, and where its table and PNG are stored."""
     from zhinao.data.report import show_report
 
     typer.echo(show_report(output))

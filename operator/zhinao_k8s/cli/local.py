@@ -15,7 +15,7 @@ from zhinao_k8s.cli.errors import EXIT_FAILED, EXIT_SPEC, die, sigterm_as_interr
 from zhinao_k8s.cli.progress import RunDisplay
 from zhinao_k8s.examples import example_text
 from zhinao_k8s.render.pytorchjob import render_pipeline
-from zhinao_k8s.runner.pipeline import PipelineResult, run_pipeline
+from zhinao_k8s.runner.pipeline import PipelineResult, run_training_pipeline
 from zhinao_k8s.stores import open_spec_store
 
 out = Console(highlight=False)
@@ -76,9 +76,9 @@ def run_local(
 ) -> PipelineResult:
     workdir.mkdir(parents=True, exist_ok=True)
     if verbose:
-        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
+        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
     with RunDisplay(pipeline, workdir) as display:
-        return run_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
+        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
 
 
 def headline(summary: dict) -> str:
@@ -200,14 +200,15 @@ def demo(
     with sigterm_as_interrupt():
         result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
-    report = write_report(workdir, pipeline, result)
-    out.print(f"report: {report}")
+    overview = write_run_overview(workdir, pipeline, result)
+    out.print(f"report: {overview}")
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
 
 
-def write_report(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
-    """REPORT.md beside the run: one section per stage with its summary and plots."""
+def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
+    """REPORT.md beside the run (the file name users know): one section per stage with its summary
+    and the plots from the stage's `report/` folder."""
     lines = [
         f"# {pipeline.metadata.name}: local run report",
         "",

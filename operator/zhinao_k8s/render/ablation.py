@@ -1,6 +1,6 @@
 """(Ablation, step) -> the PyTorchJob of its `prepare` or `evaluate` step, as a plain dict.
 
-One Master replica in the trainer image runs `python -m zhinao_k8s.ablation_job <step>`; the whole
+One Master replica in the trainer image runs `python -m zhinao_k8s.jobs.ablation_step <step>`; the whole
 Ablation document travels in the ZHINAO_ABLATION_SPEC env var, so the job needs nothing else. The
 pod is the training pods' own (security context, scratch volumes, storage credentials by
 secretKeyRef), with the proxy's CPU and memory. `prepare` is CPU work; `evaluate` gets one GPU when
@@ -11,17 +11,16 @@ for a CPU proxy.
 import json
 from typing import Literal
 
-from zhinao_k8s.ablation_plan import LABEL_ABLATION
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.api.v1alpha1 import Resources
-from zhinao_k8s.render.names import app_labels
+from zhinao_k8s.render.names import LABEL_ABLATION, app_labels
 from zhinao_k8s.render.pytorchjob import pod_template, pytorchjob, scratch_env, storage_env
 
 Step = Literal["prepare", "evaluate"]
 STEPS: tuple[Step, ...] = ("prepare", "evaluate")
 ENV_ABLATION_SPEC = "ZHINAO_ABLATION_SPEC"
 LABEL_STEP = "zhinao.ai/ablation-step"
-JOB_MODULE = "zhinao_k8s.ablation_job"
+JOB_MODULE = "zhinao_k8s.jobs.ablation_step"
 BACKOFF_LIMIT = 2
 """Whole-job restarts before the step is Failed: both steps resume what an earlier attempt wrote."""
 

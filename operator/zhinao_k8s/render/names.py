@@ -1,10 +1,14 @@
-"""Deterministic names and labels of the objects a pipeline owns."""
+"""Deterministic names and labels of the objects a TrainingPipeline or an Ablation owns."""
 
 from zhinao_k8s.api.v1alpha1 import StageBase, TrainingPipeline
 
 LABEL_PIPELINE = "zhinao.ai/pipeline"
 LABEL_STAGE = "zhinao.ai/stage"
 LABEL_KIND = "zhinao.ai/stage-kind"
+LABEL_ABLATION = "zhinao.ai/ablation"
+"""On an Ablation's runs (TrainingPipelines) and its prepare/evaluate PyTorchJobs."""
+LABEL_RECIPE = "zhinao.ai/recipe"
+LABEL_SEED = "zhinao.ai/seed"
 
 
 def job_name(pipeline: TrainingPipeline, stage: StageBase) -> str:

@@ -21,10 +21,10 @@ from zhinao.ablation.report import RunResult, build_report, write_report
 from zhinao.ablation.sft_eval import evaluate_sft
 from zhinao.ablation.suite import build_suite
 from zhinao.storage import open_store
-from zhinao_k8s.ablation_plan import Run, plan_runs, prep_uri, root_uri
 from zhinao_k8s.api.ablation import Ablation
+from zhinao_k8s.render.ablation_runs import Run, expand_runs, prep_uri, root_uri
 from zhinao_k8s.runner.local import Listener
-from zhinao_k8s.runner.pipeline import run_pipeline
+from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 
 class AblationFailed(RuntimeError):
@@ -61,7 +61,7 @@ def train_runs(
     ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False
 ) -> list[Run]:
     notify = _notify(listener)
-    runs = plan_runs(ablation)
+    runs = expand_runs(ablation)
     for i, run in enumerate(runs, 1):
         todo = [
             stage
@@ -80,7 +80,7 @@ def train_runs(
             for stage in todo:
                 run_stage(stage_runtime(run.pipeline, stage))
         else:
-            result = run_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
+            result = run_training_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
             if not result.succeeded:
                 raise AblationFailed(
                     f"run {run.name} failed in stage {result.stages[-1][0]}: {result.stages[-1][1].reason}"
@@ -115,7 +115,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
         valid = np.load(local)
     items = benchmark_items(ablation)
     results = []
-    runs = plan_runs(ablation)
+    runs = expand_runs(ablation)
     for i, run in enumerate(runs, 1):
         key = f"runs/{run.name}.json"
         result = json.loads(root.get_bytes(key)) if root.exists(key) else None

@@ -46,6 +46,7 @@ RETRYABLE_EXIT_CODES = frozenset({130, 137, 143, 138})
 """Kubeflow's retryable codes under restartPolicy ExitCode: SIGINT, SIGKILL, SIGTERM, and SIGUSR1
 (a user-defined retry); every other code is permanent (pkg/util/train IsRetryableExitCode)."""
 LOG_TAIL_BYTES = 4096
+KILL_WAIT_SECONDS = 10.0
 
 
 def free_port() -> int:
@@ -367,8 +368,13 @@ class LocalJobRunner:
             while time.time() < deadline and any(_group_alive(p) for _, p in groups):
                 time.sleep(0.05)
         finally:
-            for pod, process in groups:
+            for _pod, process in groups:
                 _signal_group(process, signal.SIGKILL)  # children of torchrun may outlive it
+            # A SIGKILLed process is gone only once the kernel has run it down: wait for that.
+            deadline = time.time() + KILL_WAIT_SECONDS
+            while time.time() < deadline and any(_group_alive(p) for _, p in groups):
+                time.sleep(0.05)
+            for pod, process in groups:
                 process.wait()
                 pod.process = None
 

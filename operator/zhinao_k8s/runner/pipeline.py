@@ -1,4 +1,7 @@
-"""Run every stage of a TrainingPipeline in order through the local PyTorchJob runner."""
+"""Run every stage of a TrainingPipeline in order through the local PyTorchJob runner.
+
+`run_training_pipeline`, not `run_pipeline`: in this package "pipeline" always means a TrainingPipeline,
+but zhinao.data has a pipeline of its own."""
 
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +21,7 @@ class PipelineResult:
         return bool(self.stages) and all(r.succeeded for _, r in self.stages)
 
 
-def run_pipeline(
+def run_training_pipeline(
     pipeline: TrainingPipeline,
     *,
     workdir: Path,

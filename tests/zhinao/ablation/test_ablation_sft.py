@@ -10,9 +10,9 @@ from transformers import Qwen2ForSequenceClassification
 from zhinao.data.demo_corpus import real_documents
 from zhinao.model import build_config
 from zhinao.tokenizer import to_transformers, train_bpe
-from zhinao_k8s.ablation_plan import plan_runs
 from zhinao_k8s.api.ablation import Ablation, parse_ablation
 from zhinao_k8s.api.load import SpecError
+from zhinao_k8s.render.ablation_runs import expand_runs
 from zhinao_k8s.runner.ablation import run_ablation
 
 SFT = {
@@ -91,7 +91,7 @@ def ablated(tmp_path_factory):
 
 def test_every_run_fine_tunes_its_own_base_with_the_same_recipe(ablated):
     ablation, _, _ = ablated
-    runs = plan_runs(ablation)
+    runs = expand_runs(ablation)
     assert [s.name for s in runs[0].pipeline.spec.stages] == ["pretrain", "sft"]
     for run in runs:
         sft = run.pipeline.stage("sft")

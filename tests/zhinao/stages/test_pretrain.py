@@ -7,12 +7,12 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runs import assert_restarted_once_and_resumed, run, run_killing_a_rank
+from stage_runs import assert_restarted_and_resumed, run, run_killing_a_rank
 from transformers import AutoModelForCausalLM
 
 from zhinao.storage import StorageError, open_store
 from zhinao_k8s.api.load import parse_pipeline
-from zhinao_k8s.runner.pipeline import run_pipeline
+from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -32,7 +32,7 @@ def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
         tmp_path / "w2",
         once_exists=tmp_path / "store" / "killed" / "pretrain" / "checkpoints" / "latest",
     )
-    assert_restarted_once_and_resumed(result, killed=killed, replica="worker-0", step=10)
+    assert_restarted_and_resumed(result, killed=killed, replica="worker-0", step=10)
 
     a, b = (
         weights(ref_pipeline.output_of(ref_pipeline.stage("pretrain"))),
@@ -103,7 +103,7 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     for t in threads:
         t.start()
     pipeline = parse_pipeline(json.dumps(spec))
-    result = run_pipeline(pipeline, workdir=tmp_path / "w", secrets=secrets)
+    result = run_training_pipeline(pipeline, workdir=tmp_path / "w", secrets=secrets)
     done.set()
     for t in threads:
         t.join(10)

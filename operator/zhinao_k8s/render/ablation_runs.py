@@ -1,4 +1,6 @@
-"""Pure fan-out of an Ablation: one TrainingPipeline per recipe x seed, with deterministic names.
+"""An Ablation expanded into its runs: one TrainingPipeline per recipe x seed, with deterministic names.
+
+Pure. Also where an ablation writes: `root_uri`, `prep_uri`, `report_uri`.
 
 Every run has a pretrain stage reading the ablation's prepared data (prep/: the shared tokenizer
 and the recipe's mixed training documents, see zhinao.ablation.prepare) and keeping a checkpoint
@@ -11,12 +13,11 @@ from dataclasses import dataclass
 from zhinao.config.pretrain import PretrainParams
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.api.v1alpha1 import Metadata, PipelineSpec, PretrainStage, Resources, SFTStage, TrainingPipeline
+from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_RECIPE, LABEL_SEED
 
-LABEL_ABLATION = "zhinao.ai/ablation"
-LABEL_RECIPE = "zhinao.ai/recipe"
-LABEL_SEED = "zhinao.ai/seed"
 STAGE = "pretrain"
 SFT_STAGE = "sft"
+REPORT_FILE = "report/report.md"
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,11 @@ def prep_uri(ablation: Ablation) -> str:
     return f"{root_uri(ablation)}/prep"
 
 
+def report_uri(ablation: Ablation) -> str:
+    """The ablation report's report.md (report.json is beside it)."""
+    return f"{root_uri(ablation)}/{REPORT_FILE}"
+
+
 def run_name(ablation: Ablation, recipe: str, index: int) -> str:
     return f"{ablation.metadata.name}-{recipe}-s{index}"
 
@@ -70,7 +76,8 @@ def pretrain_params(ablation: Ablation, seed: int) -> PretrainParams:
     )
 
 
-def plan_runs(ablation: Ablation) -> list[Run]:
+def expand_runs(ablation: Ablation) -> list[Run]:
+    """recipes x seeds -> one Run (a TrainingPipeline) each, in recipe order then seed order."""
     spec = ablation.spec
     proxy, sft = spec.proxy, spec.evaluations.sft
     prep = prep_uri(ablation)

@@ -8,12 +8,12 @@ the PyTorchJobs' conditions by patching their status.
 from __future__ import annotations
 
 import kmock
-from kube_mock import KubeMock
 from schemas import validate_pytorchjob
-from test_operator_kmock import NS, Operator, operator, set_job_condition, wait_for  # noqa: F401 (operator: the fixture); its import sets the 2 s timer
+from servers.kube_mock import KubeMock
+from servers.operator_thread import NS, Operator, set_job_condition, wait_for
 
-from zhinao_k8s.k8s import Cluster
-from zhinao_k8s.plan import ANNOTATION_ATTEMPT
+from zhinao_k8s.controller.k8s import Cluster
+from zhinao_k8s.controller.plan_pipeline import ANNOTATION_ATTEMPT
 
 RUNS = ["abl-a-s0", "abl-a-s1", "abl-b-s0", "abl-b-s1"]
 
@@ -62,6 +62,12 @@ def creates(kube: KubeMock, plural: str) -> list[str]:
     return kube.call(read)
 
 
+def metric(text: str, series: str) -> float:
+    """The value of one series in a /metrics page (0 when absent)."""
+    line = next((ln for ln in text.splitlines() if ln.startswith(series + " ")), None)
+    return float(line.rsplit(" ", 1)[1]) if line else 0.0
+
+
 def finish_runs(cluster: Cluster, names: list[str]) -> None:
     """Succeed every stage job of these runs until the TrainingPipeline controller calls them Succeeded."""
 
@@ -75,7 +81,7 @@ def finish_runs(cluster: Cluster, names: list[str]) -> None:
     wait_for(f"runs {names} Succeeded", all_done, timeout=30)
 
 
-def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMock, operator: Operator) -> None:  # noqa: F811 (the imported fixture)
+def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMock, operator: Operator) -> None:
     cluster = operator.cluster
     uid = cluster.create_ablation(NS, ablation_doc())["metadata"]["uid"]
 
@@ -124,8 +130,18 @@ def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMoc
     assert creates(kube, "trainingpipelines") == RUNS
     assert creates(kube, "pytorchjobs") == sorted(["abl-evaluate", "abl-prepare", *(f"{r}-pretrain" for r in RUNS)])
 
+    # The ablation path records the operator's metrics as the pipeline path does (metrics live in
+    # the process, so these count from the restart on).
+    code, metrics = operator.get(operator.metrics_port, "/metrics")
+    assert code == 200
+    assert 'zhinao_operator_ablations{phase="Succeeded"} 1.0' in metrics
+    assert 'zhinao_operator_ablations{phase="Training"} 0.0' in metrics
+    assert 'zhinao_operator_actions_total{action="CreateJob"}' in metrics  # abl-evaluate, after the restart
+    assert metric(metrics, 'zhinao_operator_reconciles_total{kind="Ablation",trigger="child"}') >= 1
+    assert metric(metrics, 'zhinao_operator_reconcile_seconds_count{kind="Ablation"}') >= 1
 
-def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Operator) -> None:  # noqa: F811 (the imported fixture)
+
+def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Operator) -> None:
     cluster = operator.cluster
     cluster.create_ablation(NS, ablation_doc())
     wait_for("prepare job", lambda: cluster.list_ablation_jobs(NS, "abl").get("abl-prepare"))
@@ -151,7 +167,7 @@ def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Ope
     assert "abl-evaluate" not in cluster.list_ablation_jobs(NS, "abl")
 
 
-def test_an_invalid_ablation_is_reported_not_run(kube: KubeMock, operator: Operator) -> None:  # noqa: F811 (the imported fixture)
+def test_an_invalid_ablation_is_reported_not_run(kube: KubeMock, operator: Operator) -> None:
     cluster = operator.cluster
     bad = ablation_doc("bad")
     bad["spec"]["recipes"][1]["name"] = "a"  # kmock does not enforce the CRD schema; the models do
@@ -159,3 +175,6 @@ def test_an_invalid_ablation_is_reported_not_run(kube: KubeMock, operator: Opera
     st = wait_for("InvalidSpec", lambda: (s := status(cluster, "bad")).get("reason") == "InvalidSpec" and s)
     assert st["phase"] == "Failed" and "recipe names used twice: a" in st["message"]
     assert cluster.list_ablation_jobs(NS, "bad") == {}
+    # The status is patched just before the reconcile raises, so the error count follows shortly.
+    errors = 'zhinao_operator_reconcile_errors_total{error="PermanentError",kind="Ablation"}'
+    wait_for("error counted", lambda: metric(operator.get(operator.metrics_port, "/metrics")[1], errors) >= 1)

@@ -1,4 +1,4 @@
-"""`python -m zhinao_k8s.ablation_job prepare|evaluate` for real on a file:// store: the data and
+"""`python -m zhinao_k8s.jobs.ablation_step prepare|evaluate` for real on a file:// store: the data and
 the report it writes, and one readable line (no traceback) for a bad spec or unfinished runs."""
 
 import json
@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from zhinao.data.demo_corpus import real_documents
-from zhinao_k8s.ablation_job import EXIT_FAILED, EXIT_SPEC, main
 from zhinao_k8s.api.ablation import Ablation
+from zhinao_k8s.jobs.ablation_step import EXIT_FAILED, EXIT_SPEC, main
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC
 from zhinao_k8s.runner.ablation import threads, train_runs
 
@@ -68,7 +68,7 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     # prepare, as the PyTorchJob runs it: a fresh interpreter, the spec in the env var only.
     env = {**os.environ, **env_of(ablation, tmp_path / "prepare"), "OMP_NUM_THREADS": "1"}
     done = subprocess.run(
-        [sys.executable, "-m", "zhinao_k8s.ablation_job", "prepare"],
+        [sys.executable, "-m", "zhinao_k8s.jobs.ablation_step", "prepare"],
         env=env,
         capture_output=True,
         text=True,
@@ -102,7 +102,7 @@ def test_a_bad_or_missing_spec_is_one_line_and_exit_2(ablation: Ablation, tmp_pa
     bad["spec"]["experimentalShare"] = 1.5
     env = {**os.environ, ENV_ABLATION_SPEC: json.dumps(bad)}
     out = subprocess.run(
-        [sys.executable, "-m", "zhinao_k8s.ablation_job", "prepare"],
+        [sys.executable, "-m", "zhinao_k8s.jobs.ablation_step", "prepare"],
         env=env,
         capture_output=True,
         text=True,

@@ -1,12 +1,13 @@
-"""plan.py: (pipeline, observed PyTorchJobs, last status) -> actions + status. Tables, no cluster."""
+"""controller/plan_pipeline.py: (pipeline, observed PyTorchJobs, last status) -> actions + status. Tables, no cluster."""
 
 import json
 from dataclasses import dataclass, field
 
 import pytest
 
+from zhinao_k8s.api.status import PipelineStatus, StageStatus
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
-from zhinao_k8s.plan import (
+from zhinao_k8s.controller.plan_pipeline import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_INPUTS,
     CreateJob,
@@ -14,10 +15,9 @@ from zhinao_k8s.plan import (
     SuspendJob,
     owner_reference,
     pipeline_from_body,
-    plan,
     plan_cleanup,
+    plan_pipeline,
 )
-from zhinao_k8s.status import PipelineStatus, StageStatus
 
 NOW = "2026-01-01T01:00:00Z"
 T1 = "2026-01-01T00:01:00Z"
@@ -192,7 +192,7 @@ def _key(action) -> tuple:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_plan(case: Case) -> None:
-    out = plan(pipeline(case.max_retries, case.suspend), case.observed, case.previous, now=NOW)
+    out = plan_pipeline(pipeline(case.max_retries, case.suspend), case.observed, case.previous, now=NOW)
     assert [_key(a) for a in out.actions] == case.actions
     assert out.status.phase == case.phase
     assert tuple(s.phase for s in out.status.stages) == case.stage_phases
@@ -201,16 +201,16 @@ def test_plan(case: Case) -> None:
 def test_plan_is_idempotent_once_applied() -> None:
     """Applying the plan's creates and planning again yields no further action."""
     p = pipeline()
-    first = plan(p, {}, PipelineStatus(), now=NOW)
+    first = plan_pipeline(p, {}, PipelineStatus(), now=NOW)
     observed = {a.name: a.body for a in first.actions if isinstance(a, CreateJob)}
-    second = plan(p, observed, first.status, now=NOW)
+    second = plan_pipeline(p, observed, first.status, now=NOW)
     assert second.actions == ()
     assert second.status == first.status
 
 
 def test_created_job_carries_owner_attempt_and_resolved_inputs() -> None:
     body = {"apiVersion": "zhinao.ai/v1alpha1", "kind": "TrainingPipeline", "metadata": {"name": "demo", "uid": "u-1"}}
-    out = plan(
+    out = plan_pipeline(
         pipeline(), {"demo-tok": job("demo-tok", "Succeeded")}, PipelineStatus(), now=NOW, owner=owner_reference(body)
     )
     (create,) = out.actions
@@ -238,17 +238,21 @@ def test_created_job_carries_owner_attempt_and_resolved_inputs() -> None:
 
 def test_retry_attempt_numbers_and_final_failure_message() -> None:
     p = pipeline(max_retries=1)
-    s1 = plan(p, {"demo-tok": job("demo-tok", "Failed", message="exit code 1")}, PipelineStatus(), now=NOW).status
+    s1 = plan_pipeline(
+        p, {"demo-tok": job("demo-tok", "Failed", message="exit code 1")}, PipelineStatus(), now=NOW
+    ).status
     assert s1.stage("tok").message == "attempt 1 failed (PyTorchJobFailed: exit code 1); retry 1 of 1"
-    s2 = plan(p, {}, s1, now=NOW)
+    s2 = plan_pipeline(p, {}, s1, now=NOW)
     assert s2.actions[0].body["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2"
-    s3 = plan(p, {"demo-tok": job("demo-tok", "Failed", attempt=2, message="exit code 1")}, s2.status, now=NOW).status
+    s3 = plan_pipeline(
+        p, {"demo-tok": job("demo-tok", "Failed", attempt=2, message="exit code 1")}, s2.status, now=NOW
+    ).status
     assert (s3.phase, s3.reason) == ("Failed", "StageFailed")
     assert s3.message == "stage 'tok' failed after 2 attempt(s): exit code 1"
 
 
 def test_generation_is_recorded() -> None:
-    assert plan(pipeline(), {}, PipelineStatus(), now=NOW, generation=7).status.observed_generation == 7
+    assert plan_pipeline(pipeline(), {}, PipelineStatus(), now=NOW, generation=7).status.observed_generation == 7
 
 
 def test_plan_cleanup_deletes_only_own_children() -> None:

@@ -1,4 +1,4 @@
-"""ablation_control.py: (ablation, observed jobs and runs, last status) -> actions + status. Tables, no cluster."""
+"""controller/plan_ablation.py: (ablation, observed jobs and runs, last status) -> actions + status. Tables, no cluster."""
 
 import json
 from dataclasses import dataclass, field
@@ -6,21 +6,20 @@ from dataclasses import dataclass, field
 import pytest
 from schemas import validate_pytorchjob  # tests/ is on sys.path (rootdir conftest)
 
-from zhinao_k8s.ablation_control import (
+from zhinao_k8s.api.ablation import Ablation
+from zhinao_k8s.api.status import AblationStatus, Condition
+from zhinao_k8s.controller.plan_ablation import (
     EVALUATED,
     PREPARED,
     TRAINED,
-    AblationStatus,
     CreatePipeline,
     ablation_from_body,
     plan_ablation,
 )
-from zhinao_k8s.ablation_plan import plan_runs
-from zhinao_k8s.api.ablation import Ablation
-from zhinao_k8s.plan import CreateJob, pipeline_from_body
+from zhinao_k8s.controller.plan_pipeline import CreateJob, pipeline_from_body
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC
+from zhinao_k8s.render.ablation_runs import expand_runs
 from zhinao_k8s.render.names import LABEL_PIPELINE
-from zhinao_k8s.status import Condition
 
 NOW = "2026-01-01T01:00:00Z"
 T0 = "2026-01-01T00:00:00Z"
@@ -300,7 +299,7 @@ def test_the_prepare_job_is_a_valid_pytorchjob_running_the_entry_point_with_the_
     assert LABEL_PIPELINE not in labels  # the TrainingPipeline controller does not take it for one of its jobs
     assert list(body["spec"]["pytorchReplicaSpecs"]) == ["Master"]
     container = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
-    assert [*container["command"], *container["args"]] == ["python", "-m", "zhinao_k8s.ablation_job", "prepare"]
+    assert [*container["command"], *container["args"]] == ["python", "-m", "zhinao_k8s.jobs.ablation_step", "prepare"]
     env = {e["name"]: e for e in container["env"]}
     assert Ablation.model_validate(json.loads(env[ENV_ABLATION_SPEC]["value"])) == ABLATION
     assert env["ZHINAO_S3_ENDPOINT"]["value"] == "http://minio:9000"
@@ -314,7 +313,7 @@ def test_the_prepare_job_is_a_valid_pytorchjob_running_the_entry_point_with_the_
 def test_runs_are_the_planned_pipelines_owned_by_the_ablation() -> None:
     out = plan_ablation(ABLATION, PREPARE_OK, {}, AblationStatus(), now=NOW, owner=OWNER)
     bodies = {a.name: a.body for a in out.actions if isinstance(a, CreatePipeline)}
-    for planned in plan_runs(ABLATION):
+    for planned in expand_runs(ABLATION):
         body = bodies[planned.name]
         assert body["metadata"]["ownerReferences"] == [OWNER]
         assert body["metadata"]["labels"] == {

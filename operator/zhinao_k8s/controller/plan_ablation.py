@@ -1,12 +1,12 @@
 """The operator's decisions for an Ablation: (ablation, observed children, last status) -> actions + status.
 
-Pure, like plan.py: no I/O, no kubernetes or kopf imports, the clock is an argument; `handlers.py`
-lists the children, calls `plan_ablation` and carries out what it returns.
+Pure, like plan_pipeline.py: no I/O, no kubernetes or kopf imports, the clock is an argument;
+`reconcile.py` lists the children, calls `plan_ablation` and carries out what it returns.
 
 The steps, one after the other:
 - prepare: the PyTorchJob `<ablation>-prepare` builds the data every run reads (held-out split,
   shared tokenizer, recipe mixtures; see zhinao.ablation.prepare).
-- train: once it has Succeeded, one TrainingPipeline per recipe x seed (`ablation_plan.plan_runs`),
+- train: once it has Succeeded, one TrainingPipeline per recipe x seed (`render/ablation_runs.expand_runs`),
   owned by the Ablation and labelled with it; the TrainingPipeline controller runs them.
 - evaluate: once every run has Succeeded, the PyTorchJob `<ablation>-evaluate` scores every run
   and writes the report; the Ablation is then Succeeded with `status.report`.
@@ -20,59 +20,18 @@ the failed object runs that step again. A step that has Succeeded is remembered 
 from dataclasses import dataclass, field
 from typing import Literal
 
-from pydantic import Field
-
-from zhinao.config._base import SpecModel
-from zhinao_k8s.ablation_plan import Run, plan_runs, root_uri
 from zhinao_k8s.api.ablation import Ablation
-from zhinao_k8s.plan import CreateJob
+from zhinao_k8s.api.status import AblationPhase, AblationStatus, Condition, RunCounts
+from zhinao_k8s.controller.pipeline_status import job_phase
+from zhinao_k8s.controller.plan_pipeline import CreateJob
 from zhinao_k8s.render.ablation import Step, render_step_job, step_job_name
-from zhinao_k8s.status import Condition, job_phase
+from zhinao_k8s.render.ablation_runs import Run, expand_runs, report_uri
 
-AblationPhase = Literal["Pending", "Preparing", "Training", "Evaluating", "Succeeded", "Failed"]
 PREPARED, TRAINED, EVALUATED = "Prepared", "Trained", "Evaluated"
 STEP_CONDITIONS: dict[str, str] = {"prepare": PREPARED, "train": TRAINED, "evaluate": EVALUATED}
 STEP_PHASES: dict[str, AblationPhase] = {"prepare": "Preparing", "train": "Training", "evaluate": "Evaluating"}
 FAILED_REASONS = {"prepare": "PrepareFailed", "train": "RunFailed", "evaluate": "EvaluateFailed"}
 CONDITION_STATUS = {"Succeeded": "True", "Failed": "False", "Running": "Unknown"}
-REPORT_FILE = "report/report.md"
-
-
-class RunCounts(SpecModel):
-    total: int = 0
-    """recipes x seeds."""
-
-    succeeded: int = 0
-    failed: int = 0
-
-
-class AblationStatus(SpecModel):
-    phase: AblationPhase = "Pending"
-    progress: str | None = None
-    """`<succeeded runs>/<runs>`, for `kubectl get`."""
-
-    runs: RunCounts = Field(default_factory=RunCounts)
-    reason: str | None = None
-    message: str | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
-    last_transition_time: str | None = None
-    """When `phase` last changed."""
-
-    report: str | None = None
-    """URI of report.md once Succeeded; report.json is beside it (`zhinao-k8s ablation report NAME`)."""
-
-    observed_generation: int | None = None
-    conditions: list[Condition] = Field(default_factory=list)
-    """Prepared, Trained, Evaluated: True once that step has Succeeded (it is never run again),
-    False when it failed, Unknown before."""
-
-    def condition(self, kind: str) -> Condition | None:
-        return next((c for c in self.conditions if c.type == kind), None)
-
-    def done(self, kind: str) -> bool:
-        cond = self.condition(kind)
-        return cond is not None and cond.status == "True"
 
 
 @dataclass(frozen=True)
@@ -111,10 +70,6 @@ def ablation_from_body(body: dict) -> Ablation:
             "spec": body.get("spec") or {},
         }
     )
-
-
-def report_uri(ablation: Ablation) -> str:
-    return f"{root_uri(ablation)}/{REPORT_FILE}"
 
 
 def build_step_job(ablation: Ablation, step: Step, owner: dict | None) -> dict:
@@ -207,7 +162,7 @@ def plan_ablation(
 ) -> AblationPlan:
     """Decide what to do next. `jobs`: the ablation's PyTorchJobs by name (prepare, evaluate);
     `pipelines`: its runs' TrainingPipelines by name."""
-    runs = plan_runs(ablation)
+    runs = expand_runs(ablation)
     actions: list[AblationAction] = []
     outcomes: dict[str, _Outcome] = {}
     counts = RunCounts(total=len(runs))
@@ -251,14 +206,11 @@ def plan_ablation(
 
 
 __all__ = [
-    "AblationStatus",
     "AblationPlan",
     "AblationAction",
     "CreatePipeline",
-    "RunCounts",
     "plan_ablation",
     "ablation_from_body",
     "build_step_job",
     "build_run",
-    "report_uri",
 ]

@@ -2,10 +2,11 @@
 
 import pytest
 
-from zhinao_k8s.ablation_plan import LABEL_RECIPE, plan_runs, prep_uri, root_uri
 from zhinao_k8s.api.ablation import parse_ablation
 from zhinao_k8s.api.load import SpecError
 from zhinao_k8s.examples import example_text
+from zhinao_k8s.render.ablation_runs import expand_runs, prep_uri, root_uri
+from zhinao_k8s.render.names import LABEL_RECIPE
 from zhinao_k8s.render.pytorchjob import render_pipeline
 
 MINIMAL = """
@@ -44,7 +45,7 @@ def test_defaults_are_the_reports_setup():
 )
 def test_one_pipeline_per_recipe_and_seed_with_deterministic_names_and_distinct_seeds(recipe, index, name, seed):
     ab = parse_ablation(MINIMAL)
-    runs = {(r.recipe, r.index): r for r in plan_runs(ab)}
+    runs = {(r.recipe, r.index): r for r in expand_runs(ab)}
     assert len(runs) == 9
     run = runs[(recipe, index)]
     assert run.name == name and run.seed == seed
@@ -61,14 +62,15 @@ def test_one_pipeline_per_recipe_and_seed_with_deterministic_names_and_distinct_
 
 def test_checkpoints_are_kept_every_eval_interval_for_the_valid_curve():
     ab = parse_ablation(example_text("ablation-demo"))
-    params = plan_runs(ab)[0].pipeline.spec.stages[0].params
+    params = expand_runs(ab)[0].pipeline.spec.stages[0].params
     assert (params.max_steps, params.checkpoint_every, params.keep_checkpoints) == (300, 100, 4)
     assert (params.model_size, params.seq_len, params.micro_batch_size) == ("tiny", 128, 8)
-    assert len(plan_runs(ab)) == 12
+    assert len(expand_runs(ab)) == 12
 
 
 def test_the_runs_render_to_pytorchjobs():
-    jobs = [j for r in plan_runs(parse_ablation(MINIMAL)) for j in render_pipeline(r.pipeline)]
+    objects = [o for r in expand_runs(parse_ablation(MINIMAL)) for o in render_pipeline(r.pipeline)]
+    jobs = [o for o in objects if o["kind"] == "PyTorchJob"]
     assert [j["metadata"]["name"] for j in jobs[:2]] == [
         "abl-don-s0-pretrain",
         "abl-don-s1-pretrain",

@@ -1,95 +1,16 @@
-"""What the operator reports: PyTorchJob conditions -> stage phase; stages -> pipeline phase.
+"""A TrainingPipeline's status from what is observed: PyTorchJob conditions -> stage phase;
+stages -> pipeline phase.
 
-Pure: no I/O, no kubernetes or kopf imports. The models below are the `status` of a
-TrainingPipeline; `api/crd.py` turns them into the CRD's status schema, so what the operator
-writes and what the API server accepts cannot drift apart.
+Pure: no I/O, no kubernetes or kopf imports. The status models themselves are in `api/status.py`.
 """
 
-from typing import Literal, TypeVar
-
-from pydantic import Field
-
-from zhinao.config._base import SpecModel
-
-StagePhase = Literal["Pending", "Created", "Running", "Restarting", "Suspended", "Retrying", "Succeeded", "Failed"]
-PipelinePhase = Literal["Pending", "Running", "Suspended", "Succeeded", "Failed"]
+from zhinao_k8s.api.status import TERMINAL, Condition, PipelineStatus, StagePhase, StageStatus
 
 # The PyTorchJob condition types we mirror, most decisive first: a job can carry several True
 # conditions at once (for example Created and Running), and the first True one in this order
 # names its phase. Terminal conditions win even when a stale Running=True is left behind
 # (kubeflow/trainer#1711).
 JOB_CONDITION_ORDER = ("Failed", "Succeeded", "Suspended", "Restarting", "Running", "Created")
-TERMINAL: frozenset[str] = frozenset({"Succeeded", "Failed"})
-
-
-class Condition(SpecModel):
-    type: str
-    status: str
-    reason: str | None = None
-    message: str | None = None
-    last_transition_time: str | None = None
-
-
-class StageStatus(SpecModel):
-    name: str
-    """Stage name from the spec."""
-
-    phase: StagePhase = "Pending"
-    job_name: str | None = None
-    """The stage's PyTorchJob (deterministic: `<pipeline>-<stage>`)."""
-
-    attempt: int = 0
-    """1 for the first run of the stage's PyTorchJob, 2 for the first retry, ...; 0 before it starts."""
-
-    reason: str | None = None
-    message: str | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
-    last_transition_time: str | None = None
-    """When `phase` last changed."""
-
-    output_uri: str | None = None
-    """Where the stage writes; the next stage reads its `stage://` inputs from here."""
-
-    conditions: list[Condition] = Field(default_factory=list)
-    """The PyTorchJob's conditions, mirrored as the training operator reported them."""
-
-
-class PipelineStatus(SpecModel):
-    phase: PipelinePhase = "Pending"
-    current_stage: str | None = None
-    """The first stage that has not Succeeded (the last stage once the pipeline has)."""
-
-    progress: str | None = None
-    """`<succeeded stages>/<stages>`, for `kubectl get`."""
-
-    reason: str | None = None
-    message: str | None = None
-    start_time: str | None = None
-    completion_time: str | None = None
-    observed_generation: int | None = None
-    stages: list[StageStatus] = Field(default_factory=list)
-
-    def stage(self, name: str) -> StageStatus | None:
-        return next((s for s in self.stages if s.name == name), None)
-
-
-S = TypeVar("S", bound=SpecModel)
-
-
-def read_status(raw: dict | None, model: type[S] = PipelineStatus) -> S:
-    """The status as the operator last wrote it; fields it does not own (kopf's) are ignored."""
-    if not raw:
-        return model()
-    known = {k: v for k, v in raw.items() if k in model.model_fields or _snake(k) in model.model_fields}
-    try:
-        return model.model_validate(known)
-    except ValueError:
-        return model()  # written by an older operator: rebuilt from the children
-
-
-def _snake(camel: str) -> str:
-    return "".join(f"_{c.lower()}" if c.isupper() else c for c in camel)
 
 
 def job_conditions(job: dict | None) -> list[Condition]:
@@ -200,13 +121,3 @@ def summarize(stages: list[StageStatus], *, suspended: bool, previous: PipelineS
         observed_generation=previous.observed_generation,
         stages=stages,
     )
-
-
-def printer_fields(status: dict | None) -> dict[str, str]:
-    """The columns `kubectl get trainingpipelines` and `zhinao-k8s list` show."""
-    status = status or {}
-    return {
-        "phase": status.get("phase") or "Pending",
-        "stage": status.get("currentStage") or "",
-        "progress": status.get("progress") or "",
-    }

@@ -1,6 +1,7 @@
-"""The operator's decisions: (pipeline, observed PyTorchJobs, last status) -> actions + new status.
+"""The operator's decisions for a TrainingPipeline: (pipeline, observed PyTorchJobs, last status)
+-> actions + new status.
 
-Pure: no I/O, no kubernetes or kopf imports, and the clock is an argument. `handlers.py` feeds it
+Pure: no I/O, no kubernetes or kopf imports, and the clock is an argument. `reconcile.py` feeds it
 what it listed from the API server and carries out what it returns, so every decision is tested
 here with tables and the handlers stay thin glue.
 
@@ -16,17 +17,11 @@ The rules, in stage order:
 import json
 from dataclasses import dataclass, field
 
+from zhinao_k8s.api.status import PipelineStatus, StageStatus
 from zhinao_k8s.api.v1alpha1 import API_VERSION, KIND, StageBase, TrainingPipeline
+from zhinao_k8s.controller.pipeline_status import stage_from_job, summarize, with_phase
 from zhinao_k8s.render.names import LABEL_PIPELINE, job_name
 from zhinao_k8s.render.pytorchjob import render_pytorchjob
-from zhinao_k8s.status import (
-    PipelineStatus,
-    StageStatus,
-    job_phase,
-    stage_from_job,
-    summarize,
-    with_phase,
-)
 
 ANNOTATION_ATTEMPT = "zhinao.ai/attempt"
 ANNOTATION_INPUTS = "zhinao.ai/inputs"
@@ -55,7 +50,7 @@ Action = CreateJob | DeleteJob | SuspendJob
 
 
 @dataclass(frozen=True)
-class Plan:
+class PipelinePlan:
     actions: tuple[Action, ...]
     status: PipelineStatus
 
@@ -115,7 +110,7 @@ def _is_suspended(job: dict) -> bool:
     return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
 
 
-def plan(
+def plan_pipeline(
     pipeline: TrainingPipeline,
     observed: dict[str, dict],
     previous: PipelineStatus,
@@ -123,7 +118,7 @@ def plan(
     now: str,
     owner: dict | None = None,
     generation: int | None = None,
-) -> Plan:
+) -> PipelinePlan:
     """Decide what to do next. `observed` maps job name -> PyTorchJob (the pipeline's children)."""
     spec = pipeline.spec
     actions: list[Action] = []
@@ -145,7 +140,7 @@ def plan(
     new = summarize(stages, suspended=spec.suspend, previous=previous, now=now)
     if generation is not None:
         new = new.model_copy(update={"observed_generation": generation})
-    return Plan(actions=tuple(actions), status=new)
+    return PipelinePlan(actions=tuple(actions), status=new)
 
 
 def _plan_stage(
@@ -241,11 +236,10 @@ __all__ = [
     "CreateJob",
     "DeleteJob",
     "SuspendJob",
-    "Plan",
-    "plan",
+    "PipelinePlan",
+    "plan_pipeline",
     "plan_cleanup",
     "build_job",
     "pipeline_from_body",
     "owner_reference",
-    "job_phase",
 ]

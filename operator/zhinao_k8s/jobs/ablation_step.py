@@ -1,4 +1,4 @@
-"""`python -m zhinao_k8s.ablation_job prepare|evaluate`: what an Ablation's two PyTorchJobs run.
+"""`python -m zhinao_k8s.jobs.ablation_step prepare|evaluate`: what an Ablation's two PyTorchJobs run.
 
 The whole Ablation document arrives in ZHINAO_ABLATION_SPEC (render/ablation.py sets it), so the
 job needs no other input. prepare builds `<storage>/<ablation>/prep/` (zhinao.ablation.prepare);
@@ -16,11 +16,10 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from zhinao.storage import StorageError, open_store
-from zhinao_k8s.ablation_control import report_uri
-from zhinao_k8s.ablation_plan import plan_runs, prep_uri
 from zhinao_k8s.api.ablation import Ablation, parse_ablation
 from zhinao_k8s.api.load import SpecError
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC, STEPS
+from zhinao_k8s.render.ablation_runs import expand_runs, prep_uri, report_uri
 
 EXIT_FAILED = 1
 EXIT_SPEC = 2
@@ -49,7 +48,7 @@ def run_step(step: str, ablation: Ablation, workdir: Path) -> dict:
 
     unfinished = [
         run.name
-        for run in plan_runs(ablation)
+        for run in expand_runs(ablation)
         for stage in run.pipeline.spec.stages
         if not open_store(run.pipeline.output_of(stage)).exists("summary.json")
     ]
@@ -60,7 +59,9 @@ def run_step(step: str, ablation: Ablation, workdir: Path) -> dict:
 
 
 def main(argv: list[str] | None = None, environ: Mapping[str, str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m zhinao_k8s.ablation_job", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m zhinao_k8s.jobs.ablation_step", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("step", choices=STEPS)
     args = parser.parse_args(argv)
     environ = os.environ if environ is None else environ

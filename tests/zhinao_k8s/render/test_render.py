@@ -128,13 +128,18 @@ def test_render_only_named_stages(pipeline):
     ]
 
 
-def test_credentials_come_only_from_the_secret(pipeline):
+def test_credentials_come_only_from_the_secret(pipeline, monkeypatch):
+    # Credentials in the renderer's own environment (where `zhinao-k8s render` or the operator
+    # runs) must not travel into the jobs: only the Secret reference does.
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIARENDERERSOWNKEY")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "renderers-own-secret")
     for job in jobs(pipeline):
         env = {e["name"]: e for e in env_of(job)}
         for var in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
             assert "value" not in env[var]
             assert env[var]["valueFrom"]["secretKeyRef"]["name"] == "s3-creds"
-        assert "AKIA" not in json.dumps(job)
+        text = json.dumps(job)
+        assert "AKIARENDERERSOWNKEY" not in text and "renderers-own-secret" not in text
 
 
 def test_pods_are_non_root_locked_down_and_scraped(pipeline):
@@ -155,6 +160,13 @@ def test_pods_are_non_root_locked_down_and_scraped(pipeline):
 def test_yaml_output_has_no_anchors(pipeline):
     from zhinao_k8s.cli.local import to_yaml
 
-    text = to_yaml(render_pipeline(pipeline))
+    # One object referenced twice in a document, as a caller may build it (PyYAML's default dumper
+    # writes it once as &id001 and then *id001, which kubectl users should not have to read).
+    shared = {"name": "ZHINAO_X", "value": "1"}
+    objects = render_pipeline(pipeline)
+    pt = objects[3]
+    env_of(pt, "Master").append(shared)
+    env_of(pt, "Worker").append(shared)
+    text = to_yaml(objects)
     assert "&id" not in text and "*id" not in text
-    assert list(yaml.safe_load_all(text)) == render_pipeline(pipeline)
+    assert list(yaml.safe_load_all(text)) == objects

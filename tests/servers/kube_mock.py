@@ -1,7 +1,7 @@
 """A Kubernetes API for the operator and CLI tests: kmock's stateful emulator on 127.0.0.1.
 
-Imported by conftest.py (the `kube` fixture) and by tests (`from kube_mock import ...`); a plain
-module with a unique name, because several conftest.py files share the name `conftest`.
+Imported by tests/zhinao_k8s/conftest.py (the `kube` fixture), by tests
+(`from servers.kube_mock import ...`) and by bench/operator_scale.py.
 
 kmock serves HTTP from its own event loop in a background thread, so the synchronous kubernetes
 client (used by the test body, the CLI and the operator's handlers) and kopf (another thread, its
@@ -260,6 +260,6 @@ class KubeMock:
 
     @property
     def cluster(self):
-        from zhinao_k8s.k8s import Cluster, load_client
+        from zhinao_k8s.controller.k8s import Cluster, load_client
 
         return Cluster(load_client(str(self.kubeconfig)))

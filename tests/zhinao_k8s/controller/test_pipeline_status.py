@@ -1,15 +1,12 @@
-"""status.py: PyTorchJob conditions -> stage phase, stages -> pipeline phase. Tables, no cluster."""
+"""controller/pipeline_status.py: PyTorchJob conditions -> stage phase, stages -> pipeline phase. Tables, no cluster."""
 
 from dataclasses import dataclass
 
 import pytest
 
-from zhinao_k8s.status import (
-    PipelineStatus,
-    StageStatus,
+from zhinao_k8s.api.status import PipelineStatus, StageStatus
+from zhinao_k8s.controller.pipeline_status import (
     job_phase,
-    printer_fields,
-    read_status,
     stage_from_job,
     summarize,
 )
@@ -139,22 +136,3 @@ def test_summarize_failed_message_names_stage_and_attempts() -> None:
     assert out.reason == "StageFailed"
     assert out.message == "stage 'sft' failed after 3 attempt(s): OOMKilled"
     assert out.start_time == T0
-
-
-def test_read_status_round_trip_and_tolerance() -> None:
-    st = PipelineStatus(phase="Running", current_stage="a", stages=[StageStatus(name="a", phase="Running", attempt=1)])
-    wire = st.to_wire()
-    assert wire["currentStage"] == "a" and wire["stages"][0]["phase"] == "Running"
-    # kopf keeps its own bookkeeping in status; it must not break reading ours.
-    assert read_status({**wire, "kopf": {"progress": {}}}) == st
-    assert read_status(None) == PipelineStatus()
-    assert read_status({"phase": "NotAPhase"}) == PipelineStatus()
-
-
-def test_printer_fields() -> None:
-    assert printer_fields({"phase": "Running", "currentStage": "sft", "progress": "1/3"}) == {
-        "phase": "Running",
-        "stage": "sft",
-        "progress": "1/3",
-    }
-    assert printer_fields(None) == {"phase": "Pending", "stage": "", "progress": ""}

@@ -1,7 +1,7 @@
 """The only module that talks to the Kubernetes API (the operator's handlers and the CLI both use it).
 
 Thin on purpose: each method is one API call with the error handling that makes it idempotent
-(create-if-absent, delete-if-present). The decisions are in `plan.py` and `ablation_control.py`.
+(create-if-absent, delete-if-present). The decisions are in `plan_pipeline.py` and `plan_ablation.py`.
 """
 
 import os
@@ -10,12 +10,11 @@ from collections.abc import Iterable
 from kubernetes import client, config
 from kubernetes.client.exceptions import ApiException
 
-from zhinao_k8s.ablation_control import AblationAction, CreatePipeline
-from zhinao_k8s.ablation_plan import LABEL_ABLATION
 from zhinao_k8s.api.crd import ABLATION_PLURAL, PLURAL
 from zhinao_k8s.api.v1alpha1 import GROUP, VERSION
-from zhinao_k8s.plan import Action, CreateJob, DeleteJob, SuspendJob
-from zhinao_k8s.render.names import LABEL_PIPELINE
+from zhinao_k8s.controller.plan_ablation import AblationAction, CreatePipeline
+from zhinao_k8s.controller.plan_pipeline import Action, CreateJob, DeleteJob, SuspendJob
+from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_PIPELINE
 
 JOB_GROUP, JOB_VERSION, JOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
 # Labels the training operator puts on the pods of a PyTorchJob.
@@ -24,7 +23,7 @@ POD_ROLE_LABEL = "training.kubeflow.org/replica-type"
 
 
 POOL_MAXSIZE = 32
-"""HTTP connections kept per API server: at least the operator's handler threads (settings.py,
+"""HTTP connections kept per API server: at least the operator's handler threads (operator.py,
 max_workers=16), else urllib3 drops a connection after each overlapping call ("Connection pool is
 full, discarding connection") and the next call opens a new one."""
 

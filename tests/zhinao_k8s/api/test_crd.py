@@ -9,14 +9,14 @@ import pytest
 import yaml
 from schemas import validate_k8s, validate_pytorchjob  # tests/ is on sys.path (rootdir conftest)
 
-from zhinao_k8s.ablation_control import AblationStatus, plan_ablation
 from zhinao_k8s.api.ablation import parse_ablation
 from zhinao_k8s.api.crd import ABLATION, PRINTER_COLUMNS, TRAINING_PIPELINE, Resource, crd, structural
+from zhinao_k8s.api.status import AblationStatus, PipelineStatus, StageStatus
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
+from zhinao_k8s.controller.plan_ablation import plan_ablation
 from zhinao_k8s.examples import example_text
-from zhinao_k8s.status import PipelineStatus, StageStatus
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 def _load_generate():
@@ -214,8 +214,8 @@ def test_pure_modules_import_no_cluster_client() -> None:
     import sys
 
     code = (
-        "import sys, zhinao_k8s.plan, zhinao_k8s.status, zhinao_k8s.api.crd, zhinao_k8s.render.pytorchjob,"
-        " zhinao_k8s.ablation_control, zhinao_k8s.render.ablation, zhinao_k8s.ablation_job;"
+        "import sys, zhinao_k8s.controller.plan_pipeline, zhinao_k8s.controller.pipeline_status, zhinao_k8s.api.crd, zhinao_k8s.render.pytorchjob,"
+        " zhinao_k8s.controller.plan_ablation, zhinao_k8s.render.ablation, zhinao_k8s.jobs.ablation_step;"
         "print(','.join(m for m in ('kopf', 'kubernetes') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
