@@ -116,6 +116,7 @@ def test_rbac_is_the_charts_least_privilege_set() -> None:
         ("zhinao.ai", "ablations"): {"get", "list", "watch", "patch"},
         ("zhinao.ai", "ablations/status"): {"get", "patch"},
         ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("", "configmaps"): {"create", "patch"},  # each stage's spec, mounted into its pods
         ("", "events"): {"create", "patch"},
     }
 
