@@ -31,6 +31,7 @@ def test_lint_strict(values: Path | None) -> None:
 @pytest.mark.parametrize("values", SCENARIOS, ids=lambda p: p.name)
 def test_every_object_is_valid_and_every_pod_follows_the_policy(values: Path) -> None:
     objs = render(CHART, values)
+    assert objs
     problems = []
     for obj in objs:
         validate_object(obj)

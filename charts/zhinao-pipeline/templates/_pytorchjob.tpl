@@ -1,8 +1,9 @@
 {{/*
 Return the pod template of one stage's replicas. Takes (dict "spec" "name" "stage").
 
-CONTRACT: this mirrors operator/zhinao_k8s/render/pytorchjob.py (`_pod_template`, `_env`,
-`_resources`) field for field, with the models' defaults for keys left out. Helm cannot run the
+CONTRACT: this mirrors operator/zhinao_k8s/render/pytorchjob.py (`pod_template`, `_env`,
+`scratch_env`, `storage_env`, `_resources`) field for field, with the models' defaults for keys
+left out. Helm cannot run the
 Python renderer, so tests/charts/test_helm_pipeline_chart.py renders the same spec both ways and
 fails when the two differ. Change both together.
 */}}
@@ -78,7 +79,7 @@ spec:
       args:
         - --master-addr=$(MASTER_ADDR)
         - --master-port=$(MASTER_PORT)
-        # The pod's container is restarted instead (restartPolicy, backoffLimit), never torchrun alone.
+        # Restarts are Kubernetes' (restartPolicy, counted against backoffLimit), never torchrun's.
         - --max-restarts=0
         - -m
         - zhinao

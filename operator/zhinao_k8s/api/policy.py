@@ -1,4 +1,5 @@
-"""Run-control fields of a TrainingPipeline: how failures are retried and how a run is paused.
+"""Run-control fields of a TrainingPipeline: how a Failed stage is retried (`spec.suspend`, the
+other run control, is a plain field of PipelineSpec).
 
 Kept apart from the stage models so the operator's knobs can grow without touching them.
 """
@@ -10,9 +11,10 @@ from zhinao.config._base import SpecModel
 
 class RetryPolicy(SpecModel):
     max_retries: int = Field(default=1, ge=0, le=20)
-    """Times a Failed stage is run again (its PyTorchJob deleted and created anew) before the pipeline is Failed.
+    """Times a Failed stage is run again before the pipeline is Failed.
 
-    This is on top of the stage's `backoffLimit`, which restarts pods inside one PyTorchJob; a retry
-    starts a fresh job, so it also recovers from failures the training operator will not restart
-    (for example a non-retryable exit code, kubeflow/trainer#2044).
+    A stage's PyTorchJob is Failed once its restarts pass the stage's `backoffLimit`. The operator
+    then deletes the job and, once it is gone, creates it anew under the same name with the next
+    attempt number (annotation `zhinao.ai/attempt`) and a fresh `backoffLimit`. So a stage runs at
+    most 1 + maxRetries PyTorchJobs; the local runner (`zhinao-k8s run`) does not retry.
     """

@@ -22,7 +22,8 @@ ENV_ABLATION_SPEC = "ZHINAO_ABLATION_SPEC"
 LABEL_STEP = "zhinao.ai/ablation-step"
 JOB_MODULE = "zhinao_k8s.jobs.ablation_step"
 BACKOFF_LIMIT = 2
-"""Whole-job restarts before the step is Failed: both steps resume what an earlier attempt wrote."""
+"""The step job's `runPolicy.backoffLimit` (restarts before it is Failed): both steps resume what an
+earlier attempt wrote."""
 
 
 def step_job_name(ablation: Ablation, step: Step) -> str:

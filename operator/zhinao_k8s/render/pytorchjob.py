@@ -31,8 +31,9 @@ TRAINER_COMMAND = ["torchrun"]
 TRAINER_ARGS = [
     "--master-addr=$(MASTER_ADDR)",
     "--master-port=$(MASTER_PORT)",
-    # The pod's container is restarted instead (restartPolicy, counted against backoffLimit); a
-    # local torchrun restart would leave the other pods waiting in a rendezvous that never completes.
+    # Restarts are Kubernetes' (restartPolicy, counted against runPolicy.backoffLimit),
+    # never torchrun's own: a rank torchrun restarted alone would wait in a rendezvous the
+    # other pods never join again.
     "--max-restarts=0",
     "-m",
     "zhinao",

@@ -166,6 +166,14 @@ def test_a_failed_run_fails_the_ablation_naming_it(kube: KubeMock, operator: Ope
     assert final["runs"]["failed"] == 1
     assert "abl-evaluate" not in cluster.list_ablation_jobs(NS, "abl")
 
+    # The by-phase gauge counts it while it exists, and forgets it once it is deleted.
+    def gauge() -> float:
+        return metric(operator.get(operator.metrics_port, "/metrics")[1], 'zhinao_operator_ablations{phase="Failed"}')
+
+    wait_for("Failed counted", lambda: gauge() == 1)
+    cluster.custom.delete_namespaced_custom_object("zhinao.ai", "v1alpha1", NS, "ablations", "abl")
+    wait_for("deleted ablation forgotten", lambda: gauge() == 0)
+
 
 def test_an_invalid_ablation_is_reported_not_run(kube: KubeMock, operator: Operator) -> None:
     cluster = operator.cluster
