@@ -35,7 +35,7 @@ from pathlib import Path
 import psutil
 
 from zhinao.config.runtime import ENV_TERMINATION_LOG
-from zhinao_k8s.runner.env import Replica, command_line, container_env, operator_env, replicas
+from zhinao_k8s.runner.env import Replica, command_line, container_env, error_line, operator_env, replicas
 
 POLL_SECONDS = 0.2
 DEFAULT_GRACE_SECONDS = 30
@@ -404,17 +404,15 @@ def _group_alive(process: subprocess.Popen) -> bool:
 
 
 def last_error_line(log_path: Path) -> str:
-    """The last line of the log's tail that names an error or exception, else its last line."""
+    """The error line of the log's tail (kubelet's FallbackToLogsOnError reads a tail, too)."""
     try:
         with open(log_path, "rb") as f:
             f.seek(0, os.SEEK_END)
             f.seek(max(0, f.tell() - LOG_TAIL_BYTES))
-            lines = [line.strip() for line in f.read().decode(errors="replace").splitlines() if line.strip()]
+            tail = f.read().decode(errors="replace")
     except OSError:
         return "(no log)"
-    lines = [line for line in lines if not line.startswith("=====")]
-    errors = [line for line in lines if "Error" in line or "Exception" in line or "error:" in line]
-    return (errors or lines or ["(empty log)"])[-1]
+    return error_line(tail) or "(empty log)"
 
 
 def _rewrite(value: str, paths: dict[str, str]) -> str:
