@@ -167,7 +167,7 @@ def _semantic_stage_spec(configmap: dict) -> dict:
     """The stage spec a ConfigMap carries, by meaning: params validated by the stage's model."""
     runtime = json.loads(configmap["data"]["stage.json"])
     stage = TypeAdapter(Stage).validate_python(
-        {"name": runtime["stage"], "kind": runtime["kind"], "params": runtime["params"]}
+        {"name": runtime["stage"], "kind": runtime["kind"], "inputs": runtime["inputs"], "params": runtime["params"]}
     )
     return {**runtime, "params": stage.params.to_wire()}
 
@@ -182,7 +182,7 @@ CONTRACT_CASES = {
             "metrics": None,
             "retryPolicy": None,
             "suspend": None,
-            "stages": [{"name": "only", "kind": "tokenizer"}],
+            "stages": [{"name": "only", "kind": "tokenizer", "inputs": {"corpus": "s3://bucket/corpus"}}],
         }
     },
     "chained-outputs-gpu-workers": {
@@ -194,7 +194,13 @@ CONTRACT_CASES = {
             },
             "metrics": {"port": 9500},
             "stages": [
-                {"name": "tok", "kind": "tokenizer", "output": "s3://bucket/tok-out", "params": {"vocabSize": 512}},
+                {
+                    "name": "tok",
+                    "kind": "tokenizer",
+                    "output": "s3://bucket/tok-out",
+                    "inputs": {"corpus": "s3://bucket/corpus"},
+                    "params": {"vocabSize": 512},
+                },
                 {
                     "name": "pt",
                     "kind": "pretrain",
@@ -206,7 +212,7 @@ CONTRACT_CASES = {
                     "inputs": {"tokenizer": "stage://tok", "corpus": "s3://bucket/corpus"},
                     "params": {"lr": 1.0e-4, "adamEps": 1.0e-8, "warmupSteps": 5, "maxSteps": 50, "modelSize": "0.5b"},
                 },
-                {"name": "pt2", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok", "init": "stage://pt"}},
+                {"name": "pt2", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok", "tokens": "stage://pt"}},
             ],
         }
     },
@@ -380,7 +386,7 @@ def test_bad_values_are_refused(args: list[str], message: str) -> None:
             ],
             "not an earlier stage",
         ),
-        ([{"name": "Upper", "kind": "tokenizer"}], "dns label"),
+        ([{"name": "Upper", "kind": "tokenizer"}], "does not match pattern"),
         ([{"name": "a", "kind": "tokenizer", "replicas": 0}], "minimum"),
         ([{"name": "a", "kind": "tokenizer", "resources": {"cpu": 8}}], "string"),
         ([{"name": "a", "kind": "pretrain", "params": {"learningRate": 1}}], "oneof"),

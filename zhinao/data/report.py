@@ -128,6 +128,13 @@ def format_table(report: dict) -> str:
             )
         lines.append("")
         lines.append("Tokens are estimated as UTF-8 bytes / 4 (the tokenizer is trained after this stage).")
+    files = report.get("files") or {}
+    if files.get("rejected") or files.get("skipped"):
+        lines += ["", "| input file | problem | lines read |", "|---|---|---:|"]
+        for f in files.get("rejected", []):
+            lines.append(f"| {f['file']} | {f['reason']}: {f['detail']} | {f['lines_read']:,} |")
+        for f in files.get("skipped", []):
+            lines.append(f"| {f['file']} | skipped: {f['reason']} | 0 |")
     return "\n".join(lines) + "\n"
 
 

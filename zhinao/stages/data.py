@@ -1,6 +1,6 @@
 """Data stage: the pretraining data pipeline of report section 2.1, sharded over a PyTorchJob's ranks.
 
-inputs:  corpus  (*.jsonl, *.jsonl.gz or *.parquet documents under a URI prefix)
+inputs:  corpus  (*.jsonl, *.ndjson or *.json documents, optionally .gz/.zst/.bz2, or *.parquet, under a URI prefix)
 output:  <output>/docs/part-RRRRR-NNNNN.jsonl     cleaned, deduplicated, mixed documents (text, source, ...)
          <output>/rejects/part-RRRRR-NNNNN.jsonl  every dropped line or document, with step and reason
          <output>/report/retention.{json,md,png}  the retention cascade (report Fig. 1)
@@ -17,7 +17,7 @@ from datetime import timedelta
 
 from zhinao.config.data import DataParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.pipeline import default_run_id, run_pipeline
+from zhinao.data.pipeline import EmptyCorpus, default_run_id, run_pipeline
 from zhinao.distributed import DistEnv
 from zhinao.storage import open_store
 
@@ -49,6 +49,8 @@ def run(rt: StageRuntime, params: DataParams) -> None:
         report = run_pipeline(
             params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id()
         )
+    except EmptyCorpus as exc:  # a wrong input, not a bug: one line, no traceback
+        raise SystemExit(f"data stage: {exc}") from None
     finally:
         if owns_group:
             import torch.distributed as td

@@ -167,9 +167,11 @@ def report(
     context: ContextOpt = None,
 ) -> None:
     """Print an ablation's result: metric ranking with flags, per-recipe means/std/CI, pairwise tests."""
-    from zhinao_k8s.api.v1alpha1 import DNS_LABEL
+    import re
 
-    on_cluster = not Path(where).exists() and DNS_LABEL.match(where)
+    from zhinao_k8s.api.rules import DNS_1123_LABEL
+
+    on_cluster = not Path(where).exists() and re.match(DNS_1123_LABEL, where)
     rep = cluster_report(where, namespace, kubeconfig, context) if on_cluster else load_report(where, storage)
     print_report(rep, metrics=metric or None)
 

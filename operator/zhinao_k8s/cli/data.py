@@ -4,7 +4,8 @@ from typing import Annotated
 
 import typer
 
-from zhinao_k8s.cli.errors import friendly
+from zhinao_k8s.api.rules import uri_problem
+from zhinao_k8s.cli.errors import EXIT_SPEC, die, friendly
 
 app = typer.Typer(help="Data stage tools.", no_args_is_help=True)
 
@@ -16,6 +17,11 @@ def report(
 ) -> None:
     """Print the retention cascade (documents and bytes in, out and removed per step), like the
     360Zhinao technical report's Figure 1, and where its table and PNG are stored."""
-    from zhinao.data.report import show_report
+    from zhinao.data.report import REPORT_PREFIX, show_report
+    from zhinao.storage import open_store
 
+    if problem := uri_problem(output):
+        die(f"OUTPUT: {problem}", EXIT_SPEC)
+    if not open_store(output).exists(f"{REPORT_PREFIX}/retention.json"):
+        die(f"{output}: no {REPORT_PREFIX}/retention.json here (has the data stage run, and is this its output?)")
     typer.echo(show_report(output))

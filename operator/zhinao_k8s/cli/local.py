@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
+from zhinao_k8s.api.secrets import load_secrets
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.cli.errors import EXIT_FAILED, EXIT_SPEC, die, sigterm_as_interrupt
 from zhinao_k8s.cli.progress import RunDisplay
@@ -54,21 +55,6 @@ def render(
             EXIT_SPEC,
         )
     print(to_yaml(render_pipeline(pipeline, only=stage or None)), end="")
-
-
-def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
-    """Secret manifests (data base64 or stringData) -> {name: {key: value}}."""
-    import base64
-
-    secrets: dict[str, dict[str, str]] = {}
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "Secret":
-                continue
-            data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
-            data.update(doc.get("stringData") or {})
-            secrets[doc["metadata"]["name"]] = data
-    return secrets
 
 
 def run_local(
@@ -153,7 +139,7 @@ def run(
     allow. Ctrl-C or SIGTERM stops every replica as kubelet would (SIGTERM, grace period, SIGKILL).
     """
     pipeline = load_pipeline(spec)
-    secrets = parse_secrets(secret)
+    secrets = load_secrets(secret)
     with sigterm_as_interrupt():
         result = run_local(pipeline, workdir, secrets, stage or None, verbose)
     print_result(result, pipeline, secrets)
