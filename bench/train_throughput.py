@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import pack_source
@@ -134,7 +135,7 @@ def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams)
     cpu = time.process_time()
     pretrain.run(rt, params)
     cpu = time.process_time() - cpu  # includes set-up, HF export and the loss plot: against us
-    records = [json.loads(l) for l in (root / "ours" / "metrics" / "rank-0.jsonl").read_text().splitlines()]
+    records = StageOutput.at(f"file://{root / 'ours'}").metrics_records()
     steps = [r for r in records if r.get("event") == "step"]
     checkpoints = [r for r in records if r.get("event") == "checkpoint"]
     # From the start of the first step to the end of the final checkpoint (metrics served and logged throughout).

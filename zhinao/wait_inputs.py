@@ -14,8 +14,9 @@ import sys
 import time
 from collections.abc import Callable
 
-from zhinao.config.runtime import SUCCESS_MARKER, StageRuntime
-from zhinao.storage import StorageError, open_store
+from zhinao.artifacts import SUMMARY, StageOutput
+from zhinao.config.runtime import StageRuntime
+from zhinao.storage import StorageError
 
 log = logging.getLogger("zhinao.wait_inputs")
 DEFAULT_TIMEOUT_SECONDS = 7 * 24 * 3600
@@ -24,13 +25,14 @@ REPORT_EVERY_SECONDS = 300.0
 
 
 def marker_uri(uri: str) -> str:
-    return f"{uri.rstrip('/')}/{SUCCESS_MARKER}"
+    """The success marker: the summary every stage writes last."""
+    return f"{uri.rstrip('/')}/{SUMMARY}"
 
 
 def ready(uri: str) -> bool:
-    """Whether the success marker under `uri` exists; a storage failure counts as not yet."""
+    """Whether the stage that writes `uri` has finished; a storage failure counts as not yet."""
     try:
-        return open_store(uri).exists(SUCCESS_MARKER)
+        return StageOutput.at(uri).is_finished()
     except (StorageError, ValueError) as exc:
         log.warning("cannot check %s yet: %s", marker_uri(uri), exc)
         return False

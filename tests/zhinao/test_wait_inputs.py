@@ -8,7 +8,8 @@ import sys
 import time
 import uuid
 
-from zhinao.config.runtime import SUCCESS_MARKER, StageRuntime
+from zhinao.artifacts import StageOutput
+from zhinao.config.runtime import StageRuntime
 
 
 def spec_file(tmp_path, upstream_uri: str) -> dict[str, str]:
@@ -43,14 +44,14 @@ def test_waits_for_the_success_marker_then_lets_the_pod_start(s3_server, tmp_pat
     try:
         time.sleep(3)
         assert proc.poll() is None, proc.communicate()[0]
-        upstream.put_bytes(SUCCESS_MARKER, b"{}")
+        StageOutput(upstream).write_summary({"done": True})
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
         s3_server.drop_bucket(bucket)
     assert proc.returncode == 0, out
     assert "stage pt waits for input tokenizer" in out
-    assert f"input tokenizer is ready ({upstream.uri}/{SUCCESS_MARKER})" in out
+    assert f"input tokenizer is ready ({upstream.uri}/summary.json)" in out
 
 
 def test_times_out_with_one_line_naming_the_missing_input(s3_server, tmp_path):
@@ -62,7 +63,7 @@ def test_times_out_with_one_line_naming_the_missing_input(s3_server, tmp_path):
         out.strip()
         .splitlines()[-1]
         .endswith(
-            f"timed out after 1s: input tokenizer of stage pt is not ready: {uri}/{SUCCESS_MARKER} does not exist "
+            f"timed out after 1s: input tokenizer of stage pt is not ready: {uri}/summary.json does not exist "
             "(the stage that writes it has not succeeded)"
         )
     )

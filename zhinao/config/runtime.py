@@ -24,8 +24,6 @@ ENV_TERMINATION_LOG = "ZHINAO_TERMINATION_LOG"
 """Where a failing process writes its one-line reason (default: Kubernetes' /dev/termination-log)."""
 
 DEFAULT_TERMINATION_LOG = "/dev/termination-log"
-SUCCESS_MARKER = "summary.json"
-"""The object every stage writes last into its output: its presence means the stage succeeded."""
 
 
 class StageRuntime(SpecModel):

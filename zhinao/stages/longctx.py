@@ -8,19 +8,19 @@ output:  tokens/ sft/long-qa.jsonl checkpoints/ hf/ metrics/ report/loss.png rep
          report/needle.json summary.json
 """
 
-import io
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.longctx import LongContextParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
 from zhinao.data.packing import TOKEN_DTYPE, pack_source
+from zhinao.data.token_shards import load_tokens, put_shard
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
@@ -32,13 +32,13 @@ from zhinao.longctx.sequence_parallel import (
 )
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
-from zhinao.report import loss_curve_png
-from zhinao.stages.pretrain import INDEX, load_tokens
+from zhinao.plots import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.causal_lm import causal_lm_step
 from zhinao.training.engine import DDPEngine
-from zhinao.training.pretrain_loop import train_steps
+from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = LongContextParams
@@ -57,37 +57,7 @@ class SequenceParallelEngine(DDPEngine):
         return super().train_step(micro_batches, lambda model, batch: sequence_parallel_lm_loss(model, batch, self.sp))
 
 
-def fetch_model(uri: str, dest: Path) -> Path:
-    """Download <uri>/hf/ (or <uri> itself when it holds config.json) to a local directory."""
-    store = open_store(uri)
-    prefix = "hf/" if store.exists("hf/config.json") else ""
-    if not store.exists(f"{prefix}config.json"):
-        raise SystemExit(f"inputs.model {uri} holds neither hf/config.json nor config.json")
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        if "/" not in key[len(prefix) :]:
-            store.get_file(key, dest / key[len(prefix) :])
-    return dest
-
-
-def tokenizer_files(model_dir: Path, dest: Path) -> Path:
-    """The tokenizer files of the input model, apart from its weights and config (they travel with the export)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in model_dir.iterdir():
-        if path.is_file() and (
-            path.name.startswith(("tokenizer", "special_tokens")) or path.name == "chat_template.jinja"
-        ):
-            (dest / path.name).write_bytes(path.read_bytes())
-    return dest
-
-
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongContextParams) -> dict:
+def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongContextParams) -> dict:
     """Pack the corpus into seqLen sequences per source, write the synthetic long QA set, and mix."""
     docs = list(read_documents(corpus, text_field=params.text_field, source_field=params.source_field))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -110,7 +80,7 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
         count_tokens=lambda t: len(encode(t)),
         seed=params.seed,
     )
-    out.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    out.store.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     synthetic = pack_source((encode(render_chat(r["messages"])) for r in rows), seq_len=params.seq_len, eod_id=eod)
     data = mix_sequences(corpus_seqs, synthetic, ratio=params.synthetic_mix, seed=params.seed)
     index = {
@@ -121,10 +91,8 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
         "synthetic_sequences": int(len(data) - len(corpus_seqs)),
         "synthetic_conversations": len(rows),
     }
-    key = "tokens/longctx-00000.npy"
-    out.put_bytes(key, _npy(data.astype(TOKEN_DTYPE)))
-    index["shards"].append({"key": key, "source": "mixed", "sequences": int(len(data)), "tokens": int(data.size)})
-    out.put_bytes(INDEX, json.dumps(index, indent=2).encode())
+    index["shards"].append(put_shard(out, "longctx-00000", data.astype(TOKEN_DTYPE), source="mixed"))
+    out.write_tokens_index(index)
     return index
 
 
@@ -134,7 +102,7 @@ def haystack_text(corpus: ObjectStore, params: LongContextParams) -> str:
     )
 
 
-def run_needle(model, tokenizer, corpus: ObjectStore, out: ObjectStore, params: LongContextParams) -> dict:
+def run_needle(model, tokenizer, corpus: ObjectStore, out: StageOutput, params: LongContextParams) -> dict:
     """Rank 0 only: single-device attention (flash-attn or SDPA), so lengths are bounded by one device."""
     model.set_attn_implementation(attention_implementation(params.attention))
     model.eval()
@@ -155,9 +123,9 @@ def run_needle(model, tokenizer, corpus: ObjectStore, out: ObjectStore, params: 
         preset=n.preset,
         max_new_tokens=n.max_new_tokens,
     )
-    out.put_bytes("report/needle.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
-    out.put_bytes(
-        "report/needle.png", needle.heatmap_png(result, title=f"needle ({n.preset}), rope base {params.rope_theta:g}")
+    out.put_report("needle.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
+    out.put_report(
+        "needle.png", needle.heatmap_png(result, title=f"needle ({n.preset}), rope base {params.rope_theta:g}")
     )
     log.info("needle in a haystack: average %.2f over %d cells", result["average"], len(result["cells"]))
     return result
@@ -168,16 +136,17 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         if name not in rt.inputs:
             raise SystemExit(f"longctx stage needs inputs.{name}")
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     sp = init_sequence_parallel(params.sequence_parallel)
-    model_dir = fetch_model(rt.inputs["model"], session.workdir / "base")
-    tokenizer = load_tokenizer(model_dir)
+    base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "base")
+    model_dir = base.model_dir
+    tokenizer = load_tokenizer(base.tokenizer_dir)
     corpus = open_store(rt.inputs["corpus"])
 
-    if env.is_main and not out.exists(INDEX):
-        build_data(corpus, tokenizer, out, params)
+    if env.is_main and not session.output.has_tokens():
+        build_data(corpus, tokenizer, session.output, params)
     session.barrier()
-    data = load_tokens(out, session.workdir / "tokens")
+    data = load_tokens(session.output, session.workdir / "tokens")
     if data.shape[1] != params.seq_len:
         raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
 
@@ -189,8 +158,6 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         model, params, warmup=params.warmup_steps, total=params.max_steps, ddp_engine=SequenceParallelEngine, sp=sp
     )
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
-    meta = session.resume(engine)
-    start = meta.get("step", 0)
     config = model.config
     fpt = flops_per_token(
         n_params=matmul_params(model),
@@ -198,7 +165,8 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         hidden=config.hidden_size,
         seq_len=params.seq_len,
     )
-    metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
+    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
+    start = loop.resume().get("step", 0)
     log.info(
         "long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "
         "parallel %d, steps %d..%d",
@@ -213,32 +181,33 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     )
 
     # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
-    train_steps(
-        session,
-        engine,
-        metrics,
-        data,
-        params,
-        start=start,
-        rank=sp.dp_rank,
-        world_size=sp.dp_size,
-        tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size,
-        meta={"sequence_parallel": sp.size},
+    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size
+    loop.run(
+        causal_lm_step(
+            engine,
+            data,
+            params,
+            rank=sp.dp_rank,
+            world_size=sp.dp_size,
+            device=session.device,
+            tokens_per_step=tokens_per_step,
+        ),
+        checkpoint_meta=lambda step: {"sequence_parallel": sp.size, "tokens": step * tokens_per_step * env.world_size},
     )
 
     # The export loads anywhere with standard attention; the ring is only this job's business.
     if sp.size > 1:
         engine.model.set_attn_implementation(attention_implementation("sdpa"))
-    hf = session.export_hf(engine, tokenizer_dir=tokenizer_files(model_dir, session.workdir / "tokenizer"))
+    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:
-        result = run_needle(engine.model, tokenizer, corpus, out, params) if params.needle.enabled else None
-        write_summary(out, params, env.world_size, sp, hf, old_theta, result)
+        result = run_needle(engine.model, tokenizer, corpus, session.output, params) if params.needle.enabled else None
+        write_summary(session.output, params, env.world_size, sp, hf, old_theta, result)
     session.close()
 
 
 def write_summary(
-    out: ObjectStore,
+    out: StageOutput,
     params: LongContextParams,
     world_size: int,
     sp: SequenceParallel,
@@ -246,11 +215,10 @@ def write_summary(
     old_theta: float,
     needle_result: dict | None,
 ) -> dict:
-    records = [json.loads(line) for line in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if line.strip()]
-    steps = [r for r in records if r.get("event", "step") == "step"]
+    steps = out.step_records()
     train_seconds = sum(r["step_seconds"] for r in steps)
     tokens = sum(r["tokens"] for r in steps) * world_size
-    index = json.loads(out.get_bytes(INDEX))
+    index = out.read_tokens_index()
     summary = {
         "steps": len(steps),
         "tokens": tokens,
@@ -267,14 +235,14 @@ def write_summary(
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "mfu_mean": float(np.mean([r["mfu"] for r in steps if r.get("mfu") is not None] or [float("nan")])),
         "needle_average": needle_result["average"] if needle_result else None,
-        "checkpoints": out.url("checkpoints"),
+        "checkpoints": out.checkpoints_url,
         "hf": hf_uri,
-        "sft": out.url(SFT_KEY),
-        "metrics": out.url("metrics"),
-        "loss_curve": out.url("report/loss.png"),
-        "needle": out.url("report/needle.png") if needle_result else None,
+        "sft": out.store.url(SFT_KEY),
+        "metrics": out.metrics_url,
+        "loss_curve": out.report_url("loss.png"),
+        "needle": out.report_url("needle.png") if needle_result else None,
     }
     if steps:
-        out.put_bytes("report/loss.png", loss_curve_png(steps, title=f"long context (seqLen {params.seq_len})"))
-    out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        out.put_report("loss.png", loss_curve_png(steps, title=f"long context (seqLen {params.seq_len})"))
+    out.write_summary(summary)
     return summary

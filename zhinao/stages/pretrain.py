@@ -6,42 +6,31 @@ inputs:  tokenizer  (a tokenizer-stage output, or a prefix holding tokenizer.jso
 output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 """
 
-import io
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
-from zhinao.data.packing import TOKEN_DTYPE, pack_source
+from zhinao.data.packing import pack_source
+from zhinao.data.token_shards import load_tokens, put_shard
 from zhinao.metrics import flops_per_token
 from zhinao.model import build_config, build_model, matmul_params
-from zhinao.report import loss_curve_png
+from zhinao.plots import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
-from zhinao.training.pretrain_loop import train_steps
+from zhinao.training.causal_lm import causal_lm_step
+from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = PretrainParams
 log = logging.getLogger(__name__)
-INDEX = "tokens/index.json"
 
 
-def fetch_tokenizer(uri: str, dest: Path) -> Path:
-    store = open_store(uri)
-    prefix = "tokenizer/" if store.exists("tokenizer/tokenizer.json") else ""
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        if "/" not in key[len(prefix) :]:
-            store.get_file(key, dest / key[len(prefix) :])
-    return dest
-
-
-def pack_corpus(corpus: ObjectStore, tokenizer, out: ObjectStore, params: PretrainParams) -> dict:
+def pack_corpus(corpus: ObjectStore, tokenizer, out: StageOutput, params: PretrainParams) -> dict:
     """Tokenize every document and write one .npy shard of (n, seqLen) sequences per source."""
     by_source: dict[str, list[list[int]]] = {}
     for doc in read_documents(corpus, text_field=params.text_field, source_field=params.source_field):
@@ -53,43 +42,28 @@ def pack_corpus(corpus: ObjectStore, tokenizer, out: ObjectStore, params: Pretra
         if not len(seqs):
             log.warning("source %r has fewer than seqLen=%d tokens; nothing packed", source, params.seq_len)
             continue
-        buf = io.BytesIO()
-        np.save(buf, seqs)
-        key = f"tokens/{source}-00000.npy"
-        out.put_bytes(key, buf.getvalue())
-        index["shards"].append({"key": key, "source": source, "sequences": int(len(seqs)), "tokens": int(seqs.size)})
+        index["shards"].append(put_shard(out, f"{source}-00000", seqs, source=source))
     if not index["shards"]:
         raise SystemExit(f"corpus {corpus.uri} yields no sequence of {params.seq_len} tokens")
-    out.put_bytes(INDEX, json.dumps(index, indent=2).encode())
+    out.write_tokens_index(index)
     return index
-
-
-def load_tokens(store: ObjectStore, dest: Path) -> np.ndarray:
-    index = json.loads(store.get_bytes(INDEX))
-    dest.mkdir(parents=True, exist_ok=True)
-    arrays = []
-    for shard in index["shards"]:
-        path = dest / Path(shard["key"]).name
-        store.get_file(shard["key"], path)
-        arrays.append(np.load(path, mmap_mode="r"))
-    return np.concatenate(arrays).astype(TOKEN_DTYPE, copy=False)
 
 
 def run(rt: StageRuntime, params: PretrainParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     if "tokenizer" not in rt.inputs:
         raise SystemExit("pretrain stage needs inputs.tokenizer")
-    tok_dir = fetch_tokenizer(rt.inputs["tokenizer"], session.workdir / "tokenizer")
+    tok_dir = StageOutput.at(rt.inputs["tokenizer"]).fetch_tokenizer(session.workdir / "tokenizer")
     tokenizer = load_tokenizer(tok_dir)
 
-    tokens_store = open_store(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
-    if env.is_main and not tokens_store.exists(INDEX):
+    tokens = StageOutput.at(rt.inputs["tokens"]) if "tokens" in rt.inputs else session.output
+    if env.is_main and not tokens.has_tokens():
         if "corpus" not in rt.inputs:
             raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
-        pack_corpus(open_store(rt.inputs["corpus"]), tokenizer, out, params)
+        pack_corpus(open_store(rt.inputs["corpus"]), tokenizer, session.output, params)
     session.barrier()
-    data = load_tokens(tokens_store, session.workdir / "tokens")
+    data = load_tokens(tokens, session.workdir / "tokens")
     if data.shape[1] != params.seq_len:
         raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
 
@@ -101,15 +75,14 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     )
     model = build_model(config, seed=params.seed)
     engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps)
-    meta = session.resume(engine)
-    start = meta.get("step", 0)
     fpt = flops_per_token(
         n_params=matmul_params(model),
         n_layers=config.num_hidden_layers,
         hidden=config.hidden_size,
         seq_len=params.seq_len,
     )
-    metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
+    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
+    start = loop.resume().get("step", 0)
     log.info(
         "training %s (%.1fM params) on %d sequences of %d tokens, steps %d..%d, world size %d",
         params.model_size,
@@ -120,29 +93,29 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
         params.max_steps,
         env.world_size,
     )
-
-    train_steps(
-        session,
-        engine,
-        metrics,
-        data,
-        params,
-        start=start,
-        rank=env.rank,
-        world_size=env.world_size,
-        tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps,
+    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps
+    loop.run(
+        causal_lm_step(
+            engine,
+            data,
+            params,
+            rank=env.rank,
+            world_size=env.world_size,
+            device=session.device,
+            tokens_per_step=tokens_per_step,
+        ),
+        checkpoint_meta=lambda step: {"tokens": step * tokens_per_step * env.world_size},
     )
 
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
-        write_summary(out, params, env.world_size, hf)
+        write_summary(session.output, params, env.world_size, hf)
     session.close()
 
 
-def write_summary(out: ObjectStore, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
-    records = [json.loads(line) for line in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if line.strip()]
-    steps = [r for r in records if r.get("event", "step") == "step"]
+def write_summary(out: StageOutput, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
+    steps = out.step_records()
     train_seconds = sum(r["step_seconds"] for r in steps)
     tokens = sum(r["tokens"] for r in steps) * world_size
     summary = {
@@ -152,11 +125,11 @@ def write_summary(out: ObjectStore, params: PretrainParams, world_size: int, hf_
         "loss_last": steps[-1]["loss"],
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "mfu_mean": float(np.mean([r["mfu"] for r in steps if r.get("mfu") is not None] or [float("nan")])),
-        "checkpoints": out.url("checkpoints"),
+        "checkpoints": out.checkpoints_url,
         "hf": hf_uri,
-        "metrics": out.url("metrics"),
-        "loss_curve": out.url("report/loss.png"),
+        "metrics": out.metrics_url,
+        "loss_curve": out.report_url("loss.png"),
     }
-    out.put_bytes("report/loss.png", loss_curve_png(steps, title=f"pretrain ({params.model_size})"))
-    out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    out.put_report("loss.png", loss_curve_png(steps, title=f"pretrain ({params.model_size})"))
+    out.write_summary(summary)
     return summary

@@ -10,6 +10,7 @@ from pydantic import Field, field_validator, model_validator
 
 from zhinao.config._base import FieldErrors, SpecModel
 from zhinao.config.data import DataParams
+from zhinao.config.kinds import KIND_NAMES
 from zhinao.config.longctx import LongContextParams
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.reward import RewardParams
@@ -264,7 +265,8 @@ Stage = Annotated[
     Field(discriminator="kind"),
 ]
 STAGE_CLASSES = (DataStage, TokenizerStage, PretrainStage, LongContextStage, SFTStage, RewardStage, RLHFStage)
-STAGE_KINDS = ("data", "tokenizer", "pretrain", "longctx", "sft", "reward", "rlhf")
+STAGE_KINDS = KIND_NAMES
+"""The kinds registered in zhinao.config.kinds; tests/test_stage_kinds.py checks STAGE_CLASSES match them."""
 
 
 class PipelineSpec(SpecModel):

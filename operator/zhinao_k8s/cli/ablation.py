@@ -208,14 +208,14 @@ def load_report(where: str, storage: str | None = None) -> dict:
 
 
 def _f(x, digits: int = 4) -> str:
-    from zhinao.ablation.report import fmt
+    from zhinao.ablation.results import fmt
 
     return fmt(float(x) if isinstance(x, str) else x, digits)
 
 
 def print_report(rep: dict, metrics: list[str] | None = None) -> None:
     names = [m for m in rep["metrics"] if metrics is None or m in metrics]
-    from zhinao.ablation.report import chance_line
+    from zhinao.ablation.results import chance_line
 
     out.print(
         f"[bold]ablation {rep['ablation']}[/]: {len(rep['runs'])} runs, recipes {', '.join(rep['recipes'])}; "

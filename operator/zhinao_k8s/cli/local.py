@@ -99,6 +99,8 @@ def headline(summary: dict) -> str:
 
 
 def print_result(result: PipelineResult, pipeline: TrainingPipeline, secrets: dict | None = None) -> None:
+    from zhinao.artifacts import StageOutput
+
     table = Table(title="summary")
     for col in ("stage", "result", "seconds", "restarts", "outputs"):
         table.add_column(col)
@@ -115,10 +117,10 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline, secrets: di
         if not job.succeeded:
             out.print(f"[red]{name} failed:[/] {job.reason}")
             continue
-        store = open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage, secrets)
-        if not store.exists("summary.json"):
+        output = StageOutput(open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage, secrets))
+        if not output.is_finished():
             continue
-        summary = json.loads(store.get_bytes("summary.json"))
+        summary = output.read_summary()
         out.print(f"[bold]{name}[/]: {headline(summary)}")
         for key in ("checkpoints", "hf", "loss_curve", "report"):
             if isinstance(summary.get(key), str):
@@ -195,6 +197,8 @@ def demo(
 def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
     """REPORT.md beside the run (the file name users know): one section per stage with its summary
     and the plots from the stage's `report/` folder."""
+    from zhinao.artifacts import StageOutput
+
     lines = [
         f"# {pipeline.metadata.name}: local run report",
         "",
@@ -207,11 +211,12 @@ def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: Pipeli
             f"| {job.seconds:.1f} | {job.restarts} |"
         )
     for name, _job in result.stages:
-        store = open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage)
+        output = StageOutput(open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage))
+        store = output.store
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
-        keys = store.list("report/")
-        if store.exists("summary.json") and not any(k.endswith(".md") for k in keys):
-            lines += ["", "```json", store.get_bytes("summary.json").decode().strip(), "```"]
+        keys = output.report_keys()
+        if output.is_finished() and not any(k.endswith(".md") for k in keys):
+            lines += ["", "```json", json.dumps(output.read_summary(), indent=2), "```"]
         for key in keys:
             if key.endswith(".png"):
                 local = workdir / "report" / f"{name}-{Path(key).name}"

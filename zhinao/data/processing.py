@@ -26,7 +26,7 @@ from zhinao.data.lsh import MinHashDedup
 from zhinao.data.mix import Mix
 from zhinao.data.pii import Pii
 from zhinao.data.prepare import KeywordFilter, LangId, UrlFilter
-from zhinao.data.report import Cascade, write_report
+from zhinao.data.retention import Cascade, write_retention
 from zhinao.data.steps import parse_lines
 from zhinao.distributed import DistEnv
 from zhinao.storage import ObjectStore, open_store
@@ -151,7 +151,7 @@ class Progress:
         log.info("rank %d %s: %d docs in %.1fs", self.rank, self.label, self.n, dt)
 
 
-def run_pipeline(
+def run_data_processing(
     params: DataParams,
     *,
     corpus: ObjectStore,
@@ -320,7 +320,7 @@ def _finish(
         "elapsed_s": round(elapsed, 2),
         "token_estimate": "utf8_bytes/4",
     }
-    urls = write_report(output, report, tmp_png=str(tmp / "retention.png"))
+    urls = write_retention(output, report, tmp_png=str(tmp / "retention.png"))
     if dist.world_size > 1:
         _wait_final(comm)
     if not params.output.keep_work:
