@@ -2,22 +2,32 @@
 
 The stage comes from the file ZHINAO_STAGE_SPEC_FILE names (a ConfigMap the PyTorchJob renderer
 mounts), so the container command is the same for every stage and the job is reproducible from
-its manifests alone. A failing process leaves its reason as one line in the termination log
-(Kubernetes shows it in the pod's status; the local runner in its summary).
+its manifests alone. Before the stage runs, rank 0 takes the output's single-writer lease and
+checks the output's fingerprint (zhinao.lease, zhinao.fingerprint). A failing process leaves its
+reason as one line in the termination log (Kubernetes shows it in the pod's status; the local
+runner in its summary).
 """
 
+import contextlib
+import json
 import logging
 import os
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from zhinao.config.runtime import DEFAULT_TERMINATION_LOG, ENV_TERMINATION_LOG, StageRuntime
+from zhinao.fingerprint import FINGERPRINT_KEY, OutputMismatch, check_or_record, stage_fingerprint
+from zhinao.lease import LEASE_KEY, hold, writer_id
 from zhinao.stages import run_stage
-from zhinao.storage import sweep_stale_temp
+from zhinao.storage import ObjectStore, open_store, sweep_stale_temp
 
 log = logging.getLogger("zhinao")
 # Kubernetes keeps at most 4096 bytes of a termination message for all containers of a pod.
 MAX_REASON_CHARS = 1000
+CLAIM_WAIT_SECONDS = 600.0
+"""How long the other ranks wait for rank 0 to claim the output."""
 
 
 def failure_line(exc: BaseException) -> str:
@@ -48,6 +58,32 @@ def sweep_leftovers(rt: StageRuntime) -> None:
             log.info("removed %s, left by a killed writer", path)
 
 
+@contextlib.contextmanager
+def claimed_output(rt: StageRuntime, rank: int) -> Iterator[None]:
+    """Rank 0 takes the output's single-writer lease for the whole run and checks (or records) the
+    output's fingerprint; the other ranks start writing only once rank 0 has recorded the very
+    fingerprint they compute themselves."""
+    store = open_store(rt.output)
+    fingerprint = stage_fingerprint(rt)
+    if rank != 0:
+        wait_for_fingerprint(store, fingerprint)
+        yield
+        return
+    with hold(store, writer_id()):
+        outcome = check_or_record(store, fingerprint, overwrite=rt.overwrite, keep=(LEASE_KEY,))
+        log.info("output %s: %s (writer %s)", store.uri, outcome, writer_id())
+        yield
+
+
+def wait_for_fingerprint(store: ObjectStore, fingerprint: dict) -> None:
+    deadline = time.monotonic() + CLAIM_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        if store.exists(FINGERPRINT_KEY) and json.loads(store.get_bytes(FINGERPRINT_KEY)) == fingerprint:
+            return
+        time.sleep(0.5)
+    raise OutputMismatch(f"{store.uri}: rank 0 did not claim the output within {CLAIM_WAIT_SECONDS:.0f}s")
+
+
 def main() -> int:
     logging.basicConfig(
         level=os.environ.get("ZHINAO_LOG_LEVEL", "INFO"),
@@ -56,7 +92,8 @@ def main() -> int:
     try:
         rt = StageRuntime.from_file()
         sweep_leftovers(rt)
-        run_stage(rt)
+        with claimed_output(rt, int(os.environ.get("RANK", "0"))):
+            run_stage(rt)
     except SystemExit as exc:
         if exc.code not in (0, None):
             record_failure(exc)

@@ -11,6 +11,9 @@ a `StoreRetry`; the HTTP layer underneath does not retry on its own.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import io
 import logging
 import os
@@ -186,6 +189,20 @@ class ObjectStore(ABC):
     def exists(self, key: str) -> bool: ...
 
     @abstractmethod
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Like `list`, with each object's size in bytes."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its version tag (the ETag on S3, a content hash locally)."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, *, version: str | None) -> str | None:
+        """Write only if the object is absent (`version` None) or still at `version`; the new version
+        tag, or None when another writer got there first (S3 conditional writes: If-None-Match,
+        If-Match)."""
+
+    @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
         """Keys relative to the root that start with `prefix` (a plain string prefix: pass a
         trailing '/' to mean a directory), recursive, sorted."""
@@ -275,6 +292,32 @@ class FileStore(ObjectStore):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        out = {}
+        for key in self.list(prefix):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                out[key] = self._path(key).stat().st_size
+        return out
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, *, version: str | None) -> str | None:
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # Writers of one key take turns on a lock file beside it (hidden like a temp file).
+            with open(dest.with_name(f".{dest.name}{_TMP_MARK}lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                current = hashlib.sha256(dest.read_bytes()).hexdigest() if dest.is_file() else None
+                if current != version:
+                    return None
+                self._write_atomic(dest, lambda f: f.write(data))
+                return hashlib.sha256(data).hexdigest()
+        except OSError as exc:
+            raise self._fail("put", key, exc) from exc
 
     def list(self, prefix: str = "") -> list[str]:
         prefix = _check_prefix(prefix)
@@ -570,6 +613,36 @@ class S3Store(ObjectStore):
 
         return self._call(f"get object '{obj}'", fetch)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        obj = self._obj(key)
+
+        def fetch() -> tuple[bytes, str]:
+            resp = self._conn.client.get_object(self.bucket, obj)
+            try:
+                return resp.read(), resp.headers.get("ETag", "")
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call(f"get object '{obj}'", fetch)
+
+    def put_if(self, key: str, data: bytes, *, version: str | None) -> str | None:
+        obj = self._obj(key)
+        condition = {"If-None-Match": "*"} if version is None else {"If-Match": version}
+        result: list[str | None] = []
+
+        def put() -> None:
+            try:  # minio's put_object takes no condition headers; its request layer does
+                resp = self._conn.client._execute("PUT", self.bucket, obj, body=bytes(data), headers=condition)
+                result.append(resp.headers.get("ETag", ""))
+            except S3Error as exc:
+                if exc.code not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+                result.append(None)
+
+        self._write(f"put object '{obj}' (conditional)", put)
+        return result[-1]
+
     def put_file(self, key: str, path: str | Path) -> None:
         obj = self._obj(key)
         path = Path(path)
@@ -621,6 +694,17 @@ class S3Store(ObjectStore):
             ]
 
         return self._call(f"list objects under '{full}'", scan, missing=list)
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        prefix = _check_prefix(prefix)
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        cut = len(self.prefix) + 1 if self.prefix else 0
+
+        def scan() -> dict[str, int]:
+            listing = self._conn.client.list_objects(self.bucket, prefix=full or None, recursive=True)
+            return {o.object_name[cut:]: o.size for o in listing if not o.object_name.endswith("/")}
+
+        return self._call(f"list objects under '{full}'", scan, missing=dict)
 
     def list(self, prefix: str = "") -> list[str]:
         prefix = _check_prefix(prefix)

@@ -62,12 +62,12 @@ def test_a_stage_process_sweeps_its_output_at_start_and_leaves_its_reason(tmp_pa
         "PYTHONPATH": os.pathsep.join(sys.path),
         "ZHINAO_STAGE_SPEC_FILE": str(tmp_path / "stage.json"),
         "ZHINAO_TERMINATION_LOG": str(tmp_path / "termination-log"),
-        "RANK": "3",
+        "RANK": "0",
     }
     out = subprocess.run([sys.executable, "-m", "zhinao"], env=env, capture_output=True, text=True, timeout=120)
     assert out.returncode == 1
     assert not leftover.exists(), "the killed writer's temporary file was swept at start"
     assert f"removed {leftover}, left by a killed writer" in out.stderr
     assert (
-        (tmp_path / "termination-log").read_text().startswith("rank 3: SystemExit: unknown stage kind 'no-such-kind'")
+        (tmp_path / "termination-log").read_text().startswith("rank 0: SystemExit: unknown stage kind 'no-such-kind'")
     )

@@ -49,6 +49,10 @@ class StageRuntime(SpecModel):
     output: str
     """URI prefix this stage writes its results, checkpoints and metrics log under."""
 
+    overwrite: bool = False
+    """Replace an output a run with a different fingerprint wrote (`zhinao-k8s run --overwrite`),
+    instead of refusing to start."""
+
     def to_json(self) -> str:
         return json.dumps(self.to_wire(), sort_keys=True, separators=(",", ":"))
 

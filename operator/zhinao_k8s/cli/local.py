@@ -58,13 +58,19 @@ def render(
 
 
 def run_local(
-    pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: list[str] | None, verbose: bool
+    pipeline: TrainingPipeline,
+    workdir: Path,
+    secrets: dict,
+    only: list[str] | None,
+    verbose: bool,
+    overwrite: list[str] | None = None,
 ) -> PipelineResult:
     workdir.mkdir(parents=True, exist_ok=True)
+    common = {"workdir": workdir, "secrets": secrets, "only": only, "overwrite": overwrite}
     if verbose:
-        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
+        return run_training_pipeline(pipeline, echo_logs=True, **common)
     with RunDisplay(pipeline, workdir) as display:
-        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
+        return run_training_pipeline(pipeline, listener=display, **common)
 
 
 def headline(summary: dict) -> str:
@@ -133,17 +139,25 @@ def run(
     secret: Annotated[list[Path], typer.Option(help="Kubernetes Secret manifest(s) the jobs reference.")] = [],
     stage: Annotated[list[str], typer.Option(help="Run only these stages (repeatable).")] = [],
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream every replica's log.")] = False,
+    overwrite: Annotated[
+        list[str],
+        typer.Option(
+            help="Replace these stages' outputs when a run with other params or inputs wrote them (repeatable)."
+        ),
+    ] = [],
 ) -> None:
     """Run every stage locally, exactly as the rendered PyTorchJobs would run on a cluster.
 
     One process per replica with the training operator's environment (MASTER_ADDR, WORLD_SIZE,
     RANK, PET_*); a failed container restarts in place, as the stage's restartPolicy and backoffLimit
     allow. Ctrl-C or SIGTERM stops every replica as kubelet would (SIGTERM, grace period, SIGKILL).
+    A stage resumes an output its own params and inputs wrote, and refuses one a different run
+    wrote unless it is listed in --overwrite.
     """
     pipeline = load_pipeline(spec)
     secrets = load_secrets(secret)
     with sigterm_as_interrupt():
-        result = run_local(pipeline, workdir, secrets, stage or None, verbose)
+        result = run_local(pipeline, workdir, secrets, stage or None, verbose, overwrite or None)
     print_result(result, pipeline, secrets)
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)

@@ -40,7 +40,7 @@ TRAINER_ARGS = [
 ]
 
 
-def stage_runtime(pipeline: TrainingPipeline, stage: StageBase) -> StageRuntime:
+def stage_runtime(pipeline: TrainingPipeline, stage: StageBase, *, overwrite: bool = False) -> StageRuntime:
     return StageRuntime(
         pipeline=pipeline.metadata.name,
         stage=stage.name,
@@ -49,6 +49,7 @@ def stage_runtime(pipeline: TrainingPipeline, stage: StageBase) -> StageRuntime:
         inputs=pipeline.resolve_inputs(stage),
         upstream=sorted(k for k, uri in stage.inputs.items() if uri.startswith("stage://")),
         output=pipeline.output_of(stage),
+        overwrite=overwrite,
     )
 
 
@@ -56,12 +57,12 @@ def stage_configmap_name(pipeline: TrainingPipeline, stage: StageBase) -> str:
     return f"{job_name(pipeline, stage)}-spec"
 
 
-def stage_configmap(pipeline: TrainingPipeline, stage: StageBase) -> dict:
+def stage_configmap(pipeline: TrainingPipeline, stage: StageBase, *, overwrite: bool = False) -> dict:
     """The stage spec every replica reads (ConfigMaps hold up to 1 MiB; one env var only 128 KiB)."""
     metadata = {"name": stage_configmap_name(pipeline, stage), "labels": labels(pipeline, stage)}
     if pipeline.metadata.namespace:
         metadata["namespace"] = pipeline.metadata.namespace
-    data = {STAGE_SPEC_KEY: stage_runtime(pipeline, stage).to_json()}
+    data = {STAGE_SPEC_KEY: stage_runtime(pipeline, stage, overwrite=overwrite).to_json()}
     return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
 
 
@@ -257,9 +258,10 @@ def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
     )
 
 
-def render_stage(pipeline: TrainingPipeline, stage: StageBase) -> list[dict]:
-    """What one stage needs on a cluster: its stage spec ConfigMap, then its PyTorchJob."""
-    return [stage_configmap(pipeline, stage), render_pytorchjob(pipeline, stage)]
+def render_stage(pipeline: TrainingPipeline, stage: StageBase, *, overwrite: bool = False) -> list[dict]:
+    """What one stage needs on a cluster: its stage spec ConfigMap, then its PyTorchJob.
+    `overwrite`: the stage may replace an output a different run wrote."""
+    return [stage_configmap(pipeline, stage, overwrite=overwrite), render_pytorchjob(pipeline, stage)]
 
 
 def render_pipeline(pipeline: TrainingPipeline, only: list[str] | None = None) -> list[dict]:

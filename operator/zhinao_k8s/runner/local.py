@@ -143,6 +143,7 @@ class LocalJobRunner:
         self.echo_logs = echo_logs
         self.crash_backoff = crash_backoff
         self.pods: list[Pod] = []
+        self.writer = f"zhinao-k8s run (pid {os.getpid()} on {socket.gethostname()}) job {self.name}"
 
     @property
     def log_dir(self) -> Path:
@@ -239,6 +240,8 @@ class LocalJobRunner:
             env = container_env(main, self.secrets, self.environ)
             env.update(operator_env(self.job, replica, master_addr="127.0.0.1", master_port=master_port))
             env["ZHINAO_WORKDIR"] = str(scratch)
+            # Who writes the output (zhinao.lease): this run, whichever of its containers restarts.
+            env["ZHINAO_WRITER"] = self.writer
             # A pod's CPU limit keeps its threads to itself; here the replicas share one machine.
             env.setdefault("OMP_NUM_THREADS", str(self.threads_per_process()))
             metrics_port = None

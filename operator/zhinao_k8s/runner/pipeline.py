@@ -30,6 +30,7 @@ def run_training_pipeline(
     only: list[str] | None = None,
     echo_logs: bool = False,
     crash_backoff: tuple[float, float] = CRASH_BACKOFF_SECONDS,
+    overwrite: list[str] | None = None,
 ) -> PipelineResult:
     """Stops at the first stage that fails, as the operator does once retries are exhausted."""
     result = PipelineResult(pipeline.metadata.name)
@@ -37,7 +38,7 @@ def run_training_pipeline(
     for stage in pipeline.spec.stages:
         if only and stage.name not in only:
             continue
-        configmap, job = render_stage(pipeline, stage)
+        configmap, job = render_stage(pipeline, stage, overwrite=stage.name in (overwrite or []))
         notify("stage", {"stage": stage.name, "kind": stage.kind, "job": job["metadata"]["name"]})
         runner = LocalJobRunner(
             job,

@@ -117,3 +117,60 @@ def test_sigterm_stops_every_replica_and_leaves_no_process(tmp_path):
     alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert len(seen) >= 4 and not alive, [(p.pid, p.cmdline()) for p in alive]
     assert not Path(store / "sig" / "data" / "summary.json").exists()
+
+
+def tokenizer_spec(store: Path, vocab: int) -> dict:
+    return {
+        "apiVersion": "zhinao.ai/v1alpha1",
+        "kind": "TrainingPipeline",
+        "metadata": {"name": "fp"},
+        "spec": {
+            "storage": {"uri": f"file://{store}"},
+            "metrics": {"enabled": False},
+            "stages": [
+                {
+                    "name": "tok",
+                    "kind": "tokenizer",
+                    "backoffLimit": 0,
+                    "inputs": {"corpus": f"file://{store}/corpus"},
+                    "params": {"vocabSize": vocab},
+                }
+            ],
+        },
+    }
+
+
+def run_spec(tmp_path: Path, spec: dict, *args: str) -> subprocess.CompletedProcess:
+    path = tmp_path / f"spec-{uuid.uuid4().hex[:6]}.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    cmd = zhinao_k8s("run", str(path), "--workdir", str(tmp_path / "w"), *args)
+    return subprocess.run(cmd, env=cli_env(), capture_output=True, text=True, timeout=600)
+
+
+def test_a_rerun_resumes_its_own_output_refuses_another_runs_and_overwrite_replaces_it(tmp_path):
+    store = tmp_path / "store"
+    build_demo_corpus(f"file://{store}", n_docs=60)
+    for attempt in ("first", "same spec again"):
+        out = run_spec(tmp_path, tokenizer_spec(store, 512))
+        assert out.returncode == 0, (attempt, out.stdout[-3000:])
+    out = run_spec(tmp_path, tokenizer_spec(store, 600))
+    assert out.returncode == 1, out.stdout[-3000:]
+    flat = " ".join(out.stdout.split())
+    assert "OutputMismatch" in flat and "params.vocabSize: 512 -> 600" in flat and "--overwrite" in flat
+    out = run_spec(tmp_path, tokenizer_spec(store, 600), "--overwrite", "tok")
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert json.loads((store / "fp" / "tok" / "summary.json").read_text())["vocab_size"] == 600
+
+
+def test_a_second_writer_of_one_output_fails_naming_the_holder(tmp_path):
+    from zhinao.lease import Lease
+    from zhinao.storage import FileStore
+
+    store = tmp_path / "store"
+    build_demo_corpus(f"file://{store}", n_docs=60)
+    Lease(FileStore(store / "fp" / "tok"), "the other run").acquire()
+    out = run_spec(tmp_path, tokenizer_spec(store, 512))
+    assert out.returncode == 1
+    flat = " ".join(out.stdout.split())
+    assert "LeaseHeld" in flat and "the output is being written by the other run" in flat, flat[-2000:]
+    assert not (store / "fp" / "tok" / "summary.json").exists()
