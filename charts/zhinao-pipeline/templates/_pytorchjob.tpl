@@ -151,7 +151,7 @@ spec:
 {{- $stage := .stage }}
 {{- toJson (dict "pipeline" .name "stage" $stage.name "kind" $stage.kind "params" (default dict $stage.params)
       "inputs" (include "zhinao-pipeline.inputs" . | fromJson) "upstream" (include "zhinao-pipeline.upstream" . | fromJsonArray)
-      "output" (include "zhinao-pipeline.output" .)) }}
+      "output" (include "zhinao-pipeline.output" .) "overwrite" false) }}
 {{- end }}
 
 {{/* Return the names of the stage's inputs that other stages produce, sorted, as a JSON list. */}}
