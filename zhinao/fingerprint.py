@@ -11,10 +11,11 @@ import json
 from typing import Any
 
 import zhinao
+from zhinao.artifacts import FINGERPRINT
 from zhinao.config.runtime import StageRuntime
 from zhinao.storage import ObjectStore, open_store
 
-FINGERPRINT_KEY = "_fingerprint.json"
+FINGERPRINT_KEY = FINGERPRINT
 
 
 class OutputMismatch(RuntimeError):

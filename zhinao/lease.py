@@ -17,10 +17,11 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
+from zhinao.artifacts import LEASE
 from zhinao.storage import ObjectNotFound, ObjectStore
 
 log = logging.getLogger("zhinao.lease")
-LEASE_KEY = "_lease.json"
+LEASE_KEY = LEASE
 DEFAULT_TTL_SECONDS = 120.0
 ENV_WRITER = "ZHINAO_WRITER"
 """Who writes: the local runner sets one per run; on a cluster the master pod's name is used."""
