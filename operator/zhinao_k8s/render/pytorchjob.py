@@ -14,6 +14,7 @@ import copy
 from zhinao.config.runtime import ENV_METRICS_PORT, ENV_S3_ENDPOINT, ENV_STAGE_SPEC_FILE, StageRuntime
 from zhinao_k8s.api.v1alpha1 import Resources, StageBase, Storage, TrainingPipeline
 from zhinao_k8s.render.names import job_name, labels
+from zhinao_k8s.render.scheduling import with_scheduling
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -84,7 +85,7 @@ def wait_inputs_container(trainer: dict, storage: Storage) -> dict:
         "command": ["python", "-m", "zhinao.wait_inputs"],
         "env": [{"name": "HOME", "value": "/tmp"}, *storage_env(storage)],
         "resources": _resources(Resources(cpu="100m", memory="256Mi")),
-        "securityContext": dict(trainer["securityContext"]),
+        "securityContext": copy.deepcopy(trainer["securityContext"]),
         "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
     }
 
@@ -246,7 +247,7 @@ def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
     if any(uri.startswith("stage://") for uri in stage.inputs.values()):
         template["spec"]["initContainers"] = [wait_inputs_container(template["spec"]["containers"][0], spec.storage)]
     mount_stage_spec(template, stage_configmap_name(pipeline, stage))
-    return pytorchjob(
+    job = pytorchjob(
         name=job_name(pipeline, stage),
         namespace=pipeline.metadata.namespace,
         labels=labels(pipeline, stage),
@@ -256,6 +257,7 @@ def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
         backoff_limit=stage.backoff_limit,
         restart_policy=stage.restart_policy,
     )
+    return with_scheduling(job, pipeline.scheduling_of(stage))
 
 
 def render_stage(pipeline: TrainingPipeline, stage: StageBase, *, overwrite: bool = False) -> list[dict]:
