@@ -8,7 +8,6 @@ output:  tokens/ sft/long-qa.jsonl checkpoints/ hf/ metrics/ report/loss.png rep
          report/needle.json summary.json
 """
 
-import io
 import json
 import logging
 from pathlib import Path
@@ -21,6 +20,9 @@ from zhinao.config.longctx import LongContextParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
 from zhinao.data.packing import TOKEN_DTYPE, pack_source
+from zhinao.data.stream_order import PositionMismatch
+from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, shard_key
+from zhinao.data.token_stream import TokenStream
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
@@ -33,7 +35,6 @@ from zhinao.longctx.sequence_parallel import (
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
 from zhinao.report import loss_curve_png
-from zhinao.stages.pretrain import INDEX, load_tokens
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
@@ -81,13 +82,7 @@ def tokenizer_files(model_dir: Path, dest: Path) -> Path:
     return dest
 
 
-def _npy(array: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, array)
-    return buf.getvalue()
-
-
-def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongContextParams) -> dict:
+def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongContextParams) -> TokenIndex:
     """Pack the corpus into seqLen sequences per source, write the synthetic long QA set, and mix."""
     docs = list(read_documents(corpus, text_field=params.text_field, source_field=params.source_field))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -113,18 +108,20 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
     out.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     synthetic = pack_source((encode(render_chat(r["messages"])) for r in rows), seq_len=params.seq_len, eod_id=eod)
     data = mix_sequences(corpus_seqs, synthetic, ratio=params.synthetic_mix, seed=params.seed)
-    index = {
-        "seq_len": params.seq_len,
-        "vocab_size": len(tokenizer),
-        "shards": [],
-        "corpus_sequences": int(len(corpus_seqs)),
-        "synthetic_sequences": int(len(data) - len(corpus_seqs)),
-        "synthetic_conversations": len(rows),
-    }
-    key = "tokens/longctx-00000.npy"
-    out.put_bytes(key, _npy(data.astype(TOKEN_DTYPE)))
-    index["shards"].append({"key": key, "source": "mixed", "sequences": int(len(data)), "tokens": int(data.size)})
-    out.put_bytes(INDEX, json.dumps(index, indent=2).encode())
+    key = shard_key("longctx", rank=0, n=0)
+    out.put_bytes(key, encode(data))
+    index = TokenIndex(
+        seq_len=params.seq_len,
+        vocab_size=len(tokenizer),
+        shards=[Shard(key, "mixed", int(len(data)))],
+        documents=len(docs),
+        extra={
+            "corpus_sequences": int(len(corpus_seqs)),
+            "synthetic_sequences": int(len(data) - len(corpus_seqs)),
+            "synthetic_conversations": len(rows),
+        },
+    )
+    out.put_bytes(INDEX_KEY, index.to_json())
     return index
 
 
@@ -174,12 +171,15 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     tokenizer = load_tokenizer(model_dir)
     corpus = open_store(rt.inputs["corpus"])
 
-    if env.is_main and not out.exists(INDEX):
+    if env.is_main and not out.exists(INDEX_KEY):
         build_data(corpus, tokenizer, out, params)
     session.barrier()
-    data = load_tokens(out, session.workdir / "tokens")
-    if data.shape[1] != params.seq_len:
-        raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
+    # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
+    stream = TokenStream(
+        out, session.workdir / "tokens", seed=params.seed, rank=sp.dp_rank, world_size=sp.dp_size, params=params.stream
+    )
+    if stream.seq_len != params.seq_len:
+        raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
 
     attn = activate_sequence_parallel(sp) if sp.size > 1 else attention_implementation(params.attention)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn)
@@ -191,6 +191,10 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
     meta = session.resume(engine)
     start = meta.get("step", 0)
+    try:
+        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+    except PositionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     config = model.config
     fpt = flops_per_token(
         n_params=matmul_params(model),
@@ -204,7 +208,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         "parallel %d, steps %d..%d",
         old_theta,
         params.rope_theta,
-        len(data),
+        len(stream),
         params.seq_len,
         sp.size,
         sp.dp_size,
@@ -212,20 +216,18 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         params.max_steps,
     )
 
-    # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
     train_steps(
         session,
         engine,
         metrics,
-        data,
+        stream,
         params,
         start=start,
-        rank=sp.dp_rank,
-        world_size=sp.dp_size,
         tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size,
         meta={"sequence_parallel": sp.size},
     )
 
+    stream.close()
     # The export loads anywhere with standard attention; the ring is only this job's business.
     if sp.size > 1:
         engine.model.set_attn_implementation(attention_implementation("sdpa"))
@@ -250,7 +252,7 @@ def write_summary(
     steps = [r for r in records if r.get("event", "step") == "step"]
     train_seconds = sum(r["step_seconds"] for r in steps)
     tokens = sum(r["tokens"] for r in steps) * world_size
-    index = json.loads(out.get_bytes(INDEX))
+    index = json.loads(out.get_bytes(INDEX_KEY))
     summary = {
         "steps": len(steps),
         "tokens": tokens,

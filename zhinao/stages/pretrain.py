@@ -1,12 +1,12 @@
-"""Pretrain stage: pack the corpus into token shards, then train the 360Zhinao architecture.
+"""Pretrain stage: tokenize the corpus into token shards on every rank, then train the 360Zhinao
+architecture, each rank streaming its share of the shards (docs/data.md).
 
 inputs:  tokenizer  (a tokenizer-stage output, or a prefix holding tokenizer.json)
-         corpus     (JSONL documents or a data-stage output)    -- packed into <output>/tokens/
-         tokens     (optional: already packed shards; then corpus is not read)
+         corpus     (JSONL documents or a data-stage output)    -- tokenized into <output>/tokens/
+         tokens     (optional: a prefix whose tokens/index.json exists; then corpus is not read)
 output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 """
 
-import io
 import json
 import logging
 from pathlib import Path
@@ -15,20 +15,20 @@ import numpy as np
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.corpus import read_documents
-from zhinao.data.packing import TOKEN_DTYPE, pack_source
+from zhinao.data.stream_order import PositionMismatch
+from zhinao.data.token_shards import INDEX_KEY
+from zhinao.data.token_stream import TokenStream
+from zhinao.data.tokenize_shards import merge_parts, tokenize_share
 from zhinao.metrics import flops_per_token
 from zhinao.model import build_config, build_model, matmul_params
 from zhinao.report import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
-from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.pretrain_loop import train_steps
 from zhinao.training.session import TrainingSession
 
 Params = PretrainParams
 log = logging.getLogger(__name__)
-INDEX = "tokens/index.json"
 
 
 def fetch_tokenizer(uri: str, dest: Path) -> Path:
@@ -41,38 +41,42 @@ def fetch_tokenizer(uri: str, dest: Path) -> Path:
     return dest
 
 
-def pack_corpus(corpus: ObjectStore, tokenizer, out: ObjectStore, params: PretrainParams) -> dict:
-    """Tokenize every document and write one .npy shard of (n, seqLen) sequences per source."""
-    by_source: dict[str, list[list[int]]] = {}
-    for doc in read_documents(corpus, text_field=params.text_field, source_field=params.source_field):
-        by_source.setdefault(doc.source, []).append(tokenizer(doc.text, add_special_tokens=False)["input_ids"])
-    eod = tokenizer.convert_tokens_to_ids(EOD)
-    index = {"seq_len": params.seq_len, "vocab_size": len(tokenizer), "shards": []}
-    for source in sorted(by_source):
-        seqs = pack_source(by_source[source], seq_len=params.seq_len, eod_id=eod)
-        if not len(seqs):
-            log.warning("source %r has fewer than seqLen=%d tokens; nothing packed", source, params.seq_len)
-            continue
-        buf = io.BytesIO()
-        np.save(buf, seqs)
-        key = f"tokens/{source}-00000.npy"
-        out.put_bytes(key, buf.getvalue())
-        index["shards"].append({"key": key, "source": source, "sequences": int(len(seqs)), "tokens": int(seqs.size)})
-    if not index["shards"]:
-        raise SystemExit(f"corpus {corpus.uri} yields no sequence of {params.seq_len} tokens")
-    out.put_bytes(INDEX, json.dumps(index, indent=2).encode())
-    return index
-
-
-def load_tokens(store: ObjectStore, dest: Path) -> np.ndarray:
-    index = json.loads(store.get_bytes(INDEX))
-    dest.mkdir(parents=True, exist_ok=True)
-    arrays = []
-    for shard in index["shards"]:
-        path = dest / Path(shard["key"]).name
-        store.get_file(shard["key"], path)
-        arrays.append(np.load(path, mmap_mode="r"))
-    return np.concatenate(arrays).astype(TOKEN_DTYPE, copy=False)
+def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params, *, rank: int, world_size: int):
+    """Tokenize the corpus on every rank unless token shards exist, then open this rank's stream."""
+    env, out = session.env, session.out
+    tokens_store = open_store(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
+    if "tokens" in rt.inputs and not tokens_store.exists(INDEX_KEY):
+        raise SystemExit(f"inputs.tokens: {tokens_store.url(INDEX_KEY)} does not exist")
+    if not tokens_store.exists(INDEX_KEY):
+        if "corpus" not in rt.inputs:
+            raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
+        corpus = open_store(rt.inputs["corpus"])
+        tokenize_share(
+            corpus,
+            tokenizer,
+            out,
+            seq_len=params.seq_len,
+            params=params.stream,
+            rank=env.rank,
+            world_size=env.world_size,
+            text_field=params.text_field,
+            source_field=params.source_field,
+        )
+        session.barrier()
+        if env.is_main:
+            merge_parts(out, world_size=env.world_size, where=corpus.uri)
+    session.barrier()
+    stream = TokenStream(
+        tokens_store,
+        session.workdir / "tokens",
+        seed=params.seed,
+        rank=rank,
+        world_size=world_size,
+        params=params.stream,
+    )
+    if stream.seq_len != params.seq_len:
+        raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
+    return stream
 
 
 def run(rt: StageRuntime, params: PretrainParams) -> None:
@@ -83,15 +87,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     tok_dir = fetch_tokenizer(rt.inputs["tokenizer"], session.workdir / "tokenizer")
     tokenizer = load_tokenizer(tok_dir)
 
-    tokens_store = open_store(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
-    if env.is_main and not tokens_store.exists(INDEX):
-        if "corpus" not in rt.inputs:
-            raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
-        pack_corpus(open_store(rt.inputs["corpus"]), tokenizer, out, params)
-    session.barrier()
-    data = load_tokens(tokens_store, session.workdir / "tokens")
-    if data.shape[1] != params.seq_len:
-        raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
+    stream = open_stream(session, rt, tokenizer, params, rank=env.rank, world_size=env.world_size)
 
     config = build_config(
         params.model_size,
@@ -103,6 +99,10 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps)
     meta = session.resume(engine)
     start = meta.get("step", 0)
+    try:
+        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+    except PositionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     fpt = flops_per_token(
         n_params=matmul_params(model),
         n_layers=config.num_hidden_layers,
@@ -111,10 +111,10 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     )
     metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
     log.info(
-        "training %s (%.1fM params) on %d sequences of %d tokens, steps %d..%d, world size %d",
+        "training %s (%.1fM params) on %d sequences of %d tokens per rank and epoch, steps %d..%d, world size %d",
         params.model_size,
         sum(p.numel() for p in model.parameters()) / 1e6,
-        len(data),
+        len(stream),
         params.seq_len,
         start + 1,
         params.max_steps,
@@ -125,14 +125,13 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
         session,
         engine,
         metrics,
-        data,
+        stream,
         params,
         start=start,
-        rank=env.rank,
-        world_size=env.world_size,
         tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps,
     )
 
+    stream.close()
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:

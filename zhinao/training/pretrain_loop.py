@@ -3,10 +3,9 @@
 import logging
 import time
 
-import numpy as np
 import torch
 
-from zhinao.data.packing import batch_indices
+from zhinao.data.token_stream import TokenStream
 from zhinao.metrics import TrainingMetrics
 from zhinao.training.engine import Engine
 from zhinao.training.session import TrainingSession
@@ -14,26 +13,11 @@ from zhinao.training.session import TrainingSession
 log = logging.getLogger(__name__)
 
 
-def micro_batches(
-    data: np.ndarray, params, *, step: int, rank: int, world_size: int, device: torch.device
-) -> list[torch.Tensor]:
-    """This rank's micro-batches of optimizer step `step`: a pure function of the position, so resumable."""
+def micro_batches(stream: TokenStream, params, *, device: torch.device) -> list[torch.Tensor]:
+    """This rank's next gradAccumSteps micro-batches from its stream."""
     return [
-        torch.from_numpy(
-            data[
-                batch_indices(
-                    n_sequences=len(data),
-                    step=step,
-                    micro_step=m,
-                    rank=rank,
-                    world_size=world_size,
-                    micro_batch=params.micro_batch_size,
-                    grad_accum=params.grad_accum_steps,
-                    seed=params.seed,
-                )
-            ].astype(np.int64)
-        ).to(device)
-        for m in range(params.grad_accum_steps)
+        torch.from_numpy(stream.take(params.micro_batch_size).astype("int64")).to(device)
+        for _ in range(params.grad_accum_steps)
     ]
 
 
@@ -41,24 +25,23 @@ def train_steps(
     session: TrainingSession,
     engine: Engine,
     metrics: TrainingMetrics,
-    data: np.ndarray,
+    stream: TokenStream,
     params,
     *,
     start: int,
-    rank: int,
-    world_size: int,
     tokens_per_step: int,
     meta: dict | None = None,
 ) -> None:
     """Optimizer steps `start`+1 to maxSteps, checkpointing every checkpointEvery steps and at the end.
 
-    `rank` and `world_size` place this process among the replicas that read different sequences;
-    `tokens_per_step` is what it trains on per step; `meta` joins every checkpoint's meta.
+    `stream` is this rank's data, already at the position of step `start`; every checkpoint stores
+    its position (meta `data`), so a resumed run reads exactly the samples the lost one had not
+    trained on. `tokens_per_step` is what it trains on per step; `meta` joins every checkpoint's meta.
     """
     env = session.env
     for step in range(start, params.max_steps):
         began = time.perf_counter()
-        batches = micro_batches(data, params, step=step, rank=rank, world_size=world_size, device=session.device)
+        batches = micro_batches(stream, params, device=session.device)
         lr = engine.lr
         loss, grad_norm = engine.train_step(batches)
         metrics.record_step(
@@ -81,5 +64,6 @@ def train_steps(
                     "world_size": env.world_size,
                     **(meta or {}),
                     "tokens": (step + 1) * tokens_per_step * env.world_size,
+                    "data": stream.state_dict(),
                 },
             )
