@@ -24,7 +24,9 @@ import torch
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import pack_source
+from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, shard_bytes
 from zhinao.model import build_config, build_model
+from zhinao.storage import open_store
 from zhinao.tokenizer import to_transformers, train_bpe
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
@@ -90,25 +92,12 @@ def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:
     tok.save_pretrained(tok_dir)
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     seqs = pack_source(ids, seq_len=seq_len, eod_id=tok.convert_tokens_to_ids("<eod>"))
-    tokens_dir = root / "packed" / "tokens"
-    tokens_dir.mkdir(parents=True)
-    np.save(tokens_dir / "bench-00000.npy", seqs)
-    (tokens_dir / "index.json").write_text(
-        json.dumps(
-            {
-                "seq_len": seq_len,
-                "vocab_size": len(tok),
-                "shards": [
-                    {
-                        "key": "tokens/bench-00000.npy",
-                        "source": "bench",
-                        "sequences": len(seqs),
-                        "tokens": int(seqs.size),
-                    }
-                ],
-            }
-        )
+    packed = open_store(f"file://{root / 'packed'}")
+    packed.put_bytes("tokens/bench-00000.bin", shard_bytes(seqs))
+    index = TokenIndex(
+        seq_len=seq_len, vocab_size=len(tok), shards=[Shard("tokens/bench-00000.bin", "bench", len(seqs))]
     )
+    packed.put_bytes(INDEX_KEY, index.to_json())
     return tok_dir, seqs, len(tok)
 
 

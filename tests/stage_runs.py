@@ -19,12 +19,12 @@ import psutil
 
 from zhinao.storage import ObjectStore, open_store
 from zhinao_k8s.api.load import parse_pipeline
-from zhinao_k8s.runner.pipeline import PipelineResult, run_pipeline
+from zhinao_k8s.runner.pipeline import PipelineResult, run_training_pipeline
 
 
 def run(spec: str, workdir: Path, listener=None, secrets=None):
     pipeline = parse_pipeline(spec)
-    result = run_pipeline(pipeline, workdir=workdir, listener=listener, secrets=secrets)
+    result = run_training_pipeline(pipeline, workdir=workdir, listener=listener, secrets=secrets)
     return pipeline, result
 
 

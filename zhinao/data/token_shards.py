@@ -93,7 +93,7 @@ def part_key(rank: int) -> str:
     return f"{PARTS_PREFIX}rank-{rank:05d}.json"
 
 
-def encode(sequences: np.ndarray) -> bytes:
+def shard_bytes(sequences: np.ndarray) -> bytes:
     return np.ascontiguousarray(sequences, dtype=WIRE_DTYPE).tobytes()
 
 

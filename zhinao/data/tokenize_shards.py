@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from zhinao.config.stream import TokenStreamParams
 from zhinao.corpus import Document, corpus_keys, read_documents
-from zhinao.data.token_shards import INDEX_KEY, Shard, SourcePacker, TokenIndex, encode, part_key, shard_key
+from zhinao.data.token_shards import INDEX_KEY, Shard, SourcePacker, TokenIndex, part_key, shard_bytes, shard_key
 from zhinao.storage import ObjectStore
 from zhinao.tokenizer import EOD
 
@@ -50,7 +50,7 @@ def tokenize_share(
 
     def put(source: str, seqs) -> None:
         key = shard_key(source, rank=rank, n=sum(s.source == source for s in part.shards))
-        out.put_bytes(key, encode(seqs))
+        out.put_bytes(key, shard_bytes(seqs))
         part.shards.append(Shard(key, source, int(len(seqs))))
 
     docs = documents_of_rank(corpus, rank=rank, world_size=world_size, text_field=text_field, source_field=source_field)

@@ -21,7 +21,7 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
 from zhinao.data.packing import TOKEN_DTYPE, pack_source
 from zhinao.data.stream_order import PositionMismatch
-from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, shard_key
+from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, shard_bytes, shard_key
 from zhinao.data.token_stream import TokenStream
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
@@ -109,7 +109,7 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
     synthetic = pack_source((encode(render_chat(r["messages"])) for r in rows), seq_len=params.seq_len, eod_id=eod)
     data = mix_sequences(corpus_seqs, synthetic, ratio=params.synthetic_mix, seed=params.seed)
     key = shard_key("longctx", rank=0, n=0)
-    out.put_bytes(key, encode(data))
+    out.put_bytes(key, shard_bytes(data))
     index = TokenIndex(
         seq_len=params.seq_len,
         vocab_size=len(tokenizer),

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from zhinao.data.packing import pack_source
-from zhinao.data.token_shards import Shard, SourcePacker, TokenIndex, encode
+from zhinao.data.token_shards import Shard, SourcePacker, TokenIndex, shard_bytes
 
 
 def test_the_packer_cuts_the_same_sequences_as_packing_the_whole_source():
@@ -40,4 +40,4 @@ def test_a_foreign_index_is_named_with_its_reason():
 
 
 def test_shards_are_little_endian_uint32_bytes():
-    assert encode(np.array([[1, 256]], dtype=np.uint32)) == b"\x01\x00\x00\x00\x00\x01\x00\x00"
+    assert shard_bytes(np.array([[1, 256]], dtype=np.uint32)) == b"\x01\x00\x00\x00\x00\x01\x00\x00"

@@ -9,7 +9,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao_k8s.api.load import parse_pipeline
-from zhinao_k8s.runner.pipeline import run_pipeline
+from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -19,7 +19,7 @@ def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(
 ):
     spec = make_longctx_spec("long", f"file://{tmp_path}/store", longctx_base_model, stage_assets["corpus"])
     pipeline = parse_pipeline(spec)
-    result = run_pipeline(pipeline, workdir=tmp_path / "w")
+    result = run_training_pipeline(pipeline, workdir=tmp_path / "w")
     job = result.stages[0][1]
     log = (job.log_dir / "master-0.log").read_text()
     assert result.succeeded, log[-3000:]

@@ -12,7 +12,7 @@ from transformers import AutoModelForCausalLM
 
 from zhinao.storage import StorageError, open_store
 from zhinao_k8s.api.load import parse_pipeline
-from zhinao_k8s.runner.pipeline import run_pipeline
+from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 pytestmark = pytest.mark.slow
 
@@ -103,7 +103,7 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     for t in threads:
         t.start()
     pipeline = parse_pipeline(json.dumps(spec))
-    result = run_pipeline(pipeline, workdir=tmp_path / "w", secrets=secrets)
+    result = run_training_pipeline(pipeline, workdir=tmp_path / "w", secrets=secrets)
     done.set()
     for t in threads:
         t.join(10)

@@ -10,7 +10,7 @@ import torch
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.data.packing import TOKEN_DTYPE
-from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, encode
+from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, shard_bytes
 from zhinao.data.token_stream import TokenStream
 from zhinao.storage import open_store
 from zhinao.training.pretrain_loop import train_steps
@@ -55,7 +55,7 @@ DATA = np.arange(40 * 16, dtype=TOKEN_DTYPE).reshape(40, 16)
 @pytest.fixture
 def tokens(tmp_path):
     store = open_store(f"file://{tmp_path}/out")
-    store.put_bytes("tokens/a.bin", encode(DATA))
+    store.put_bytes("tokens/a.bin", shard_bytes(DATA))
     store.put_bytes(
         INDEX_KEY, TokenIndex(seq_len=16, vocab_size=1000, shards=[Shard("tokens/a.bin", "a", 40)]).to_json()
     )
