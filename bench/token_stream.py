@@ -113,19 +113,20 @@ def child_first_batch(tokens: str, work: str) -> dict:
 
     from zhinao.storage import open_store
 
-    began = time.perf_counter()
-    store = open_store(f"file://{tokens}")
-    try:
+    try:  # imports first: both sides have torch loaded by then in a real run
         from zhinao.config.stream import TokenStreamParams
         from zhinao.data.token_stream import TokenStream
-
-        batch = TokenStream(store, Path(work) / "cache", seed=1, rank=0, world_size=1, params=TokenStreamParams()).take(
-            MICRO_BATCH
-        )
     except ImportError:  # the baseline tree
+        TokenStream = None
         from zhinao.data.packing import batch_indices
         from zhinao.stages.pretrain import load_tokens
 
+    began = time.perf_counter()
+    store = open_store(f"file://{tokens}")
+    if TokenStream is not None:
+        stream = TokenStream(store, Path(work) / "cache", seed=1, rank=0, world_size=1, params=TokenStreamParams())
+        batch = stream.take(MICRO_BATCH)
+    else:
         data = load_tokens(store, Path(work) / "cache")
         idx = batch_indices(
             n_sequences=len(data),
