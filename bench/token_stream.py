@@ -84,6 +84,16 @@ def child(args: list[str], *, pythonpath: str, extra_env: dict | None = None) ->
 # -- children ------------------------------------------------------------------------------------
 
 
+def tokens_source(store):
+    """What the streaming code of the measured tree reads from: a StageOutput, or (trees from before
+    zhinao.artifacts owned the layout) the store itself."""
+    try:
+        from zhinao.artifacts import StageOutput
+    except ImportError:
+        return store
+    return StageOutput(store)
+
+
 def child_pretrain(corpus: str, tokenizer: str, work: str, steps: int) -> dict:
     """One pretrain rank, the whole stage, in this process (world size 1)."""
     from zhinao.config.pretrain import PretrainParams
@@ -124,7 +134,9 @@ def child_first_batch(tokens: str, work: str) -> dict:
     began = time.perf_counter()
     store = open_store(f"file://{tokens}")
     if TokenStream is not None:
-        stream = TokenStream(store, Path(work) / "cache", seed=1, rank=0, world_size=1, params=TokenStreamParams())
+        stream = TokenStream(
+            tokens_source(store), Path(work) / "cache", seed=1, rank=0, world_size=1, params=TokenStreamParams()
+        )
         batch = stream.take(MICRO_BATCH)
     else:
         data = load_tokens(store, Path(work) / "cache")
@@ -151,7 +163,7 @@ def child_tokenize_ours(corpus: str, tokenizer: str, work: str) -> dict:
 
     tok = load(tokenizer)
     cpu, wall = time.process_time(), time.perf_counter()
-    out = open_store(f"file://{work}/ours")
+    out = tokens_source(open_store(f"file://{work}/ours"))
     part = tokenize_share(
         open_store(f"file://{corpus}"), tok, out, seq_len=SEQ_LEN, params=TokenStreamParams(), rank=0, world_size=1
     )

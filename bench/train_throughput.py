@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import pack_source
-from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, shard_bytes
+from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes
 from zhinao.model import build_config, build_model
-from zhinao.storage import open_store
 from zhinao.tokenizer import to_transformers, train_bpe
 
 RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
@@ -92,12 +92,9 @@ def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:
     tok.save_pretrained(tok_dir)
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     seqs = pack_source(ids, seq_len=seq_len, eod_id=tok.convert_tokens_to_ids("<eod>"))
-    packed = open_store(f"file://{root / 'packed'}")
-    packed.put_bytes("tokens/bench-00000.bin", shard_bytes(seqs))
-    index = TokenIndex(
-        seq_len=seq_len, vocab_size=len(tok), shards=[Shard("tokens/bench-00000.bin", "bench", len(seqs))]
-    )
-    packed.put_bytes(INDEX_KEY, index.to_json())
+    packed = StageOutput.at(f"file://{root / 'packed'}")
+    key = packed.put_token_shard("bench-r00000-00000", shard_bytes(seqs))
+    packed.write_tokens_index(TokenIndex(seq_len=seq_len, vocab_size=len(tok), shards=[Shard(key, "bench", len(seqs))]))
     return tok_dir, seqs, len(tok)
 
 
@@ -123,7 +120,7 @@ def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams)
     cpu = time.process_time()
     pretrain.run(rt, params)
     cpu = time.process_time() - cpu  # includes set-up, HF export and the loss plot: against us
-    records = [json.loads(l) for l in (root / "ours" / "metrics" / "rank-0.jsonl").read_text().splitlines()]
+    records = StageOutput.at(f"file://{root / 'ours'}").metrics_records()
     steps = [r for r in records if r.get("event") == "step"]
     checkpoints = [r for r in records if r.get("event") == "checkpoint"]
     # From the start of the first step to the end of the final checkpoint (metrics served and logged throughout).

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import yaml
 
+from zhinao_k8s.api import rules
 from zhinao_k8s.api.crd import ABLATION, crd
 from zhinao_k8s.api.v1alpha1 import PipelineSpec, TrainingPipeline
 from zhinao_k8s.render.pytorchjob import render_pytorchjob
@@ -86,7 +87,7 @@ def dump(doc: dict) -> str:
 # ---------------------------------------------------------------------------------------------
 
 PIPELINE_VALUES_SCHEMA = "charts/zhinao-pipeline/values.schema.json"
-DNS_LABEL = "^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"
+DNS_LABEL = rules.DNS_1123_LABEL
 
 # The chart's own keys; `pipeline` is filled in from PipelineSpec. Hand-written definitions are
 # lowercase, pydantic's are CamelCase model names, so the two never collide (asserted below).
@@ -98,8 +99,8 @@ _CHART_PROPERTIES = {
     "global": {"type": "object"},
     "name": {
         "type": "string",
-        "maxLength": 40,
-        "pattern": f"^$|{DNS_LABEL}",
+        "maxLength": rules.MAX_PIPELINE_NAME,
+        "pattern": f"^$|{rules.DNS_1035_LABEL}",
         "description": "Pipeline name (metadata.name; jobs are <name>-<stage>). Empty: the release name.",
     },
     "commonLabels": {"$ref": "#/definitions/labels"},

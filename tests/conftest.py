@@ -51,7 +51,7 @@ def fresh_s3_server() -> Iterator[SeaweedS3]:
 @pytest.fixture
 def s3_store(s3_server: SeaweedS3) -> Iterator[ObjectStore]:
     """s3://test-<uuid>/run on the shared server, opened with its credentials (default
-    RetryPolicy); the bucket is created by the first write and dropped afterwards."""
+    StoreRetry); the bucket is created by the first write and dropped afterwards."""
     store = s3_server.store()
     yield store
     s3_server.drop_bucket(store.bucket)

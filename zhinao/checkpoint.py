@@ -164,6 +164,11 @@ class CheckpointManager:
     def url(self, step: int) -> str:
         return self.store.url(self._dir_key(step).rstrip("/"))
 
+    def get_part(self, step: int, name: str, dest: Path) -> Path:
+        """Download one part of a committed checkpoint without verifying the rest (evaluation reads)."""
+        self.store.get_file(self._part_key(step, name), dest)
+        return dest
+
     # writing
     def upload_parts(self, step: int, files: dict[str, Path]) -> dict[str, str]:
         """Upload this rank's part files for `step`; returns {name: sha256} for `commit`."""

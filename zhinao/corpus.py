@@ -27,22 +27,30 @@ def corpus_keys(store: ObjectStore) -> list[str]:
     return keys or [k for k in store.list() if k.endswith(SUFFIXES) and not k.startswith("rejects/")]
 
 
+def jsonl_lines(store: ObjectStore, keys: list[str]) -> Iterator[tuple[str, int, bytes]]:
+    """(key, line number, line) of every non-blank line of the JSONL files, gzip by suffix: the one
+    reader under the document, alignment-data, ablation and benchmark-task readers."""
+    for key in keys:
+        raw = store.get_bytes(key)
+        if key.endswith(".gz"):
+            raw = gzip.decompress(raw)
+        for number, line in enumerate(raw.splitlines(), 1):
+            if line.strip():
+                yield key, number, line
+
+
 def read_documents(
     store: ObjectStore, *, text_field: str = "text", source_field: str = "source", keys: list[str] | None = None
 ) -> Iterator[Document]:
     bad = 0
-    for key in keys if keys is not None else corpus_keys(store):
-        raw = store.get_bytes(key)
-        if key.endswith(".gz"):
-            raw = gzip.decompress(raw)
-        for line in raw.splitlines():
-            try:
-                doc = json.loads(line)
-                text = doc[text_field]
-            except (ValueError, KeyError, TypeError):
-                bad += 1
-                continue
-            if isinstance(text, str) and text:
-                yield Document(text, str(doc.get(source_field) or "default"))
+    for _key, _number, line in jsonl_lines(store, keys if keys is not None else corpus_keys(store)):
+        try:
+            doc = json.loads(line)
+            text = doc[text_field]
+        except (ValueError, KeyError, TypeError):
+            bad += 1
+            continue
+        if isinstance(text, str) and text:
+            yield Document(text, str(doc.get(source_field) or "default"))
     if bad:
         log.warning("skipped %d unreadable lines in %s (run the data stage to keep them as rejects)", bad, store.uri)

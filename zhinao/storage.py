@@ -6,7 +6,7 @@ reader sees either the whole new object or the old one, never half of it. Every 
 as `StorageError` (a missing object as its subclass `ObjectNotFound`) with one readable line that
 names the endpoint or local path, the object key and the cause. S3 calls retry transient failures
 (connection refused/reset, timeouts, HTTP 5xx, SlowDown) with exponential backoff and jitter under
-a `RetryPolicy`; the HTTP layer underneath does not retry on its own.
+a `StoreRetry`; the HTTP layer underneath does not retry on its own.
 """
 
 from __future__ import annotations
@@ -61,7 +61,7 @@ class ObjectNotFound(StorageError):
 
 
 @dataclass(frozen=True)
-class RetryPolicy:
+class StoreRetry:
     attempts: int = 6
     """Total tries of one operation (1 = no retry)."""
     base_delay: float = 0.5
@@ -75,9 +75,9 @@ class RetryPolicy:
 
     def __post_init__(self) -> None:
         if self.attempts < 1:
-            raise ValueError(f"RetryPolicy.attempts must be >= 1, got {self.attempts}")
+            raise ValueError(f"StoreRetry.attempts must be >= 1, got {self.attempts}")
         if self.base_delay < 0 or self.max_delay < 0:
-            raise ValueError("RetryPolicy delays must be >= 0")
+            raise ValueError("StoreRetry delays must be >= 0")
 
     def delay(self, retry: int) -> float:
         """Seconds to wait before retry number `retry` (1-based): exponential, capped, with jitter
@@ -405,7 +405,7 @@ class _S3Conn:
     client: object
     endpoint: str
     bucket: str
-    retry: RetryPolicy
+    retry: StoreRetry
 
 
 def _parse_endpoint(endpoint: str) -> tuple[str, bool]:
@@ -612,8 +612,8 @@ class S3Store(ObjectStore):
         return S3Store(self._conn, _join(self.prefix, prefix) if self.prefix else prefix)
 
 
-def _http_client(retry: RetryPolicy):
-    """A pool manager that neither retries nor follows redirects by itself: RetryPolicy is the
+def _http_client(retry: StoreRetry):
+    """A pool manager that neither retries nor follows redirects by itself: StoreRetry is the
     retry, and a dead endpoint fails each attempt within connect_timeout."""
     return urllib3.PoolManager(
         timeout=urllib3.Timeout(connect=retry.connect_timeout, read=retry.read_timeout),
@@ -631,7 +631,7 @@ def open_store(
     access_key: str | None = None,
     secret_key: str | None = None,
     region: str | None = None,
-    retry: RetryPolicy = RetryPolicy(),
+    retry: StoreRetry = StoreRetry(),
 ) -> ObjectStore:
     """Open `s3://bucket[/prefix]` or `file:///abs/path` / `file://relative/path`.
 

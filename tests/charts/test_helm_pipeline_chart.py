@@ -167,7 +167,12 @@ def _semantic_stage_spec(job: dict) -> dict:
                 if env["name"] == "ZHINAO_STAGE_SPEC":
                     runtime = json.loads(env["value"])
                     stage = TypeAdapter(Stage).validate_python(
-                        {"name": runtime["stage"], "kind": runtime["kind"], "params": runtime["params"]}
+                        {
+                            "name": runtime["stage"],
+                            "kind": runtime["kind"],
+                            "inputs": runtime["inputs"],
+                            "params": runtime["params"],
+                        }
                     )
                     runtime["params"] = stage.params.to_wire()
                     env["value"] = runtime
@@ -184,7 +189,7 @@ CONTRACT_CASES = {
             "metrics": None,
             "retryPolicy": None,
             "suspend": None,
-            "stages": [{"name": "only", "kind": "tokenizer"}],
+            "stages": [{"name": "only", "kind": "tokenizer", "inputs": {"corpus": "s3://bucket/corpus"}}],
         }
     },
     "chained-outputs-gpu-workers": {
@@ -196,7 +201,13 @@ CONTRACT_CASES = {
             },
             "metrics": {"port": 9500},
             "stages": [
-                {"name": "tok", "kind": "tokenizer", "output": "s3://bucket/tok-out", "params": {"vocabSize": 512}},
+                {
+                    "name": "tok",
+                    "kind": "tokenizer",
+                    "output": "s3://bucket/tok-out",
+                    "inputs": {"corpus": "s3://bucket/corpus"},
+                    "params": {"vocabSize": 512},
+                },
                 {
                     "name": "pt",
                     "kind": "pretrain",
@@ -208,7 +219,7 @@ CONTRACT_CASES = {
                     "inputs": {"tokenizer": "stage://tok", "corpus": "s3://bucket/corpus"},
                     "params": {"lr": 1.0e-4, "adamEps": 1.0e-8, "warmupSteps": 5, "maxSteps": 50, "modelSize": "0.5b"},
                 },
-                {"name": "pt2", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok", "init": "stage://pt"}},
+                {"name": "pt2", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok", "tokens": "stage://pt"}},
             ],
         }
     },
@@ -379,7 +390,7 @@ def test_bad_values_are_refused(args: list[str], message: str) -> None:
             ],
             "not an earlier stage",
         ),
-        ([{"name": "Upper", "kind": "tokenizer"}], "dns label"),
+        ([{"name": "Upper", "kind": "tokenizer"}], "does not match pattern"),
         ([{"name": "a", "kind": "tokenizer", "replicas": 0}], "minimum"),
         ([{"name": "a", "kind": "tokenizer", "resources": {"cpu": 8}}], "string"),
         ([{"name": "a", "kind": "pretrain", "params": {"learningRate": 1}}], "oneof"),

@@ -135,14 +135,14 @@ class SeaweedS3:
     def store(self, uri: str | None = None, *, retry=None):
         """open_store() on this server with its credentials; by default a brand-new bucket,
         s3://test-<uuid>/run (created on the first write)."""
-        from zhinao.storage import RetryPolicy, open_store
+        from zhinao.storage import StoreRetry, open_store
 
         return open_store(
             uri or f"s3://test-{uuid.uuid4()}/run",
             endpoint=self.endpoint,
             access_key=self.access_key,
             secret_key=self.secret_key,
-            retry=retry or RetryPolicy(),
+            retry=retry or StoreRetry(),
         )
 
     def drop_bucket(self, bucket: str) -> None:

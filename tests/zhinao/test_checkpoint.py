@@ -21,9 +21,9 @@ from zhinao.checkpoint import (
     step_name,
     steps_to_prune,
 )
-from zhinao.storage import ObjectStore, RetryPolicy, StorageError, open_store
+from zhinao.storage import ObjectStore, StorageError, StoreRetry, open_store
 
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, connect_timeout=1.0, read_timeout=10.0)
+FAST = StoreRetry(attempts=3, base_delay=0.01, max_delay=0.05, connect_timeout=1.0, read_timeout=10.0)
 
 
 @pytest.fixture(params=["file", "s3"])

@@ -16,15 +16,15 @@ from servers.seaweedfs import SeaweedS3, free_port
 from zhinao.storage import (
     FileStore,
     ObjectNotFound,
-    RetryPolicy,
     S3Store,
     StorageError,
+    StoreRetry,
     describe,
     is_transient,
     open_store,
 )
 
-FAST = RetryPolicy(attempts=3, base_delay=0.01, max_delay=0.05, connect_timeout=1.0, read_timeout=10.0)
+FAST = StoreRetry(attempts=3, base_delay=0.01, max_delay=0.05, connect_timeout=1.0, read_timeout=10.0)
 MiB = 1 << 20
 
 
@@ -203,7 +203,7 @@ def test_wrong_credentials_are_refused_with_a_clear_error(s3_server, caplog):
         endpoint=s3_server.endpoint,
         access_key="not-a-user",
         secret_key="not-a-secret",
-        retry=RetryPolicy(attempts=6, base_delay=1.0),
+        retry=StoreRetry(attempts=6, base_delay=1.0),
     )
     t0 = time.monotonic()
     for op in (lambda: bad.put_bytes("k", b"x"), lambda: bad.get_bytes("k"), bad.list):
@@ -274,7 +274,7 @@ def _restart_later(server: SeaweedS3, delay: float, errors: list) -> threading.T
     return t
 
 
-PATIENT = RetryPolicy(attempts=40, base_delay=0.05, max_delay=0.25, connect_timeout=1.0, read_timeout=1.5)
+PATIENT = StoreRetry(attempts=40, base_delay=0.05, max_delay=0.25, connect_timeout=1.0, read_timeout=1.5)
 
 
 def test_server_down_then_back_within_retry_window(fresh_s3_server, caplog):
@@ -345,13 +345,13 @@ def test_open_store_uri_forms(tmp_path, monkeypatch):
 
 
 def test_retry_policy_backoff_is_exponential_capped_and_jittered():
-    p = RetryPolicy(attempts=6, base_delay=0.5, max_delay=8.0)
+    p = StoreRetry(attempts=6, base_delay=0.5, max_delay=8.0)
     for retry, full in [(1, 0.5), (2, 1.0), (3, 2.0), (4, 4.0), (5, 8.0), (9, 8.0)]:
         delays = {p.delay(retry) for _ in range(50)}
         assert all(full / 2 <= d <= full for d in delays)
         assert len(delays) > 1
     with pytest.raises(ValueError):
-        RetryPolicy(attempts=0)
+        StoreRetry(attempts=0)
 
 
 def test_error_classification():

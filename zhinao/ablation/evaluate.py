@@ -28,7 +28,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from zhinao.checkpoint import CheckpointManager, step_name
+from zhinao.artifacts import StageOutput
+from zhinao.checkpoint import step_name
+from zhinao.corpus import jsonl_lines
 from zhinao.storage import ObjectStore, open_store
 
 LETTERS = "ABCDEFGHIJ"
@@ -108,12 +110,8 @@ def load_tasks(uri: str) -> list[Item]:
         lines = [(str(path), i, ln) for i, ln in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)]
     else:
         store = open_store(uri)
-        lines = [
-            (f"{uri}/{k}", i, ln)
-            for k in store.list()
-            if k.endswith(".jsonl")
-            for i, ln in enumerate(store.get_bytes(k).decode("utf-8").splitlines(), 1)
-        ]
+        keys = [k for k in store.list() if k.endswith(".jsonl")]
+        lines = [(f"{uri}/{k}", i, ln.decode("utf-8")) for k, i, ln in jsonl_lines(store, keys)]
     items = []
     for src, i, ln in lines:
         if not ln.strip():
@@ -140,18 +138,14 @@ def load_run_model(run: ObjectStore, workdir: Path):
     """(model with the final weights on `eval_device()`, tokenizer) from a pretrain output's hf/ export."""
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    dest = workdir / "hf"
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in run.list("hf/"):
-        run.get_file(key, dest / key[3:])
+    dest = StageOutput(run).fetch_hf(workdir / "pretrain").model_dir
     model = AutoModelForCausalLM.from_pretrained(dest, attn_implementation="sdpa", dtype=torch.float32)
     model.to(eval_device()).eval()
     return model, PreTrainedTokenizerFast.from_pretrained(dest)
 
 
 def checkpoint_state(run: ObjectStore, step: int, workdir: Path) -> dict:
-    path = workdir / f"{step_name(step)}-model.pt"
-    run.get_file(f"checkpoints/{step_name(step)}/model.pt", path)
+    path = StageOutput(run).checkpoints().get_part(step, "model.pt", workdir / f"{step_name(step)}-model.pt")
     state = torch.load(path, map_location="cpu")
     path.unlink()
     return state
@@ -174,7 +168,7 @@ def valid_curve(run: ObjectStore, model, tokens: np.ndarray, workdir: Path) -> l
     """[{step, valid_loss}] for every checkpoint the run kept; the model ends with its final weights."""
     final = {k: v.clone() for k, v in model.state_dict().items()}
     curve = []
-    for step in CheckpointManager(run, prefix="checkpoints", keep=10**9).committed_steps():
+    for step in StageOutput(run).checkpoints().committed_steps():
         model.load_state_dict(checkpoint_state(run, step, workdir))
         curve.append({"step": step, "valid_loss": valid_loss(model, tokens)})
     model.load_state_dict(final)
@@ -362,8 +356,7 @@ def evaluate_run(
         result["valid_loss"] = (
             result["valid_curve"][-1]["valid_loss"] if result["valid_curve"] else valid_loss(model, valid_tokens)
         )
-    records = [json.loads(ln) for ln in run.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if ln.strip()]
-    steps = [r for r in records if r.get("event", "step") == "step"]
+    steps = StageOutput(run).step_records()
     result["train_curve"] = [{"step": r["step"], "loss": r["loss"]} for r in steps]
     tail = steps[-max(1, len(steps) // 10) :]
     result["train_loss"] = float(np.mean([r["loss"] for r in tail]))

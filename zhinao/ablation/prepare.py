@@ -2,11 +2,11 @@
 
 Layout under the ablation's prep prefix (`<storage>/<ablation>/prep`):
 
-    base/                    data-pipeline output over the base corpus (when base.data is set)
+    base/                    data-processing output over the base corpus (when base.data is set)
     tokenizer/tokenizer/     the shared tokenizer (the tokenizer stage's layout)
     valid/docs.jsonl         held-out documents of the base data (whole topics)
     valid/tokens.npy         (n, seqLen) validation sequences packed from them
-    recipes/<r>/data/        the recipe's data-pipeline output
+    recipes/<r>/data/        the recipe's data-processing output
     recipes/<r>/train/docs/  the run's training documents: experimental + base at the share
     recipes/<r>/train/mix.json
     sft/data/, sft/prompts/  the built-in SFT evaluation data (sft_eval.py), when the spec names none
@@ -29,9 +29,10 @@ from urllib.parse import urlsplit
 import numpy as np
 
 from zhinao.ablation.sft_eval import write_builtin
+from zhinao.artifacts import StageOutput
 from zhinao.config.ablation import AblationParams, Recipe
 from zhinao.config.data import DataParams
-from zhinao.corpus import corpus_keys
+from zhinao.corpus import corpus_keys, jsonl_lines
 from zhinao.data.packing import pack_source
 from zhinao.distributed import DistEnv
 from zhinao.storage import ObjectStore, open_store
@@ -39,6 +40,8 @@ from zhinao.tokenizer import EOD, to_transformers, train_bpe
 from zhinao.tokenizer import load as load_tokenizer
 
 log = logging.getLogger(__name__)
+PREP_TOKENIZER = "tokenizer"
+"""The shared tokenizer's prefix under the preparation root, laid out as a tokenizer stage's output."""
 
 
 # ---- documents ---------------------------------------------------------------------------------
@@ -47,19 +50,13 @@ log = logging.getLogger(__name__)
 def read_records(store: ObjectStore) -> list[dict]:
     """Every JSON object with a non-empty `text` under the prefix (docs/ of a data-stage output first)."""
     records = []
-    for key in corpus_keys(store):
-        raw = store.get_bytes(key)
-        if key.endswith(".gz"):
-            import gzip
-
-            raw = gzip.decompress(raw)
-        for line in raw.splitlines():
-            try:
-                rec = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(rec, dict) and isinstance(rec.get("text"), str) and rec["text"].strip():
-                records.append(rec)
+    for _key, _number, line in jsonl_lines(store, corpus_keys(store)):
+        try:
+            rec = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(rec, dict) and isinstance(rec.get("text"), str) and rec["text"].strip():
+            records.append(rec)
     return records
 
 
@@ -153,13 +150,15 @@ def mix(
 # ---- the whole preparation ---------------------------------------------------------------------
 
 
-def run_data_pipeline(params: DataParams, corpus_uri: str, out: ObjectStore) -> None:
-    from zhinao.data.pipeline import run_pipeline
+def process_data(params: DataParams, corpus_uri: str, out: ObjectStore) -> None:
+    from zhinao.data.processing import run_data_processing
 
-    if out.exists("summary.json"):
+    if StageOutput(out).is_finished():
         return
-    report = run_pipeline(params, corpus=open_store(corpus_uri), output=out, dist=DistEnv(0, 1, 0), run_id="ablation")
-    out.put_bytes("summary.json", json.dumps({"docs_written": report["docs_written"]}).encode())
+    report = run_data_processing(
+        params, corpus=open_store(corpus_uri), output=out, dist=DistEnv(0, 1, 0), run_id="ablation"
+    )
+    StageOutput(out).write_summary({"docs_written": report["docs_written"]})
 
 
 def token_lengths(tokenizer, records: list[dict]) -> list[int]:
@@ -175,15 +174,11 @@ def train_tokenizer(params: AblationParams, records: list[dict], out: ObjectStor
     tok = train_bpe(texts, vocab_size=tp.vocab_size, min_frequency=tp.min_frequency)
     with tempfile.TemporaryDirectory() as tmp:
         to_transformers(tok).save_pretrained(tmp)
-        for path in sorted(Path(tmp).iterdir()):
-            out.put_file(f"tokenizer/{path.name}", path)
+        StageOutput(out).put_tokenizer(Path(tmp))
 
 
 def fetch_prep_tokenizer(prep: ObjectStore, dest: Path):
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in prep.list("tokenizer/tokenizer/"):
-        prep.get_file(key, dest / key.rsplit("/", 1)[1])
-    return load_tokenizer(dest)
+    return load_tokenizer(StageOutput(prep.child(PREP_TOKENIZER)).fetch_tokenizer(dest))
 
 
 def pack_valid(tokenizer, records: list[dict], *, seq_len: int, max_sequences: int, seed: int) -> np.ndarray:
@@ -207,7 +202,7 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     vl = params.evaluations.valid_loss
     notify("prep", {"step": "base"})
     if params.base.data is not None:
-        run_data_pipeline(params.base.data, params.base.corpus, prep.child("base"))
+        process_data(params.base.data, params.base.corpus, prep.child("base"))
         base_records = read_records(prep.child("base"))
     else:
         base_records = read_records(open_store(params.base.corpus))
@@ -222,8 +217,8 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     write_records(prep, "valid/docs.jsonl", base_valid)
 
     notify("prep", {"step": "tokenizer"})
-    if not prep.exists("tokenizer/tokenizer/tokenizer.json"):
-        train_tokenizer(params, base_train, prep.child("tokenizer"))
+    if not StageOutput(prep.child(PREP_TOKENIZER)).has_tokenizer():
+        train_tokenizer(params, base_train, prep.child(PREP_TOKENIZER))
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = fetch_prep_tokenizer(prep, Path(tmp) / "tok")
     valid = pack_valid(
@@ -263,7 +258,7 @@ def prepare_recipe(
     if recipe.dataset is not None:
         records = read_records(open_store(recipe.dataset))
     else:
-        run_data_pipeline(recipe.data or DataParams(), params.recipe_corpus(recipe), rdir.child("data"))
+        process_data(recipe.data or DataParams(), params.recipe_corpus(recipe), rdir.child("data"))
         records = read_records(rdir.child("data"))
     train, dropped = split_by_topic(records, share=vl.held_out_share, field=vl.topic_field, seed=params.seed)
     if not train:

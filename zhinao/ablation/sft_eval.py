@@ -1,26 +1,28 @@
 """SFT evaluation of an ablation run (the report's third evaluation, section 2.6).
 
 Every run's pipeline has an `sft` stage after pretraining, with the same fixed recipe for every
-run (zhinao_k8s/render/ablation_runs.py); here its fine-tuned model answers the evaluation prompts and a reward
-scores the answers: the rule rewards and/or a reward model, summed as in RLHF (`stages.rlhf.Scorer`).
+run (zhinao_k8s/render/ablation_runs.py); here its fine-tuned model answers the evaluation prompts
+and a reward scores the answers: the rule rewards and/or a reward model, summed as in RLHF
+(`zhinao.alignment.scoring.Scorer`).
 Generation and scoring are RLHF's held-out evaluation, so the numbers mean the same in both places.
 
 Built-in data (written under `<prep>/sft/` when the spec names none): the alignment demo's
 single-digit addition conversations and the 100 addition questions (zhinao.synthetic).
 """
 
-import json
 from pathlib import Path
 
 import torch
 
 from zhinao.ablation.evaluate import eval_device
+from zhinao.alignment.data import load_prompts
+from zhinao.alignment.models import load_causal_lm, load_reward_model
+from zhinao.alignment.rollout import evaluate
+from zhinao.alignment.scoring import Scorer
+from zhinao.artifacts import StageOutput
 from zhinao.chat import ChatEncoder
 from zhinao.config.ablation import SftEval
 from zhinao.config.rlhf import RLHFParams
-from zhinao.stages.reward import load_reward_model
-from zhinao.stages.rlhf import Scorer, evaluate, load_prompts
-from zhinao.stages.sft import fetch_hf, load_causal_lm
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, rl_prompts, sft_conversations, write_jsonl
 from zhinao.tokenizer import load as load_tokenizer
@@ -59,25 +61,25 @@ def evaluate_sft(sft_uri: str, sft: SftEval, prep_uri: str, workdir: Path) -> di
     of one run's SFT stage (mean scores over the prompts)."""
     torch.manual_seed(0)
     device = eval_device()
-    model_dir, tok_dir = fetch_hf(sft_uri, workdir / "sft")
-    tokenizer = load_tokenizer(tok_dir)
+    sft_model = StageOutput.at(sft_uri).fetch_hf(workdir / "sft")
+    tokenizer = load_tokenizer(sft_model.tokenizer_dir)
     rm, rm_enc = None, None
     if sft.reward_model is not None:
-        rm_dir, rm_tok = fetch_hf(sft.reward_model, workdir / "reward")
-        rm_enc = ChatEncoder(load_tokenizer(rm_tok))
-        rm = load_reward_model(rm_dir, "sdpa", rm_enc.tokenizer.pad_token_id).to(device).eval()
+        reward = StageOutput.at(sft.reward_model).fetch_hf(workdir / "reward")
+        rm_enc = ChatEncoder(load_tokenizer(reward.tokenizer_dir))
+        rm = load_reward_model(reward.model_dir, "sdpa", rm_enc.tokenizer.pad_token_id).to(device).eval()
     params = scoring_params(sft, with_rm=rm is not None)
     prompts = load_prompts(sft.prompts_uri(prep_uri), ChatEncoder(tokenizer), params)[: sft.max_prompts]
     if not prompts:
         raise ValueError(
             f"no SFT evaluation prompt under {sft.prompts_uri(prep_uri)} fits {params.max_prompt_len} tokens"
         )
-    policy = load_causal_lm(model_dir, "sdpa").to(device).eval()
+    policy = load_causal_lm(sft_model.model_dir, "sdpa").to(device).eval()
     # The reward model reads the answer as text, re-encoded with its own tokenizer and chat format.
     scores = evaluate(
         policy, prompts, Scorer(params, rm_enc or ChatEncoder(tokenizer), rm, device), params, tokenizer, device
     )
-    summary = json.loads(open_store(sft_uri).get_bytes("summary.json"))
+    summary = StageOutput.at(sft_uri).read_summary()
     parts = (["rm"] if rm is not None else []) + (["rule"] if any(sft.rules.values()) else [])
     return {
         "loss_last": summary["loss_last"],

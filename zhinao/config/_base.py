@@ -13,8 +13,19 @@ class SpecModel(BaseModel):
         populate_by_name=True,
         use_attribute_docstrings=True,
         validate_default=True,
+        # `.inf` and `.nan` are valid YAML floats but no valid hyperparameter (and JSON has no form for them).
+        allow_inf_nan=False,
     )
 
     def to_wire(self) -> dict:
         """The camelCase JSON-compatible form, as written in a spec file."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+class FieldErrors(ValueError):
+    """Raised by a model validator that finds problems in several fields at once: each problem is a
+    (path relative to the model, reason) pair, so that the user reads `stages[2].output: reason`."""
+
+    def __init__(self, problems: list[tuple[str, str]]):
+        self.problems = problems
+        super().__init__("; ".join(f"{path}: {reason}" if path else reason for path, reason in problems))

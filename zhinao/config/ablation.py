@@ -10,6 +10,7 @@ from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
 from zhinao.config.data import DataParams
+from zhinao.config.optim import MAX_MICRO_BATCH, MAX_SEQ_LEN
 from zhinao.config.pretrain import ModelSize
 from zhinao.config.rlhf import RULES
 from zhinao.config.sft import SFTParams
@@ -59,14 +60,15 @@ class Proxy(SpecModel):
     tokens: int = Field(default=100_000_000_000, ge=1)
     """Training budget in tokens per run; maxSteps = tokens / (seqLen x global batch)."""
 
-    seq_len: int = Field(default=4096, ge=16)
-    micro_batch_size: int = Field(default=4, ge=1)
+    seq_len: int = Field(default=4096, ge=16, le=MAX_SEQ_LEN)
+    micro_batch_size: int = Field(default=4, ge=1, le=MAX_MICRO_BATCH)
     grad_accum_steps: int = Field(default=2, ge=1)
-    replicas: int = Field(default=8, ge=1)
+    # The bounds of a pipeline stage's replicas, nprocPerNode and gpu: each run is such a stage.
+    replicas: int = Field(default=8, ge=1, le=1024)
     """Pods per run (PyTorchJob Master + Workers)."""
 
-    nproc_per_node: int = Field(default=8, ge=1)
-    gpu: int = Field(default=8, ge=0)
+    nproc_per_node: int = Field(default=8, ge=1, le=64)
+    gpu: int = Field(default=8, ge=0, le=16)
     """GPUs per pod."""
 
     cpu: str = "32"

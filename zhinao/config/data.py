@@ -7,6 +7,8 @@ be switched off. Where the report gives a value it is the default (128 MinHash p
 paragraph deletion, sqrt(N) sentence copies, Table 1 ratios); every other default is ours and says so.
 """
 
+from typing import Annotated
+
 from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
@@ -310,7 +312,7 @@ class MixConfig(SpecModel):
     enabled: bool = True
     """Resample sources toward target token ratios (report Table 1)."""
 
-    targets: dict[str, float] = Field(default_factory=lambda: dict(TABLE1_MIX))
+    targets: dict[str, Annotated[float, Field(ge=0)]] = Field(default_factory=lambda: dict(TABLE1_MIX))
     """Target token share per source (normalised over the sources present). Sources not named here
     count toward `other`. Default: the report's Table 1."""
 
@@ -335,6 +337,10 @@ class OutputConfig(SpecModel):
 
     rejects_per_file: int = Field(default=100_000, ge=1)
     """Records per rejects shard `rejects/part-RRRRR-NNNNN.jsonl`."""
+
+    allow_empty: bool = False
+    """False: a run that keeps no document fails (after writing its report), since an empty corpus
+    is almost always a wrong input or a filter set too strictly. True: an empty output succeeds."""
 
     keep_work: bool = False
     """Keep `_work/` (per-rank dedup artefacts) after a successful run, for debugging."""

@@ -14,7 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
-from zhinao.config.optim import Attention, OptimParams, Precision, ZeroStage
+from zhinao.config.optim import MAX_MICRO_BATCH, MAX_SEQ_LEN, Attention, OptimParams, Precision, ZeroStage
 from zhinao.config.stream import TokenStreamParams
 
 NeedlePreset = Literal["en", "zh"]
@@ -51,17 +51,17 @@ class LongContextParams(OptimParams):
     rope_theta: float = Field(default=50_000_000.0, gt=0)
     """New RoPE base. The report first tried 1e6 for 32K, then settled on 5e7 for 32K and 360K."""
 
-    seq_len: int = Field(default=32768, ge=16)
+    seq_len: int = Field(default=32768, ge=16, le=MAX_SEQ_LEN)
     """Tokens per packed training sequence (the report: 32K in stage 1, up to 360K in stage 2)."""
 
-    max_position_embeddings: int | None = Field(default=None, ge=16)
+    max_position_embeddings: int | None = Field(default=None, ge=16, le=MAX_SEQ_LEN)
     """Written into the exported config; default seqLen (the report's 32K model: 32768)."""
 
     sequence_parallel: int = Field(default=1, ge=1, le=1024)
     """Ranks one sequence is split across (ring attention). Must divide the world size; the data
     parallel degree is worldSize / sequenceParallel. 1: every rank holds whole sequences."""
 
-    micro_batch_size: int = Field(default=1, ge=1)
+    micro_batch_size: int = Field(default=1, ge=1, le=MAX_MICRO_BATCH)
     """Sequences per sequence-parallel group per forward pass."""
 
     max_steps: int = Field(default=100, ge=1)

@@ -16,6 +16,12 @@ Precision = Literal["auto", "bf16", "fp32"]
 Attention = Literal["auto", "flash_attention_2", "sdpa", "eager"]
 ZeroStage = Literal[0, 1, 2, 3]
 
+MAX_SEQ_LEN = 1 << 20
+"""Upper bound of every sequence length: the report's longest model reads 360K tokens; a typo such as
+seqLen 40960000 should fail validation, not the first forward pass."""
+MAX_MICRO_BATCH = 4096
+"""Upper bound of every micro-batch size, for the same reason."""
+
 
 class OptimParams(SpecModel):
     lr: float = Field(default=5e-6, gt=0)
@@ -35,7 +41,7 @@ class OptimParams(SpecModel):
     grad_clip: float = Field(default=1.0, gt=0)
     """Global gradient-norm clipping threshold (the report's and the reference fine-tune's max_grad_norm: 1.0)."""
 
-    micro_batch_size: int = Field(default=4, ge=1)
+    micro_batch_size: int = Field(default=4, ge=1, le=MAX_MICRO_BATCH)
     """Rows (SFT), pairs (reward, DPO/ORPO) or prompts (online RL) per rank per forward pass."""
 
     grad_accum_steps: int = Field(default=1, ge=1)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config.optim import Attention, OptimParams
+from zhinao.config.optim import MAX_MICRO_BATCH, MAX_SEQ_LEN, Attention, OptimParams
 from zhinao.config.stream import TokenStreamParams
 
 ModelSize = Literal["tiny", "0.5b", "1.8b", "7b"]
@@ -18,10 +18,10 @@ class PretrainParams(OptimParams):
     model_size: ModelSize = "tiny"
     """Named 360Zhinao-architecture size; `1.8b` is the report's ablation model, `7b` the released one."""
 
-    seq_len: int = Field(default=256, ge=16)
+    seq_len: int = Field(default=256, ge=16, le=MAX_SEQ_LEN)
     """Tokens per packed training sequence (the report trains at 4096)."""
 
-    micro_batch_size: int = Field(default=8, ge=1)
+    micro_batch_size: int = Field(default=8, ge=1, le=MAX_MICRO_BATCH)
     """Sequences per rank per forward pass."""
 
     max_steps: int = Field(default=200, ge=1)

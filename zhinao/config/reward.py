@@ -7,11 +7,11 @@ epoch (more overfits preference data), a 10% held-out split for the pairwise acc
 
 from pydantic import Field
 
-from zhinao.config.optim import FinetuneOptimParams
+from zhinao.config.optim import MAX_SEQ_LEN, FinetuneOptimParams
 
 
 class RewardParams(FinetuneOptimParams):
-    max_len: int = Field(default=1024, ge=16)
+    max_len: int = Field(default=1024, ge=16, le=MAX_SEQ_LEN)
     """Longest prompt + response in tokens; longer pairs are dropped."""
 
     epochs: float = Field(default=1.0, gt=0)

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config.optim import FinetuneOptimParams
+from zhinao.config.optim import MAX_SEQ_LEN, FinetuneOptimParams
 
 RULES = ("arithmetic", "code_switch", "function_call")
 
@@ -27,14 +27,14 @@ class RLHFParams(FinetuneOptimParams):
     warmup_ratio: float = Field(default=0.0, ge=0, lt=1)
 
     # -- rollouts (remax, ppo)
-    max_new_tokens: int = Field(default=128, ge=1)
+    max_new_tokens: int = Field(default=128, ge=1, le=MAX_SEQ_LEN)
     temperature: float = Field(default=1.0, gt=0)
     """Sampling temperature of the rollouts (the greedy baseline ignores it)."""
 
     top_k: int = Field(default=0, ge=0)
     """0: no top-k truncation (sample from the full distribution, as the policy gradient assumes)."""
 
-    max_prompt_len: int = Field(default=512, ge=8)
+    max_prompt_len: int = Field(default=512, ge=8, le=MAX_SEQ_LEN)
     """Prompts longer than this (in tokens) are dropped."""
 
     system_prompt: str | None = None
@@ -72,7 +72,7 @@ class RLHFParams(FinetuneOptimParams):
     orpo_lambda: float = Field(default=0.1, gt=0)
     """Weight of ORPO's odds-ratio term."""
 
-    max_len: int = Field(default=1024, ge=16)
+    max_len: int = Field(default=1024, ge=16, le=MAX_SEQ_LEN)
     """DPO/ORPO: longest prompt + response in tokens."""
 
     # -- evaluation on held-out prompts (online algorithms)

@@ -10,11 +10,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config.optim import FinetuneOptimParams
+from zhinao.config.optim import MAX_SEQ_LEN, FinetuneOptimParams
 
 
 class SFTParams(FinetuneOptimParams):
-    max_len: int = Field(default=1024, ge=16)
+    max_len: int = Field(default=1024, ge=16, le=MAX_SEQ_LEN)
     """Tokens per packed row; longer examples are dropped, as the reference does (it uses 4096)."""
 
     epochs: float = Field(default=3.0, gt=0)

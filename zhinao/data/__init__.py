@@ -1,1 +1,1 @@
-"""Data: the pretraining data pipeline (report section 2.1) and token packing."""
+"""Data: the pretraining data processing (report section 2.1) and token packing."""

@@ -2,23 +2,36 @@
 
 Reading never holds more than one line (or one Parquet batch) in memory, and never raises on bad
 content: a malformed, non-UTF-8, empty, text-less or gigantic line becomes a `Rejected` record with
-the reason, so that every input line is accounted for either as output or as a reject.
+the reason, so that every input line is accounted for either as output or as a reject. A file that
+cannot be read on (truncated or not compressed as its name says, not Parquet, no text column) ends
+with a `BadFile` record: the lines before the damage count as usual, the stage goes on.
+
+Input formats, by name in any case: `.jsonl`, `.ndjson` and `.json` (one JSON document per line),
+each optionally compressed (`.gz`, `.zst`/`.zstd`, `.bz2`), and `.parquet`.
 """
 
 import base64
+import bz2
 import gzip
+import io
 import json
 import os
 import shutil
 import tempfile
+import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import zstandard
+
 from zhinao.config.data import InputConfig
 from zhinao.storage import ObjectStore
 
-INPUT_SUFFIXES = (".jsonl", ".jsonl.gz", ".json", ".json.gz", ".parquet")
+LINE_FORMATS = (".jsonl", ".ndjson", ".json")
+COMPRESSIONS = ("", ".gz", ".zst", ".zstd", ".bz2")
+INPUT_SUFFIXES = tuple(f + c for f in LINE_FORMATS for c in COMPRESSIONS) + (".parquet",)
+"""Lowercase name endings the readers understand; other files are listed as skipped."""
 LINE_BITS = 32  # gid = file_index << 32 | line number: global, and independent of world size
 
 
@@ -72,6 +85,17 @@ class Doc:
 
 
 @dataclass(slots=True)
+class BadFile:
+    """The input file could not be read to its end (`reason`: truncated, not_gzip, not_zstd, not_bz2,
+    not_parquet, no_text_column, unreadable); `lines` lines before the damage were read."""
+
+    file_idx: int
+    reason: str
+    detail: str
+    lines: int
+
+
+@dataclass(slots=True)
 class Rejected:
     gid: int
     reason: str
@@ -81,9 +105,77 @@ class Rejected:
     """The exact bytes, when they are not valid UTF-8 (JSON cannot carry them)."""
 
 
-def list_inputs(store: ObjectStore) -> list[str]:
-    """Input keys under the corpus prefix, sorted: the global file order that gids refer to."""
-    return [k for k in store.list() if k.endswith(INPUT_SUFFIXES) and "/_" not in f"/{k}"]
+def is_input(key: str) -> bool:
+    return key.lower().endswith(INPUT_SUFFIXES)
+
+
+def list_inputs(store: ObjectStore) -> tuple[list[str], list[str]]:
+    """(input keys, other keys) under the corpus prefix, sorted; the input order is the global file
+    order that gids refer to. Keys under `_`-prefixed folders (work areas) are neither."""
+    keys = [k for k in store.list() if "/_" not in f"/{k}"]
+    return [k for k in keys if is_input(k)], [k for k in keys if not is_input(k)]
+
+
+def _open_lines(path: Path):
+    """The file as a binary stream, decompressed according to its name."""
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if name.endswith(".bz2"):
+        return bz2.open(path, "rb")
+    if name.endswith((".zst", ".zstd")):
+        return io.BufferedReader(_ZstdRaw(open(path, "rb")), buffer_size=1 << 20)
+    return open(path, "rb")
+
+
+class _ZstdRaw(io.RawIOBase):
+    """A zstd file as a raw stream, frame after frame. zstandard's own reader ends quietly at a
+    truncated frame; this one raises EOFError there, so a cut-off file is reported as truncated."""
+
+    def __init__(self, f):
+        self._f, self._buf, self._empty = f, b"", True
+        self._d = zstandard.ZstdDecompressor().decompressobj()
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:
+        while not self._buf:
+            data = self._f.read(1 << 20)
+            if not data:
+                if not self._d.eof and not self._empty:
+                    raise EOFError("zstd stream ended inside a frame")
+                return 0
+            self._empty = False
+            while data:
+                if self._d.eof:
+                    self._d = zstandard.ZstdDecompressor().decompressobj()
+                self._buf += self._d.decompress(data)
+                data = self._d.unused_data if self._d.eof else b""
+        n = min(len(b), len(self._buf))
+        b[:n], self._buf = self._buf[:n], self._buf[n:]
+        return n
+
+    def close(self) -> None:
+        self._f.close()
+        super().close()
+
+
+READ_ERRORS = (OSError, EOFError, zlib.error, zstandard.ZstdError)
+"""What a damaged or mislabelled compressed file raises while it is read (gzip.BadGzipFile is an OSError)."""
+
+
+def _bad_file(exc: BaseException, path: Path, file_idx: int, lines: int) -> BadFile:
+    """What went wrong reading a compressed line file, as a reason a person can act on."""
+    name = path.name.lower()
+    kind = "gzip" if name.endswith(".gz") else "bz2" if name.endswith(".bz2") else "zstd"
+    if isinstance(exc, EOFError) or "truncated" in str(exc).lower() or "incomplete" in str(exc).lower():
+        reason = "truncated"
+    elif isinstance(exc, gzip.BadGzipFile) or (kind != "gzip" and lines == 0):
+        reason = f"not_{kind}"
+    else:
+        reason = "unreadable"
+    return BadFile(file_idx, reason, f"{type(exc).__name__}: {exc}"[:300], lines)
 
 
 def _reject_raw(raw: bytes, limit: int, size: int | None = None) -> tuple[str, int]:
@@ -124,31 +216,37 @@ def parse_record(obj: object, gid: int, cfg: InputConfig) -> Doc | str:
 
 def read_jsonl(
     path: Path, file_idx: int, cfg: InputConfig, *, owned: Callable[[int], bool] = lambda _: True
-) -> Iterator[Doc | Rejected]:
+) -> Iterator[Doc | Rejected | BadFile]:
     # JSON escapes can take 6 bytes per character: allow headroom before calling a line gigantic.
     limit = 4 * cfg.max_doc_bytes + 65_536
-    opener = gzip.open if path.name.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        line_no = -1
-        while True:
-            raw = f.readline(limit + 1)
-            if not raw:
-                return
-            line_no += 1
-            if len(raw) > limit and not raw.endswith(b"\n"):
-                size = len(raw)
-                while chunk := f.readline(1 << 20):  # skip the rest without holding it
-                    size += len(chunk)
-                    if chunk.endswith(b"\n"):
-                        break
-                if owned(line_no):
-                    yield Rejected(
-                        make_gid(file_idx, line_no), "gigantic", *_reject_raw(raw, cfg.reject_raw_bytes, size)
-                    )
-                continue
-            if not owned(line_no):
-                continue
-            yield _parse_line(raw, make_gid(file_idx, line_no), cfg)
+    lines = [0]  # read so far, for the BadFile record
+    try:
+        with _open_lines(path) as f:
+            yield from _read_lines(f, file_idx, cfg, owned, limit, lines)
+    except READ_ERRORS as exc:
+        yield _bad_file(exc, path, file_idx, lines[0])
+
+
+def _read_lines(f, file_idx: int, cfg: InputConfig, owned, limit: int, lines: list[int]) -> Iterator[Doc | Rejected]:
+    line_no = -1
+    while True:
+        raw = f.readline(limit + 1)
+        if not raw:
+            return
+        line_no += 1
+        lines[0] = line_no + 1
+        if len(raw) > limit and not raw.endswith(b"\n"):
+            size = len(raw)
+            while chunk := f.readline(1 << 20):  # skip the rest without holding it
+                size += len(chunk)
+                if chunk.endswith(b"\n"):
+                    break
+            if owned(line_no):
+                yield Rejected(make_gid(file_idx, line_no), "gigantic", *_reject_raw(raw, cfg.reject_raw_bytes, size))
+            continue
+        if not owned(line_no):
+            continue
+        yield _parse_line(raw, make_gid(file_idx, line_no), cfg)
 
 
 def _parse_line(raw: bytes, gid: int, cfg: InputConfig) -> Doc | Rejected:
@@ -232,40 +330,42 @@ def _parquet_batch_rows(pf) -> int:
 
 def read_parquet(
     path: Path, file_idx: int, cfg: InputConfig, *, owned: Callable[[int], bool] = lambda _: True
-) -> Iterator[Doc | Rejected]:
+) -> Iterator[Doc | Rejected | BadFile]:
     """Rows of a Parquet file as documents or rejects, one record batch at a time.
 
     A row is mapped like a JSONL line (`parse_record`): the same fields, the same reasons. Null
     cells of the other columns are left out of the passed-through fields, as a JSONL line would
-    simply not have the key. A reject's `raw` is the row as a JSON line. A file without the text
-    column is not input at all and raises ValueError naming the file and its columns.
+    simply not have the key. A reject's `raw` is the row as a JSON line. A file that is not Parquet,
+    has no text column or breaks off ends with a `BadFile`.
     """
-    try:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
-    except ImportError as e:
-        raise RuntimeError(f"{path.name}: reading Parquet needs the pyarrow package (pip install pyarrow)") from e
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     try:
         pf = pq.ParquetFile(path)
     except (pa.ArrowException, OSError) as e:
-        raise ValueError(f"{path.name} (input file {file_idx}): not a readable Parquet file: {e}") from e
+        yield BadFile(file_idx, "not_parquet", f"{type(e).__name__}: {e}"[:300], 0)
+        return
     with pf:
         names = pf.schema_arrow.names
         if cfg.text_field not in names:
-            raise ValueError(
-                f"{path.name} (input file {file_idx}): Parquet file has no text column {cfg.text_field!r} "
-                f"(input.textField); its columns are {names}"
+            yield BadFile(
+                file_idx, "no_text_column", f"no column {cfg.text_field!r} (input.textField); columns: {names}"[:300], 0
             )
+            return
         row0 = 0
-        for batch in pf.iter_batches(batch_size=_parquet_batch_rows(pf), use_threads=False):
-            n = batch.num_rows
-            rows = [r for r in range(row0, row0 + n) if owned(r)]
-            if len(rows) < n:  # this rank keeps a stripe of the rows: convert only those
-                batch = batch.take(pa.array([r - row0 for r in rows], type=pa.int64()))
-            row0 += n
-            columns = [(name, _column_values(batch.column(i))) for i, name in enumerate(batch.schema.names)]
-            for j, row in enumerate(rows):
-                yield _parse_row({name: vals[j] for name, vals in columns}, make_gid(file_idx, row), cfg)
+        try:
+            for batch in pf.iter_batches(batch_size=_parquet_batch_rows(pf), use_threads=False):
+                n = batch.num_rows
+                rows = [r for r in range(row0, row0 + n) if owned(r)]
+                if len(rows) < n:  # this rank keeps a stripe of the rows: convert only those
+                    batch = batch.take(pa.array([r - row0 for r in rows], type=pa.int64()))
+                row0 += n
+                columns = [(name, _column_values(batch.column(i))) for i, name in enumerate(batch.schema.names)]
+                for j, row in enumerate(rows):
+                    yield _parse_row({name: vals[j] for name, vals in columns}, make_gid(file_idx, row), cfg)
+        except (pa.ArrowException, OSError) as e:
+            yield BadFile(file_idx, "unreadable", f"{type(e).__name__}: {e}"[:300], row0)
 
 
 def _parse_row(cells: dict, gid: int, cfg: InputConfig) -> Doc | Rejected:
@@ -285,8 +385,10 @@ def _parse_row(cells: dict, gid: int, cfg: InputConfig) -> Doc | Rejected:
     return doc
 
 
-def read_input(path: Path, file_idx: int, cfg: InputConfig, *, owned: Callable[[int], bool] = lambda _: True):
-    reader = read_parquet if path.name.endswith(".parquet") else read_jsonl
+def read_input(
+    path: Path, file_idx: int, cfg: InputConfig, *, owned: Callable[[int], bool] = lambda _: True
+) -> Iterator[Doc | Rejected | BadFile]:
+    reader = read_parquet if path.name.lower().endswith(".parquet") else read_jsonl
     return reader(path, file_idx, cfg, owned=owned)
 
 

@@ -1,4 +1,4 @@
-"""The two kinds of pipeline step, and shared helpers.
+"""The two kinds of data-processing step, and shared helpers.
 
 A local step looks at one document and may change its text or drop it. A global step needs the
 whole corpus: it `collect`s compact artefacts (hashes) from every document of a pass, `sync`s them

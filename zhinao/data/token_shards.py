@@ -1,10 +1,10 @@
 """The tokenized-shard format: raw little-endian uint32 token files plus one JSON index.
 
-A shard `tokens/<source>-r<rank>-<n>.bin` is `sequences x seq_len` tokens, nothing else, so any
-sequence is one byte range (offset = i * seq_len * 4) and a shard's size checks itself against the
-index. `tokens/index.json` lists every shard with its sequence count (the Megatron `.idx` reduced to
-what fixed-length packed sequences need). Each rank of the tokenize step writes its own shards and an
-index part `tokens/parts/rank-<r>.json`; rank 0 merges the parts. Pure: numpy and json only.
+A shard (`tokens/<source>-r<rank>-<n>.bin`, keys owned by zhinao.artifacts) is `sequences x seq_len`
+tokens, nothing else, so any sequence is one byte range (offset = i * seq_len * 4) and a shard's size
+checks itself against the index. `tokens/index.json` lists every shard with its sequence count (the
+Megatron `.idx` reduced to what fixed-length packed sequences need). Each rank of the tokenize step
+writes its own shards and an index part; rank 0 merges the parts. Pure: numpy and json only.
 """
 
 import json
@@ -15,8 +15,6 @@ import numpy as np
 from zhinao.data.packing import TOKEN_DTYPE
 
 FORMAT = "zhinao-tokens/1"
-INDEX_KEY = "tokens/index.json"
-PARTS_PREFIX = "tokens/parts/"
 WIRE_DTYPE = np.dtype("<u4")  # TOKEN_DTYPE, byte order fixed on the wire
 assert np.dtype(TOKEN_DTYPE).itemsize == WIRE_DTYPE.itemsize
 
@@ -85,12 +83,9 @@ class TokenIndex:
         )
 
 
-def shard_key(source: str, *, rank: int, n: int) -> str:
-    return f"tokens/{source}-r{rank:05d}-{n:05d}.bin"
-
-
-def part_key(rank: int) -> str:
-    return f"{PARTS_PREFIX}rank-{rank:05d}.json"
+def shard_name(source: str, *, rank: int, n: int) -> str:
+    """The n-th shard of `source` written by `rank` (unique across the ranks of one tokenize step)."""
+    return f"{source}-r{rank:05d}-{n:05d}"
 
 
 def shard_bytes(sequences: np.ndarray) -> bytes:

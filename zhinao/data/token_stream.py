@@ -12,23 +12,19 @@ from pathlib import Path
 
 import numpy as np
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.stream import TokenStreamParams
 from zhinao.data.stream_order import StreamOrder, StreamPosition
-from zhinao.data.token_shards import INDEX_KEY, WIRE_DTYPE, Shard, TokenIndex
-from zhinao.storage import ObjectStore
+from zhinao.data.token_shards import WIRE_DTYPE, Shard
 
 log = logging.getLogger(__name__)
-
-
-def read_index(store: ObjectStore) -> TokenIndex:
-    return TokenIndex.from_json(store.get_bytes(INDEX_KEY), where=store.url(INDEX_KEY))
 
 
 class ShardCache:
     """Shard files downloaded on first use into `root`; past `max_bytes` the least recently read goes."""
 
-    def __init__(self, store: ObjectStore, root: Path, *, seq_len: int, max_bytes: int):
-        self.store, self.root, self.max_bytes = store, root, max_bytes
+    def __init__(self, source: StageOutput, root: Path, *, seq_len: int, max_bytes: int):
+        self.source, self.root, self.max_bytes = source, root, max_bytes
         self.row_bytes = seq_len * WIRE_DTYPE.itemsize
         self._open: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key -> (fd, size)
         self.downloads = 0
@@ -44,13 +40,13 @@ class ShardCache:
             self._open.move_to_end(shard.key)
             return self._open[shard.key][0]
         path = self.root / shard.key.replace("/", "__")
-        self.store.get_file(shard.key, path)
+        self.source.fetch_token_shard(shard.key, path)
         self.downloads += 1
         size = path.stat().st_size
         if size != shard.sequences * self.row_bytes:
             path.unlink()
             raise ValueError(
-                f"{self.store.url(shard.key)}: {size} bytes, but the index says {shard.sequences} sequences of "
+                f"{self.source.token_shard_url(shard.key)}: {size} bytes, but the index says {shard.sequences} sequences of "
                 f"{self.row_bytes} bytes"
             )
         fd = os.open(path, os.O_RDONLY)
@@ -72,16 +68,15 @@ class TokenStream:
 
     def __init__(
         self,
-        store: ObjectStore,
+        source: StageOutput,
         cache_dir: Path,
         *,
         seed: int,
         rank: int,
         world_size: int,
         params: TokenStreamParams,
-        index: TokenIndex | None = None,
     ):
-        self.index = index or read_index(store)
+        self.index = source.read_tokens_index()
         self.seq_len = self.index.seq_len
         self.order = StreamOrder(
             [s.sequences for s in self.index.shards],
@@ -90,7 +85,7 @@ class TokenStream:
             world_size=world_size,
             window=params.shuffle_window,
         )
-        self.cache = ShardCache(store, cache_dir, seq_len=self.seq_len, max_bytes=params.cache_mb << 20)
+        self.cache = ShardCache(source, cache_dir, seq_len=self.seq_len, max_bytes=params.cache_mb << 20)
         self.position = StreamPosition()
         window_bytes = params.shuffle_window * self.cache.row_bytes
         if window_bytes > self.cache.max_bytes:

@@ -10,9 +10,10 @@ import itertools
 import logging
 from collections.abc import Iterator
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.stream import TokenStreamParams
 from zhinao.corpus import Document, corpus_keys, read_documents
-from zhinao.data.token_shards import INDEX_KEY, Shard, SourcePacker, TokenIndex, part_key, shard_bytes, shard_key
+from zhinao.data.token_shards import Shard, SourcePacker, TokenIndex, shard_bytes, shard_name
 from zhinao.storage import ObjectStore
 from zhinao.tokenizer import EOD
 
@@ -33,7 +34,7 @@ def documents_of_rank(
 def tokenize_share(
     corpus: ObjectStore,
     tokenizer,
-    out: ObjectStore,
+    out: StageOutput,
     *,
     seq_len: int,
     params: TokenStreamParams,
@@ -42,15 +43,15 @@ def tokenize_share(
     text_field: str = "text",
     source_field: str = "source",
 ) -> TokenIndex:
-    """Tokenize this rank's documents into `out`/tokens/ and write its index part."""
+    """Tokenize this rank's documents into `out`'s tokens and write its index part."""
     eod = tokenizer.convert_tokens_to_ids(EOD)
     shard_sequences = max(1, params.shard_tokens // seq_len)
     packers: dict[str, SourcePacker] = {}
     part = TokenIndex(seq_len=seq_len, vocab_size=len(tokenizer))
 
     def put(source: str, seqs) -> None:
-        key = shard_key(source, rank=rank, n=sum(s.source == source for s in part.shards))
-        out.put_bytes(key, shard_bytes(seqs))
+        name = shard_name(source, rank=rank, n=sum(s.source == source for s in part.shards))
+        key = out.put_token_shard(name, shard_bytes(seqs))
         part.shards.append(Shard(key, source, int(len(seqs))))
 
     docs = documents_of_rank(corpus, rank=rank, world_size=world_size, text_field=text_field, source_field=source_field)
@@ -67,7 +68,7 @@ def tokenize_share(
         tail = packers[source].finish()
         if tail is not None:
             put(source, tail)
-    out.put_bytes(part_key(rank), part.to_json())
+    out.put_tokens_part(rank, part)
     log.info(
         "rank %d tokenized %d documents into %d sequences of %d tokens (%d shards)",
         rank,
@@ -79,11 +80,10 @@ def tokenize_share(
     return part
 
 
-def merge_parts(out: ObjectStore, *, world_size: int, where: str) -> TokenIndex:
-    """Rank 0, after every rank finished: the one index over all parts, written to tokens/index.json."""
-    parts = [TokenIndex.from_json(out.get_bytes(part_key(r)), where=out.url(part_key(r))) for r in range(world_size)]
-    index = TokenIndex.merge(parts)
+def merge_parts(out: StageOutput, *, world_size: int, where: str) -> TokenIndex:
+    """Rank 0, after every rank finished: the one index over all parts (`where` names the corpus)."""
+    index = TokenIndex.merge([out.read_tokens_part(r) for r in range(world_size)])
     if not index.shards:
         raise SystemExit(f"corpus {where} yields no sequence of {index.seq_len} tokens")
-    out.put_bytes(INDEX_KEY, index.to_json())
+    out.write_tokens_index(index)
     return index

@@ -4,22 +4,16 @@
     run(rt: StageRuntime, params: Params) -> None
 
 `python -m zhinao` (what every PyTorchJob replica runs under torchrun) reads the StageRuntime
-from the environment and calls the module named by its kind.
+from the environment and calls the module named by its kind. The kinds are registered in
+zhinao.config.kinds, the one place a new kind is added.
 """
 
 from importlib import import_module
 
+from zhinao.config.kinds import STAGE_KINDS
 from zhinao.config.runtime import StageRuntime
 
-STAGE_MODULES = {
-    "data": "zhinao.stages.data",
-    "tokenizer": "zhinao.stages.tokenizer",
-    "pretrain": "zhinao.stages.pretrain",
-    "longctx": "zhinao.stages.longctx",
-    "sft": "zhinao.stages.sft",
-    "reward": "zhinao.stages.reward",
-    "rlhf": "zhinao.stages.rlhf",
-}
+STAGE_MODULES = {k.kind: k.module for k in STAGE_KINDS}
 
 
 def run_stage(rt: StageRuntime) -> None:

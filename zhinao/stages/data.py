@@ -1,6 +1,6 @@
-"""Data stage: the pretraining data pipeline of report section 2.1, sharded over a PyTorchJob's ranks.
+"""Data stage: the pretraining data processing of report section 2.1, sharded over a PyTorchJob's ranks.
 
-inputs:  corpus  (*.jsonl, *.jsonl.gz or *.parquet documents under a URI prefix)
+inputs:  corpus  (*.jsonl, *.ndjson or *.json documents, optionally .gz/.zst/.bz2, or *.parquet, under a URI prefix)
 output:  <output>/docs/part-RRRRR-NNNNN.jsonl     cleaned, deduplicated, mixed documents (text, source, ...)
          <output>/rejects/part-RRRRR-NNNNN.jsonl  every dropped line or document, with step and reason
          <output>/report/retention.{json,md,png}  the retention cascade (report Fig. 1)
@@ -10,14 +10,14 @@ Every rank reads its share of the input files; the cross-shard steps meet throug
 (`_work/`), with gloo barriers when the job provides MASTER_ADDR and object-store barriers otherwise.
 """
 
-import json
 import logging
 import os
 from datetime import timedelta
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.data import DataParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.pipeline import default_run_id, run_pipeline
+from zhinao.data.processing import EmptyCorpus, default_run_id, run_data_processing
 from zhinao.distributed import DistEnv
 from zhinao.storage import open_store
 
@@ -46,9 +46,11 @@ def run(rt: StageRuntime, params: DataParams) -> None:
     owns_group = _init_gloo(dist, params.output.barrier_timeout_s)
     try:
         output = open_store(rt.output)
-        report = run_pipeline(
+        report = run_data_processing(
             params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id()
         )
+    except EmptyCorpus as exc:  # a wrong input, not a bug: one line, no traceback
+        raise SystemExit(f"data stage: {exc}") from None
     finally:
         if owns_group:
             import torch.distributed as td
@@ -59,9 +61,9 @@ def run(rt: StageRuntime, params: DataParams) -> None:
             "docs_written": report["docs_written"],
             "docs": output.url("docs"),
             "rejects": output.url("rejects"),
-            "report": output.url("report/retention.md"),
+            "report": StageOutput(output).report_url("retention.md"),
             "retention": [
                 {k: r[k] for k in ("step", "docs_in", "docs_out", "bytes_in", "bytes_out")} for r in report["steps"]
             ],
         }
-        output.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        StageOutput(output).write_summary(summary)

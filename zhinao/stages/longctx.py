@@ -10,18 +10,18 @@ output:  tokens/ sft/long-qa.jsonl checkpoints/ hf/ metrics/ report/loss.png rep
 
 import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 from transformers import AutoModelForCausalLM
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.longctx import LongContextParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
 from zhinao.data.packing import TOKEN_DTYPE, pack_source
 from zhinao.data.stream_order import PositionMismatch
-from zhinao.data.token_shards import INDEX_KEY, Shard, TokenIndex, shard_bytes, shard_key
+from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes, shard_name
 from zhinao.data.token_stream import TokenStream
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
@@ -34,12 +34,13 @@ from zhinao.longctx.sequence_parallel import (
 )
 from zhinao.metrics import flops_per_token
 from zhinao.model import attention_implementation, matmul_params
-from zhinao.report import loss_curve_png
+from zhinao.plots import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.causal_lm import causal_lm_step
 from zhinao.training.engine import DDPEngine
-from zhinao.training.pretrain_loop import train_steps
+from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = LongContextParams
@@ -58,31 +59,7 @@ class SequenceParallelEngine(DDPEngine):
         return super().train_step(micro_batches, lambda model, batch: sequence_parallel_lm_loss(model, batch, self.sp))
 
 
-def fetch_model(uri: str, dest: Path) -> Path:
-    """Download <uri>/hf/ (or <uri> itself when it holds config.json) to a local directory."""
-    store = open_store(uri)
-    prefix = "hf/" if store.exists("hf/config.json") else ""
-    if not store.exists(f"{prefix}config.json"):
-        raise SystemExit(f"inputs.model {uri} holds neither hf/config.json nor config.json")
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        if "/" not in key[len(prefix) :]:
-            store.get_file(key, dest / key[len(prefix) :])
-    return dest
-
-
-def tokenizer_files(model_dir: Path, dest: Path) -> Path:
-    """The tokenizer files of the input model, apart from its weights and config (they travel with the export)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for path in model_dir.iterdir():
-        if path.is_file() and (
-            path.name.startswith(("tokenizer", "special_tokens")) or path.name == "chat_template.jinja"
-        ):
-            (dest / path.name).write_bytes(path.read_bytes())
-    return dest
-
-
-def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongContextParams) -> TokenIndex:
+def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongContextParams) -> TokenIndex:
     """Pack the corpus into seqLen sequences per source, write the synthetic long QA set, and mix."""
     docs = list(read_documents(corpus, text_field=params.text_field, source_field=params.source_field))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -105,11 +82,10 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
         count_tokens=lambda t: len(encode(t)),
         seed=params.seed,
     )
-    out.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    out.store.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     synthetic = pack_source((encode(render_chat(r["messages"])) for r in rows), seq_len=params.seq_len, eod_id=eod)
     data = mix_sequences(corpus_seqs, synthetic, ratio=params.synthetic_mix, seed=params.seed)
-    key = shard_key("longctx", rank=0, n=0)
-    out.put_bytes(key, shard_bytes(data))
+    key = out.put_token_shard(shard_name("longctx", rank=0, n=0), shard_bytes(data))
     index = TokenIndex(
         seq_len=params.seq_len,
         vocab_size=len(tokenizer),
@@ -121,7 +97,7 @@ def build_data(corpus: ObjectStore, tokenizer, out: ObjectStore, params: LongCon
             "synthetic_conversations": len(rows),
         },
     )
-    out.put_bytes(INDEX_KEY, index.to_json())
+    out.write_tokens_index(index)
     return index
 
 
@@ -131,7 +107,7 @@ def haystack_text(corpus: ObjectStore, params: LongContextParams) -> str:
     )
 
 
-def run_needle(model, tokenizer, corpus: ObjectStore, out: ObjectStore, params: LongContextParams) -> dict:
+def run_needle(model, tokenizer, corpus: ObjectStore, out: StageOutput, params: LongContextParams) -> dict:
     """Rank 0 only: single-device attention (flash-attn or SDPA), so lengths are bounded by one device."""
     model.set_attn_implementation(attention_implementation(params.attention))
     model.eval()
@@ -152,9 +128,9 @@ def run_needle(model, tokenizer, corpus: ObjectStore, out: ObjectStore, params: 
         preset=n.preset,
         max_new_tokens=n.max_new_tokens,
     )
-    out.put_bytes("report/needle.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
-    out.put_bytes(
-        "report/needle.png", needle.heatmap_png(result, title=f"needle ({n.preset}), rope base {params.rope_theta:g}")
+    out.put_report("needle.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
+    out.put_report(
+        "needle.png", needle.heatmap_png(result, title=f"needle ({n.preset}), rope base {params.rope_theta:g}")
     )
     log.info("needle in a haystack: average %.2f over %d cells", result["average"], len(result["cells"]))
     return result
@@ -165,18 +141,24 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         if name not in rt.inputs:
             raise SystemExit(f"longctx stage needs inputs.{name}")
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     sp = init_sequence_parallel(params.sequence_parallel)
-    model_dir = fetch_model(rt.inputs["model"], session.workdir / "base")
-    tokenizer = load_tokenizer(model_dir)
+    base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "base")
+    model_dir = base.model_dir
+    tokenizer = load_tokenizer(base.tokenizer_dir)
     corpus = open_store(rt.inputs["corpus"])
 
-    if env.is_main and not out.exists(INDEX_KEY):
-        build_data(corpus, tokenizer, out, params)
+    if env.is_main and not session.output.has_tokens():
+        build_data(corpus, tokenizer, session.output, params)
     session.barrier()
     # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
     stream = TokenStream(
-        out, session.workdir / "tokens", seed=params.seed, rank=sp.dp_rank, world_size=sp.dp_size, params=params.stream
+        session.output,
+        session.workdir / "tokens",
+        seed=params.seed,
+        rank=sp.dp_rank,
+        world_size=sp.dp_size,
+        params=params.stream,
     )
     if stream.seq_len != params.seq_len:
         raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
@@ -189,12 +171,6 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         model, params, warmup=params.warmup_steps, total=params.max_steps, ddp_engine=SequenceParallelEngine, sp=sp
     )
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
-    meta = session.resume(engine)
-    start = meta.get("step", 0)
-    try:
-        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
-    except PositionMismatch as exc:
-        raise SystemExit(str(exc)) from None
     config = model.config
     fpt = flops_per_token(
         n_params=matmul_params(model),
@@ -202,7 +178,13 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         hidden=config.hidden_size,
         seq_len=params.seq_len,
     )
-    metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
+    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
+    meta = loop.resume()
+    start = meta.get("step", 0)
+    try:
+        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+    except PositionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     log.info(
         "long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "
         "parallel %d, steps %d..%d",
@@ -216,31 +198,30 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         params.max_steps,
     )
 
-    train_steps(
-        session,
-        engine,
-        metrics,
-        stream,
-        params,
-        start=start,
-        tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size,
-        meta={"sequence_parallel": sp.size},
+    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size
+    loop.run(
+        causal_lm_step(engine, stream, params, device=session.device, tokens_per_step=tokens_per_step),
+        checkpoint_meta=lambda step: {
+            "sequence_parallel": sp.size,
+            "tokens": step * tokens_per_step * env.world_size,
+            "data": stream.state_dict(),
+        },
     )
-
     stream.close()
+
     # The export loads anywhere with standard attention; the ring is only this job's business.
     if sp.size > 1:
         engine.model.set_attn_implementation(attention_implementation("sdpa"))
-    hf = session.export_hf(engine, tokenizer_dir=tokenizer_files(model_dir, session.workdir / "tokenizer"))
+    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:
-        result = run_needle(engine.model, tokenizer, corpus, out, params) if params.needle.enabled else None
-        write_summary(out, params, env.world_size, sp, hf, old_theta, result)
+        result = run_needle(engine.model, tokenizer, corpus, session.output, params) if params.needle.enabled else None
+        write_summary(session.output, params, env.world_size, sp, hf, old_theta, result)
     session.close()
 
 
 def write_summary(
-    out: ObjectStore,
+    out: StageOutput,
     params: LongContextParams,
     world_size: int,
     sp: SequenceParallel,
@@ -248,11 +229,10 @@ def write_summary(
     old_theta: float,
     needle_result: dict | None,
 ) -> dict:
-    records = [json.loads(line) for line in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if line.strip()]
-    steps = [r for r in records if r.get("event", "step") == "step"]
+    steps = out.step_records()
     train_seconds = sum(r["step_seconds"] for r in steps)
     tokens = sum(r["tokens"] for r in steps) * world_size
-    index = json.loads(out.get_bytes(INDEX_KEY))
+    index = out.read_tokens_index()
     summary = {
         "steps": len(steps),
         "tokens": tokens,
@@ -262,21 +242,21 @@ def write_summary(
         "max_position_embeddings": params.max_positions,
         "sequence_parallel": sp.size,
         "data_parallel": sp.dp_size,
-        "corpus_sequences": index.get("corpus_sequences"),
-        "synthetic_sequences": index.get("synthetic_sequences"),
+        "corpus_sequences": index.extra.get("corpus_sequences"),
+        "synthetic_sequences": index.extra.get("synthetic_sequences"),
         "loss_first": steps[0]["loss"] if steps else None,
         "loss_last": steps[-1]["loss"] if steps else None,
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "mfu_mean": float(np.mean([r["mfu"] for r in steps if r.get("mfu") is not None] or [float("nan")])),
         "needle_average": needle_result["average"] if needle_result else None,
-        "checkpoints": out.url("checkpoints"),
+        "checkpoints": out.checkpoints_url,
         "hf": hf_uri,
-        "sft": out.url(SFT_KEY),
-        "metrics": out.url("metrics"),
-        "loss_curve": out.url("report/loss.png"),
-        "needle": out.url("report/needle.png") if needle_result else None,
+        "sft": out.store.url(SFT_KEY),
+        "metrics": out.metrics_url,
+        "loss_curve": out.report_url("loss.png"),
+        "needle": out.report_url("needle.png") if needle_result else None,
     }
     if steps:
-        out.put_bytes("report/loss.png", loss_curve_png(steps, title=f"long context (seqLen {params.seq_len})"))
-    out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        out.put_report("loss.png", loss_curve_png(steps, title=f"long context (seqLen {params.seq_len})"))
+    out.write_summary(summary)
     return summary

@@ -3,51 +3,40 @@ architecture, each rank streaming its share of the shards (docs/data.md).
 
 inputs:  tokenizer  (a tokenizer-stage output, or a prefix holding tokenizer.json)
          corpus     (JSONL documents or a data-stage output)    -- tokenized into <output>/tokens/
-         tokens     (optional: a prefix whose tokens/index.json exists; then corpus is not read)
+         tokens     (optional: a stage output with tokens/index.json; then corpus is not read)
 output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 """
 
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.stream_order import PositionMismatch
-from zhinao.data.token_shards import INDEX_KEY
 from zhinao.data.token_stream import TokenStream
 from zhinao.data.tokenize_shards import merge_parts, tokenize_share
 from zhinao.metrics import flops_per_token
 from zhinao.model import build_config, build_model, matmul_params
-from zhinao.report import loss_curve_png
-from zhinao.storage import ObjectStore, open_store
+from zhinao.plots import loss_curve_png
+from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
-from zhinao.training.pretrain_loop import train_steps
+from zhinao.training.causal_lm import causal_lm_step
+from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = PretrainParams
 log = logging.getLogger(__name__)
 
 
-def fetch_tokenizer(uri: str, dest: Path) -> Path:
-    store = open_store(uri)
-    prefix = "tokenizer/" if store.exists("tokenizer/tokenizer.json") else ""
-    dest.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        if "/" not in key[len(prefix) :]:
-            store.get_file(key, dest / key[len(prefix) :])
-    return dest
-
-
-def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params, *, rank: int, world_size: int):
+def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params: PretrainParams) -> TokenStream:
     """Tokenize the corpus on every rank unless token shards exist, then open this rank's stream."""
-    env, out = session.env, session.out
-    tokens_store = open_store(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
-    if "tokens" in rt.inputs and not tokens_store.exists(INDEX_KEY):
-        raise SystemExit(f"inputs.tokens: {tokens_store.url(INDEX_KEY)} does not exist")
-    if not tokens_store.exists(INDEX_KEY):
+    env, out = session.env, session.output
+    tokens = StageOutput.at(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
+    if "tokens" in rt.inputs and not tokens.has_tokens():
+        raise SystemExit(f"inputs.tokens: {tokens.uri} holds no token index (tokens/index.json)")
+    if not tokens.has_tokens():
         if "corpus" not in rt.inputs:
             raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
         corpus = open_store(rt.inputs["corpus"])
@@ -67,11 +56,11 @@ def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params, *
             merge_parts(out, world_size=env.world_size, where=corpus.uri)
     session.barrier()
     stream = TokenStream(
-        tokens_store,
+        tokens,
         session.workdir / "tokens",
         seed=params.seed,
-        rank=rank,
-        world_size=world_size,
+        rank=env.rank,
+        world_size=env.world_size,
         params=params.stream,
     )
     if stream.seq_len != params.seq_len:
@@ -81,13 +70,13 @@ def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params, *
 
 def run(rt: StageRuntime, params: PretrainParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     if "tokenizer" not in rt.inputs:
         raise SystemExit("pretrain stage needs inputs.tokenizer")
-    tok_dir = fetch_tokenizer(rt.inputs["tokenizer"], session.workdir / "tokenizer")
+    tok_dir = StageOutput.at(rt.inputs["tokenizer"]).fetch_tokenizer(session.workdir / "tokenizer")
     tokenizer = load_tokenizer(tok_dir)
 
-    stream = open_stream(session, rt, tokenizer, params, rank=env.rank, world_size=env.world_size)
+    stream = open_stream(session, rt, tokenizer, params)
 
     config = build_config(
         params.model_size,
@@ -97,19 +86,19 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     )
     model = build_model(config, seed=params.seed)
     engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps)
-    meta = session.resume(engine)
-    start = meta.get("step", 0)
-    try:
-        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
-    except PositionMismatch as exc:
-        raise SystemExit(str(exc)) from None
     fpt = flops_per_token(
         n_params=matmul_params(model),
         n_layers=config.num_hidden_layers,
         hidden=config.hidden_size,
         seq_len=params.seq_len,
     )
-    metrics = session.open_metrics(flops_per_token=fpt, resumed_step=start)
+    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
+    meta = loop.resume()
+    start = meta.get("step", 0)
+    try:
+        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+    except PositionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     log.info(
         "training %s (%.1fM params) on %d sequences of %d tokens per rank and epoch, steps %d..%d, world size %d",
         params.model_size,
@@ -120,28 +109,22 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
         params.max_steps,
         env.world_size,
     )
-
-    train_steps(
-        session,
-        engine,
-        metrics,
-        stream,
-        params,
-        start=start,
-        tokens_per_step=params.micro_batch_size * params.seq_len * params.grad_accum_steps,
+    tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps
+    loop.run(
+        causal_lm_step(engine, stream, params, device=session.device, tokens_per_step=tokens_per_step),
+        checkpoint_meta=lambda step: {"tokens": step * tokens_per_step * env.world_size, "data": stream.state_dict()},
     )
-
     stream.close()
+
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
-        write_summary(out, params, env.world_size, hf)
+        write_summary(session.output, params, env.world_size, hf)
     session.close()
 
 
-def write_summary(out: ObjectStore, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
-    records = [json.loads(line) for line in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines() if line.strip()]
-    steps = [r for r in records if r.get("event", "step") == "step"]
+def write_summary(out: StageOutput, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
+    steps = out.step_records()
     train_seconds = sum(r["step_seconds"] for r in steps)
     tokens = sum(r["tokens"] for r in steps) * world_size
     summary = {
@@ -151,11 +134,11 @@ def write_summary(out: ObjectStore, params: PretrainParams, world_size: int, hf_
         "loss_last": steps[-1]["loss"],
         "tokens_per_second": tokens / train_seconds if train_seconds else None,
         "mfu_mean": float(np.mean([r["mfu"] for r in steps if r.get("mfu") is not None] or [float("nan")])),
-        "checkpoints": out.url("checkpoints"),
+        "checkpoints": out.checkpoints_url,
         "hf": hf_uri,
-        "metrics": out.url("metrics"),
-        "loss_curve": out.url("report/loss.png"),
+        "metrics": out.metrics_url,
+        "loss_curve": out.report_url("loss.png"),
     }
-    out.put_bytes("report/loss.png", loss_curve_png(steps, title=f"pretrain ({params.model_size})"))
-    out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+    out.put_report("loss.png", loss_curve_png(steps, title=f"pretrain ({params.model_size})"))
+    out.write_summary(summary)
     return summary

@@ -10,62 +10,26 @@ sequence (the response's trailing newline), as `Qwen2ForSequenceClassification` 
 """
 
 import io
-import json
 import logging
-import time
 
 import numpy as np
 import torch
-from transformers import AutoModelForSequenceClassification
 
-from zhinao.chat import ChatEncoder, as_messages
+from zhinao.alignment.data import encode_pairs, pad_right, read_jsonl, split_holdout, steps_for
+from zhinao.alignment.models import load_reward_model
+from zhinao.artifacts import StageOutput
 from zhinao.config.reward import RewardParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import batch_indices
 from zhinao.losses import bradley_terry_loss, pairwise_accuracy
 from zhinao.metrics import flops_per_token
-from zhinao.model import attention_implementation, matmul_params
-from zhinao.stages.sft import fetch_hf, metrics_records, read_jsonl, split_holdout, steps_for
+from zhinao.model import matmul_params
 from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.loop import Schedule, StepResult, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = RewardParams
 log = logging.getLogger(__name__)
-
-
-def encode_pairs(records: list[dict], tokenizer, params) -> tuple[list[dict], int]:
-    """[{chosen, rejected, prompt_len, margin}] for the pairs that fit maxLen; returns (pairs, dropped).
-
-    `params` needs max_len and system_prompt (and task, to keep one task's pairs only)."""
-    enc = ChatEncoder(tokenizer)
-    pairs, dropped = [], 0
-    for r in records:
-        task = getattr(params, "task", None)
-        if task is not None and r.get("task") != task:
-            continue
-        try:
-            msgs = as_messages(r["prompt"])
-            prompt_len = len(enc.prompt(msgs, system=params.system_prompt))
-            c = enc.completion(msgs, r["chosen"], system=params.system_prompt).input_ids
-            j = enc.completion(msgs, r["rejected"], system=params.system_prompt).input_ids
-        except (KeyError, TypeError, ValueError):
-            dropped += 1
-            continue
-        if max(len(c), len(j)) > params.max_len or c == j:
-            dropped += 1
-            continue
-        pairs.append({"chosen": c, "rejected": j, "prompt_len": prompt_len, "margin": float(r.get("margin", 0.0))})
-    return pairs, dropped
-
-
-def pad_right(seqs: list[list[int]], pad_id: int, device) -> tuple[torch.Tensor, torch.Tensor]:
-    length = max(len(s) for s in seqs)
-    ids = torch.full((len(seqs), length), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(seqs), length), dtype=torch.long)
-    for i, s in enumerate(seqs):
-        ids[i, : len(s)] = torch.tensor(s)
-        mask[i, : len(s)] = 1
-    return ids.to(device), mask.to(device)
 
 
 def pair_batch(pairs: list[dict], pad_id: int, device) -> dict:
@@ -82,14 +46,6 @@ def scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     r = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits[:, 0].float()
     n = len(batch["margin"])
     return r[:n], r[n:]
-
-
-def load_reward_model(model_dir, attention: str, pad_id: int):
-    model = AutoModelForSequenceClassification.from_pretrained(
-        model_dir, num_labels=1, dtype=torch.float32, attn_implementation=attention_implementation(attention)
-    )
-    model.config.pad_token_id = pad_id  # the head pools the last non-pad token
-    return model
 
 
 @torch.no_grad()
@@ -109,12 +65,12 @@ def held_out_accuracy(model, pairs: list[dict], pad_id: int, device, batch: int)
 
 def run(rt: StageRuntime, params: RewardParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     for name in ("model", "preferences"):
         if name not in rt.inputs:
             raise SystemExit(f"reward stage needs inputs.{name}")
-    model_dir, tok_dir = fetch_hf(rt.inputs["model"], session.workdir / "input")
-    tokenizer = load_tokenizer(tok_dir)
+    base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "input")
+    tokenizer = load_tokenizer(base.tokenizer_dir)
     pad = tokenizer.pad_token_id
     pairs, dropped = encode_pairs(read_jsonl(rt.inputs["preferences"]), tokenizer, params)
     train, held = split_holdout(pairs, params.eval_fraction, params.seed)
@@ -122,24 +78,22 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         raise SystemExit("no preference pair to train on (check maxLen and task)")
 
     torch.manual_seed(params.seed)  # the new score head's init: equal seeds, equal heads
-    model = load_reward_model(model_dir, params.attention, pad)
+    model = load_reward_model(base.model_dir, params.attention, pad)
     total = steps_for(len(train), params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
-    meta = session.resume(engine)
+    cfg = model.config
+    fpt = flops_per_token(
+        n_params=matmul_params(model),
+        n_layers=cfg.num_hidden_layers,
+        hidden=cfg.hidden_size,
+        seq_len=params.max_len,
+    )
+    loop = TrainingLoop(session, engine, Schedule.of(params, total), flops_per_token=fpt)
+    meta = loop.resume()
     start = meta.get("step", 0)
     batch_size = params.micro_batch_size * 2
     if start == 0:
         meta["eval"] = [[0, *held_out_accuracy(engine.model, held, pad, session.device, batch_size)]]
-    cfg = model.config
-    metrics = session.open_metrics(
-        flops_per_token=flops_per_token(
-            n_params=matmul_params(model),
-            n_layers=cfg.num_hidden_layers,
-            hidden=cfg.hidden_size,
-            seq_len=params.max_len,
-        ),
-        resumed_step=start,
-    )
     log.info(
         "reward model on %d pairs (%d held out, %d dropped), steps %d..%d",
         len(train),
@@ -156,15 +110,14 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         seen.append((c.detach(), r.detach()))
         return bradley_terry_loss(c, r + batch["margin"], params.margin)
 
-    for step in range(start, total):
-        began = time.perf_counter()
+    def step(index: int) -> StepResult:
         batches = [
             pair_batch(
                 [
                     train[i]
                     for i in batch_indices(
                         n_sequences=len(train),
-                        step=step,
+                        step=index,
                         micro_step=m,
                         rank=env.rank,
                         world_size=env.world_size,
@@ -179,36 +132,28 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
             for m in range(params.grad_accum_steps)
         ]
         seen.clear()
-        lr = engine.lr
         loss, grad_norm = engine.train_step(batches, loss_fn=loss_fn)
         c, r = torch.cat([s[0] for s in seen]), torch.cat([s[1] for s in seen])
-        extra = {"rm_accuracy": pairwise_accuracy(c, r), "reward_margin": (c - r).mean().item()}
-        if params.eval_every and (step + 1) % params.eval_every == 0 and step + 1 < total:
-            acc, _ = held_out_accuracy(engine.model, held, pad, session.device, batch_size)
-            if acc is not None:
-                extra["rm_eval_accuracy"] = acc
-                meta["eval"].append([step + 1, acc, _])
-        metrics.record_step(
-            step=step + 1,
+        return StepResult(
             loss=loss,
-            lr=lr,
             grad_norm=grad_norm,
             tokens=sum(int(b["attention_mask"].sum()) for b in batches),
             samples=len(c),
-            step_seconds=time.perf_counter() - began,
-            **extra,
+            extra={"rm_accuracy": pairwise_accuracy(c, r), "reward_margin": (c - r).mean().item()},
         )
-        if (step + 1) % params.log_every == 0 and env.is_main:
-            log.info("step %d/%d loss %.4f acc %.3f lr %.2e", step + 1, total, loss, extra["rm_accuracy"], lr)
-        if (step + 1) % params.checkpoint_every == 0 or step + 1 == total:
-            if step + 1 == total:
-                meta["eval"].append([total, *held_out_accuracy(engine.model, held, pad, session.device, batch_size)])
-            session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
 
-    hf = session.export_hf(engine, tokenizer_dir=tok_dir)
+    def evaluate(step: int) -> dict[str, float]:
+        acc, loss = held_out_accuracy(engine.model, held, pad, session.device, batch_size)
+        meta["eval"].append([step, acc, loss])  # the curve in the summary; it travels in checkpoints
+        # The last step's accuracy is the summary's headline; the metrics log has the ones in between.
+        return {"rm_eval_accuracy": acc} if acc is not None and step < total else {}
+
+    loop.run(step, eval_fn=evaluate)
+
+    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:
-        steps = [x for x in metrics_records(out) if x.get("event", "step") == "step"]
+        steps = session.output.step_records()
         evals = [e for e in meta["eval"] if e[1] is not None]
         summary = {
             "steps": len(steps),
@@ -223,17 +168,17 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
             "held_out_loss": evals[-1][2] if evals else None,
             "eval_curve": evals,
             "hf": hf,
-            "checkpoints": out.url("checkpoints"),
-            "metrics": out.url("metrics"),
+            "checkpoints": session.output.checkpoints_url,
+            "metrics": session.output.metrics_url,
         }
-        out.put_bytes("report/rm_accuracy.png", accuracy_png(steps, evals))
-        out.put_bytes("report/reward.md", reward_markdown(summary).encode())
-        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        session.output.put_report("rm_accuracy.png", accuracy_png(steps, evals))
+        session.output.put_report("reward.md", reward_markdown(summary).encode())
+        session.output.write_summary(summary)
     session.close()
 
 
 def accuracy_png(steps: list[dict], evals: list[list]) -> bytes:
-    from zhinao.report import plt
+    from zhinao.plots import plt
 
     fig, ax = plt.subplots(figsize=(7, 4), dpi=110)
     x = [s["step"] for s in steps]

@@ -12,296 +12,33 @@ The checked reward is measured on held-out prompts before training (the SFT poli
 """
 
 import io
-import json
 import logging
-import time
 
 import numpy as np
 import torch
-from transformers import AutoConfig, AutoModelForTokenClassification
 
-from zhinao import rule_rewards
-from zhinao.chat import IGNORE_INDEX, ChatEncoder, as_messages
+from zhinao.alignment import ppo, remax
+from zhinao.alignment.data import encode_pairs, load_prompts, read_jsonl
+from zhinao.alignment.models import load_causal_lm, load_reward_model
+from zhinao.alignment.preference import preference_batch, preference_loss_fn
+from zhinao.alignment.rollout import evaluate
+from zhinao.alignment.scoring import Scorer
+from zhinao.artifacts import StageOutput
+from zhinao.chat import ChatEncoder
 from zhinao.config.rlhf import RLHFParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import batch_indices
-from zhinao.losses import (
-    dpo_loss,
-    gae,
-    kl_per_token,
-    kl_shaped_return,
-    lm_loss,
-    masked_mean,
-    orpo_loss,
-    ppo_policy_loss,
-    ppo_value_loss,
-    remax_loss,
-    sequence_logprob,
-    token_logprobs,
-)
-from zhinao.model import attention_implementation
-from zhinao.stages.reward import encode_pairs, load_reward_model, pad_right
-from zhinao.stages.sft import fetch_hf, load_causal_lm, metrics_records, read_jsonl
-from zhinao.tokenizer import EOD, IM_END
 from zhinao.tokenizer import load as load_tokenizer
-from zhinao.training.optim import param_groups
+from zhinao.training.loop import Schedule, StepResult, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = RLHFParams
 log = logging.getLogger(__name__)
 
 
-class ActorCritic(torch.nn.Module):
-    """Policy and critic trained by one optimizer step (so DDP sees one forward per micro-batch)."""
-
-    def __init__(self, policy, critic):
-        super().__init__()
-        self.policy, self.critic = policy, critic
-
-    def forward(self, input_ids, attention_mask):
-        logits = self.policy(input_ids=input_ids, attention_mask=attention_mask).logits
-        values = self.critic(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
-        return logits, values
-
-    def save_pretrained(self, path, state_dict=None, **kwargs):
-        """Exports the policy only: the next stage needs it; the critic lives on in checkpoints."""
-        if state_dict is not None:
-            state_dict = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
-        self.policy.save_pretrained(path, state_dict=state_dict, **kwargs)
-
-
-class Scorer:
-    """score(record, response) = rmWeight * RM(prompt, response) + sum_i w_i * rule_i(record, response)."""
-
-    def __init__(self, params: RLHFParams, enc: ChatEncoder, rm, device):
-        self.params, self.enc, self.rm, self.device = params, enc, rm, device
-
-    @torch.no_grad()
-    def __call__(self, records: list[dict], responses: list[str]) -> dict[str, torch.Tensor]:
-        rule = torch.tensor([rule_rewards.score(r, y, self.params.rules) for r, y in zip(records, responses)])
-        rm = torch.zeros(len(records))
-        if self.rm is not None and self.params.rm_weight > 0:
-            seqs = [
-                self.enc.completion(as_messages(r["prompt"]), y, system=self.params.system_prompt).input_ids
-                for r, y in zip(records, responses)
-            ]
-            ids, mask = pad_right(seqs, self.enc.tokenizer.pad_token_id, self.device)
-            rm = self.rm(input_ids=ids, attention_mask=mask).logits[:, 0].float().cpu()
-        return {"score": (self.params.rm_weight * rm + rule).to(self.device), "rm": rm, "rule": rule}
-
-
-# ------------------------------------------------------------------------------------ rollouts
-
-
-def load_prompts(uri: str, enc: ChatEncoder, params: RLHFParams) -> list[dict]:
-    out = []
-    for r in read_jsonl(uri):
-        ids = enc.prompt(as_messages(r["prompt"]), system=params.system_prompt)
-        if len(ids) <= params.max_prompt_len:
-            out.append({**r, "_ids": ids})
-    return out
-
-
-@torch.no_grad()
-def generate(policy, prompts: list[dict], params: RLHFParams, *, greedy: bool, tokenizer, device) -> list[list[int]]:
-    """Response token ids per prompt, cut after the first stop token (kept: the policy chose it)."""
-    pad = tokenizer.pad_token_id
-    stops = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOD)]
-    length = max(len(p["_ids"]) for p in prompts)
-    ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding; generate derives position ids from the mask
-        ids[i, length - len(p["_ids"]) :] = torch.tensor(p["_ids"])
-        mask[i, length - len(p["_ids"]) :] = 1
-    was_training = policy.training
-    policy.eval()
-    sampling = {} if greedy else {"temperature": params.temperature, "top_k": params.top_k, "top_p": 1.0}
-    out = policy.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        do_sample=not greedy,
-        max_new_tokens=params.max_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=pad,
-        use_cache=True,
-        **sampling,
-    )
-    policy.train(was_training)
-    responses = []
-    for row in out[:, length:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        responses.append(row[:cut])
-    return responses
-
-
-def sequence_batch(prompts: list[dict], responses: list[list[int]], pad: int, device) -> dict:
-    """prompt + response rows, right-padded; labels on the response tokens only."""
-    seqs = [p["_ids"] + r for p, r in zip(prompts, responses)]
-    ids, mask = pad_right(seqs, pad, device)
-    labels = torch.full_like(ids, IGNORE_INDEX)
-    for i, (p, r) in enumerate(zip(prompts, responses)):
-        labels[i, len(p["_ids"]) : len(p["_ids"]) + len(r)] = torch.tensor(r, device=device)
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
-
-
-def texts(tokenizer, responses: list[list[int]]) -> list[str]:
-    return [tokenizer.decode(r, skip_special_tokens=True) for r in responses]
-
-
-@torch.no_grad()
-def logprobs_of(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    return token_logprobs(
-        model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits, batch["labels"]
-    )
-
-
-def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    mean = masked_mean(x, mask)
-    var = masked_mean((x - mean) ** 2, mask)
-    return (x - mean) * torch.rsqrt(var + 1e-8) * mask
-
-
-# ------------------------------------------------------------------------------ evaluation
-
-
-@torch.no_grad()
-def evaluate(policy, prompts: list[dict], scorer: Scorer, params: RLHFParams, tokenizer, device) -> dict | None:
-    """Mean score components on held-out prompts: greedy, and `evalSamples` samples per prompt (seeded)."""
-    if not prompts:
-        return None
-    result = {}
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(params.seed + 7)
-        for name, greedy, reps in (("greedy", True, 1), ("sampled", False, params.eval_samples)):
-            batch = [p for p in prompts for _ in range(reps)]
-            responses = []
-            for start in range(0, len(batch), 64):
-                responses += generate(
-                    policy, batch[start : start + 64], params, greedy=greedy, tokenizer=tokenizer, device=device
-                )
-            s = scorer(batch, texts(tokenizer, responses))
-            result[name] = {k: float(v.float().mean()) for k, v in s.items()}
-    return result
-
-
-# ------------------------------------------------------------------------------------ steps
-
-
-def remax_rollout(policy, ref, prompts, scorer, params, tokenizer, device) -> tuple[dict, dict]:
-    pad = tokenizer.pad_token_id
-    rollouts = {}
-    for kind, greedy in (("sample", False), ("greedy", True)):
-        responses = generate(policy, prompts, params, greedy=greedy, tokenizer=tokenizer, device=device)
-        batch = sequence_batch(prompts, responses, pad, device)
-        logp, mask = logprobs_of(policy, batch)
-        ref_logp, _ = logprobs_of(ref, batch)
-        s = scorer(prompts, texts(tokenizer, responses))
-        rollouts[kind] = dict(
-            batch=batch,
-            mask=mask,
-            score=s,
-            logp=logp,
-            ref_logp=ref_logp,
-            ret=kl_shaped_return(s["score"], logp, ref_logp, mask, params.kl_coef, params.kl_estimator),
-        )
-    sample, greedy = rollouts["sample"], rollouts["greedy"]
-    train = {**sample["batch"], "ret": sample["ret"], "baseline": greedy["ret"]}
-    kl = (kl_per_token(sample["logp"], sample["ref_logp"], params.kl_estimator) * sample["mask"]).sum(-1)
-    stats = {
-        "reward_mean": sample["score"]["score"].mean().item(),
-        "reward_greedy_mean": greedy["score"]["score"].mean().item(),
-        "reward_rule_mean": sample["score"]["rule"].mean().item(),
-        "reward_rm_mean": sample["score"]["rm"].mean().item(),
-        "kl": kl.mean().item(),
-        "response_tokens": sample["mask"].sum(-1).mean().item(),
-        "advantage_mean": (sample["ret"] - greedy["ret"]).mean().item(),
-    }
-    return train, stats
-
-
-def remax_loss_fn(model, b):
-    logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-    logp, mask = token_logprobs(logits, b["labels"])
-    return remax_loss(logp, mask, b["ret"], b["baseline"])
-
-
-def ppo_rollout(ac: ActorCritic, ref, prompts, scorer, params, tokenizer, device) -> tuple[dict, dict]:
-    responses = generate(ac.policy, prompts, params, greedy=False, tokenizer=tokenizer, device=device)
-    batch = sequence_batch(prompts, responses, tokenizer.pad_token_id, device)
-    with torch.no_grad():
-        logits, values = ac(batch["input_ids"], batch["attention_mask"])
-        old_logp, mask = token_logprobs(logits, batch["labels"])
-        ref_logp, _ = logprobs_of(ref, batch)
-    old_values = values[:, :-1] * mask
-    s = scorer(prompts, texts(tokenizer, responses))
-    kl = kl_per_token(old_logp, ref_logp, params.kl_estimator) * mask
-    rewards = -params.kl_coef * kl
-    last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)  # the final response token
-    rewards = rewards + last * s["score"][:, None]
-    # GAE wants responses left-aligned: shift each row so its response starts at column 0.
-    start = mask.argmax(-1)
-    cols = (torch.arange(mask.size(1), device=device)[None] + start[:, None]).clamp(max=mask.size(1) - 1)
-    gather = lambda x: torch.gather(x, 1, cols)  # noqa: E731
-    adv_l, ret_l = gae(gather(rewards), gather(old_values), gather(mask), params.gamma, params.lam)
-    adv, ret = torch.zeros_like(adv_l), torch.zeros_like(ret_l)
-    adv.scatter_(1, cols, adv_l * gather(mask))
-    ret.scatter_(1, cols, ret_l * gather(mask))
-    train = {
-        **batch,
-        "old_logp": old_logp,
-        "old_values": old_values,
-        "adv": whiten(adv, mask),
-        "ret": ret,
-        "mask": mask,
-    }
-    stats = {
-        "reward_mean": s["score"].mean().item(),
-        "reward_rule_mean": s["rule"].mean().item(),
-        "reward_rm_mean": s["rm"].mean().item(),
-        "kl": kl.sum(-1).mean().item(),
-        "response_tokens": mask.sum(-1).mean().item(),
-        "value_mean": masked_mean(old_values, mask).item(),
-    }
-    return train, stats
-
-
-def ppo_loss_fn(params: RLHFParams):
-    def fn(model, b):
-        logits, values = model(b["input_ids"], b["attention_mask"])
-        logp, mask = token_logprobs(logits, b["labels"])
-        return ppo_policy_loss(
-            logp, b["old_logp"], b["adv"], mask, params.clip_range
-        ) + params.vf_coef * ppo_value_loss(values[:, :-1], b["old_values"], b["ret"], mask, params.value_clip)
-
-    return fn
-
-
-def preference_loss_fn(params: RLHFParams, ref, stats: list):
-    def fn(model, b):
-        logits = model(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-        n = len(b["input_ids"]) // 2
-        if params.algorithm == "dpo":
-            logp = sequence_logprob(logits, b["labels"])
-            with torch.no_grad():
-                ref_logp = sequence_logprob(
-                    ref(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits, b["labels"]
-                )
-            margin = (logp[:n] - ref_logp[:n]) - (logp[n:] - ref_logp[n:])
-            stats.append(params.beta * margin.detach())
-            return dpo_loss(logp[:n], logp[n:], ref_logp[:n], ref_logp[n:], params.beta)
-        mean_logp = sequence_logprob(logits, b["labels"], average=True)
-        stats.append((mean_logp[:n] - mean_logp[n:]).detach())
-        return orpo_loss(lm_loss(logits[:n], b["labels"][:n]), mean_logp[:n], mean_logp[n:], params.orpo_lambda)
-
-    return fn
-
-
-# ------------------------------------------------------------------------------------------ run
-
-
 def run(rt: StageRuntime, params: RLHFParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out, device = session.env, session.out, session.device
+    env, device = session.env, session.device
     online = params.algorithm in ("remax", "ppo")
     need = (
         ["policy"]
@@ -311,14 +48,15 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     for name in need:
         if name not in rt.inputs:
             raise SystemExit(f"rlhf stage ({params.algorithm}) needs inputs.{name}")
-    policy_dir, tok_dir = fetch_hf(rt.inputs["policy"], session.workdir / "policy")
+    base = StageOutput.at(rt.inputs["policy"]).fetch_hf(session.workdir / "policy")
+    policy_dir, tok_dir = base.model_dir, base.tokenizer_dir
     tokenizer = load_tokenizer(tok_dir)
     enc, pad = ChatEncoder(tokenizer), tokenizer.pad_token_id
     policy = load_causal_lm(policy_dir, params.attention)
     ref = load_causal_lm(policy_dir, params.attention).to(device).eval().requires_grad_(False)
     rm, rm_dir = None, None
     if "reward" in rt.inputs:
-        rm_dir, _ = fetch_hf(rt.inputs["reward"], session.workdir / "reward")
+        rm_dir = StageOutput.at(rt.inputs["reward"]).fetch_hf(session.workdir / "reward").model_dir
         rm = load_reward_model(rm_dir, params.attention, pad).to(device).eval().requires_grad_(False)
     scorer = Scorer(params, enc, rm, device)
 
@@ -344,29 +82,19 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
 
     steps_per_rollout = params.ppo_epochs if params.algorithm == "ppo" else 1
     if params.algorithm == "ppo":
-        init = rm_dir or policy_dir  # the critic starts from the RM when there is one
-        torch.manual_seed(params.seed)
-        config = AutoConfig.from_pretrained(init, num_labels=1)
-        config.classifier_dropout = 0.0  # values must not be noisy
-        critic = AutoModelForTokenClassification.from_pretrained(
-            init, config=config, dtype=torch.float32, attn_implementation=attention_implementation(params.attention)
-        )
-        model = ActorCritic(policy, critic)
-        groups = [{**g, "lr": params.lr} for g in param_groups(policy, params.weight_decay)] + [
-            {**g, "lr": params.critic_lr} for g in param_groups(critic, params.weight_decay)
-        ]
+        # The critic starts from the RM when there is one.
+        model, groups = ppo.actor_critic(policy, rm_dir or policy_dir, params)
     else:
         model, groups = policy, None
     torch.manual_seed(params.seed + env.rank)  # rollouts sample: equal seeds, equal runs (resume restores it)
     total = params.max_steps * steps_per_rollout
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total, groups=groups)
     actor = (lambda: engine.model.policy) if params.algorithm == "ppo" else (lambda: engine.model)
-    meta = session.resume(engine)
+    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps))
+    meta = loop.resume()
     start = meta.get("step", 0)
     if start == 0 and can_eval and env.is_main:
         meta["eval_before"] = evaluate(actor(), eval_prompts, scorer, params, tokenizer, device)
-    with torch.random.fork_rng(devices=[]):  # its peak-FLOPs probe draws random matrices
-        metrics = session.open_metrics(flops_per_token=None, resumed_step=start)
     log.info(
         "%s on %d prompts / %d pairs (%d held-out prompts), steps %d..%d",
         params.algorithm,
@@ -378,14 +106,14 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     )
 
     items = train_prompts if online else pairs
-    for step in range(start, params.max_steps):
-        began = time.perf_counter()
+
+    def step(index: int) -> StepResult:
         chunks = [
             [
                 items[i]
                 for i in batch_indices(
                     n_sequences=len(items),
-                    step=step,
+                    step=index,
                     micro_step=m,
                     rank=env.rank,
                     world_size=env.world_size,
@@ -396,41 +124,29 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             ]
             for m in range(params.grad_accum_steps)
         ]
-        lr = engine.lr
         if online:
-            rollout = remax_rollout if params.algorithm == "remax" else ppo_rollout
-            results = [rollout(engine.model, ref, c, scorer, params, tokenizer, device) for c in chunks]
+            method = remax if params.algorithm == "remax" else ppo
+            results = [method.rollout(engine.model, ref, c, scorer, params, tokenizer, device) for c in chunks]
             batches = [r[0] for r in results]
             extra = {k: float(np.mean([r[1][k] for r in results])) for k in results[0][1]}
-            fn = remax_loss_fn if params.algorithm == "remax" else ppo_loss_fn(params)
+            fn = method.loss_fn(params)
             for _ in range(steps_per_rollout):
                 loss, grad_norm = engine.train_step(batches, loss_fn=fn)
         else:
-            seen: list[torch.Tensor] = []
+            margins: list[torch.Tensor] = []
             batches = [preference_batch(c, pad, device) for c in chunks]
-            loss, grad_norm = engine.train_step(batches, loss_fn=preference_loss_fn(params, ref, seen))
-            margins = torch.cat(seen)
-            extra = {"reward_margin": margins.mean().item(), "pref_accuracy": (margins > 0).float().mean().item()}
-        metrics.record_step(
-            step=step + 1,
+            loss, grad_norm = engine.train_step(batches, loss_fn=preference_loss_fn(params, ref, margins))
+            margin = torch.cat(margins)
+            extra = {"reward_margin": margin.mean().item(), "pref_accuracy": (margin > 0).float().mean().item()}
+        return StepResult(
             loss=loss,
-            lr=lr,
             grad_norm=grad_norm,
             tokens=sum(int(b["attention_mask"].sum()) for b in batches),
             samples=sum(len(c) for c in chunks),
-            step_seconds=time.perf_counter() - began,
-            **extra,
+            extra=extra,
         )
-        if (step + 1) % params.log_every == 0 and env.is_main:
-            log.info(
-                "step %d/%d loss %.4f %s",
-                step + 1,
-                params.max_steps,
-                loss,
-                " ".join(f"{k} {v:.3f}" for k, v in extra.items()),
-            )
-        if (step + 1) % params.checkpoint_every == 0 or step + 1 == params.max_steps:
-            session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
+
+    loop.run(step)
 
     eval_after = (
         evaluate(actor(), eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
@@ -438,7 +154,7 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
-        steps = [x for x in metrics_records(out) if x.get("event", "step") == "step"]
+        steps = session.output.step_records()
         summary = {
             "algorithm": params.algorithm,
             "steps": len(steps),
@@ -448,8 +164,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             "eval_before": meta.get("eval_before"),
             "eval_after": eval_after,
             "hf": hf,
-            "checkpoints": out.url("checkpoints"),
-            "metrics": out.url("metrics"),
+            "checkpoints": session.output.checkpoints_url,
+            "metrics": session.output.metrics_url,
         }
         if online:
             summary.update(
@@ -457,27 +173,17 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
                 reward_last=float(np.mean([s["reward_mean"] for s in steps[-5:]])),
                 kl_last=steps[-1]["kl"],
             )
-        out.put_bytes("report/rlhf.png", rlhf_png(steps, summary))
-        out.put_bytes("report/rlhf.md", rlhf_markdown(summary).encode())
-        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        session.output.put_report("rlhf.png", rlhf_png(steps, summary))
+        session.output.put_report("rlhf.md", rlhf_markdown(summary).encode())
+        session.output.write_summary(summary)
     session.close()
-
-
-def preference_batch(pairs: list[dict], pad: int, device) -> dict:
-    """DPO/ORPO batch: chosen rows then rejected rows, labels on the response tokens only."""
-    seqs = [p["chosen"] for p in pairs] + [p["rejected"] for p in pairs]
-    ids, mask = pad_right(seqs, pad, device)
-    labels = ids.masked_fill(mask == 0, IGNORE_INDEX)
-    for i in range(len(seqs)):
-        labels[i, : pairs[i % len(pairs)]["prompt_len"]] = IGNORE_INDEX
-    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
 # ------------------------------------------------------------------------------------- report
 
 
 def rlhf_png(steps: list[dict], s: dict) -> bytes:
-    from zhinao.report import plt
+    from zhinao.plots import plt
 
     fig, axes = plt.subplots(1, 2, figsize=(11, 4), dpi=110)
     x = [r["step"] for r in steps]

@@ -5,108 +5,30 @@ inputs:  model  (a pretrain/SFT output prefix: its hf/ export is loaded with fro
 output:  checkpoints/ hf/ metrics/ report/sft_loss.png summary.json
 """
 
-import json
 import logging
-import random
-import time
-from pathlib import Path
 
 import numpy as np
 import torch
-from transformers import AutoModelForCausalLM
 
+from zhinao.alignment.data import read_jsonl, split_holdout, steps_for
+from zhinao.alignment.models import load_causal_lm
+from zhinao.artifacts import StageOutput
 from zhinao.chat import ChatEncoder, validate_sft_messages
 from zhinao.config.runtime import StageRuntime
 from zhinao.config.sft import SFTParams
-from zhinao.corpus import corpus_keys
 from zhinao.data import sft_tools
 from zhinao.data.packing import batch_indices
 from zhinao.data.sft_packing import Packed, block_causal_mask, pack_examples
 from zhinao.losses import lm_loss
 from zhinao.metrics import flops_per_token
-from zhinao.model import attention_implementation, matmul_params
-from zhinao.report import loss_curve_png
-from zhinao.storage import open_store
+from zhinao.model import matmul_params
+from zhinao.plots import loss_curve_png
 from zhinao.tokenizer import load as load_tokenizer
+from zhinao.training.loop import Schedule, StepResult, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = SFTParams
 log = logging.getLogger(__name__)
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
-
-
-# ---------------------------------------------------------------- helpers shared by the alignment stages
-
-
-def fetch_hf(uri: str, dest: Path) -> tuple[Path, Path]:
-    """Download a stage output's hf/ export; returns (model dir, tokenizer-only dir)."""
-    store = open_store(uri)
-    prefix = "hf/" if store.exists("hf/config.json") else ""
-    if not store.exists(prefix + "config.json"):
-        raise SystemExit(f"{uri} holds no Hugging Face export (expected hf/config.json)")
-    model_dir, tok_dir = dest / "model", dest / "tokenizer"
-    model_dir.mkdir(parents=True, exist_ok=True)
-    tok_dir.mkdir(parents=True, exist_ok=True)
-    for key in store.list(prefix):
-        name = key[len(prefix) :]
-        if "/" not in name:
-            store.get_file(key, model_dir / name)
-            if name in TOKENIZER_FILES:
-                (tok_dir / name).write_bytes((model_dir / name).read_bytes())
-    return model_dir, tok_dir
-
-
-def read_jsonl(uri: str) -> list[dict]:
-    """Every JSON object of the *.jsonl files under a prefix (or data-stage docs/), in key order."""
-    store = open_store(uri)
-    records, bad = [], 0
-    keys = corpus_keys(store)
-    if not keys:
-        raise SystemExit(f"no .jsonl files under {uri}")
-    for key in keys:
-        raw = store.get_bytes(key)
-        if key.endswith(".gz"):
-            import gzip
-
-            raw = gzip.decompress(raw)
-        for line in raw.splitlines():
-            if not line.strip():
-                continue
-            try:
-                records.append(json.loads(line))
-            except ValueError:
-                bad += 1
-    if bad:
-        log.warning("skipped %d unparsable lines in %s", bad, uri)
-    return records
-
-
-def split_holdout(items: list, fraction: float, seed: int) -> tuple[list, list]:
-    """(train, held-out) by a seeded shuffle; at least one held-out item when fraction > 0."""
-    if fraction <= 0 or len(items) < 2:
-        return list(items), []
-    order = list(range(len(items)))
-    random.Random(seed).shuffle(order)
-    n = max(1, int(round(len(items) * fraction)))
-    held = set(order[:n])
-    return [x for i, x in enumerate(items) if i not in held], [x for i, x in enumerate(items) if i in held]
-
-
-def steps_for(n_items: int, params, world_size: int) -> int:
-    per_step = params.micro_batch_size * params.grad_accum_steps * world_size
-    if getattr(params, "max_steps", None):
-        return params.max_steps
-    return max(1, int(np.ceil(params.epochs * n_items / per_step)))
-
-
-def load_causal_lm(model_dir: Path, attention: str):
-    return AutoModelForCausalLM.from_pretrained(
-        model_dir, dtype=torch.float32, attn_implementation=attention_implementation(attention)
-    )
-
-
-def metrics_records(out, key: str = "metrics/rank-0.jsonl") -> list[dict]:
-    return [json.loads(l) for l in out.get_bytes(key).decode().splitlines() if l.strip()]
 
 
 # ------------------------------------------------------------------------------------- SFT data
@@ -182,12 +104,12 @@ def eval_loss(model, packed: Packed, mode: str, attention: str, device, batch: i
 
 def run(rt: StageRuntime, params: SFTParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
-    env, out = session.env, session.out
+    env = session.env
     for name in ("model", "data"):
         if name not in rt.inputs:
             raise SystemExit(f"sft stage needs inputs.{name}")
-    model_dir, tok_dir = fetch_hf(rt.inputs["model"], session.workdir / "input")
-    tokenizer = load_tokenizer(tok_dir)
+    base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "input")
+    tokenizer = load_tokenizer(base.tokenizer_dir)
     records, data_stats = curate(read_jsonl(rt.inputs["data"]), params)
     train_records, eval_records = split_holdout(records, params.eval_fraction, params.seed)
     packed = encode_and_pack(train_records, tokenizer, params)
@@ -201,26 +123,24 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
         tokens=int((packed.doc_ids >= 0).sum()),
     )
 
-    model = load_causal_lm(model_dir, params.attention)
+    model = load_causal_lm(base.model_dir, params.attention)
     attention = model.config._attn_implementation
     total = steps_for(len(packed), params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
-    meta = session.resume(engine)
+    cfg = model.config
+    fpt = flops_per_token(
+        n_params=matmul_params(model),
+        n_layers=cfg.num_hidden_layers,
+        hidden=cfg.hidden_size,
+        seq_len=params.max_len,
+    )
+    loop = TrainingLoop(session, engine, Schedule.of(params, total), flops_per_token=fpt)
+    meta = loop.resume()
     start = meta.get("step", 0)
     if start == 0:
         meta["eval_loss_before"] = eval_loss(
             engine.model, held, params.packing, attention, session.device, params.micro_batch_size
         )
-    cfg = model.config
-    metrics = session.open_metrics(
-        flops_per_token=flops_per_token(
-            n_params=matmul_params(model),
-            n_layers=cfg.num_hidden_layers,
-            hidden=cfg.hidden_size,
-            seq_len=params.max_len,
-        ),
-        resumed_step=start,
-    )
     log.info(
         "SFT on %d rows of %d tokens (%d conversations, %s packing), steps %d..%d",
         len(packed),
@@ -231,14 +151,13 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
         total,
     )
 
-    for step in range(start, total):
-        began = time.perf_counter()
+    def step(index: int) -> StepResult:
         batches = [
             to_batch(
                 packed,
                 batch_indices(
                     n_sequences=len(packed),
-                    step=step,
+                    step=index,
                     micro_step=m,
                     rank=env.rank,
                     world_size=env.world_size,
@@ -252,30 +171,22 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
             )
             for m in range(params.grad_accum_steps)
         ]
-        lr = engine.lr
         loss, grad_norm = engine.train_step(batches, loss_fn=sft_loss)
-        tokens = sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches)
-        targets = sum(int((b["labels"] != -100).sum()) for b in batches)
-        metrics.record_step(
-            step=step + 1,
+        return StepResult(
             loss=loss,
-            lr=lr,
             grad_norm=grad_norm,
-            tokens=tokens,
+            tokens=sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches),
             samples=params.micro_batch_size * params.grad_accum_steps,
-            step_seconds=time.perf_counter() - began,
-            target_tokens=targets,
+            extra={"target_tokens": sum(int((b["labels"] != -100).sum()) for b in batches)},
         )
-        if (step + 1) % params.log_every == 0 and env.is_main:
-            log.info("step %d/%d loss %.4f lr %.2e grad_norm %.3f", step + 1, total, loss, lr, grad_norm)
-        if (step + 1) % params.checkpoint_every == 0 or step + 1 == total:
-            session.save_checkpoint(engine, step + 1, {**meta, "step": step + 1, "world_size": env.world_size})
+
+    loop.run(step)
 
     eval_after = eval_loss(engine.model, held, params.packing, attention, session.device, params.micro_batch_size)
-    hf = session.export_hf(engine, tokenizer_dir=tok_dir)
+    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:
-        steps = [r for r in metrics_records(out) if r.get("event", "step") == "step"]
+        steps = session.output.step_records()
         summary = {
             "steps": len(steps),
             "loss_first": steps[0]["loss"],
@@ -285,16 +196,16 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
             "packing": params.packing,
             "data": data_stats,
             "hf": hf,
-            "checkpoints": out.url("checkpoints"),
-            "metrics": out.url("metrics"),
-            "loss_curve": out.url("report/sft_loss.png"),
+            "checkpoints": session.output.checkpoints_url,
+            "metrics": session.output.metrics_url,
+            "loss_curve": session.output.report_url("sft_loss.png"),
             "tokens_per_second": sum(r["tokens"] for r in steps)
             * env.world_size
             / max(1e-9, sum(r["step_seconds"] for r in steps)),
         }
-        out.put_bytes("report/sft_loss.png", loss_curve_png(steps, title=f"SFT ({params.packing} packing)"))
-        out.put_bytes("report/sft.md", sft_markdown(summary).encode())
-        out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
+        session.output.put_report("sft_loss.png", loss_curve_png(steps, title=f"SFT ({params.packing} packing)"))
+        session.output.put_report("sft.md", sft_markdown(summary).encode())
+        session.output.write_summary(summary)
     session.close()
 
 

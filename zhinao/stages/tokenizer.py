@@ -5,11 +5,11 @@ output:  <output>/tokenizer/  tokenizer.json, tokenizer_config.json, special_tok
 """
 
 import itertools
-import json
 import logging
 import tempfile
 from pathlib import Path
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.runtime import StageRuntime
 from zhinao.config.tokenizer import TokenizerParams
 from zhinao.corpus import read_documents
@@ -30,11 +30,9 @@ def run(rt: StageRuntime, params: TokenizerParams) -> None:
     docs = read_documents(open_store(rt.inputs["corpus"]), text_field=params.text_field)
     texts = (d.text for d in itertools.islice(docs, params.max_documents))
     tok = train_bpe(texts, vocab_size=params.vocab_size, min_frequency=params.min_frequency)
-    out = open_store(rt.output)
+    out = StageOutput.at(rt.output)
     with tempfile.TemporaryDirectory() as tmp:
         to_transformers(tok).save_pretrained(tmp)
-        for path in sorted(Path(tmp).iterdir()):
-            out.put_file(f"tokenizer/{path.name}", path)
-    summary = {"vocab_size": tok.get_vocab_size(), "tokenizer": out.url("tokenizer")}
-    out.put_bytes("summary.json", json.dumps(summary, indent=2).encode())
-    log.info("tokenizer with %d tokens written to %s", tok.get_vocab_size(), out.url("tokenizer"))
+        url = out.put_tokenizer(Path(tmp))
+    out.write_summary({"vocab_size": tok.get_vocab_size(), "tokenizer": url})
+    log.info("tokenizer with %d tokens written to %s", tok.get_vocab_size(), url)

@@ -1,7 +1,8 @@
-"""Everything around the optimizer step that every training stage needs.
+"""The process-level services every training stage uses around its loop.
 
-Process group and device, metrics (Prometheus + JSONL in object storage), resumable checkpoints,
-and the Hugging Face export the next stage starts from. Stages own only their model and data.
+Process group and device, the engine (DDP or DeepSpeed ZeRO), metrics (Prometheus + JSONL in
+object storage), resumable checkpoints, and the Hugging Face export the next stage starts from.
+The loop that drives them is zhinao.training.loop; stages own only their model, data and step.
 """
 
 import json
@@ -15,7 +16,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from zhinao.checkpoint import CheckpointManager
+from zhinao.artifacts import StageOutput, metrics_key
 from zhinao.config.runtime import StageRuntime
 from zhinao.distributed import DistEnv
 from zhinao.metrics import TrainingMetrics, metrics_port_from_env, peak_flops
@@ -48,7 +49,8 @@ class TrainingSession:
         self.workdir = Path(os.environ.get("ZHINAO_WORKDIR") or tempfile.mkdtemp(prefix="zhinao-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.out: ObjectStore = open_store(rt.output)
-        self.checkpoints = CheckpointManager(self.out, prefix="checkpoints", keep=keep_checkpoints)
+        self.output = StageOutput(self.out)
+        self.checkpoints = self.output.checkpoints(keep=keep_checkpoints)
         self.metrics: TrainingMetrics | None = None
 
     # -- collectives that degrade to no-ops in a single process
@@ -110,15 +112,13 @@ class TrainingSession:
     # -- metrics
     @property
     def metrics_key(self) -> str:
-        return f"metrics/rank-{self.env.rank}.jsonl"
+        return metrics_key(self.env.rank)
 
     def open_metrics(self, *, flops_per_token: float | None, resumed_step: int) -> TrainingMetrics:
         """Continue the stage's JSONL log from object storage, dropping steps a restart will redo."""
         path = self.workdir / self.metrics_key
         path.parent.mkdir(parents=True, exist_ok=True)
-        previous = (
-            self.out.get_bytes(self.metrics_key).decode().splitlines() if self.out.exists(self.metrics_key) else []
-        )
+        previous = self.output.metrics_lines(self.env.rank)
         kept = [line for line in previous if line.strip() and json.loads(line).get("step", 0) <= resumed_step]
         path.write_text("".join(line + "\n" for line in kept))
         peak, how = peak_flops(self.device)
@@ -137,7 +137,7 @@ class TrainingSession:
     def upload_metrics(self) -> None:
         if self.metrics is not None:
             self.metrics.flush()
-            self.out.put_file(self.metrics_key, self.metrics.log_path)
+            self.output.put_metrics(self.env.rank, self.metrics.log_path)
 
     # -- checkpoints
     def resume(self, engine: Engine) -> dict:
@@ -149,7 +149,7 @@ class TrainingSession:
         if loaded is None:
             return {}
         engine.load(loaded.dir)
-        log.info("resumed from step %d of %s", loaded.step, self.out.url("checkpoints"))
+        log.info("resumed from step %d of %s", loaded.step, self.output.checkpoints_url)
         return loaded.meta
 
     def save_checkpoint(self, engine: Engine, step: int, meta: dict) -> float:
@@ -186,9 +186,7 @@ class TrainingSession:
             if tokenizer_dir is not None:
                 for path in tokenizer_dir.iterdir():
                     (Path(tmp) / path.name).write_bytes(path.read_bytes())
-            for path in sorted(Path(tmp).iterdir()):
-                self.out.put_file(f"hf/{path.name}", path)
-        return self.out.url("hf")
+            return self.output.put_hf(Path(tmp))
 
     def close(self) -> None:
         if self.metrics is not None:

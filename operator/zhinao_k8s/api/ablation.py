@@ -10,8 +10,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config._base import SpecModel
+from zhinao.config._base import FieldErrors, SpecModel
 from zhinao.config.ablation import AblationParams
+from zhinao_k8s.api import rules
 from zhinao_k8s.api.load import load_document, parse_document
 from zhinao_k8s.api.v1alpha1 import API_VERSION, DEFAULT_IMAGE, Metadata, Metrics, Storage
 
@@ -47,6 +48,18 @@ class Ablation(SpecModel):
                 f"run names `<ablation>-<recipe>-s<k>` would be {size} characters (at most {MAX_RUN_NAME}): "
                 "shorten metadata.name or the recipe names"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _proxy_resources(self) -> "Ablation":
+        """Each run is a pipeline stage with the proxy's resources: refuse here what its stage would."""
+        problems = [
+            (f"spec.proxy.{key}", reason)
+            for key in ("cpu", "memory")
+            if (reason := rules.quantity_problem(getattr(self.spec.proxy, key)))
+        ]
+        if problems:
+            raise FieldErrors(problems)
         return self
 
 

@@ -23,6 +23,7 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+from zhinao_k8s.api import cel, rules
 from zhinao_k8s.api.ablation import KIND as ABLATION_KIND
 from zhinao_k8s.api.ablation import MAX_RUN_NAME, AblationSpec
 from zhinao_k8s.api.status import AblationStatus, PipelineStatus
@@ -31,7 +32,7 @@ from zhinao_k8s.api.v1alpha1 import API_VERSION, GROUP, KIND, VERSION, PipelineS
 PLURAL = "trainingpipelines"
 SINGULAR = "trainingpipeline"
 SHORT_NAMES = ["tp", "tpipe"]
-MAX_NAME_LENGTH = 40  # Metadata.name: child jobs are `<name>-<stage>` and must fit 63 characters
+MAX_NAME_LENGTH = rules.MAX_PIPELINE_NAME
 
 PRINTER_COLUMNS = [
     {
@@ -229,6 +230,8 @@ def model_schema(model: type) -> dict:
 def openapi_schema(resource: Resource = TRAINING_PIPELINE) -> dict:
     spec = model_schema(resource.spec_model)
     spec["description"] = resource.spec_description
+    if resource.kind == KIND:
+        cel.add_stage_rules(spec)
     status = model_schema(resource.status_model)
     status["description"] = "Written by the operator; other fields (kopf's bookkeeping) are kept."
     status["x-kubernetes-preserve-unknown-fields"] = True
@@ -243,12 +246,8 @@ def openapi_schema(resource: Resource = TRAINING_PIPELINE) -> dict:
             "spec": spec,
             "status": status,
         },
-        "x-kubernetes-validations": [
-            {
-                "rule": f"size(self.metadata.name) <= {resource.max_name}",
-                "message": f"metadata.name must be at most {resource.max_name} characters: {resource.max_name_why}",
-            }
-        ],
+        "x-kubernetes-validations": cel.name_rules(resource.max_name, resource.max_name_why)
+        + (cel.pipeline_rules() if resource.kind == KIND else []),
     }
 
 

@@ -4,19 +4,20 @@ The same models validate `zhinao-k8s` input, generate the operator's CRD schema 
 values schema, so a spec accepted here is accepted everywhere.
 """
 
-import re
-from typing import Annotated, Literal
+from typing import Annotated, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from zhinao.config._base import SpecModel
+from zhinao.config._base import FieldErrors, SpecModel
 from zhinao.config.data import DataParams
+from zhinao.config.kinds import KIND_NAMES
 from zhinao.config.longctx import LongContextParams
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.reward import RewardParams
 from zhinao.config.rlhf import RLHFParams
 from zhinao.config.sft import SFTParams
 from zhinao.config.tokenizer import TokenizerParams
+from zhinao_k8s.api import rules
 from zhinao_k8s.api.policy import RetryPolicy
 
 GROUP = "zhinao.ai"
@@ -24,25 +25,24 @@ VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
 KIND = "TrainingPipeline"
 
-DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
-QUANTITY = re.compile(r"^([+-]?[0-9.]+)([eEinumkKMGTP]*[-+]?[0-9]*)$")
-URI = re.compile(r"^(s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?|file://.+|stage://[a-z0-9]([-a-z0-9]*[a-z0-9])?)$")
 DEFAULT_IMAGE = "ghcr.io/zhinao-k8s/trainer:0.1.0"
 
 
 class Metadata(SpecModel):
-    name: str = Field(max_length=40)
-    """DNS label; child PyTorchJobs are named `<name>-<stage>` and must fit 63 characters."""
+    name: str = Field(max_length=rules.MAX_PIPELINE_NAME, pattern=rules.DNS_1035_LABEL)
+    """DNS-1035 label; child PyTorchJobs are named `<name>-<stage>` and their replicas'
+    Services `<name>-<stage>-worker-<i>`, which must fit 63 characters."""
 
-    namespace: str | None = None
+    namespace: str | None = Field(default=None, max_length=rules.MAX_LABEL, pattern=rules.DNS_1123_LABEL)
     labels: dict[str, str] = Field(default_factory=dict)
     annotations: dict[str, str] = Field(default_factory=dict)
 
-    @field_validator("name")
+    @field_validator("labels")
     @classmethod
-    def _dns_label(cls, v: str) -> str:
-        if not DNS_LABEL.match(v):
-            raise ValueError("must be a DNS label (lowercase letters, digits and '-')")
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        problems = [(key, reason) for key, value in v.items() if (reason := rules.label_problem(key, value))]
+        if problems:
+            raise FieldErrors(problems)
         return v
 
 
@@ -74,10 +74,17 @@ class Storage(SpecModel):
 
     @field_validator("uri")
     @classmethod
-    def _scheme(cls, v: str) -> str:
-        if not (v.startswith("s3://") or v.startswith("file://")):
-            raise ValueError("must start with s3:// or file://")
+    def _uri(cls, v: str) -> str:
+        if problem := rules.uri_problem(v):
+            raise ValueError(problem)
         return v.rstrip("/")
+
+    @field_validator("endpoint")
+    @classmethod
+    def _endpoint(cls, v: str | None) -> str | None:
+        if v is not None and (problem := rules.endpoint_problem(v)):
+            raise ValueError(problem)
+        return v
 
     @model_validator(mode="after")
     def _s3_needs_endpoint(self) -> "Storage":
@@ -99,9 +106,9 @@ class Resources(SpecModel):
     @field_validator("cpu", "memory")
     @classmethod
     def _quantity(cls, v: str) -> str:
-        if not QUANTITY.match(str(v)):
-            raise ValueError(f"{v!r} is not a Kubernetes quantity")
-        return str(v)
+        if problem := rules.quantity_problem(v):
+            raise ValueError(problem)
+        return v
 
 
 class Metrics(SpecModel):
@@ -111,8 +118,11 @@ class Metrics(SpecModel):
 
 
 class StageBase(SpecModel):
-    name: str = Field(max_length=20)
-    """DNS label unique within the pipeline."""
+    INPUTS: ClassVar[tuple[str, ...]] = ()
+    """The input names this kind reads; any other name is a typo."""
+
+    name: str = Field(max_length=rules.MAX_STAGE_NAME, pattern=rules.DNS_1123_LABEL)
+    """DNS-1123 label unique within the pipeline."""
 
     replicas: int = Field(default=1, ge=1, le=1024)
     """Pods: one Master plus replicas-1 Workers."""
@@ -126,81 +136,139 @@ class StageBase(SpecModel):
     kubelet restarts a failed container in its pod and the training operator counts the restarts;
     the local runner restarts every replica together)."""
 
-    image: str | None = None
+    image: str | None = Field(default=None, pattern=rules.IMAGE_REFERENCE)
     """Overrides the pipeline image for this stage."""
 
-    inputs: dict[str, str] = Field(default_factory=dict)
+    inputs: dict[str, Annotated[str, Field(max_length=rules.MAX_URI)]] = Field(
+        default_factory=dict, max_length=rules.MAX_INPUTS
+    )
     """Named inputs: s3:// or file:// URIs, or stage://<name> for another stage's output."""
 
-    output: str | None = None
+    output: str | None = Field(default=None, max_length=rules.MAX_URI)
     """Where this stage writes; default `<storage.uri>/<pipeline>/<stage>`."""
-
-    @field_validator("name")
-    @classmethod
-    def _dns_label(cls, v: str) -> str:
-        if not DNS_LABEL.match(v):
-            raise ValueError("must be a DNS label (lowercase letters, digits and '-')")
-        return v
 
     @field_validator("inputs")
     @classmethod
     def _input_uris(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, uri in v.items():
-            if not URI.match(uri):
-                raise ValueError(f"input {key!r}: {uri!r} is not an s3://, file:// or stage:// URI")
+        problems = [(key, reason) for key, uri in v.items() if (reason := rules.uri_problem(uri, INPUT_SCHEMES))]
+        if problems:
+            raise FieldErrors(problems)
         return v
+
+    @field_validator("output")
+    @classmethod
+    def _output_uri(cls, v: str | None) -> str | None:
+        if v is not None and (problem := rules.uri_problem(v)):
+            raise ValueError(problem)
+        return v.rstrip("/") if v else v
+
+    def required_inputs(self) -> list[tuple[str, ...]]:
+        """Groups of input names; the stage needs at least one name of every group."""
+        return [(name,) for name in self.INPUTS]
+
+    @model_validator(mode="after")
+    def _inputs_known_and_present(self) -> "StageBase":
+        problems = [
+            (f"inputs.{key}", f"a {self.kind} stage has no input {key!r}; it reads {', '.join(self.INPUTS)}")
+            for key in self.inputs
+            if key not in self.INPUTS
+        ]
+        problems += [
+            ("inputs", f"a {self.kind} stage needs input " + " or ".join(repr(n) for n in group))
+            for group in self.required_inputs()
+            if not any(n in self.inputs for n in group)
+        ]
+        if problems:
+            raise FieldErrors(problems)
+        return self
+
+
+INPUT_SCHEMES = ("s3", "file", "stage")
 
 
 class DataStage(StageBase):
+    INPUTS = ("corpus",)
     kind: Literal["data"]
     params: DataParams = Field(default_factory=DataParams)
 
 
 class TokenizerStage(StageBase):
+    INPUTS = ("corpus",)
     kind: Literal["tokenizer"]
     params: TokenizerParams = Field(default_factory=TokenizerParams)
 
 
 class PretrainStage(StageBase):
+    INPUTS = ("tokenizer", "corpus", "tokens")
     kind: Literal["pretrain"]
     params: PretrainParams = Field(default_factory=PretrainParams)
 
+    def required_inputs(self) -> list[tuple[str, ...]]:
+        # corpus or tokens may be left out when the output already holds packed tokens (a rerun).
+        return [("tokenizer",)]
+
 
 class LongContextStage(StageBase):
+    INPUTS = ("model", "corpus")
     kind: Literal["longctx"]
     params: LongContextParams = Field(default_factory=LongContextParams)
 
+    @model_validator(mode="after")
+    def _sequence_parallel_divides_world(self) -> "LongContextStage":
+        world = self.replicas * self.nproc_per_node
+        if world % self.params.sequence_parallel:
+            raise FieldErrors(
+                [
+                    (
+                        "params.sequenceParallel",
+                        f"must divide the world size replicas x nprocPerNode = {world} "
+                        f"(is {self.params.sequence_parallel})",
+                    )
+                ]
+            )
+        return self
+
 
 class SFTStage(StageBase):
+    INPUTS = ("model", "data")
     kind: Literal["sft"]
     params: SFTParams = Field(default_factory=SFTParams)
 
 
 class RewardStage(StageBase):
+    INPUTS = ("model", "preferences")
     kind: Literal["reward"]
     params: RewardParams = Field(default_factory=RewardParams)
 
 
 class RLHFStage(StageBase):
+    INPUTS = ("policy", "reward", "prompts", "evalPrompts", "preferences")
     kind: Literal["rlhf"]
     params: RLHFParams = Field(default_factory=RLHFParams)
+
+    def required_inputs(self) -> list[tuple[str, ...]]:
+        if self.params.algorithm in ("dpo", "orpo"):
+            return [("policy",), ("preferences",)]
+        return [("policy",), ("prompts",)] + ([("reward",)] if self.params.rm_weight > 0 else [])
 
 
 Stage = Annotated[
     DataStage | TokenizerStage | PretrainStage | LongContextStage | SFTStage | RewardStage | RLHFStage,
     Field(discriminator="kind"),
 ]
-STAGE_KINDS = ("data", "tokenizer", "pretrain", "longctx", "sft", "reward", "rlhf")
+STAGE_CLASSES = (DataStage, TokenizerStage, PretrainStage, LongContextStage, SFTStage, RewardStage, RLHFStage)
+STAGE_KINDS = KIND_NAMES
+"""The kinds registered in zhinao.config.kinds; tests/test_stage_kinds.py checks STAGE_CLASSES match them."""
 
 
 class PipelineSpec(SpecModel):
-    image: str = DEFAULT_IMAGE
+    image: str = Field(default=DEFAULT_IMAGE, pattern=rules.IMAGE_REFERENCE)
     """Trainer image (images/trainer) every stage runs unless it sets its own."""
 
     image_pull_policy: Literal["Always", "IfNotPresent", "Never"] = "IfNotPresent"
     storage: Storage = Field(default_factory=Storage)
     metrics: Metrics = Field(default_factory=Metrics)
-    stages: list[Stage] = Field(min_length=1)
+    stages: list[Stage] = Field(min_length=1, max_length=rules.MAX_STAGES)
     """Run in order; each starts when the previous one has Succeeded."""
 
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
@@ -210,15 +278,16 @@ class PipelineSpec(SpecModel):
     @model_validator(mode="after")
     def _stage_references(self) -> "PipelineSpec":
         seen: list[str] = []
-        for stage in self.stages:
+        problems = []
+        for i, stage in enumerate(self.stages):
             if stage.name in seen:
-                raise ValueError(f"stage name {stage.name!r} is used twice")
+                problems.append((f"stages[{i}].name", f"{stage.name!r} is already stages[{seen.index(stage.name)}]"))
             for key, uri in stage.inputs.items():
                 if uri.startswith("stage://") and uri[len("stage://") :] not in seen:
-                    raise ValueError(
-                        f"stage {stage.name!r} input {key!r} refers to {uri!r}, which is not an earlier stage"
-                    )
+                    problems.append((f"stages[{i}].inputs.{key}", f"{uri!r} is not an earlier stage"))
             seen.append(stage.name)
+        if problems:
+            raise FieldErrors(problems)
         return self
 
 
@@ -227,6 +296,27 @@ class TrainingPipeline(SpecModel):
     kind: Literal["TrainingPipeline"] = KIND
     metadata: Metadata
     spec: PipelineSpec
+
+    @model_validator(mode="after")
+    def _derived_names_and_outputs(self) -> "TrainingPipeline":
+        """What only the whole document tells: the names the training operator derives, and which
+        stages write where (a second writer or a stage reading its own output destroys data)."""
+        problems = []
+        outputs: list[str] = []
+        for i, stage in enumerate(self.spec.stages):
+            if reason := rules.replica_name_problem(self.metadata.name, stage.name, stage.replicas):
+                problems.append((f"spec.stages[{i}].name", reason))
+            out = self.output_of(stage)
+            for j, other in enumerate(outputs):
+                if rules.overlaps(out, other):
+                    problems.append((f"spec.stages[{i}].output", f"{out!r} overlaps the output of spec.stages[{j}]"))
+            outputs.append(out)
+            for key, uri in stage.inputs.items():
+                if not uri.startswith("stage://") and rules.overlaps(out, uri):
+                    problems.append((f"spec.stages[{i}].inputs.{key}", f"overlaps this stage's own output {out!r}"))
+        if problems:
+            raise FieldErrors(problems)
+        return self
 
     def stage(self, name: str) -> Stage:
         for s in self.spec.stages:

@@ -167,9 +167,11 @@ def report(
     context: ContextOpt = None,
 ) -> None:
     """Print an ablation's result: metric ranking with flags, per-recipe means/std/CI, pairwise tests."""
-    from zhinao_k8s.api.v1alpha1 import DNS_LABEL
+    import re
 
-    on_cluster = not Path(where).exists() and DNS_LABEL.match(where)
+    from zhinao_k8s.api.rules import DNS_1123_LABEL
+
+    on_cluster = not Path(where).exists() and re.match(DNS_1123_LABEL, where)
     rep = cluster_report(where, namespace, kubeconfig, context) if on_cluster else load_report(where, storage)
     print_report(rep, metrics=metric or None)
 
@@ -206,14 +208,14 @@ def load_report(where: str, storage: str | None = None) -> dict:
 
 
 def _f(x, digits: int = 4) -> str:
-    from zhinao.ablation.report import fmt
+    from zhinao.ablation.results import fmt
 
     return fmt(float(x) if isinstance(x, str) else x, digits)
 
 
 def print_report(rep: dict, metrics: list[str] | None = None) -> None:
     names = [m for m in rep["metrics"] if metrics is None or m in metrics]
-    from zhinao.ablation.report import chance_line
+    from zhinao.ablation.results import chance_line
 
     out.print(
         f"[bold]ablation {rep['ablation']}[/]: {len(rep['runs'])} runs, recipes {', '.join(rep['recipes'])}; "

@@ -4,7 +4,8 @@ from typing import Annotated
 
 import typer
 
-from zhinao_k8s.cli.errors import friendly
+from zhinao_k8s.api.rules import uri_problem
+from zhinao_k8s.cli.errors import EXIT_SPEC, die, friendly
 
 app = typer.Typer(help="Data stage tools.", no_args_is_help=True)
 
@@ -16,6 +17,11 @@ def report(
 ) -> None:
     """Print the retention cascade (documents and bytes in, out and removed per step), like the
     360Zhinao technical report's Figure 1, and where its table and PNG are stored."""
-    from zhinao.data.report import show_report
+    from zhinao.data.retention import RETENTION_JSON, has_retention, show_retention
+    from zhinao.storage import open_store
 
-    typer.echo(show_report(output))
+    if problem := uri_problem(output):
+        die(f"OUTPUT: {problem}", EXIT_SPEC)
+    if not has_retention(open_store(output)):
+        die(f"{output}: no {RETENTION_JSON} here (has the data stage run, and is this its output?)")
+    typer.echo(show_retention(output))

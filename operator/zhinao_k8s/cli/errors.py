@@ -22,9 +22,10 @@ def friendly(fn):
         except typer.Exit:
             raise
         except SpecError as exc:
-            err.print(f"[bold red]invalid spec[/] {exc.source}:")
+            # soft_wrap: one problem stays one line however narrow the terminal (grep, copy, CI logs)
+            err.print(f"[bold red]invalid {exc.what}[/] {exc.source}:", soft_wrap=True)
             for line in exc.problems:
-                err.print(f"  {line}", markup=False)
+                err.print(f"  {line}", markup=False, soft_wrap=True)
             raise typer.Exit(EXIT_SPEC) from None
         except KeyboardInterrupt:
             err.print("interrupted")

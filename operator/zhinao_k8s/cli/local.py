@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
+from zhinao_k8s.api.secrets import load_secrets
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.cli.errors import EXIT_FAILED
 from zhinao_k8s.cli.progress import RunDisplay
@@ -42,21 +43,6 @@ def validate(spec: SpecArg) -> None:
 def render(spec: SpecArg) -> None:
     """Print the PyTorchJobs the pipeline runs as YAML (offline; pipe into `kubectl apply -f -`)."""
     print(to_yaml(render_pipeline(load_pipeline(spec))), end="")
-
-
-def parse_secrets(paths: list[Path]) -> dict[str, dict[str, str]]:
-    """Secret manifests (data base64 or stringData) -> {name: {key: value}}."""
-    import base64
-
-    secrets: dict[str, dict[str, str]] = {}
-    for path in paths:
-        for doc in yaml.safe_load_all(path.read_text()):
-            if not doc or doc.get("kind") != "Secret":
-                continue
-            data = {k: base64.b64decode(v).decode() for k, v in (doc.get("data") or {}).items()}
-            data.update(doc.get("stringData") or {})
-            secrets[doc["metadata"]["name"]] = data
-    return secrets
 
 
 def run_local(
@@ -101,7 +87,7 @@ def headline(summary: dict) -> str:
 
 
 def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
-    from zhinao.storage import open_store
+    from zhinao.artifacts import StageOutput
 
     table = Table(title="summary")
     for col in ("stage", "result", "seconds", "restarts", "outputs"):
@@ -119,10 +105,10 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
         if not job.succeeded:
             out.print(f"[red]{name} failed:[/] {job.reason}")
             continue
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
-        if not store.exists("summary.json"):
+        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        if not output.is_finished():
             continue
-        summary = json.loads(store.get_bytes("summary.json"))
+        summary = output.read_summary()
         out.print(f"[bold]{name}[/]: {headline(summary)}")
         for key in ("checkpoints", "hf", "loss_curve", "report"):
             if isinstance(summary.get(key), str):
@@ -142,7 +128,7 @@ def run(
     RANK, PET_*), restarted as a whole on failure up to the stage's backoffLimit.
     """
     pipeline = load_pipeline(spec)
-    result = run_local(pipeline, workdir, parse_secrets(secret), stage or None, verbose)
+    result = run_local(pipeline, workdir, load_secrets(secret), stage or None, verbose)
     print_result(result, pipeline)
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
@@ -195,7 +181,7 @@ def demo(
 def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: PipelineResult) -> Path:
     """REPORT.md beside the run (the file name users know): one section per stage with its summary
     and the plots from the stage's `report/` folder."""
-    from zhinao.storage import open_store
+    from zhinao.artifacts import StageOutput
 
     lines = [
         f"# {pipeline.metadata.name}: local run report",
@@ -209,11 +195,12 @@ def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: Pipeli
             f"| {job.seconds:.1f} | {job.restarts} |"
         )
     for name, _job in result.stages:
-        store = open_store(pipeline.output_of(pipeline.stage(name)))
+        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        store = output.store
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
-        keys = store.list("report/")
-        if store.exists("summary.json") and not any(k.endswith(".md") for k in keys):
-            lines += ["", "```json", store.get_bytes("summary.json").decode().strip(), "```"]
+        keys = output.report_keys()
+        if output.is_finished() and not any(k.endswith(".md") for k in keys):
+            lines += ["", "```json", json.dumps(output.read_summary(), indent=2), "```"]
         for key in keys:
             if key.endswith(".png"):
                 local = workdir / "report" / f"{name}-{Path(key).name}"

@@ -10,6 +10,7 @@ from rich.live import Live
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from zhinao.artifacts import metrics_key
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 
 
@@ -91,7 +92,7 @@ class RunDisplay:
         while not self._stop.wait(0.5):
             if self.task is None or not self.current_job:
                 continue
-            path = self.workdir / "scratch" / self.current_job / "master-0" / "metrics" / "rank-0.jsonl"
+            path = self.workdir / "scratch" / self.current_job / "master-0" / metrics_key(0)
             record = last_record(path)
             if record:
                 info = f"loss {record['loss']:.3f}  {record.get('tokens_per_second') or 0:,.0f} tok/s/rank"

@@ -15,7 +15,8 @@ import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
-from zhinao.storage import StorageError, open_store
+from zhinao.artifacts import StageOutput
+from zhinao.storage import StorageError
 from zhinao_k8s.api.ablation import Ablation, parse_ablation
 from zhinao_k8s.api.load import SpecError
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC, STEPS
@@ -50,7 +51,7 @@ def run_step(step: str, ablation: Ablation, workdir: Path) -> dict:
         run.name
         for run in expand_runs(ablation)
         for stage in run.pipeline.spec.stages
-        if not open_store(run.pipeline.output_of(stage)).exists("summary.json")
+        if not StageOutput.at(run.pipeline.output_of(stage)).is_finished()
     ]
     if unfinished:  # else the first missing checkpoint fails deep inside model loading
         raise ValueError(f"runs not finished (a stage wrote no summary.json): {', '.join(sorted(set(unfinished)))}")

@@ -1,5 +1,6 @@
 """Deterministic names and labels of the objects a TrainingPipeline or an Ablation owns."""
 
+from zhinao_k8s.api import rules
 from zhinao_k8s.api.v1alpha1 import StageBase, TrainingPipeline
 
 LABEL_PIPELINE = "zhinao.ai/pipeline"
@@ -12,8 +13,8 @@ LABEL_SEED = "zhinao.ai/seed"
 
 
 def job_name(pipeline: TrainingPipeline, stage: StageBase) -> str:
-    """`<pipeline>-<stage>`: at most 40 + 1 + 20 = 61 characters, a valid DNS label."""
-    return f"{pipeline.metadata.name}-{stage.name}"
+    """`<pipeline>-<stage>`; the models check that its replicas' Service names fit 63 characters."""
+    return rules.job_name(pipeline.metadata.name, stage.name)
 
 
 def app_labels(component: str) -> dict[str, str]:

@@ -17,9 +17,10 @@ import numpy as np
 
 from zhinao.ablation.evaluate import evaluate_run, load_tasks
 from zhinao.ablation.prepare import prepare, read_records
-from zhinao.ablation.report import RunResult, build_report, write_report
+from zhinao.ablation.results import RunResult, build_results, write_results
 from zhinao.ablation.sft_eval import evaluate_sft
 from zhinao.ablation.suite import build_suite
+from zhinao.artifacts import StageOutput
 from zhinao.storage import open_store
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.render.ablation_runs import Run, expand_runs, prep_uri, root_uri
@@ -66,7 +67,7 @@ def train_runs(
         todo = [
             stage
             for stage in run.pipeline.spec.stages  # stages added later (sft) run alone
-            if not open_store(run.pipeline.output_of(stage)).exists("summary.json")
+            if not StageOutput.at(run.pipeline.output_of(stage)).is_finished()
         ]
         if not todo:
             notify("run-skipped", {"run": run.name, "i": i, "n": len(runs)})
@@ -136,7 +137,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             root.put_bytes(key, json.dumps(result, indent=1).encode())
         results.append(RunResult(run.recipe, run.index, run.seed, run.name, result))
     prep_summary = json.loads(prep.get_bytes("done.json"))
-    report = build_report(
+    report = build_results(
         ablation.metadata.name,
         results,
         [r.name for r in spec.recipes],
@@ -150,8 +151,8 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             },
         },
     )
-    write_report(root.child("report"), report, results)
-    notify("report", {"uri": root.url("report/report.md")})
+    write_results(StageOutput(root).report, report, results)
+    notify("report", {"uri": StageOutput(root).report_url("report.md")})
     return report
 
 

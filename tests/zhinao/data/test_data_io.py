@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from zhinao.config.data import InputConfig
-from zhinao.data.io import Doc, Rejected, ShardWriter, make_gid, read_input, reject_record, split_gid
+from zhinao.data.io import BadFile, Doc, Rejected, ShardWriter, make_gid, read_input, reject_record, split_gid
 from zhinao.storage import open_store
 
 CFG = InputConfig(max_doc_bytes=1000)
@@ -169,8 +169,8 @@ def test_parquet_keeps_only_owned_rows_and_bounds_batches(tmp_path, monkeypatch)
 def test_parquet_without_text_column_names_file_and_columns(tmp_path):
     path = tmp_path / "notext.parquet"
     pq.write_table(pa.table({"body": ["x"], "url": ["http://a/"]}), path)
-    with pytest.raises(ValueError, match=r"notext\.parquet.*'text'.*\['body', 'url'\]"):
-        list(read_input(path, 0, CFG))
+    (bad,) = read_input(path, 0, CFG)
+    assert isinstance(bad, BadFile) and bad.reason == "no_text_column" and "['body', 'url']" in bad.detail
     cfg = InputConfig(text_field="body")
     (doc,) = read_input(path, 0, cfg)
     assert doc.text == "x" and doc.url == "http://a/"
@@ -206,3 +206,71 @@ def test_stage_reads_jsonl_and_parquet_side_by_side(tmp_path, demo_corpus):
     rows = {r["step"]: r for r in json.loads((out / "report" / "retention.json").read_text())["steps"]}
     n_jsonl = len(demo.get_bytes("part-00000.jsonl").splitlines())
     assert rows["input"]["docs_in"] == n_jsonl + len(recs)  # every line and row accounted for
+
+
+def _compress(kind: str, data: bytes) -> bytes:
+    import bz2
+
+    import zstandard
+
+    return {"": lambda d: d, "gz": gzip.compress, "bz2": bz2.compress, "zst": zstandard.ZstdCompressor().compress}[
+        kind
+    ](data)
+
+
+DOCS = b"".join(json.dumps({"text": f"document {i}"}).encode() + b"\n" for i in range(3000))
+
+
+@pytest.mark.parametrize(
+    "name",
+    ["a.jsonl", "a.NDJSON", "a.json", "a.jsonl.gz", "a.JSONL.GZ", "a.ndjson.bz2", "a.jsonl.zst", "a.jsonl.ZSTD"],
+)
+def test_every_line_format_in_any_case(tmp_path, name):
+    from zhinao.data.io import is_input
+
+    kind = name.lower().rsplit(".", 1)[-1].replace("zstd", "zst")
+    (tmp_path / name).write_bytes(_compress(kind if kind in ("gz", "bz2", "zst") else "", DOCS))
+    assert is_input(name)
+    items = list(read_input(tmp_path / name, 0, CFG))
+    assert [d.text for d in items] == [f"document {i}" for i in range(3000)]
+
+
+def test_zstd_of_several_frames_and_an_empty_file(tmp_path):
+    (tmp_path / "multi.jsonl.zst").write_bytes(_compress("zst", DOCS[:1000]) + _compress("zst", DOCS[1000:]))
+    assert len(list(read_input(tmp_path / "multi.jsonl.zst", 0, CFG))) == 3000
+    (tmp_path / "empty.jsonl.zst").write_bytes(b"")
+    assert list(read_input(tmp_path / "empty.jsonl.zst", 0, CFG)) == []
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "reason"),
+    [
+        ("t.jsonl.gz", lambda: _compress("gz", DOCS)[: len(_compress("gz", DOCS)) // 2], "truncated"),
+        ("t.jsonl.zst", lambda: _compress("zst", DOCS)[: len(_compress("zst", DOCS)) // 2], "truncated"),
+        ("t.jsonl.bz2", lambda: _compress("bz2", DOCS)[:-50], "truncated"),
+        ("t.jsonl.gz", lambda: DOCS, "not_gzip"),
+        ("t.jsonl.zst", lambda: DOCS, "not_zstd"),
+        ("t.jsonl.bz2", lambda: DOCS, "not_bz2"),
+        ("t.parquet", lambda: b"PAR1 not really", "not_parquet"),
+    ],
+)
+def test_a_damaged_file_ends_in_one_bad_file_record(tmp_path, name, content, reason):
+    (tmp_path / name).write_bytes(content())
+    items = list(read_input(tmp_path / name, 4, CFG))
+    bad = items[-1]
+    assert isinstance(bad, BadFile) and (bad.file_idx, bad.reason) == (4, reason), bad
+    assert not any(isinstance(i, BadFile) for i in items[:-1])
+    docs = [i for i in items if isinstance(i, Doc)]
+    assert bad.lines >= len(docs) and [d.text for d in docs] == [f"document {i}" for i in range(len(docs))]
+
+
+def test_list_inputs_separates_unknown_files(tmp_path):
+    from zhinao.data.io import list_inputs
+
+    for name in ("b.jsonl", "A.PARQUET", "c.csv", "README.md", "_work/x.jsonl", "sub/d.ndjson.zst"):
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(b"")
+    assert list_inputs(open_store(f"file://{tmp_path}")) == (
+        ["A.PARQUET", "b.jsonl", "sub/d.ndjson.zst"],
+        ["README.md", "c.csv"],
+    )

@@ -6,7 +6,7 @@ import threading
 
 from test_data_pipeline import _outputs, _params, _run_ranks, _write_corpus
 
-from zhinao.data.pipeline import run_pipeline
+from zhinao.data.processing import run_data_processing
 from zhinao.distributed import DistEnv
 
 
@@ -20,7 +20,7 @@ def test_two_ranks_over_s3_match_one_local_rank(s3_store, tmp_path):
 
     def rank(r):
         try:
-            run_pipeline(
+            run_data_processing(
                 _params(),
                 corpus=s3_store.child("corpus"),
                 output=s3_store.child("out"),

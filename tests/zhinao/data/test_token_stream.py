@@ -12,11 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from zhinao.artifacts import StageOutput
 from zhinao.config.stream import TokenStreamParams
 from zhinao.corpus import read_documents
 from zhinao.data.stream_order import PositionMismatch
 from zhinao.data.token_shards import WIRE_DTYPE
-from zhinao.data.token_stream import TokenStream, read_index
+from zhinao.data.token_stream import TokenStream
 from zhinao.data.tokenize_shards import merge_parts, tokenize_share
 from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
@@ -30,27 +31,27 @@ def tokens(s3_store, stage_assets):
     """The stage corpus tokenized by 2 ranks (one after the other) into s3_store."""
     tokenizer = load_tokenizer(Path(stage_assets["tokenizer"].removeprefix("file://")))
     corpus = open_store(stage_assets["corpus"])
+    out = StageOutput(s3_store)
     for rank in (0, 1):
-        tokenize_share(corpus, tokenizer, s3_store, seq_len=SEQ_LEN, params=PARAMS, rank=rank, world_size=2)
-    merge_parts(s3_store, world_size=2, where=corpus.uri)
-    return s3_store
+        tokenize_share(corpus, tokenizer, out, seq_len=SEQ_LEN, params=PARAMS, rank=rank, world_size=2)
+    merge_parts(out, world_size=2, where=corpus.uri)
+    return out
 
 
 def stream(store, tmp_path, *, rank=0, world_size=1, params=PARAMS) -> TokenStream:
     return TokenStream(store, tmp_path / f"cache-{rank}", seed=5, rank=rank, world_size=world_size, params=params)
 
 
-def all_sequences(store) -> Counter:
-    index = read_index(store)
+def all_sequences(tokens: StageOutput) -> Counter:
     rows = Counter()
-    for shard in index.shards:
-        data = np.frombuffer(store.get_bytes(shard.key), dtype=WIRE_DTYPE).reshape(-1, SEQ_LEN)
+    for shard in tokens.read_tokens_index().shards:
+        data = np.frombuffer(tokens.store.get_bytes(shard.key), dtype=WIRE_DTYPE).reshape(-1, SEQ_LEN)
         rows.update(r.tobytes() for r in data)
     return rows
 
 
 def test_two_ranks_tokenize_every_document_once_into_full_shards(tokens, stage_assets):
-    index = read_index(tokens)
+    index = tokens.read_tokens_index()
     tokenizer = load_tokenizer(Path(stage_assets["tokenizer"].removeprefix("file://")))
     docs = list(read_documents(open_store(stage_assets["corpus"])))
     sources = {d.source for d in docs}
@@ -79,7 +80,9 @@ def test_disk_and_downloads_stay_bounded(tokens, tmp_path):
     s.take(len(s))
     shard_bytes = PARAMS.shard_tokens * WIRE_DTYPE.itemsize
     assert sum(size for _, size in s.cache._open.values()) <= max(PARAMS.cache_mb << 20, shard_bytes)
-    assert s.cache.downloads <= len(read_index(tokens).shards) // 2 + 2  # its half of the shards, plus the edges
+    assert (
+        s.cache.downloads <= len(tokens.read_tokens_index().shards) // 2 + 2
+    )  # its half of the shards, plus the edges
     assert not list((tmp_path / "cache-0").iterdir())  # open descriptors only: a crash leaves nothing behind
 
 
@@ -93,12 +96,13 @@ def test_resuming_with_another_world_size_is_refused(tokens, tmp_path):
 READER = """
 import json, os, sys, time
 from pathlib import Path
+from zhinao.artifacts import StageOutput
 from zhinao.config.stream import TokenStreamParams
 from zhinao.data.token_stream import TokenStream
-from zhinao.storage import open_store
+from zhinao.artifacts import StageOutput
 
 uri, work, params = sys.argv[1], Path(sys.argv[2]), TokenStreamParams.model_validate_json(sys.argv[3])
-s = TokenStream(open_store(uri), work / "cache", seed=5, rank=0, world_size=1, params=params)
+s = TokenStream(StageOutput.at(uri), work / "cache", seed=5, rank=0, world_size=1, params=params)
 log = open(work / "read.log", "a")
 read = 0
 while True:

@@ -60,7 +60,7 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     tmp_path, stage_assets, make_pretrain_spec, fresh_s3_server
 ):
     from zhinao.checkpoint import parse_step_name
-    from zhinao.storage import RetryPolicy
+    from zhinao.storage import StoreRetry
 
     server = fresh_s3_server
     spec = json.loads(
@@ -69,7 +69,7 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     spec["spec"]["storage"].update(endpoint=server.endpoint, credentials={"secretRef": {"name": "s3"}})
     secrets = {"s3": {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}}
     store = server.store("s3://zhinao-ci/runs/outage/pretrain")
-    probe = server.store("s3://zhinao-ci/runs/outage/pretrain", retry=RetryPolicy(attempts=1))
+    probe = server.store("s3://zhinao-ci/runs/outage/pretrain", retry=StoreRetry(attempts=1))
     metrics_log = tmp_path / "w" / "scratch" / "outage-pretrain" / "master-0" / "metrics" / "rank-0.jsonl"
     observed_latest: list[str] = []
     outage = threading.Event()

@@ -7,9 +7,9 @@ import torch
 from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from transformers import AutoModelForSequenceClassification
 
+from zhinao.alignment.data import encode_pairs
 from zhinao.chat import ChatEncoder
 from zhinao.config.reward import RewardParams
-from zhinao.stages.reward import encode_pairs
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs
 from zhinao.tokenizer import load as load_tokenizer

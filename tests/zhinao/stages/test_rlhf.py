@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
 from zhinao_k8s.api.load import parse_pipeline
-from zhinao_k8s.runner.pipeline import run_pipeline
+from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 
 @pytest.fixture(autouse=True)
@@ -218,7 +218,7 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
         "spec": {"storage": {"uri": store}, "stages": [pretrain, *demo_stages(data)]},
     }
     pipeline = parse_pipeline(json.dumps(spec))
-    result = run_pipeline(pipeline, workdir=tmp_path / "w")
+    result = run_training_pipeline(pipeline, workdir=tmp_path / "w")
     last = result.stages[-1][1]
     assert result.succeeded, (last.log_dir / "master-0.log").read_text()[-3000:]
     summary = {

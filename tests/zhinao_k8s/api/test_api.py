@@ -12,7 +12,7 @@ BASE = {
     "metadata": {"name": "p"},
     "spec": {
         "stages": [
-            {"name": "tok", "kind": "tokenizer"},
+            {"name": "tok", "kind": "tokenizer", "inputs": {"corpus": "file://data/corpus"}},
             {"name": "pt", "kind": "pretrain", "inputs": {"tokenizer": "stage://tok"}, "params": {}},
         ]
     },
@@ -64,18 +64,18 @@ def test_defaults_follow_the_report():
         ("spec.stages.1.params.learningRate", 1, "spec.stages[1].params.learningRate: unknown field"),
         ("spec.stages.0.kind", "sft2", "spec.stages[0]: unknown kind 'sft2'"),
         ("spec.bogus", 1, "spec.bogus: unknown field"),
-        ("metadata.name", "Has_Caps", "metadata.name: must be a DNS label"),
+        ("metadata.name", "Has_Caps", "metadata.name: must be a DNS-1035 label"),
         (
             "spec.stages.0.resources",
             {"cpu": "lots"},
             "spec.stages[0].resources.cpu: 'lots' is not a Kubernetes quantity",
         ),
         ("spec.storage", {"uri": "s3://bucket/x"}, "spec.storage: endpoint is required when uri is s3://"),
-        ("spec.storage", {"uri": "gs://bucket"}, "spec.storage.uri: must start with s3:// or file://"),
+        ("spec.storage", {"uri": "gs://bucket"}, "spec.storage.uri: 'gs://bucket' must start with s3:// or file://"),
         (
             "spec.stages.1.inputs",
             {"tokenizer": "stage://later"},
-            "refers to 'stage://later', which is not an earlier stage",
+            "spec.stages[1].inputs.tokenizer: 'stage://later' is not an earlier stage",
         ),
         ("spec.stages.1.params.warmupSteps", 500, "warmupSteps (500) must be < maxSteps (200)"),
     ],

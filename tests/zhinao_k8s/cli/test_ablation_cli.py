@@ -5,7 +5,7 @@ import json
 import yaml
 from typer.testing import CliRunner
 
-from zhinao.ablation.report import markdown
+from zhinao.ablation.results import markdown
 from zhinao.ablation.stats import analyse
 from zhinao_k8s.cli.ablation import app
 from zhinao_k8s.examples import example_text

@@ -1,4 +1,4 @@
-"""The ablation report: statistics over every run's evaluations, as JSON, markdown and PNGs.
+"""The ablation results: statistics over every run's evaluations, as JSON, markdown and PNGs.
 
 <ablation root>/runs/<run>.json        one run's evaluations (evaluate.evaluate_run)
 <ablation root>/report/report.json     statistics (stats.analyse) + per-run metric values
@@ -55,7 +55,7 @@ def metric_values(runs: list[RunResult], recipes: list[str]) -> dict[str, dict[s
     }
 
 
-def build_report(
+def build_results(
     name: str,
     runs: list[RunResult],
     recipes: list[str],
@@ -78,7 +78,7 @@ def build_report(
     }
 
 
-def write_report(out: ObjectStore, report: dict, runs: list[RunResult]) -> None:
+def write_results(out: ObjectStore, report: dict, runs: list[RunResult]) -> None:
     """report.json, report.md and the plots under `out` (the ablation's report/ prefix)."""
     recipes = report["recipes"]
     valid = {r: [x.result.get("valid_curve", []) for x in runs if x.recipe == r] for r in recipes}

@@ -20,13 +20,13 @@ from zhinao.config.data import DataParams
 from zhinao.data.clean import Rules
 from zhinao.data.dedup import ExactDedup, ParagraphDedup, SentenceDedup, StepContext
 from zhinao.data.exchange import Comm, Sharding, spool_dir
-from zhinao.data.io import Doc, Rejected, ShardWriter, list_inputs, read_input, reject_record
+from zhinao.data.io import BadFile, Doc, Rejected, ShardWriter, list_inputs, read_input, reject_record
 from zhinao.data.junk import HashedLogReg, Junk, Quality, load_scorer
 from zhinao.data.lsh import MinHashDedup
 from zhinao.data.mix import Mix
 from zhinao.data.pii import Pii
 from zhinao.data.prepare import KeywordFilter, LangId, UrlFilter
-from zhinao.data.report import Cascade, write_report
+from zhinao.data.retention import Cascade, write_retention
 from zhinao.data.steps import parse_lines
 from zhinao.distributed import DistEnv
 from zhinao.storage import ObjectStore, open_store
@@ -151,7 +151,7 @@ class Progress:
         log.info("rank %d %s: %d docs in %.1fs", self.rank, self.label, self.n, dt)
 
 
-def run_pipeline(
+def run_data_processing(
     params: DataParams,
     *,
     corpus: ObjectStore,
@@ -165,9 +165,14 @@ def run_pipeline(
     `report/retention.{json,md,png}` under `output`.
     """
     t_start = time.monotonic()
-    keys = list_inputs(corpus)
+    keys, skipped = list_inputs(corpus)
     if not keys:
-        raise ValueError(f"no input files (*.jsonl, *.jsonl.gz, *.parquet) under {corpus.uri}")
+        raise EmptyCorpus(
+            f"no input files (*.jsonl, *.ndjson, *.json, optionally .gz/.zst/.bz2, or *.parquet) under {corpus.uri}"
+            + (f"; found only {', '.join(skipped[:5])}" if skipped else "")
+        )
+    for key in skipped:
+        log.warning("skipping %s: not an input format (see report/retention.json files.skipped)", key)
     sharding = Sharding(len(keys), dist.world_size)
     tmp = spool_dir(params.output.spill_dir)
     work = output.child(f"_work/{run_id}")
@@ -180,10 +185,11 @@ def run_pipeline(
         cascade = Cascade(["input"] + [n for s in steps for n in s.names])
         progress = Progress(dist.rank)
         cfg = params.input
+        bad_files: list[dict] = []
         with ShardWriter(
             output, "rejects", rank=dist.rank, per_file=params.output.rejects_per_file, tmp_dir=str(tmp)
         ) as rejects:
-            source = _read_shard(corpus, keys, sharding, dist.rank, params, cascade, rejects, tmp)
+            source = _read_shard(corpus, keys, sharding, dist.rank, params, cascade, rejects, tmp, bad_files)
             spill_in: Path | None = None
             written = 0
             for k, ps in enumerate(plan_passes(steps)):
@@ -213,20 +219,31 @@ def run_pipeline(
                     source = _read_spill(spill_out)
             progress.stop()
         mix = next((s for s in steps if isinstance(s, Mix)), None)
-        mine = {"steps": cascade.to_rows(), "docs_written": written, "mix": _mix_state(mix)}
-        return _finish(params, output, comm, dist, mine, n_files=len(keys), elapsed=time.monotonic() - t_start, tmp=tmp)
+        mine = {"steps": cascade.to_rows(), "docs_written": written, "mix": _mix_state(mix), "bad_files": bad_files}
+        files = {"read": len(keys), "skipped": [{"file": k, "reason": "not an input format"} for k in skipped]}
+        return _finish(params, output, comm, dist, mine, files=files, elapsed=time.monotonic() - t_start, tmp=tmp)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def _read_shard(corpus, keys, sharding, rank, params, cascade, rejects, tmp) -> Iterator[Doc]:
+def _read_shard(corpus, keys, sharding, rank, params, cascade, rejects, tmp, bad_files: list[dict]) -> Iterator[Doc]:
+    """This rank's documents; bad lines go to the rejects, damaged files to `bad_files` (once: by
+    the rank that owns the file's first line, since with few files every rank reads every file)."""
     cfg = params.input
     for file_idx in sharding.files_of(rank):
         local = tmp / f"input-{file_idx}-{Path(keys[file_idx]).name}"
         corpus.get_file(keys[file_idx], local)
         try:
             for item in read_input(local, file_idx, cfg, owned=lambda line: sharding.owns_line(rank, line)):
-                if isinstance(item, Rejected):
+                if isinstance(item, BadFile):
+                    log.warning(
+                        "input %s: %s (%s) after %d lines", keys[file_idx], item.reason, item.detail, item.lines
+                    )
+                    if sharding.owns_line(rank, 0):
+                        rec = {"file": keys[file_idx], "file_index": file_idx, "reason": item.reason}
+                        bad_files.append({**rec, "detail": item.detail, "lines_read": item.lines})
+                        rejects.write({"step": "input", **rec, "detail": item.detail})
+                elif isinstance(item, Rejected):
                     cascade.record_bad_input(item.raw_bytes, item.reason)
                     rejects.write(reject_record("input", item.reason, item, cfg))
                 else:
@@ -274,8 +291,12 @@ def _mix_state(mix: Mix | None) -> dict | None:
     }
 
 
+class EmptyCorpus(RuntimeError):
+    """The stage has nothing to work on, or kept nothing (and `output.allowEmpty` is off)."""
+
+
 def _finish(
-    params, output, comm: Comm, dist: DistEnv, mine: dict, *, n_files: int, elapsed: float, tmp: Path
+    params, output, comm: Comm, dist: DistEnv, mine: dict, *, files: dict, elapsed: float, tmp: Path
 ) -> dict | None:
     import numpy as np
 
@@ -291,16 +312,25 @@ def _finish(
         "docs_written": sum(p["docs_written"] for p in parts),
         "mix": _merge_mix([p["mix"] for p in parts]),
         "world_size": dist.world_size,
-        "input_files": n_files,
+        "input_files": files["read"],
+        "files": {
+            **files,
+            "rejected": sorted((f for p in parts for f in p["bad_files"]), key=lambda f: f["file_index"]),
+        },
         "elapsed_s": round(elapsed, 2),
         "token_estimate": "utf8_bytes/4",
     }
-    urls = write_report(output, report, tmp_png=str(tmp / "retention.png"))
+    urls = write_retention(output, report, tmp_png=str(tmp / "retention.png"))
     if dist.world_size > 1:
         _wait_final(comm)
     if not params.output.keep_work:
         output.delete_prefix("_work/")
     log.info("data stage done: %d documents written; report %s", report["docs_written"], urls["md"])
+    if report["docs_written"] == 0 and not params.output.allow_empty:
+        raise EmptyCorpus(
+            f"the data stage kept 0 documents (every input line or file was rejected; see {urls['md']} and "
+            "rejects/); set params.output.allowEmpty: true to accept an empty output"
+        )
     return report
 
 

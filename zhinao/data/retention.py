@@ -9,9 +9,8 @@ import json
 from collections import Counter
 from dataclasses import dataclass, field
 
+from zhinao.artifacts import REPORT as REPORT_PREFIX
 from zhinao.storage import ObjectStore
-
-REPORT_PREFIX = "report"
 
 
 @dataclass
@@ -24,7 +23,7 @@ class StepStats:
 
 
 class Cascade:
-    """Per-step counters of one rank, in pipeline order; `merge` adds ranks together."""
+    """Per-step counters of one rank, in processing order; `merge` adds ranks together."""
 
     def __init__(self, names: list[str]):
         self.steps = {n: StepStats() for n in names}
@@ -128,6 +127,13 @@ def format_table(report: dict) -> str:
             )
         lines.append("")
         lines.append("Tokens are estimated as UTF-8 bytes / 4 (the tokenizer is trained after this stage).")
+    files = report.get("files") or {}
+    if files.get("rejected") or files.get("skipped"):
+        lines += ["", "| input file | problem | lines read |", "|---|---|---:|"]
+        for f in files.get("rejected", []):
+            lines.append(f"| {f['file']} | {f['reason']}: {f['detail']} | {f['lines_read']:,} |")
+        for f in files.get("skipped", []):
+            lines.append(f"| {f['file']} | skipped: {f['reason']} | 0 |")
     return "\n".join(lines) + "\n"
 
 
@@ -162,13 +168,13 @@ def plot_cascade(report: dict, path: str) -> None:
         ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.06), ncol=2, fontsize=8, frameon=False)
     axes[0].set_yticks(range(len(names)), names)
     axes[0].invert_yaxis()
-    fig.suptitle("Data pipeline retention cascade")
+    fig.suptitle("Data processing retention cascade")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def write_report(store: ObjectStore, report: dict, *, tmp_png: str) -> dict[str, str]:
+def write_retention(store: ObjectStore, report: dict, *, tmp_png: str) -> dict[str, str]:
     """retention.json, retention.md and retention.png under `report/`; returns their URLs."""
     store.put_bytes(f"{REPORT_PREFIX}/retention.json", json.dumps(report, indent=2, ensure_ascii=False).encode())
     store.put_bytes(f"{REPORT_PREFIX}/retention.md", format_table(report).encode())
@@ -177,16 +183,24 @@ def write_report(store: ObjectStore, report: dict, *, tmp_png: str) -> dict[str,
     return {n: store.url(f"{REPORT_PREFIX}/retention.{n}") for n in ("json", "md", "png")}
 
 
-def read_report(store: ObjectStore) -> dict:
+RETENTION_JSON = f"{REPORT_PREFIX}/retention.json"
+
+
+def has_retention(store: ObjectStore) -> bool:
+    """Whether a data-stage output holds its retention cascade."""
+    return store.exists(RETENTION_JSON)
+
+
+def read_retention(store: ObjectStore) -> dict:
     """The report of a finished data-stage run (store opened at the stage's output)."""
     return json.loads(store.get_bytes(f"{REPORT_PREFIX}/retention.json"))
 
 
-def show_report(output_uri: str) -> str:
+def show_retention(output_uri: str) -> str:
     """What `zhinao-k8s data report <output>` prints: the cascade table and where the files are."""
     from zhinao.storage import open_store
 
     store = open_store(output_uri)
-    report = read_report(store)
+    report = read_retention(store)
     where = "\n".join(f"{n}: {store.url(f'{REPORT_PREFIX}/retention.{n}')}" for n in ("json", "md", "png"))
     return format_table(report) + "\n" + where + "\n"

@@ -1,6 +1,6 @@
 """The retention cascade: per-step counting, merging ranks, the Markdown table and the PNG."""
 
-from zhinao.data.report import Cascade, format_table, plot_cascade
+from zhinao.data.retention import Cascade, format_table, plot_cascade
 
 
 def test_record_multi_row_steps_and_copies():

@@ -10,7 +10,7 @@ import pytest
 
 from zhinao.config.data import DataParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.pipeline import build_steps, plan_passes, run_pipeline
+from zhinao.data.processing import build_steps, plan_passes, run_data_processing
 from zhinao.distributed import DistEnv
 from zhinao.stages import data as data_stage
 from zhinao.storage import open_store
@@ -75,7 +75,7 @@ def _run_ranks(params: DataParams, corpus: str, out: str, world: int) -> None:
 
     def rank(r):
         try:
-            run_pipeline(
+            run_data_processing(
                 params, corpus=open_store(corpus), output=open_store(out), dist=DistEnv(r, world, r), run_id="test"
             )
         except BaseException as e:  # noqa: BLE001 - surfaced below

@@ -1,0 +1,136 @@
+"""The one training loop every training stage runs on (pretrain, longctx, sft, reward, rlhf).
+
+A stage supplies what differs: a step function (build this rank's micro-batches for a step, call
+`engine.train_step` as often as its method needs, say what it trained on) and optionally an eval
+hook. The loop owns what must not differ: resume, the metrics log (zhinao.metrics.TrainingMetrics),
+logging, checkpoint cadence and the stop condition. torchtitan's Trainer is the model: the
+engine (DDP, DeepSpeed ZeRO, later FSDP2) and the data layer plug in behind the step function and
+`Engine`, so neither touches a stage.
+
+Resumability rests on two properties the stages keep: a step's data is a function of its
+index alone (zhinao.data.packing.batch_indices) or of a data position the checkpoint holds (the
+token stream's `state_dict`, via `checkpoint_meta`), and everything else that evolves (weights,
+optimizer, scheduler, RNG, the stage's `meta`) is in the checkpoint.
+"""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+
+from zhinao.training.engine import Engine
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class StepResult:
+    """What one optimizer step trained on and how it went (one metrics record)."""
+
+    loss: float
+    """Mean loss across ranks (what Engine.train_step returns)."""
+    grad_norm: float
+    tokens: int
+    """Tokens this rank trained on in the step (tokens/s and MFU are computed from it)."""
+    samples: int
+    """Sequences (or pairs, prompts) this rank trained on in the step."""
+    extra: dict[str, float] = field(default_factory=dict)
+    """Stage-specific figures recorded with the step (rm_accuracy, kl, ...)."""
+
+
+StepFn = Callable[[int], StepResult]
+"""step index (0-based) -> the result of that optimizer step."""
+EvalFn = Callable[[int], dict[str, float]]
+"""step number just trained (1-based) -> figures to record with it."""
+
+
+@dataclass(frozen=True)
+class Schedule:
+    total_steps: int
+    """The loop stops after this many optimizer steps."""
+    log_every: int
+    """Log a line every this many steps (rank 0)."""
+    checkpoint_every: int
+    """Checkpoint every this many steps; the last step always checkpoints."""
+    eval_every: int = 0
+    """Call the eval hook every this many steps (0: only after the last step)."""
+
+    @classmethod
+    def of(cls, params, total_steps: int) -> "Schedule":
+        """From a stage's params (logEvery, checkpointEvery, evalEvery when it has one)."""
+        return cls(
+            total_steps=total_steps,
+            log_every=params.log_every,
+            checkpoint_every=params.checkpoint_every,
+            eval_every=getattr(params, "eval_every", 0) or 0,
+        )
+
+
+class TrainingLoop:
+    """Resume, then run the step function to the end, recording, logging and checkpointing.
+
+    `session` is a zhinao.training.session.TrainingSession (or anything with its env, resume,
+    open_metrics and save_checkpoint). `meta` is the stage's state that travels in every
+    checkpoint (e.g. its before-training evaluation); `resume` returns it as it was saved.
+    """
+
+    def __init__(self, session, engine: Engine, schedule: Schedule, *, flops_per_token: float | None = None):
+        self.session, self.engine, self.schedule = session, engine, schedule
+        self.flops_per_token = flops_per_token
+        self.meta: dict = {}
+        self.start = 0
+
+    def resume(self) -> dict:
+        """Load the newest valid checkpoint (if any); returns its meta, which the stage may extend."""
+        self.meta = self.session.resume(self.engine)
+        self.start = self.meta.get("step", 0)
+        return self.meta
+
+    def run(
+        self,
+        step_fn: StepFn,
+        *,
+        eval_fn: EvalFn | None = None,
+        checkpoint_meta: Callable[[int], dict] | None = None,
+    ) -> None:
+        """Steps `start`+1 .. total_steps. `checkpoint_meta(step)` adds figures to that step's checkpoint."""
+        session, env, schedule = self.session, self.session.env, self.schedule
+        # Measuring the peak FLOP/s draws random matrices: it must not move the training RNG.
+        with torch.random.fork_rng(devices=[]):
+            metrics = session.open_metrics(flops_per_token=self.flops_per_token, resumed_step=self.start)
+        total = schedule.total_steps
+        for index in range(self.start, total):
+            began = time.perf_counter()
+            lr = self.engine.lr
+            result = step_fn(index)
+            step = index + 1
+            extra = dict(result.extra)
+            if eval_fn is not None and ((schedule.eval_every and step % schedule.eval_every == 0) or step == total):
+                extra.update(eval_fn(step))
+            metrics.record_step(
+                step=step,
+                loss=result.loss,
+                lr=lr,
+                grad_norm=result.grad_norm,
+                tokens=result.tokens,
+                samples=result.samples,
+                step_seconds=time.perf_counter() - began,
+                **extra,
+            )
+            if step % schedule.log_every == 0 and env.is_main:
+                log.info(
+                    "step %d/%d loss %.4f lr %.2e grad_norm %.3f%s",
+                    step,
+                    total,
+                    result.loss,
+                    lr,
+                    result.grad_norm,
+                    "".join(f" {k} {v:.3f}" for k, v in extra.items()),
+                )
+            if step % schedule.checkpoint_every == 0 or step == total:
+                meta = {**self.meta, "step": step, "world_size": env.world_size}
+                if checkpoint_meta is not None:
+                    meta.update(checkpoint_meta(step))
+                session.save_checkpoint(self.engine, step, meta)
