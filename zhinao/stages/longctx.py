@@ -152,14 +152,17 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         build_data(corpus, tokenizer, session.output, params)
     session.barrier()
     # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
-    stream = TokenStream(
-        session.output,
-        session.workdir / "tokens",
-        seed=params.seed,
-        rank=sp.dp_rank,
-        world_size=sp.dp_size,
-        params=params.stream,
-    )
+    try:
+        stream = TokenStream(
+            session.output,
+            session.workdir / "tokens",
+            seed=params.seed,
+            rank=sp.dp_rank,
+            world_size=sp.dp_size,
+            params=params.stream,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"{session.output.uri}: {exc}") from None
     if stream.seq_len != params.seq_len:
         raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
 

@@ -55,14 +55,17 @@ def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params: P
         if env.is_main:
             merge_parts(out, world_size=env.world_size, where=corpus.uri)
     session.barrier()
-    stream = TokenStream(
-        tokens,
-        session.workdir / "tokens",
-        seed=params.seed,
-        rank=env.rank,
-        world_size=env.world_size,
-        params=params.stream,
-    )
+    try:  # a foreign index, a shard of the wrong size, fewer sequences than ranks: one line
+        stream = TokenStream(
+            tokens,
+            session.workdir / "tokens",
+            seed=params.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+            params=params.stream,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"{tokens.uri}: {exc}") from None
     if stream.seq_len != params.seq_len:
         raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
     return stream
