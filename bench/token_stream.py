@@ -84,16 +84,6 @@ def child(args: list[str], *, pythonpath: str, extra_env: dict | None = None) ->
 # -- children ------------------------------------------------------------------------------------
 
 
-def tokens_source(store):
-    """What the streaming code of the measured tree reads from: a StageOutput, or (trees from before
-    zhinao.artifacts owned the layout) the store itself."""
-    try:
-        from zhinao.artifacts import StageOutput
-    except ImportError:
-        return store
-    return StageOutput(store)
-
-
 def child_pretrain(corpus: str, tokenizer: str, work: str, steps: int) -> dict:
     """One pretrain rank, the whole stage, in this process (world size 1)."""
     from zhinao.config.pretrain import PretrainParams
@@ -121,21 +111,24 @@ def child_first_batch(tokens: str, work: str) -> dict:
     """Seconds from nothing local to the first micro-batch in hand, from existing shards."""
     import numpy as np
 
+    import zhinao
     from zhinao.storage import open_store
 
-    try:  # imports first: both sides have torch loaded by then in a real run
+    # The venv's editable install can answer imports a tree lacks, so tell the trees apart by file.
+    streaming = (Path(zhinao.__file__).parent / "data" / "token_stream.py").exists()
+    if streaming:  # imports first, outside the timing, on both sides
+        from zhinao.artifacts import StageOutput
         from zhinao.config.stream import TokenStreamParams
         from zhinao.data.token_stream import TokenStream
-    except ImportError:  # the baseline tree
-        TokenStream = None
+    else:
         from zhinao.data.packing import batch_indices
         from zhinao.stages.pretrain import load_tokens
 
     began = time.perf_counter()
     store = open_store(f"file://{tokens}")
-    if TokenStream is not None:
+    if streaming:
         stream = TokenStream(
-            tokens_source(store), Path(work) / "cache", seed=1, rank=0, world_size=1, params=TokenStreamParams()
+            StageOutput(store), Path(work) / "cache", seed=1, rank=0, world_size=1, params=TokenStreamParams()
         )
         batch = stream.take(MICRO_BATCH)
     else:
@@ -156,6 +149,7 @@ def child_first_batch(tokens: str, work: str) -> dict:
 
 
 def child_tokenize_ours(corpus: str, tokenizer: str, work: str) -> dict:
+    from zhinao.artifacts import StageOutput
     from zhinao.config.stream import TokenStreamParams
     from zhinao.data.tokenize_shards import merge_parts, tokenize_share
     from zhinao.storage import open_store
@@ -163,7 +157,7 @@ def child_tokenize_ours(corpus: str, tokenizer: str, work: str) -> dict:
 
     tok = load(tokenizer)
     cpu, wall = time.process_time(), time.perf_counter()
-    out = tokens_source(open_store(f"file://{work}/ours"))
+    out = StageOutput.at(f"file://{work}/ours")
     part = tokenize_share(
         open_store(f"file://{corpus}"), tok, out, seq_len=SEQ_LEN, params=TokenStreamParams(), rank=0, world_size=1
     )
@@ -261,6 +255,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--baseline-ref", default=BASELINE)
     ap.add_argument("--ref", default="HEAD", help="the commit measured as ours")
+    ap.add_argument("--sides", default="baseline,ours", help="which sides of the RSS comparison to run")
     ap.add_argument("--litdata", default=None, help="a directory litdata is pip-installed in (--target)")
     ap.add_argument("--workdir", default=None, help="where corpora and outputs go (default: a temp dir)")
     args = ap.parse_args()
@@ -276,6 +271,7 @@ def main() -> None:
     to_transformers(train_bpe(texts, vocab_size=4096)).save_pretrained(tokenizer)
     # Both sides run from a snapshot of their commit, so edits to the work tree cannot leak into a run.
     trees = {}
+    sides = args.sides.split(",")
     for side, ref in (("baseline", args.baseline_ref), ("ours", args.ref)):
         tree = root / f"{side}-tree"
         tree.mkdir()
@@ -288,6 +284,8 @@ def main() -> None:
     for mb in sizes:
         corpus_dir = write_corpus(texts, root / f"corpus-{mb}", mb)
         for side, path in trees.items():
+            if side not in sides:
+                continue
             work = root / f"{side}-{mb}"
             run = child(["pretrain", str(corpus_dir), str(tokenizer), str(work), str(args.steps)], pythonpath=path)
             first = child(["first_batch", str(work / "out"), str(root / f"first-{side}-{mb}")], pythonpath=path)
@@ -310,7 +308,7 @@ def main() -> None:
     result["tokenize_ratio_per_cpu"] = (
         result["tokenize_ours"]["mb_per_cpu_second"] / result["tokenize_hf"]["mb_per_cpu_second"]
     )
-    for side in trees:
+    for side in sides:
         a, b = (result[f"{side}_{mb}mb"]["pretrain"]["peak_rss_mb"] for mb in sizes)
         result[f"{side}_rss_growth"] = b / a
     result["load_average"] = os.getloadavg()
