@@ -36,6 +36,11 @@ BASELINE = "af1518e"  # main before the streaming path: rank 0 packs into lists,
 
 
 def max_rss_mb() -> float:
+    """This process's peak resident memory (VmHWM: per address space, so not the parent's; ru_maxrss
+    carries the parent's peak over fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
