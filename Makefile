@@ -115,9 +115,11 @@ ablation-demo: install ## Dedup on/off and paragraph deletion 10%/30% on a tiny 
 ##@ Benchmarks
 
 .PHONY: bench
-bench: install ## Pretraining vs HF Trainer and the data pipeline vs datatrove (see docs/benchmarks.md).
+bench: install ## Pretraining vs HF Trainer, the data pipeline vs datatrove, ring attention, RLHF/DPO/SFT vs TRL (see docs/benchmarks.md).
 	$(BIN)/python bench/train_throughput.py
 	$(BIN)/python bench/data_pipeline.py
+	$(BIN)/python bench/ring_attention.py
+	$(BIN)/python bench/rlhf_vs_trl.py
 
 .PHONY: bench-operator
 bench-operator: install ## TrainingPipelines against kmock with the real operator (see docs/benchmarks-operator.md).

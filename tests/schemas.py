@@ -25,6 +25,25 @@ def crd_schema(name: str = "kubeflow.org_pytorchjobs.yaml") -> dict:
     return crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
 
 
+def crd_json_schema(name: str, version: str | None = None) -> dict:
+    """A CRD's openAPIV3Schema as JSON Schema: OpenAPI `nullable` becomes a null type, and the
+    `x-kubernetes-*` extensions (which jsonschema does not know) are dropped."""
+
+    def convert(node):
+        if isinstance(node, list):
+            return [convert(v) for v in node]
+        if not isinstance(node, dict):
+            return node
+        out = {k: convert(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
+        if out.pop("nullable", False) and "type" in out:
+            out["type"] = [out["type"], "null"]
+        return out
+
+    crd = yaml.safe_load(crd_path(name).read_text())
+    spec = next(v for v in crd["spec"]["versions"] if version is None or v["name"] == version)
+    return convert(spec["schema"]["openAPIV3Schema"])
+
+
 def validate_pytorchjob(job: dict) -> None:
     jsonschema.validate(job, crd_schema())
     for replica in job["spec"]["pytorchReplicaSpecs"].values():

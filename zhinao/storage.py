@@ -32,6 +32,8 @@ import certifi
 import minio
 import urllib3
 import urllib3.exceptions as ue
+from minio.credentials import IamAwsProvider
+from minio.credentials.providers import Provider
 from minio.deleteobjects import DeleteObject
 from minio.error import InvalidResponseError, MinioException, S3Error, ServerError
 
@@ -624,6 +626,23 @@ def _http_client(retry: StoreRetry):
     )
 
 
+# Set in the pod by the cloud when its ServiceAccount is bound to a role: IRSA (a projected token
+# exchanged at STS) and EKS Pod Identity / ECS (a local credential agent).
+WORKLOAD_IDENTITY_ENV = (
+    "AWS_WEB_IDENTITY_TOKEN_FILE",
+    "AWS_CONTAINER_CREDENTIALS_FULL_URI",
+    "AWS_CONTAINER_CREDENTIALS_RELATIVE_URI",
+)
+
+
+def _workload_identity() -> Provider | None:
+    """Keys from the pod's workload identity when it has one and no static keys are given; else
+    None (anonymous). minio's IamAwsProvider reads the same variables and refreshes before expiry."""
+    if not any(os.environ.get(var) for var in WORKLOAD_IDENTITY_ENV):
+        return None
+    return IamAwsProvider()
+
+
 def open_store(
     uri: str,
     *,
@@ -636,8 +655,8 @@ def open_store(
     """Open `s3://bucket[/prefix]` or `file:///abs/path` / `file://relative/path`.
 
     S3 settings default to the environment: ZHINAO_S3_ENDPOINT (http://host:port; https means TLS;
-    AWS when unset), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), AWS_REGION.
-    Nothing is contacted until the first operation; a write into a missing bucket creates it.
+    AWS when unset), AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (/ AWS_SESSION_TOKEN), AWS_REGION;
+    without keys, the pod's workload identity (WORKLOAD_IDENTITY_ENV) if it has one. Nothing is contacted until the first operation; a write into a missing bucket creates it.
     """
     if uri.startswith("file://"):
         path = uri[len("file://") :]
@@ -666,6 +685,7 @@ def open_store(
             access_key=access_key or None,
             secret_key=secret_key or None,
             session_token=session_token if access_key else None,
+            credentials=None if access_key else _workload_identity(),
             secure=secure,
             region=region or os.environ.get(ENV_REGION) or None,
             http_client=_http_client(retry),

@@ -8,6 +8,10 @@ from pathlib import Path
 import pytest
 from helm_render import CHARTS, ci_values, helm, pod_policy_problems, pod_specs, render, validate_object
 
+from zhinao_k8s.api.crd import ABLATION_PLURAL, PLURAL
+from zhinao_k8s.api.v1alpha1 import API_VERSION, GROUP
+from zhinao_k8s.controller.plan_pipeline import owner_reference
+
 CHART = "zhinao-operator"
 SCENARIOS = ci_values(CHART)
 
@@ -79,10 +83,34 @@ def test_rbac_is_least_privilege() -> None:
         ("zhinao.ai", "trainingpipelines/status"): {"get", "patch"},
         ("zhinao.ai", "ablations"): {"get", "list", "watch", "patch"},
         ("zhinao.ai", "ablations/status"): {"get", "patch"},
+        ("zhinao.ai", "trainingpipelines/finalizers"): {"update"},  # blockOwnerDeletion on children
+        ("zhinao.ai", "ablations/finalizers"): {"update"},
         ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "events"): {"create", "patch"},
     }
     assert not any("*" in v for verbs in granted.values() for v in verbs)
+
+
+def _grants(role: dict) -> set[tuple[str, str, str]]:
+    return {
+        (g, r, v) for rule in role["rules"] for g in rule["apiGroups"] for r in rule["resources"] for v in rule["verbs"]
+    }
+
+
+@pytest.mark.parametrize(
+    "values", [None, CHARTS / CHART / "ci" / "namespaced-values.yaml"], ids=["cluster", "namespaced"]
+)
+def test_owners_that_block_deletion_grant_update_on_their_finalizers(values: Path | None) -> None:
+    """Every owner reference the operator writes sets blockOwnerDeletion; with the
+    OwnerReferencesPermissionEnforcement admission plugin that needs `update` on <owner>/finalizers,
+    or creating the child is refused."""
+    owners = {"TrainingPipeline": PLURAL, "Ablation": ABLATION_PLURAL}  # every kind that owns children
+    kinds = by_kind(render(CHART, values))
+    for kind, plural in owners.items():
+        ref = owner_reference({"apiVersion": API_VERSION, "kind": kind, "metadata": {"name": "x", "uid": "u"}})
+        assert ref["blockOwnerDeletion"] is True
+        for role in kinds.get("ClusterRole", []) + kinds.get("Role", []):
+            assert (GROUP, f"{plural}/finalizers", "update") in _grants(role), role["metadata"]
 
 
 def test_namespaced_install_has_no_cluster_rights() -> None:

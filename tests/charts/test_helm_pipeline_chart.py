@@ -23,7 +23,7 @@ import pytest
 import yaml
 from helm_render import CHARTS, ci_values, helm, pod_policy_problems, pod_specs, render, validate_object
 from pydantic import TypeAdapter
-from schemas import crd_schema
+from schemas import crd_json_schema
 
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.api.v1alpha1 import Stage
@@ -37,23 +37,7 @@ METRICS = ("zhinao_tokens_per_second", "zhinao_train_loss", "zhinao_mfu", "zhina
 CANARY = "AKIAZHINAOCANARY0001"  # a fake credential: it must never reach rendered output
 
 
-def pipeline_crd_schema() -> dict:
-    """Our TrainingPipeline CRD's openAPIV3Schema as JSON Schema (OpenAPI `nullable` -> type null)."""
-
-    def convert(node):
-        if isinstance(node, list):
-            return [convert(v) for v in node]
-        if not isinstance(node, dict):
-            return node
-        out = {k: convert(v) for k, v in node.items() if not k.startswith("x-kubernetes")}
-        if out.pop("nullable", False) and "type" in out:
-            out["type"] = [out["type"], "null"]
-        return out
-
-    return convert(crd_schema(str(CHARTS.parent / "manifests" / "crds" / "zhinao.ai_trainingpipelines.yaml")))
-
-
-PIPELINE_SCHEMA = pipeline_crd_schema()
+PIPELINE_SCHEMA = crd_json_schema(str(CHARTS.parent / "manifests" / "crds" / "zhinao.ai_trainingpipelines.yaml"))
 
 
 def by_kind(objs: list[dict]) -> dict[str, list[dict]]:
@@ -85,6 +69,7 @@ def refused(*args: str) -> str:
 def test_there_are_the_scenarios() -> None:
     assert {p.name for p in SCENARIOS} >= {
         "default-values.yaml",
+        "gpu-cluster-values.yaml",
         "operator-values.yaml",
         "plain-values.yaml",
         "plain-single-stage-values.yaml",
@@ -437,6 +422,7 @@ def test_values_schema_pipeline_is_the_models_schema() -> None:
         "metrics",
         "stages",
         "retryPolicy",
+        "scheduling",
         "suspend",
     }
     assert schema["definitions"]["Credentials"]["properties"].keys() == {"secretRef"}

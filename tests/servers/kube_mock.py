@@ -33,6 +33,8 @@ from pathlib import Path
 import kmock
 import yaml
 
+from servers import kube_strict
+
 RESOURCES = {
     "zhinao.ai/v1alpha1/trainingpipelines": kmock.ResourceInfo(
         kind="TrainingPipeline",
@@ -144,8 +146,10 @@ def _label_matcher(selector: str):
 
 class Emulator(kmock.KubernetesEmulator, _DirectDispatch):
     """kmock plus the metadata an API server assigns on create (uid, creationTimestamp, generation),
-    which owner references and `kubectl get` ages need, and `?labelSelector=` on lists (kmock ignores
-    it and lists every object of the resource: each operator reconcile would read all the jobs)."""
+    which owner references and `kubectl get` ages need, `?labelSelector=` on lists (kmock ignores
+    it and lists every object of the resource: each operator reconcile would read all the jobs), and
+    the API server's rules the operator depends on (kube_strict.py): CRD schemas, resourceVersion
+    conflicts, generation, the status subresource and the garbage collector."""
 
     _counter = itertools.count(1)
 
@@ -161,26 +165,111 @@ class Emulator(kmock.KubernetesEmulator, _DirectDispatch):
         # When each object was created (monotonic clock, this process): for latency measurements.
         self.created_at: dict[tuple[str, str | None, str], float] = {}
 
+    def _stored(self, resource, namespace: str | None, name: str | None) -> dict | None:
+        key = (resource, namespace, name)
+        if key not in self._objects or self._objects[key].deleted:
+            return None
+        return self._objects[key].raw
+
     async def _handle(self, request):  # type: ignore[override]
-        creating = (
-            request.resource is not None and request.action == kmock.action.CREATE and isinstance(request.data, dict)
-        )
+        """What a real API server adds or enforces before kmock stores the object (kube_strict.py)."""
+        resource, data = request.resource, request.data
+        creating = resource is not None and request.action == kmock.action.CREATE and isinstance(data, dict)
         if creating:
-            meta = request.data.setdefault("metadata", {})
+            meta = data.setdefault("metadata", {})
             meta.setdefault("uid", str(uuid.uuid4()))
             meta.setdefault("creationTimestamp", datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"))
-            meta.setdefault("generation", 1)
+            meta["generation"] = 1
             meta["resourceVersion"] = str(next(self._counter))
             if request.namespace:
                 meta.setdefault("namespace", request.namespace)
-        elif request.resource is not None and request.action == kmock.action.UPDATE and isinstance(request.data, dict):
+            if "status" in (_info(resource).subresources or set()):
+                data.pop("status", None)  # set only through the status subresource
+            kube_strict.validate(resource, data)
+        collect = False  # whether this write can free or orphan something: deletes, finalizer removals
+        if resource is not None and request.action == kmock.action.UPDATE and isinstance(data, dict) and request.name:
+            stored = self._stored(resource, request.namespace, request.name)
+            collect = bool(stored and stored["metadata"].get("deletionTimestamp"))
+            if stored is not None:
+                kube_strict.check_write(resource, _info(resource), stored, request)
             # Every write gets a new resourceVersion, as kopf expects from a real API server.
-            request.data.setdefault("metadata", {})["resourceVersion"] = str(next(self._counter))
+            data.setdefault("metadata", {})["resourceVersion"] = str(next(self._counter))
+        elif resource is not None and request.action == kmock.action.DELETE and request.name:
+            collect = True
+            await self._prepare_delete(request)
         response = await super()._handle(request)
         if creating:  # reached only when kmock accepted the create (a conflict raises)
-            key = (request.resource.plural, meta.get("namespace"), meta.get("name"))
+            key = (resource.plural, meta.get("namespace"), meta.get("name"))
             self.created_at.setdefault(key, time.monotonic())
+        if collect:
+            await self._collect_garbage()
         return response
+
+    async def _prepare_delete(self, request) -> None:
+        """Foreground: the owner stays (finalizer `foregroundDeletion`) until its dependents are gone;
+        Orphan: the dependents lose their owner reference; Background: the collector follows."""
+        stored = self._stored(request.resource, request.namespace, request.name)
+        if stored is None or stored["metadata"].get("deletionTimestamp"):
+            return
+        policy, uid = kube_strict.propagation_policy(request), stored["metadata"].get("uid")
+        async with self._lock:
+            if policy == "Foreground":
+                finalizers = stored["metadata"].get("finalizers") or []
+                self._objects[(request.resource, request.namespace, request.name)].patch(
+                    {"metadata": {"finalizers": [*finalizers, kube_strict.FOREGROUND]}}
+                )
+            elif policy == "Orphan":
+                for key, obj in list(self._objects.items()):
+                    refs = (obj.raw.get("metadata") or {}).get("ownerReferences") or []
+                    if not obj.deleted and any(r.get("uid") == uid for r in refs):
+                        obj.patch({"metadata": {"ownerReferences": [r for r in refs if r.get("uid") != uid]}})
+                        await self._buses[key[0]].put({"type": "MODIFIED", "object": obj.raw})
+
+    async def _collect_garbage(self) -> None:
+        """The garbage collector, run to a fixed point after every write: an object all of whose owners
+        are gone or being deleted in the foreground is deleted (or marked, if it has finalizers); an
+        owner in foreground deletion goes once no dependent is left."""
+        async with self._lock:
+            changed = True
+            while changed:
+                changed = False
+                live = {key: obj for key, obj in self._objects.items() if not obj.deleted}
+                metas = {key: obj.raw.get("metadata") or {} for key, obj in live.items()}
+                uids = {m.get("uid") for m in metas.values()}
+                foreground = {
+                    m.get("uid")
+                    for m in metas.values()
+                    if m.get("deletionTimestamp") and kube_strict.FOREGROUND in (m.get("finalizers") or [])
+                }
+                owned = {uid for key in live for uid in kube_strict.owner_uids(live[key].raw)}
+                for key, obj in live.items():
+                    meta, owners = metas[key], kube_strict.owner_uids(obj.raw)
+                    if meta.get("uid") in foreground and meta.get("uid") not in owned:
+                        rest = [f for f in meta.get("finalizers") or [] if f != kube_strict.FOREGROUND]
+                        changed |= await self._remove(key, obj, finalizers=rest)
+                    elif owners and owners <= (foreground | (owners - uids)) and not meta.get("deletionTimestamp"):
+                        changed |= await self._remove(key, obj, finalizers=meta.get("finalizers") or [])
+
+    async def _remove(self, key, obj, *, finalizers: list[str]) -> bool:
+        """Delete now, or with finalizers left: set them and mark the object for deletion."""
+        if finalizers:
+            stamp = datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+            obj.patch({"metadata": {"finalizers": finalizers, "deletionTimestamp": stamp}})
+            await self._buses[key[0]].put({"type": "MODIFIED", "object": obj.raw})
+        else:
+            raw = obj.raw
+            obj.delete()
+            await self._buses[key[0]].put({"type": "DELETED", "object": raw})
+        return True
+
+
+def _info(resource) -> kmock.ResourceInfo:
+    key = (
+        f"{resource.group}/{resource.version}/{resource.plural}"
+        if resource.group
+        else f"{resource.version}/{resource.plural}"
+    )
+    return RESOURCES.get(key) or kmock.ResourceInfo()
 
 
 def free_port() -> int:

@@ -21,7 +21,7 @@ os.environ.setdefault("ZHINAO_RECONCILE_INTERVAL", "2")
 from zhinao_k8s.controller.k8s import JOB_GROUP, JOB_PLURAL, JOB_VERSION, Cluster  # noqa: E402
 
 NS = "team-a"
-"""The one namespace the operator watches."""
+"""The one namespace the operator watches (by default; `namespaces=()` watches all, as the chart does)."""
 T = "2026-01-01T00:00:00Z"
 
 
@@ -39,8 +39,9 @@ def wait_for(what: str, fn: Callable[[], object], timeout: float = 20) -> object
 class Operator:
     """run_operator in a thread, with a stop flag; restartable."""
 
-    def __init__(self, cluster: Cluster):
+    def __init__(self, cluster: Cluster, namespaces: tuple[str, ...] = (NS,)):
         self.cluster = cluster
+        self.namespaces = list(namespaces)
         self.metrics_port = free_port()
         self.health_port = free_port()
         self.thread: threading.Thread | None = None
@@ -54,7 +55,7 @@ class Operator:
         def main() -> None:
             try:
                 run_operator(
-                    namespaces=[NS],
+                    namespaces=self.namespaces,
                     metrics_port=self.metrics_port,
                     health_port=self.health_port,
                     bind="127.0.0.1",

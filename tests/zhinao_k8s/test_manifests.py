@@ -115,6 +115,8 @@ def test_rbac_is_the_charts_least_privilege_set() -> None:
         ("zhinao.ai", "trainingpipelines/status"): {"get", "patch"},
         ("zhinao.ai", "ablations"): {"get", "list", "watch", "patch"},
         ("zhinao.ai", "ablations/status"): {"get", "patch"},
+        ("zhinao.ai", "trainingpipelines/finalizers"): {"update"},  # blockOwnerDeletion on children
+        ("zhinao.ai", "ablations/finalizers"): {"update"},
         ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
         ("", "events"): {"create", "patch"},
     }

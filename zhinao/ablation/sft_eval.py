@@ -23,6 +23,7 @@ from zhinao.artifacts import StageOutput
 from zhinao.chat import ChatEncoder
 from zhinao.config.ablation import SftEval
 from zhinao.config.rlhf import RLHFParams
+from zhinao.rollout.factory import build_rollout_engine
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, rl_prompts, sft_conversations, write_jsonl
 from zhinao.tokenizer import load as load_tokenizer
@@ -75,9 +76,11 @@ def evaluate_sft(sft_uri: str, sft: SftEval, prep_uri: str, workdir: Path) -> di
             f"no SFT evaluation prompt under {sft.prompts_uri(prep_uri)} fits {params.max_prompt_len} tokens"
         )
     policy = load_causal_lm(sft_model.model_dir, "sdpa").to(device).eval()
+    rollouts = build_rollout_engine(params, model_dir=str(sft_model.model_dir), tokenizer=tokenizer, device=device)
+    rollouts.sync(policy)
     # The reward model reads the answer as text, re-encoded with its own tokenizer and chat format.
     scores = evaluate(
-        policy, prompts, Scorer(params, rm_enc or ChatEncoder(tokenizer), rm, device), params, tokenizer, device
+        rollouts, prompts, Scorer(params, rm_enc or ChatEncoder(tokenizer), rm, device), params, tokenizer, device
     )
     summary = StageOutput.at(sft_uri).read_summary()
     parts = (["rm"] if rm is not None else []) + (["rule"] if any(sft.rules.values()) else [])

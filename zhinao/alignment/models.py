@@ -1,11 +1,14 @@
-"""Loading a stage's Hugging Face export as the model an alignment method trains or scores with."""
+"""Loading a stage's Hugging Face export as the model an alignment method trains or scores with,
+and holding the frozen ones (reference, reward model) in their precision and place."""
 
 from pathlib import Path
 
 import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from zhinao.config.rlhf import RLHFParams
 from zhinao.model import attention_implementation
+from zhinao.training.session import autocast_dtype
 
 
 def load_causal_lm(model_dir: Path, attention: str):
@@ -20,3 +23,28 @@ def load_reward_model(model_dir, attention: str, pad_id: int):
     )
     model.config.pad_token_id = pad_id  # the head pools the last non-pad token
     return model
+
+
+class Offloaded(torch.nn.Module):
+    """A frozen model kept in CPU memory and moved onto the device for each forward pass only."""
+
+    def __init__(self, model: torch.nn.Module, device: torch.device):
+        super().__init__()
+        self.inner, self.device = [model], device  # a list: not a submodule, so .to() elsewhere cannot move it
+
+    def forward(self, **inputs):
+        model = self.inner[0].to(self.device)
+        try:
+            return model(**inputs)
+        finally:
+            model.to("cpu")
+
+
+def frozen(model: torch.nn.Module, params: RLHFParams, device: torch.device) -> torch.nn.Module:
+    """The reference or reward model in `referencePrecision`, on the device or offloaded to CPU."""
+    model = model.eval().requires_grad_(False)
+    if autocast_dtype(params.reference_precision, device) == torch.bfloat16:
+        model = model.to(torch.bfloat16)
+    if params.offload_frozen and device.type != "cpu":
+        return Offloaded(model, device)
+    return model.to(device)

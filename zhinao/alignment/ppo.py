@@ -3,7 +3,7 @@
 import torch
 from transformers import AutoConfig, AutoModelForTokenClassification
 
-from zhinao.alignment.rollout import generate, logprobs_of, sequence_batch, texts
+from zhinao.alignment.rollout import logprobs_of, sequence_batch, texts
 from zhinao.config.rlhf import RLHFParams
 from zhinao.losses import gae, kl_per_token, masked_mean, ppo_policy_loss, ppo_value_loss, token_logprobs
 from zhinao.model import attention_implementation
@@ -35,8 +35,9 @@ def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return (x - mean) * torch.rsqrt(var + 1e-8) * mask
 
 
-def rollout(ac: ActorCritic, ref, prompts, scorer, params, tokenizer, device) -> tuple[dict, dict]:
-    responses = generate(ac.policy, prompts, params, greedy=False, tokenizer=tokenizer, device=device)
+def rollout(ac: ActorCritic, ref, prompts, generated, scorer, params, tokenizer, device) -> tuple[dict, dict]:
+    """`generated`: (one sampled response per prompt,)."""
+    responses = generated[0]
     batch = sequence_batch(prompts, responses, tokenizer.pad_token_id, device)
     with torch.no_grad():
         logits, values = ac(batch["input_ids"], batch["attention_mask"])

@@ -1,14 +1,14 @@
 """ReMax (online RL): a sampled response's KL-shaped return minus the greedy response's as baseline."""
 
-from zhinao.alignment.rollout import generate, logprobs_of, sequence_batch, texts
+from zhinao.alignment.rollout import logprobs_of, sequence_batch, texts
 from zhinao.losses import kl_per_token, kl_shaped_return, remax_loss, token_logprobs
 
 
-def rollout(policy, ref, prompts, scorer, params, tokenizer, device) -> tuple[dict, dict]:
+def rollout(policy, ref, prompts, generated, scorer, params, tokenizer, device) -> tuple[dict, dict]:
+    """`generated`: (one sampled response per prompt, one greedy response per prompt)."""
     pad = tokenizer.pad_token_id
     rollouts = {}
-    for kind, greedy in (("sample", False), ("greedy", True)):
-        responses = generate(policy, prompts, params, greedy=greedy, tokenizer=tokenizer, device=device)
+    for kind, responses in zip(("sample", "greedy"), generated):
         batch = sequence_batch(prompts, responses, pad, device)
         logp, mask = logprobs_of(policy, batch)
         ref_logp, _ = logprobs_of(ref, batch)

@@ -1,4 +1,5 @@
-"""Generation and per-token log-probabilities of responses, and the held-out evaluation built on them."""
+"""Rollout batches and per-token log-probabilities of responses, and the held-out evaluation built on
+them (responses come from a rollout engine, zhinao/rollout/)."""
 
 import torch
 
@@ -7,39 +8,11 @@ from zhinao.alignment.scoring import Scorer
 from zhinao.chat import IGNORE_INDEX
 from zhinao.config.rlhf import RLHFParams
 from zhinao.losses import token_logprobs
-from zhinao.tokenizer import EOD, IM_END
+from zhinao.rollout.engine import RolloutEngine, Sampling
 
 
-@torch.no_grad()
-def generate(policy, prompts: list[dict], params: RLHFParams, *, greedy: bool, tokenizer, device) -> list[list[int]]:
-    """Response token ids per prompt, cut after the first stop token (kept: the policy chose it)."""
-    pad = tokenizer.pad_token_id
-    stops = [tokenizer.convert_tokens_to_ids(IM_END), tokenizer.convert_tokens_to_ids(EOD)]
-    length = max(len(p["_ids"]) for p in prompts)
-    ids = torch.full((len(prompts), length), pad, dtype=torch.long)
-    mask = torch.zeros_like(ids)
-    for i, p in enumerate(prompts):  # left padding; generate derives position ids from the mask
-        ids[i, length - len(p["_ids"]) :] = torch.tensor(p["_ids"])
-        mask[i, length - len(p["_ids"]) :] = 1
-    was_training = policy.training
-    policy.eval()
-    sampling = {} if greedy else {"temperature": params.temperature, "top_k": params.top_k, "top_p": 1.0}
-    out = policy.generate(
-        input_ids=ids.to(device),
-        attention_mask=mask.to(device),
-        do_sample=not greedy,
-        max_new_tokens=params.max_new_tokens,
-        eos_token_id=stops,
-        pad_token_id=pad,
-        use_cache=True,
-        **sampling,
-    )
-    policy.train(was_training)
-    responses = []
-    for row in out[:, length:].tolist():
-        cut = next((i + 1 for i, t in enumerate(row) if t in stops), len(row))
-        responses.append(row[:cut])
-    return responses
+def sampling_of(params: RLHFParams) -> Sampling:
+    return Sampling(max_new_tokens=params.max_new_tokens, temperature=params.temperature, top_k=params.top_k)
 
 
 def sequence_batch(prompts: list[dict], responses: list[list[int]], pad: int, device) -> dict:
@@ -64,20 +37,27 @@ def logprobs_of(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def evaluate(policy, prompts: list[dict], scorer: Scorer, params: RLHFParams, tokenizer, device) -> dict | None:
+def evaluate(
+    rollouts: RolloutEngine, prompts: list[dict], scorer: Scorer, params: RLHFParams, tokenizer, device
+) -> dict | None:
     """Mean score components on held-out prompts: greedy, and `evalSamples` samples per prompt (seeded)."""
     if not prompts:
         return None
-    result = {}
+    sampled, greedy = [], []
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         torch.manual_seed(params.seed + 7)
-        for name, greedy, reps in (("greedy", True, 1), ("sampled", False, params.eval_samples)):
-            batch = [p for p in prompts for _ in range(reps)]
-            responses = []
-            for start in range(0, len(batch), 64):
-                responses += generate(
-                    policy, batch[start : start + 64], params, greedy=greedy, tokenizer=tokenizer, device=device
-                )
-            s = scorer(batch, texts(tokenizer, responses))
-            result[name] = {k: float(v.float().mean()) for k, v in s.items()}
+        for start in range(0, len(prompts), 64):
+            gen = rollouts.generate(
+                [p["_ids"] for p in prompts[start : start + 64]],
+                sampled=params.eval_samples,
+                greedy=True,
+                sampling=sampling_of(params),
+            )
+            sampled, greedy = sampled + gen.sampled, greedy + gen.greedy
+    result = {}
+    for name, responses, reps in (("greedy", greedy, 1), ("sampled", sampled, params.eval_samples)):
+        s = scorer([p for p in prompts for _ in range(reps)], texts(tokenizer, responses))
+        result[name] = {k: float(v.float().mean()) for k, v in s.items()}
+        # The spread of the checked reward, so that a change can be told from noise (reward_guard).
+        result[name].update(rule_std=float(s["rule"].float().std()) if len(responses) > 1 else 0.0, n=len(responses))
     return result

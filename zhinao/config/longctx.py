@@ -17,18 +17,21 @@ from zhinao.config._base import SpecModel
 from zhinao.config.optim import MAX_MICRO_BATCH, MAX_SEQ_LEN, Attention, OptimParams, Precision, ZeroStage
 from zhinao.config.stream import TokenStreamParams
 
-NeedlePreset = Literal["en", "zh"]
+NeedlePreset = Literal["en", "zh", "kv"]
 
 
 class NeedleParams(SpecModel):
-    """Needle-in-a-haystack evaluation run on rank 0 after training (report Fig. 4)."""
+    """Needle-in-a-haystack evaluation run after training (report Fig. 4), in bf16 autocast, the
+    depths of one length decoded as one batch; on rank 0, or with sequenceParallel > 1 across the
+    first sequence-parallel group (prefill through the ring)."""
 
     enabled: bool = True
     """Run the evaluation and write report/needle.png + report/needle.json."""
 
     preset: NeedlePreset = "en"
     """`en`: the original needle (San Francisco / Dolores Park, scored by the regex
-    `sandwich.+?dolores.+?sunny`); `zh`: the Chinese needle whose answer is 刘秀."""
+    `sandwich.+?dolores.+?sunny`); `zh`: the Chinese needle whose answer is 刘秀; `kv`: value
+    retrieval (Arize-style): a different random "special magic {city} number" in every cell."""
 
     lengths: list[int] | None = None
     """Context lengths in tokens. Default: `numLengths` values spaced evenly from `minLength` to
@@ -58,8 +61,9 @@ class LongContextParams(OptimParams):
     """Written into the exported config; default seqLen (the report's 32K model: 32768)."""
 
     sequence_parallel: int = Field(default=1, ge=1, le=1024)
-    """Ranks one sequence is split across (ring attention). Must divide the world size; the data
-    parallel degree is worldSize / sequenceParallel. 1: every rank holds whole sequences."""
+    """Ranks one sequence is split across (ring attention, zigzag layout: each rank holds 2 of
+    2 x sequenceParallel chunks). Must divide the world size; the data parallel degree is
+    worldSize / sequenceParallel. 1: every rank holds whole sequences."""
 
     micro_batch_size: int = Field(default=1, ge=1, le=MAX_MICRO_BATCH)
     """Sequences per sequence-parallel group per forward pass."""
@@ -86,7 +90,8 @@ class LongContextParams(OptimParams):
     """`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU. RoPE inverse frequencies stay fp32."""
 
     attention: Attention = "auto"
-    """Attention kernel when sequenceParallel is 1 and for the needle evaluation."""
+    """Attention kernel when sequenceParallel is 1 (training and the needle evaluation); with
+    sequenceParallel > 1 both use the ring."""
 
     zero_stage: ZeroStage = 0
     """0: PyTorch DDP; 1-3: DeepSpeed ZeRO (only with sequenceParallel 1)."""
@@ -121,9 +126,10 @@ class LongContextParams(OptimParams):
     def _consistent(self) -> "LongContextParams":
         if self.warmup_steps >= self.max_steps:
             raise ValueError(f"warmupSteps ({self.warmup_steps}) must be < maxSteps ({self.max_steps})")
-        if self.seq_len % self.sequence_parallel:
+        if self.sequence_parallel > 1 and self.seq_len % (2 * self.sequence_parallel):
             raise ValueError(
-                f"seqLen ({self.seq_len}) must be divisible by sequenceParallel ({self.sequence_parallel})"
+                f"seqLen ({self.seq_len}) must be divisible by 2 x sequenceParallel ({self.sequence_parallel}): "
+                "the zigzag layout cuts it into that many chunks"
             )
         if self.zero_stage and self.sequence_parallel > 1:
             raise ValueError("zeroStage > 0 needs sequenceParallel 1 (ring attention runs under DDP)")

@@ -8,7 +8,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from zhinao.config.optim import MAX_SEQ_LEN, FinetuneOptimParams
+from zhinao.config.optim import MAX_SEQ_LEN, FinetuneOptimParams, Precision
 
 RULES = ("arithmetic", "code_switch", "function_call")
 
@@ -40,13 +40,46 @@ class RLHFParams(FinetuneOptimParams):
     system_prompt: str | None = None
     """Prepended as a system turn to prompts without one (use the SFT stage's value)."""
 
+    rollout_engine: Literal["hf", "vllm"] = "hf"
+    """What generates the rollouts (zhinao/rollout/). `hf`: one batched, KV-cached decode loop per
+    step on the training module itself (all prompts, sampled and greedy rows together; CPU and GPU).
+    `vllm`: a vLLM engine colocated on each GPU rank, asleep during updates and given the policy's
+    weights after each one (GPU trainer image only)."""
+
+    rollout_precision: Precision = "auto"
+    """`hf` engine: `bf16` decodes under bf16 autocast (KV cache in bf16), `fp32` in the model's
+    precision, `auto` is bf16 on a GPU that supports it and fp32 on CPU. vLLM always runs bf16."""
+
+    vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, lt=1)
+    """`vllm` engine: share of the GPU's memory its weights and KV cache may take while awake."""
+
     # -- reward
     kl_coef: float = Field(default=0.05, ge=0)
     """beta in R(y) = score(y) - beta * sum_t KL_t(pi || pi_ref)."""
 
     kl_estimator: Literal["k1", "k3"] = "k1"
+    kl_target: float | None = Field(default=None, gt=0)
+    """Target KL to the reference per response (nats). Unset: beta stays at klCoef. Set: klCoef is the
+    starting beta, adapted after every step toward the target (Ziegler et al. 2019; see
+    zhinao/reward_guard.py), to hold the policy near the reference."""
+
+    kl_horizon: int = Field(default=10_000, ge=1)
+    """Adaptive KL: beta moves by at most 20% x (prompts of the step) / klHorizon per step."""
+
+    kl_stop: float | None = Field(default=None, gt=0)
+    """Stop training after a step whose mean KL per response (over all ranks) exceeds this; that
+    step is checkpointed and exported, and the summary records the stop."""
+
     rm_weight: float = Field(default=1.0, ge=0)
     """Weight of the reward model's score in the total score (needs inputs.reward when > 0)."""
+
+    reference_precision: Precision = "auto"
+    """Precision the frozen reference and reward model are held in: `bf16` halves their memory,
+    `auto` is bf16 on a GPU that supports it and fp32 on CPU."""
+
+    offload_frozen: bool = False
+    """Keep the reference and reward model in CPU memory and move each onto the GPU only for its
+    forward passes (GPU memory for transfer time)."""
 
     rules: dict[str, float] = Field(default_factory=dict)
     """Rule-based rewards added to the score, name -> weight. Names: arithmetic, code_switch,

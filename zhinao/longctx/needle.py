@@ -5,8 +5,8 @@ context length, the needle sentence is inserted at a sentence boundary at the re
 the question is asked in the chat format, and the greedy answer is scored like the reference
 (Qihoo360/360zhinao `360k/README.md`):
 
-- 100 if the answer matches the preset's pattern (`sandwich.+?dolores.+?sunny`, case-insensitive,
-  for the original English needle; `刘秀` for the Chinese one);
+- 100 if the answer matches the needle's pattern (`sandwich.+?dolores.+?sunny`, case-insensitive,
+  for the original English needle; `刘秀` for the Chinese one; the value for `kv`);
 - otherwise an edit-distance score: 100 * (1 - Levenshtein(answer, expected) / max(len)), on
   lowercased, whitespace-collapsed text. The reference says only "edit distance"; this
   normalisation to 0..100 is our choice.
@@ -14,11 +14,21 @@ the question is asked in the chat format, and the greedy answer is scored like t
 Context length counts every prompt token (chat template, haystack, needle and question); the
 haystack fills what the rest leaves. The average over the grid is the headline number
 (the report's Chat-360K: 98.27 on the English needle, 98.24 on the Chinese one).
+
+Beside the report's two needles, `kv` is the value-retrieval variant (Arize's): every cell hides a
+different random key/value pair ("The special magic Paris number is: 4821907.") and asks for the
+value, so a model cannot answer from memory of an earlier cell or of its training data.
+
+Scaling. The haystack is streamed: documents are tokenized one at a time, only as far as the
+longest prompt needs, never joined into one string. All depths of one length have the same
+prompt length, so they are decoded as one batch (no padding). Decoding runs under bf16 autocast
+on devices that support it (the KV cache is then bf16: half of fp32's).
 """
 
 import io
+import random
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
 import matplotlib
@@ -55,8 +65,32 @@ NEEDLES = {
     ),
 }
 
+KV_KEYS = (
+    "Paris", "Lagos", "Lima", "Oslo", "Hanoi", "Quito", "Dakar", "Perth", "Kyoto", "Porto",
+    "Cairo", "Seoul", "Accra", "Bern", "Riga", "Sofia", "Tunis", "Dhaka", "Havana", "Minsk",
+)  # fmt: skip
+
+
+def kv_needle(rng: random.Random) -> Needle:
+    """A random key/value needle: the answer is a 7-digit number no model can know beforehand."""
+    key, value = rng.choice(KV_KEYS), str(rng.randrange(1_000_000, 10_000_000))
+    return Needle(
+        needle=f"The special magic {key} number is: {value}.",
+        question=f"What is the special magic {key} number?",
+        pattern=re.escape(value),
+        expected=value,
+    )
+
+
+def needle_for(preset: str, *, length: int, depth: float, seed: int) -> Needle:
+    """The needle of one cell: the preset's fixed one, or for `kv` a pair drawn from (seed, cell)."""
+    if preset == "kv":
+        return kv_needle(random.Random(f"{seed}:{length}:{depth}"))
+    return NEEDLES[preset]
+
+
 SCORING = (
-    "100 if the preset's regex matches the answer (case-insensitive), else "
+    "100 if the needle's regex matches the answer (case-insensitive), else "
     "100 * (1 - levenshtein(answer, expected) / max(len(answer), len(expected))) on lowercased, "
     "whitespace-collapsed text"
 )
@@ -115,80 +149,145 @@ def sentence_boundary_ids(tokenizer) -> set[int]:
     return {i for i in range(len(tokenizer)) if tokenizer.decode([i]).rstrip(" ").endswith(ends)}
 
 
-class PromptBuilder:
-    """Token-level prompt construction, so that each prompt has exactly the requested length."""
+class Haystack:
+    """Token ids of a stream of documents, tokenized lazily and cycled when the stream runs out."""
 
-    def __init__(self, tokenizer, haystack_text: str, needle: Needle, *, system: str = "You are a helpful assistant."):
-        encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
-        self.prefix = encode(f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n")
-        self.needle = encode(f" {needle.needle}\n")
-        self.suffix = encode(f"\n\n{needle.question} Answer from the text above.{IM_END}\n{IM_START}assistant\n")
-        self.haystack = encode(haystack_text)
-        if not self.haystack:
-            raise ValueError("the haystack text is empty")
+    def __init__(self, documents: Callable[[], Iterable[str]], encode: Callable[[str], list[int]]):
+        self._documents, self._encode = documents, encode
+        self._stream: Iterator[str] = iter(documents())
+        self._tokens: list[int] = []
+
+    def take(self, n: int) -> list[int]:
+        """The first n tokens (documents separated by a newline, repeated from the start as needed)."""
+        restarted = False
+        while len(self._tokens) < n:
+            text = next(self._stream, None)
+            if text is None:
+                if restarted or not self._tokens:
+                    raise ValueError("the haystack text is empty")
+                self._stream, restarted = iter(self._documents()), True
+                continue
+            restarted = False
+            self._tokens.extend(self._encode(text + "\n"))
+        return self._tokens[:n]
+
+
+class PromptBuilder:
+    """Token-level prompt construction, so that each prompt has exactly the requested length.
+
+    haystack: one text, or a function returning a fresh iterable of document texts (the corpus).
+    """
+
+    def __init__(
+        self,
+        tokenizer,
+        haystack: str | Callable[[], Iterable[str]],
+        *,
+        system: str = "You are a helpful assistant.",
+    ):
+        self.encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
+        self.prefix = self.encode(f"{IM_START}system\n{system}{IM_END}\n{IM_START}user\n")
+        documents = (lambda: [haystack]) if isinstance(haystack, str) else haystack
+        self.haystack = Haystack(documents, self.encode)
         self.boundaries = sentence_boundary_ids(tokenizer)
 
-    @property
-    def overhead(self) -> int:
-        return len(self.prefix) + len(self.needle) + len(self.suffix)
+    def parts(self, needle: Needle) -> tuple[list[int], list[int]]:
+        """(needle tokens, question suffix tokens)."""
+        suffix = f"\n\n{needle.question} Answer from the text above.{IM_END}\n{IM_START}assistant\n"
+        return self.encode(f" {needle.needle}\n"), self.encode(suffix)
 
-    def build(self, length: int, depth_percent: float) -> list[int]:
-        room = length - self.overhead
+    def overhead(self, needle: Needle) -> int:
+        return len(self.prefix) + sum(len(p) for p in self.parts(needle))
+
+    def build(self, length: int, depth_percent: float, needle: Needle) -> list[int]:
+        needle_ids, suffix = self.parts(needle)
+        room = length - len(self.prefix) - len(needle_ids) - len(suffix)
         if room < 1:
             raise ValueError(
-                f"context length {length} leaves no room for a haystack (template + needle: {self.overhead})"
+                f"context length {length} leaves no room for a haystack (template + needle: {self.overhead(needle)})"
             )
-        reps = -(-room // len(self.haystack))
-        hay = (self.haystack * reps)[:room]
-        return self.prefix + insert_needle(hay, self.needle, depth_percent, self.boundaries) + self.suffix
+        hay = self.haystack.take(room)
+        return self.prefix + insert_needle(hay, needle_ids, depth_percent, self.boundaries) + suffix
+
+
+def _autocast(device, precision: str):
+    import contextlib
+
+    import torch
+
+    if precision == "bf16":
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def evaluate(
     model,
     tokenizer,
-    haystack_text: str,
+    haystack: str | Callable[[], Iterable[str]],
     *,
     lengths: Sequence[int],
     depths: Sequence[float],
     preset: str = "en",
     max_new_tokens: int = 48,
+    batch_size: int = 8,
+    precision: str = "bf16",
+    seed: int = 0,
+    sp=None,
 ) -> dict:
-    """Greedy answers and scores for every (length, depth) cell; the model should be on its device, in eval mode."""
+    """Greedy answers and scores for every (length, depth) cell; the model should be on its device, in eval mode.
+
+    Cells of one length go through generate() batch_size at a time; precision `bf16` decodes
+    under bf16 autocast, `fp32` without. sp: a SequenceParallel group of more than one rank runs
+    every cell across the group (ring prefill, distributed KV cache: zhinao.longctx.sp_generate);
+    all its ranks call evaluate alike, with the model on the ring attention.
+    """
     import torch
 
-    needle = NEEDLES[preset]
-    builder = PromptBuilder(tokenizer, haystack_text, needle)
+    builder = PromptBuilder(tokenizer, haystack)
     stop = [tokenizer.convert_tokens_to_ids(t) for t in (EOD, IM_END, IM_START)]
     device = next(model.parameters()).device
     cells = []
     for length in lengths:
-        for depth in depths:
-            ids = torch.tensor([builder.build(length, depth)], device=device)
-            with torch.no_grad():
-                out = model.generate(
-                    input_ids=ids,
-                    attention_mask=torch.ones_like(ids),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    eos_token_id=stop,
-                    pad_token_id=stop[0],
-                    use_cache=True,
+        for first in range(0, len(depths), batch_size):
+            batch = [
+                (depth, needle_for(preset, length=length, depth=depth, seed=seed))
+                for depth in depths[first : first + batch_size]
+            ]
+            ids = torch.tensor([builder.build(length, depth, needle) for depth, needle in batch], device=device)
+            with torch.no_grad(), _autocast(device, precision):
+                if sp is not None and sp.size > 1:
+                    from zhinao.longctx import sp_generate
+
+                    new = sp_generate.generate(model, ids, sp, max_new_tokens=max_new_tokens, stop_ids=stop)
+                else:
+                    new = model.generate(
+                        input_ids=ids,
+                        attention_mask=torch.ones_like(ids),
+                        max_new_tokens=max_new_tokens,
+                        do_sample=False,
+                        eos_token_id=stop,
+                        pad_token_id=stop[0],
+                        use_cache=True,
+                    )[:, ids.shape[1] :]
+            for row, (depth, needle) in enumerate(batch):
+                answer = tokenizer.decode(new[row], skip_special_tokens=True).strip()
+                cells.append(
+                    {
+                        "length": int(length),
+                        "depth": float(depth),
+                        "prompt_tokens": int(ids.shape[1]),
+                        "score": score_answer(answer, needle),
+                        "answer": answer,
+                        **({"expected": needle.expected} if preset == "kv" else {}),
+                    }
                 )
-            answer = tokenizer.decode(out[0, ids.shape[1] :], skip_special_tokens=True).strip()
-            cells.append(
-                {
-                    "length": int(length),
-                    "depth": float(depth),
-                    "prompt_tokens": int(ids.shape[1]),
-                    "score": score_answer(answer, needle),
-                    "answer": answer,
-                }
-            )
+    needle = needle_for(preset, length=0, depth=0.0, seed=seed)
     return {
         "preset": preset,
-        "needle": needle.needle,
-        "question": needle.question,
+        "needle": needle.needle if preset != "kv" else "The special magic {key} number is: {value}.",
+        "question": needle.question if preset != "kv" else "What is the special magic {key} number?",
         "scoring": SCORING,
+        "precision": precision,
         "lengths": [int(n) for n in lengths],
         "depths": [float(d) for d in depths],
         "average": float(np.mean([c["score"] for c in cells])) if cells else None,

@@ -101,15 +101,23 @@ def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongCon
     return index
 
 
-def haystack_text(corpus: ObjectStore, params: LongContextParams) -> str:
-    return "\n".join(
+def haystack_documents(corpus: ObjectStore, params: LongContextParams):
+    """The needle haystack: a fresh stream of the corpus documents' texts per call (never one string)."""
+    return lambda: (
         d.text for d in read_documents(corpus, text_field=params.text_field, source_field=params.source_field)
     )
 
 
-def run_needle(model, tokenizer, corpus: ObjectStore, out: StageOutput, params: LongContextParams) -> dict:
-    """Rank 0 only: single-device attention (flash-attn or SDPA), so lengths are bounded by one device."""
-    model.set_attn_implementation(attention_implementation(params.attention))
+def run_needle(
+    model, tokenizer, corpus: ObjectStore, out: StageOutput, params: LongContextParams, sp: SequenceParallel
+) -> dict:
+    """With sequence parallelism every rank of the first data-parallel group evaluates, each cell
+    across the group (prefill through the ring, the KV cache spread over its ranks); without, one
+    device's attention. Rank 0 writes the report."""
+    if sp.size > 1:
+        model.set_attn_implementation(activate_sequence_parallel(sp))
+    else:
+        model.set_attn_implementation(attention_implementation(params.attention))
     model.eval()
     n = params.needle
     lengths, depths = needle.grid(
@@ -122,12 +130,17 @@ def run_needle(model, tokenizer, corpus: ObjectStore, out: StageOutput, params: 
     result = needle.evaluate(
         model,
         tokenizer,
-        haystack_text(corpus, params),
+        haystack_documents(corpus, params),
         lengths=lengths,
         depths=depths,
         preset=n.preset,
         max_new_tokens=n.max_new_tokens,
+        seed=params.seed,
+        sp=sp,
     )
+    if sp.rank != 0:
+        return result
+    result["sequence_parallel"] = sp.size
     out.put_report("needle.json", json.dumps(result, indent=2, ensure_ascii=False).encode())
     out.put_report(
         "needle.png", needle.heatmap_png(result, title=f"needle ({n.preset}), rope base {params.rope_theta:g}")
@@ -217,8 +230,10 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         engine.model.set_attn_implementation(attention_implementation("sdpa"))
     hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
+    result = None
+    if params.needle.enabled and sp.dp_rank == 0 and (sp.size > 1 or env.is_main):
+        result = run_needle(engine.model, tokenizer, corpus, session.output, params, sp)
     if env.is_main:
-        result = run_needle(engine.model, tokenizer, corpus, session.output, params) if params.needle.enabled else None
         write_summary(session.output, params, env.world_size, sp, hf, old_theta, result)
     session.close()
 

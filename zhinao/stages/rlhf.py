@@ -7,30 +7,35 @@ inputs:  policy       (an SFT output prefix; also the frozen KL/DPO reference, r
          preferences  (dpo/orpo: the reward stage's pair JSONL)
 output:  checkpoints/ hf/ (the policy) metrics/ report/rlhf.png report/rlhf.md summary.json
 
-Rollouts use Hugging Face `generate` (sampling at `temperature`, stopping at <|im_end|> / <eod>).
+Rollouts come from the engine `rolloutEngine` names (zhinao/rollout/): all prompts of a step in one
+call, sampled (at `temperature`) and, for ReMax, greedy, stopping at <|im_end|>, <eod> or <|im_start|>.
 The checked reward is measured on held-out prompts before training (the SFT policy) and after.
 """
 
+import contextlib
 import io
 import logging
+import time
 
 import numpy as np
 import torch
 
+from zhinao import reward_guard
 from zhinao.alignment import ppo, remax
 from zhinao.alignment.data import encode_pairs, load_prompts, read_jsonl
-from zhinao.alignment.models import load_causal_lm, load_reward_model
+from zhinao.alignment.models import frozen, load_causal_lm, load_reward_model
 from zhinao.alignment.preference import preference_batch, preference_loss_fn
-from zhinao.alignment.rollout import evaluate
+from zhinao.alignment.rollout import evaluate, sampling_of
 from zhinao.alignment.scoring import Scorer
 from zhinao.artifacts import StageOutput
 from zhinao.chat import ChatEncoder
 from zhinao.config.rlhf import RLHFParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import batch_indices
+from zhinao.rollout.factory import build_rollout_engine
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop
-from zhinao.training.session import TrainingSession
+from zhinao.training.session import TrainingSession, autocast_dtype
 
 Params = RLHFParams
 log = logging.getLogger(__name__)
@@ -53,11 +58,11 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     tokenizer = load_tokenizer(tok_dir)
     enc, pad = ChatEncoder(tokenizer), tokenizer.pad_token_id
     policy = load_causal_lm(policy_dir, params.attention)
-    ref = load_causal_lm(policy_dir, params.attention).to(device).eval().requires_grad_(False)
+    ref = frozen(load_causal_lm(policy_dir, params.attention), params, device)
     rm, rm_dir = None, None
     if "reward" in rt.inputs:
         rm_dir = StageOutput.at(rt.inputs["reward"]).fetch_hf(session.workdir / "reward").model_dir
-        rm = load_reward_model(rm_dir, params.attention, pad).to(device).eval().requires_grad_(False)
+        rm = frozen(load_reward_model(rm_dir, params.attention, pad), params, device)
     scorer = Scorer(params, enc, rm, device)
 
     train_prompts, eval_prompts = [], []
@@ -93,8 +98,15 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps))
     meta = loop.resume()
     start = meta.get("step", 0)
+    kl_control = reward_guard.KLController(
+        coef=meta.get("kl_coef", params.kl_coef), target=params.kl_target, horizon=params.kl_horizon
+    )
+    rollouts = None  # online training and held-out evaluation (DPO/ORPO too, given evalPrompts) generate
+    if online or can_eval:
+        rollouts = build_rollout_engine(params, model_dir=str(policy_dir), tokenizer=tokenizer, device=device)
+        rollouts.sync(actor())
     if start == 0 and can_eval and env.is_main:
-        meta["eval_before"] = evaluate(actor(), eval_prompts, scorer, params, tokenizer, device)
+        meta["eval_before"] = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device)
     log.info(
         "%s on %d prompts / %d pairs (%d held-out prompts), steps %d..%d",
         params.algorithm,
@@ -124,14 +136,39 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             ]
             for m in range(params.grad_accum_steps)
         ]
+        stop = False
         if online:
             method = remax if params.algorithm == "remax" else ppo
-            results = [method.rollout(engine.model, ref, c, scorer, params, tokenizer, device) for c in chunks]
+            began = time.perf_counter()
+            gen = rollouts.generate(
+                [p["_ids"] for c in chunks for p in c],
+                sampled=1,
+                greedy=method is remax,
+                sampling=sampling_of(params),
+            )
+            gen_seconds = time.perf_counter() - began
+            results, at = [], 0
+            step_params = params.model_copy(update={"kl_coef": kl_control.coef})
+            for c in chunks:
+                generated = (gen.sampled[at : at + len(c)], gen.greedy[at : at + len(c)])[: 2 if method is remax else 1]
+                with precision(params, device):
+                    results.append(
+                        method.rollout(engine.model, ref, c, generated, scorer, step_params, tokenizer, device)
+                    )
+                at += len(c)
             batches = [r[0] for r in results]
             extra = {k: float(np.mean([r[1][k] for r in results])) for k in results[0][1]}
+            extra.update(generation_seconds=gen_seconds, kl_coef=kl_control.coef)
+            kl_all = float(np.mean(session.gather(extra["kl"])))  # every rank takes the same decisions
+            kl_control.update(kl_all, len(chunks) * params.micro_batch_size * env.world_size)
+            if params.kl_stop is not None and kl_all > params.kl_stop:
+                meta["stopped"] = {"step": index + 1, "kl": kl_all}
+                stop = True
+                log.info("step %d: KL %.3f > klStop %.3f, stopping", index + 1, kl_all, params.kl_stop)
             fn = method.loss_fn(params)
             for _ in range(steps_per_rollout):
                 loss, grad_norm = engine.train_step(batches, loss_fn=fn)
+            rollouts.sync(actor())
         else:
             margins: list[torch.Tensor] = []
             batches = [preference_batch(c, pad, device) for c in chunks]
@@ -144,13 +181,15 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             tokens=sum(int(b["attention_mask"].sum()) for b in batches),
             samples=sum(len(c) for c in chunks),
             extra=extra,
+            stop=stop,
         )
 
-    loop.run(step)
+    loop.run(step, checkpoint_meta=lambda _: {"kl_coef": kl_control.coef})
 
-    eval_after = (
-        evaluate(actor(), eval_prompts, scorer, params, tokenizer, device) if can_eval and env.is_main else None
-    )
+    eval_after = None
+    if can_eval:
+        rollouts.sync(actor())  # offline steps do not sync; every rank pushes (vLLM), only rank 0 evaluates
+        eval_after = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device) if env.is_main else None
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
@@ -168,15 +207,45 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             "metrics": session.output.metrics_url,
         }
         if online:
+            last5 = lambda key: float(np.mean([s[key] for s in steps[-5:]]))  # noqa: E731
             summary.update(
                 reward_first=steps[0]["reward_mean"],
-                reward_last=float(np.mean([s["reward_mean"] for s in steps[-5:]])),
+                reward_last=last5("reward_mean"),
+                reward_rm_first=steps[0]["reward_rm_mean"],
+                reward_rm_last=last5("reward_rm_mean"),
+                reward_rule_first=steps[0]["reward_rule_mean"],
+                reward_rule_last=last5("reward_rule_mean"),
                 kl_last=steps[-1]["kl"],
+                kl_coef_last=steps[-1]["kl_coef"],
+                stopped_early=meta.get("stopped"),
+                reward_guard=guard(summary, steps, uses_rm=rm is not None and params.rm_weight > 0),
             )
         session.output.put_report("rlhf.png", rlhf_png(steps, summary))
         session.output.put_report("rlhf.md", rlhf_markdown(summary).encode())
         session.output.write_summary(summary)
     session.close()
+
+
+def precision(params: RLHFParams, device: torch.device):
+    """The update's autocast, for the rollout's log-probs and values (PPO's old log-probs must match it)."""
+    dtype = autocast_dtype(params.precision, device)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def guard(summary: dict, steps: list[dict], *, uses_rm: bool) -> dict:
+    """Did the checked reward rise with the RM score? On held-out prompts when they were evaluated
+    (sampled responses), else the first training step against the mean of the last five."""
+    noise = None
+    if summary["eval_before"] and summary["eval_after"]:
+        b, a = summary["eval_before"]["sampled"], summary["eval_after"]["sampled"]
+        where = f"held-out prompts, {a['n']} sampled responses each"
+        noise = float(np.sqrt((b["rule_std"] ** 2 + a["rule_std"] ** 2) / a["n"]))
+    else:
+        b = {"rm": steps[0]["reward_rm_mean"], "rule": steps[0]["reward_rule_mean"]}
+        a = {k: float(np.mean([s[f"reward_{k}_mean"] for s in steps[-5:]])) for k in ("rm", "rule")}
+        where = "first training step vs the last five"
+    rm = (b["rm"], a["rm"]) if uses_rm else None
+    return reward_guard.verdict(rm=rm, checked=(b["rule"], a["rule"]), where=where, noise=noise)
 
 
 # ------------------------------------------------------------------------------------- report
@@ -238,6 +307,12 @@ def rlhf_markdown(s: dict) -> str:
         lines += [
             "",
             f"Training reward {s['reward_first']:.3f} -> {s['reward_last']:.3f} (mean of the last 5 steps), "
-            f"final KL {s['kl_last']:.3f}.",
+            f"final KL {s['kl_last']:.3f} (beta {s['kl_coef_last']:.3g}).",
+            "",
+            f"Reward-hacking check: {s['reward_guard']['sentence']}.",
         ]
+        if s["stopped_early"]:
+            lines.append(
+                f"Stopped early after step {s['stopped_early']['step']}: KL {s['stopped_early']['kl']:.3f} > klStop."
+            )
     return "\n".join(lines + ["", "![RLHF](rlhf.png)", ""])

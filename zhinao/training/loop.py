@@ -38,6 +38,9 @@ class StepResult:
     """Sequences (or pairs, prompts) this rank trained on in the step."""
     extra: dict[str, float] = field(default_factory=dict)
     """Stage-specific figures recorded with the step (rm_accuracy, kl, ...)."""
+    stop: bool = False
+    """End training after this step (checkpointed like the last one), e.g. RLHF's klStop. The stage
+    records why in the loop's `meta["stopped"]`, so that a resumed run stops too."""
 
 
 StepFn = Callable[[int], StepResult]
@@ -101,7 +104,8 @@ class TrainingLoop:
         with torch.random.fork_rng(devices=[]):
             metrics = session.open_metrics(flops_per_token=self.flops_per_token, resumed_step=self.start)
         total = schedule.total_steps
-        for index in range(self.start, total):
+        end = self.start if self.meta.get("stopped") else total  # a stopped run stays stopped on resume
+        for index in range(self.start, end):
             began = time.perf_counter()
             lr = self.engine.lr
             result = step_fn(index)
@@ -129,8 +133,11 @@ class TrainingLoop:
                     result.grad_norm,
                     "".join(f" {k} {v:.3f}" for k, v in extra.items()),
                 )
-            if step % schedule.checkpoint_every == 0 or step == total:
+            if step % schedule.checkpoint_every == 0 or step == total or result.stop:
                 meta = {**self.meta, "step": step, "world_size": env.world_size}
                 if checkpoint_meta is not None:
                     meta.update(checkpoint_meta(step))
                 session.save_checkpoint(self.engine, step, meta)
+            if result.stop:
+                log.info("step %d: the stage asked to stop", step)
+                break

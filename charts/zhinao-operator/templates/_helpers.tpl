@@ -78,6 +78,11 @@ app.kubernetes.io/part-of: zhinao-k8s
 - apiGroups: ["zhinao.ai"]
   resources: ["trainingpipelines/status", "ablations/status"]
   verbs: ["get", "patch"]
+# Its children's ownerReferences set blockOwnerDeletion, which the OwnerReferencesPermissionEnforcement
+# admission plugin (OpenShift and others) allows only with `update` on the owner's finalizers.
+- apiGroups: ["zhinao.ai"]
+  resources: ["trainingpipelines/finalizers", "ablations/finalizers"]
+  verbs: ["update"]
 # The children: one PyTorchJob per stage, and an Ablation's prepare and evaluate jobs.
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]

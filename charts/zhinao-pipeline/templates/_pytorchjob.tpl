@@ -10,6 +10,8 @@ fails when the two differ. Change both together.
 {{- define "zhinao-pipeline.podTemplate" -}}
 {{- $spec := .spec }}
 {{- $stage := .stage }}
+{{- $sched := include "zhinao-pipeline.scheduling" . | fromJson }}
+{{- $rdma := $sched.rdma }}
 {{- $storage := default dict $spec.storage }}
 {{- $metrics := default dict $spec.metrics }}
 {{- $metricsOn := eq (include "zhinao-pipeline.get" (dict "map" $metrics "key" "enabled" "fallback" true)) "true" }}
@@ -37,6 +39,32 @@ spec:
     fsGroup: 1000
     seccompProfile:
       type: RuntimeDefault
+  {{- with $sched.nodeSelector }}
+  nodeSelector:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $sched.tolerations }}
+  tolerations:
+    {{- range . }}
+    - {{- toYaml (merge (deepCopy .) (dict "operator" "Equal")) | nindent 6 }}
+    {{- end }}
+  {{- end }}
+  {{- with $sched.affinity }}
+  affinity:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+  {{- with $sched.priorityClassName }}
+  priorityClassName: {{ . }}
+  {{- end }}
+  {{- with $sched.imagePullSecrets }}
+  imagePullSecrets:
+    {{- range . }}
+    - name: {{ . }}
+    {{- end }}
+  {{- end }}
+  {{- with $sched.serviceAccountName }}
+  serviceAccountName: {{ . }}
+  {{- end }}
   containers:
     # `pytorch`: the training operator finds the rendezvous port on the container of this name.
     - name: pytorch
@@ -82,6 +110,10 @@ spec:
               name: {{ $ref.name | quote }}
               key: {{ default "AWS_SECRET_ACCESS_KEY" $ref.secretAccessKeyKey | quote }}
         {{- end }}
+        {{- range $k, $v := $sched.ncclEnv }}
+        - name: {{ $k }}
+          value: {{ $v | quote }}
+        {{- end }}
       ports:
         - name: pytorchjob-port
           containerPort: 23456
@@ -100,6 +132,9 @@ spec:
           {{- if $gpu }}
           nvidia.com/gpu: {{ $gpu | quote }}
           {{- end }}
+          {{- with $rdma }}
+          {{ default "rdma/rdma_shared_device_a" .resource }}: {{ default 1 .count | quote }}
+          {{- end }}
         {{- end }}
       securityContext:
         allowPrivilegeEscalation: false
@@ -107,6 +142,10 @@ spec:
         runAsNonRoot: true
         capabilities:
           drop: ["ALL"]
+          {{- if $rdma }}
+          {{- /* RDMA pins memory for the NIC. */}}
+          add: ["IPC_LOCK"]
+          {{- end }}
       volumeMounts:
         - name: scratch
           mountPath: /scratch
@@ -123,6 +162,18 @@ spec:
     - name: dshm
       emptyDir:
         medium: Memory
+{{- end }}
+
+{{/*
+Return a stage's effective scheduling as JSON (api/scheduling.py `effective_scheduling`): the
+pipeline's `scheduling`, each key the stage's `scheduling` sets replacing it whole. Takes (dict "spec" "stage").
+*/}}
+{{- define "zhinao-pipeline.scheduling" -}}
+{{- $sched := deepCopy (default dict .spec.scheduling) }}
+{{- range $k, $v := (default dict .stage.scheduling) }}
+{{- $_ := set $sched $k $v }}
+{{- end }}
+{{- toJson $sched }}
 {{- end }}
 
 {{/* Return the training pods' labels (render/names.py `labels`). Takes (dict "name" "stage"). */}}

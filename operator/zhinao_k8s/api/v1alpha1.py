@@ -19,6 +19,7 @@ from zhinao.config.sft import SFTParams
 from zhinao.config.tokenizer import TokenizerParams
 from zhinao_k8s.api import rules
 from zhinao_k8s.api.policy import RetryPolicy
+from zhinao_k8s.api.scheduling import Scheduling, effective_scheduling
 
 GROUP = "zhinao.ai"
 VERSION = "v1alpha1"
@@ -147,6 +148,9 @@ class StageBase(SpecModel):
     output: str | None = Field(default=None, max_length=rules.MAX_URI)
     """Where this stage writes; default `<storage.uri>/<pipeline>/<stage>`."""
 
+    scheduling: Scheduling | None = None
+    """Overrides `spec.scheduling` field by field for this stage's pods (api/scheduling.py)."""
+
     @field_validator("inputs")
     @classmethod
     def _input_uris(cls, v: dict[str, str]) -> dict[str, str]:
@@ -272,6 +276,10 @@ class PipelineSpec(SpecModel):
     """Run in order; each starts when the previous one has Succeeded."""
 
     retry_policy: RetryPolicy = Field(default_factory=RetryPolicy)
+    scheduling: Scheduling = Field(default_factory=Scheduling)
+    """Every stage's node pool, tolerations, queue, gang scheduling, pull secrets and ServiceAccount,
+    unless the stage sets its own (api/scheduling.py)."""
+
     suspend: bool = False
     """True pauses the pipeline: the running stage's PyTorchJob is suspended and no new stage starts."""
 
@@ -326,6 +334,9 @@ class TrainingPipeline(SpecModel):
 
     def output_of(self, stage: StageBase) -> str:
         return stage.output or f"{self.spec.storage.uri}/{self.metadata.name}/{stage.name}"
+
+    def scheduling_of(self, stage: StageBase) -> Scheduling:
+        return effective_scheduling(self.spec.scheduling, stage.scheduling)
 
     def resolve_inputs(self, stage: StageBase) -> dict[str, str]:
         """stage://<name> references replaced by that stage's output URI."""

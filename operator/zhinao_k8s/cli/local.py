@@ -83,6 +83,8 @@ def headline(summary: dict) -> str:
             f"checked reward greedy {b['greedy']['rule']:.2f} -> {a['greedy']['rule']:.2f}, "
             f"sampled {b['sampled']['rule']:.2f} -> {a['sampled']['rule']:.2f}"
         )
+    if summary.get("reward_guard"):
+        parts.append(summary["reward_guard"]["sentence"])
     return ", ".join(parts)
 
 

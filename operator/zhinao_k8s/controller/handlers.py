@@ -11,6 +11,7 @@ from typing import Any
 import kopf
 
 from zhinao_k8s.api.crd import ABLATION_PLURAL, PLURAL
+from zhinao_k8s.api.status import TERMINAL
 from zhinao_k8s.api.v1alpha1 import GROUP, VERSION
 from zhinao_k8s.controller.k8s import JOB_GROUP, JOB_PLURAL, JOB_VERSION
 from zhinao_k8s.controller.plan_pipeline import plan_cleanup
@@ -18,7 +19,14 @@ from zhinao_k8s.controller.reconcile import ABLATIONS, PIPELINES, reconcile
 from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_PIPELINE
 
 RECONCILE_INTERVAL = float(os.environ.get("ZHINAO_RECONCILE_INTERVAL", "60"))
-"""Seconds between safety-net reconciles of each object (events drive the normal flow)."""
+"""Seconds between safety-net reconciles of each unfinished object (events drive the normal flow)."""
+
+
+def unfinished(status: dict, **_: Any) -> bool:
+    """The safety-net timer runs only until the object is Succeeded or Failed (an invalid spec is
+    Failed too): a finished object changes only through its spec or its children, whose events
+    still reconcile it."""
+    return (status or {}).get("phase") not in TERMINAL
 
 
 # -- TrainingPipeline ---------------------------------------------------------------------------
@@ -31,7 +39,7 @@ def pipeline_changed(name: str, namespace: str, memo: kopf.Memo, logger: Any, re
     reconcile(PIPELINES, memo, namespace, name, str(reason), logger)
 
 
-@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
+@kopf.timer(GROUP, VERSION, PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL, when=unfinished)
 def pipeline_tick(name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     reconcile(PIPELINES, memo, namespace, name, "timer", logger)
 
@@ -64,7 +72,9 @@ def ablation_changed(name: str, namespace: str, memo: kopf.Memo, logger: Any, re
     reconcile(ABLATIONS, memo, namespace, name, str(reason), logger)
 
 
-@kopf.timer(GROUP, VERSION, ABLATION_PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL)
+@kopf.timer(
+    GROUP, VERSION, ABLATION_PLURAL, interval=RECONCILE_INTERVAL, initial_delay=RECONCILE_INTERVAL, when=unfinished
+)
 def ablation_tick(name: str, namespace: str, memo: kopf.Memo, logger: Any, **_: Any) -> None:
     reconcile(ABLATIONS, memo, namespace, name, "timer", logger)
 

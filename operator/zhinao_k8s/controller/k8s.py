@@ -13,7 +13,7 @@ from kubernetes.client.exceptions import ApiException
 from zhinao_k8s.api.crd import ABLATION_PLURAL, PLURAL
 from zhinao_k8s.api.v1alpha1 import GROUP, VERSION
 from zhinao_k8s.controller.plan_ablation import AblationAction, CreatePipeline
-from zhinao_k8s.controller.plan_pipeline import Action, CreateJob, DeleteJob, SuspendJob
+from zhinao_k8s.controller.plan_pipeline import ANNOTATION_SUSPENDED, Action, CreateJob, DeleteJob, SuspendJob
 from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_PIPELINE
 
 JOB_GROUP, JOB_VERSION, JOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
@@ -118,13 +118,17 @@ class Cluster:
             raise
 
     def suspend_job(self, namespace: str, name: str, suspend: bool) -> None:
+        """Set `runPolicy.suspend`, and mark (or unmark) the suspension as the pipeline's own."""
         self.custom.patch_namespaced_custom_object(
             JOB_GROUP,
             JOB_VERSION,
             namespace,
             JOB_PLURAL,
             name,
-            {"spec": {"runPolicy": {"suspend": suspend}}},
+            {
+                "metadata": {"annotations": {ANNOTATION_SUSPENDED: "true" if suspend else None}},
+                "spec": {"runPolicy": {"suspend": suspend}},
+            },
         )
 
     def apply(self, namespace: str, actions: Iterable[Action | AblationAction]) -> list[str]:

@@ -11,7 +11,9 @@ The rules, in stage order:
   Names are deterministic (`<pipeline>-<stage>`), so planning twice can never create two jobs.
 - A Failed job with retries left is deleted (`DeleteJob`); once it is gone the stage is created
   again with the next attempt number. Without retries left the pipeline is Failed.
-- `spec.suspend` flips `runPolicy.suspend` of the running job (`SuspendJob`) and starts nothing.
+- `spec.suspend` suspends the running job (`SuspendJob`) and starts nothing; resuming the pipeline
+  resumes only a job the pipeline itself suspended (marked with ANNOTATION_SUSPENDED). A job someone
+  else holds suspended, Kueue waiting for quota above all, is left alone: it runs when they resume it.
 """
 
 import json
@@ -26,6 +28,8 @@ from zhinao_k8s.render.pytorchjob import render_pytorchjob
 ANNOTATION_ATTEMPT = "zhinao.ai/attempt"
 ANNOTATION_INPUTS = "zhinao.ai/inputs"
 """The resolved input URIs of a stage (JSON), so `kubectl describe` shows what a job reads."""
+ANNOTATION_SUSPENDED = "zhinao.ai/suspended-by-pipeline"
+"""Set (to "true") with the pipeline's own `runPolicy.suspend`: the only suspension it may undo."""
 
 
 @dataclass(frozen=True)
@@ -108,6 +112,19 @@ def _is_deleting(job: dict) -> bool:
 
 def _is_suspended(job: dict) -> bool:
     return bool(((job.get("spec") or {}).get("runPolicy") or {}).get("suspend"))
+
+
+def _suspended_by_pipeline(job: dict) -> bool:
+    return ((job.get("metadata") or {}).get("annotations") or {}).get(ANNOTATION_SUSPENDED) == "true"
+
+
+def _suspend_action(name: str, job: dict, suspend: bool) -> "SuspendJob | None":
+    """Suspend a running job; resume only one this pipeline suspended (never Kueue's)."""
+    if suspend and not _is_suspended(job):
+        return SuspendJob(name=name, suspend=True)
+    if not suspend and _is_suspended(job) and _suspended_by_pipeline(job):
+        return SuspendJob(name=name, suspend=False)
+    return None
 
 
 def plan_pipeline(
@@ -209,7 +226,7 @@ def _plan_stage(
             )
             return retrying, DeleteJob(name=name, reason=why), False
         return status, None, False
-    action = SuspendJob(name=name, suspend=spec.suspend) if spec.suspend != _is_suspended(job) else None
+    action = _suspend_action(name, job, spec.suspend)
     if spec.suspend and status.phase != "Suspended":
         status = _moved(prev, status, "Suspended", now)
     return status, action, False
@@ -240,6 +257,7 @@ __all__ = [
     "plan_pipeline",
     "plan_cleanup",
     "build_job",
+    "ANNOTATION_SUSPENDED",
     "pipeline_from_body",
     "owner_reference",
 ]

@@ -85,6 +85,9 @@ def _reconcile(kind: Kind, memo: kopf.Memo, namespace: str, name: str, logger: A
     except ValidationError as exc:
         # A spec the models refuse: Failed with every problem in status, and no retry by kopf.
         message = "; ".join(format_errors(exc, kind.stage_kinds))
+        reported = body.get("status") or {}
+        if reported.get("reason") == "InvalidSpec" and reported.get("message") == message:
+            return "Failed"  # this very spec was reported already: no second patch, no second event
         kind.patch_status(cluster, namespace, name, {"phase": "Failed", "reason": "InvalidSpec", "message": message})
         raise kopf.PermanentError(f"invalid spec: {message}") from None
     previous = read_status(body.get("status"), kind.status_model)

@@ -12,6 +12,7 @@ import copy
 from zhinao.config.runtime import ENV_METRICS_PORT, ENV_S3_ENDPOINT, ENV_STAGE_SPEC, StageRuntime
 from zhinao_k8s.api.v1alpha1 import Resources, StageBase, Storage, TrainingPipeline
 from zhinao_k8s.render.names import job_name, labels
+from zhinao_k8s.render.scheduling import with_scheduling
 
 API_VERSION = "kubeflow.org/v1"
 KIND = "PyTorchJob"
@@ -196,7 +197,7 @@ def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
         labels=labels(pipeline, stage),
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
     )
-    return pytorchjob(
+    job = pytorchjob(
         name=job_name(pipeline, stage),
         namespace=pipeline.metadata.namespace,
         labels=labels(pipeline, stage),
@@ -205,6 +206,7 @@ def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
         nproc_per_node=stage.nproc_per_node,
         backoff_limit=stage.backoff_limit,
     )
+    return with_scheduling(job, pipeline.scheduling_of(stage))
 
 
 def render_pipeline(pipeline: TrainingPipeline) -> list[dict]:

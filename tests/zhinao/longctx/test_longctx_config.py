@@ -18,6 +18,7 @@ def test_defaults_follow_the_report():
     "params, message",
     [
         ({"seqLen": 1000, "sequenceParallel": 3}, "divisible"),
+        ({"seqLen": 1004, "sequenceParallel": 4}, "divisible by 2 x sequenceParallel"),
         ({"sequenceParallel": 2, "zeroStage": 2}, "zeroStage"),
         ({"seqLen": 4096, "maxPositionEmbeddings": 2048}, "maxPositionEmbeddings"),
         ({"warmupSteps": 100, "maxSteps": 100}, "warmupSteps"),

@@ -1,7 +1,8 @@
 """Ring-attention sequence parallelism equals single-process attention, forward and backward.
 
-Two gloo ranks on CPU (torch.multiprocessing), fp32: the attention op alone, then a whole tiny
-360Zhinao-shaped model (grouped K/V heads) trained through the per-rank shard loss.
+Gloo ranks on CPU (torch.multiprocessing): the attention op alone on 2 and 4 ranks, contiguous and
+zigzag, in fp64, fp32 and bf16; then a whole tiny 360Zhinao-shaped model (grouped K/V heads)
+trained through the per-rank shard loss, both layouts.
 """
 
 import json
@@ -16,16 +17,25 @@ from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from zhinao.longctx.sequence_parallel import (
     IGNORE_INDEX,
+    BlockWork,
     SequenceParallel,
     activate_sequence_parallel,
+    block_work,
     init_sequence_parallel,
     layout,
     ring_attention,
     sequence_parallel_lm_loss,
     shard_batch,
+    shard_spans,
 )
 
 TOL = 1e-5
+# Max abs error of the ring against single-process attention on unit-variance inputs. fp64 is
+# the proof of exactness; fp32/bf16 bound the rounding of the kernels and the fp32 merge. bf16's
+# reference is computed in fp64 from the same bf16 inputs: the bound is bf16 output rounding
+# (2^-8 relative) plus the kernel's bf16 probabilities.
+ATTN_TOL = {torch.float64: 1e-10, torch.float32: 1e-5, torch.bfloat16: 3e-2}
+SHARDINGS = ("contiguous", "zigzag")
 
 
 def tiny_config(attn: str) -> Qwen2Config:
@@ -48,27 +58,45 @@ def max_diff(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a.detach() - b.detach()).abs().max().item()
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _shard_index(seq_len: int, sp: SequenceParallel) -> torch.Tensor:
+    return torch.cat([torch.arange(r.start, r.stop) for r in shard_spans(seq_len, sp)])
+
+
+def _attention_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+    """Max abs diffs of output and dq/dk/dv on this rank's shard, per layout and dtype."""
     torch.set_num_threads(1)
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
-    sp = init_sequence_parallel(world)
+    result: dict[str, float] = {}
+    for sharding in SHARDINGS:
+        sp = init_sequence_parallel(world, sharding=sharding)
+        for dtype in ATTN_TOL:
+            torch.manual_seed(0)
+            q, k, v, dout = (torch.randn(2, 3, 8 * world, 16, dtype=torch.float64).to(dtype) for _ in range(4))
+            ref = [t.double().clone().requires_grad_() for t in (q, k, v)]
+            ref_out = F.scaled_dot_product_attention(*ref, is_causal=True)
+            ref_out.backward(dout.double())
+            index = _shard_index(q.shape[2], sp)
+            # [batch, seq, heads, dim] storage seen as [batch, heads, seq, dim], as transformers hands it over
+            mine = [t[:, :, index].transpose(1, 2).contiguous().transpose(1, 2).requires_grad_() for t in (q, k, v)]
+            out = ring_attention(*mine, sp=sp)
+            out.backward(dout[:, :, index])
+            key = f"{sharding}/{str(dtype).removeprefix('torch.')}"
+            result[f"{key}/out"] = max_diff(out.double(), ref_out[:, :, index])
+            for name, a, b in zip("qkv", mine, ref):
+                assert a.grad.dtype == dtype
+                result[f"{key}/d{name}"] = max_diff(a.grad.double(), b.grad[:, :, index])
+    with open(f"{out_dir}/rank-{rank}.json", "w") as f:
+        json.dump(result, f)
+    dist.destroy_process_group()
+
+
+def _model_worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    sp = init_sequence_parallel(world, sharding=sharding)
     result: dict[str, float] = {}
 
-    # 1. The attention op: [batch, heads, T, head_dim], T split in two.
-    torch.manual_seed(0)
-    q, k, v, dout = (torch.randn(2, 4, 24, 8) for _ in range(4))
-    ref = [t.clone().requires_grad_() for t in (q, k, v)]
-    ref_out = F.scaled_dot_product_attention(*ref, is_causal=True)
-    ref_out.backward(dout)
-    span = slice(rank * 12, (rank + 1) * 12)
-    mine = [t[:, :, span].clone().requires_grad_() for t in (q, k, v)]
-    out = ring_attention(*mine, sp=sp)
-    out.backward(dout[:, :, span])
-    result["attn_out"] = max_diff(out, ref_out[:, :, span])
-    for name, a, b in zip("qkv", mine, ref):
-        result[f"attn_grad_{name}"] = max_diff(a.grad, b.grad[:, :, span])
-
-    # 2. A whole model: loss and every parameter gradient against the single-process model.
+    # A whole model: logits, loss and every parameter gradient against the single-process model.
     torch.manual_seed(1)
     reference = Qwen2ForCausalLM(tiny_config("eager"))
     ids = torch.randint(0, 97, (2, 32))
@@ -83,7 +111,7 @@ def _worker(rank: int, world: int, port: int, out_dir: str) -> None:
     loss.backward()
     local_ids, positions, _ = shard_batch(ids, sp)
     logits = sharded(input_ids=local_ids, position_ids=positions).logits
-    result["logits"] = max_diff(logits, ref_logits[:, rank * 16 : (rank + 1) * 16])
+    result["logits"] = max_diff(logits, ref_logits[:, _shard_index(ids.shape[1], sp)])
     summed = loss.detach().clone()
     dist.all_reduce(summed)
     result["loss"] = abs(summed.item() / world - ref_loss.item())
@@ -105,8 +133,21 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_two_gloo_ranks_match_single_process_attention_and_model_gradients(tmp_path):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path)), nprocs=2, join=True)
+@pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
+def test_ring_attention_matches_single_process_attention_forward_and_backward(tmp_path, world):
+    mp.spawn(_attention_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    for rank in range(world):
+        result = json.loads((tmp_path / f"rank-{rank}.json").read_text())
+        print(f"rank {rank}: max abs diffs {result}")
+        assert len(result) == len(SHARDINGS) * len(ATTN_TOL) * 4
+        for key, value in result.items():
+            dtype = getattr(torch, key.split("/")[1])
+            assert value < ATTN_TOL[dtype], (rank, key, value)
+
+
+@pytest.mark.parametrize("sharding", SHARDINGS)
+def test_two_gloo_ranks_match_single_process_model_gradients(tmp_path, sharding):
+    mp.spawn(_model_worker, args=(2, free_port(), str(tmp_path), sharding), nprocs=2, join=True)
     for rank in range(2):
         result = json.loads((tmp_path / f"rank-{rank}.json").read_text())
         print(f"rank {rank}: max abs diffs {result}")
@@ -146,11 +187,51 @@ def test_layout_rejects_a_degree_that_does_not_divide_the_world():
 
 def test_shard_labels_cross_the_shard_boundary_and_positions_are_global():
     ids = torch.arange(12).reshape(1, 12)
-    first, pos0, lab0 = shard_batch(ids, SequenceParallel(size=3, rank=0))
-    last, pos2, lab2 = shard_batch(ids, SequenceParallel(size=3, rank=2))
+    first, pos0, lab0 = shard_batch(ids, SequenceParallel(size=3, rank=0, sharding="contiguous"))
+    last, pos2, lab2 = shard_batch(ids, SequenceParallel(size=3, rank=2, sharding="contiguous"))
     assert first.tolist() == [[0, 1, 2, 3]] and pos0.tolist() == [[0, 1, 2, 3]] and lab0.tolist() == [[1, 2, 3, 4]]
     assert last.tolist() == [[8, 9, 10, 11]] and pos2.tolist() == [[8, 9, 10, 11]]
     assert lab2.tolist() == [[9, 10, 11, IGNORE_INDEX]]
+
+
+def test_zigzag_shard_holds_an_early_and_a_late_chunk_with_their_positions_and_labels():
+    ids = torch.arange(100, 112).reshape(1, 12)  # 6 chunks of 2 over 3 ranks
+    ids0, pos0, lab0 = shard_batch(ids, SequenceParallel(size=3, rank=0))
+    ids2, pos2, lab2 = shard_batch(ids, SequenceParallel(size=3, rank=2))
+    assert pos0.tolist() == [[0, 1, 10, 11]] and ids0.tolist() == [[100, 101, 110, 111]]
+    assert lab0.tolist() == [[101, 102, 111, IGNORE_INDEX]]
+    assert pos2.tolist() == [[4, 5, 6, 7]] and lab2.tolist() == [[105, 106, 107, 108]]
+    with pytest.raises(ValueError, match="not divisible by 6"):
+        shard_batch(torch.zeros(1, 9, dtype=torch.long), SequenceParallel(size=3, rank=0))
+
+
+def _work_units(sp: SequenceParallel, n: int) -> float:
+    """Query-key pairs one rank computes over a whole ring pass (a causal block counts half)."""
+    total = 0.0
+    for src in range(sp.size):
+        work = block_work(sp, src, n)
+        if work is not None:
+            pairs = len(range(n)[work.rows]) * len(range(n)[work.keys])
+            total += pairs / 2 if work.causal else pairs
+    return total
+
+
+@pytest.mark.parametrize("size", [2, 4, 8])
+def test_zigzag_gives_every_rank_the_same_causal_work_and_contiguous_does_not(size):
+    zigzag = [_work_units(SequenceParallel(size=size, rank=r), 64) for r in range(size)]
+    contiguous = [_work_units(SequenceParallel(size=size, rank=r, sharding="contiguous"), 64) for r in range(size)]
+    assert len(set(zigzag)) == 1
+    assert contiguous == [64 * 64 * (r + 0.5) for r in range(size)]
+    # both cover the causal triangle of the whole sequence (T^2 / 2 pairs, counting the diagonal half)
+    assert sum(zigzag) == sum(contiguous) == (64 * size) ** 2 / 2
+
+
+def test_block_work_skips_only_blocks_entirely_in_the_future():
+    sp = SequenceParallel(size=4, rank=1)  # holds chunks 1 and 6 of 8
+    assert block_work(sp, 1, 8) == BlockWork(slice(0, 8), slice(0, 8), causal=True)
+    assert block_work(sp, 0, 8) == BlockWork(slice(0, 8), slice(0, 4), causal=False)  # chunk 0 only
+    assert block_work(sp, 3, 8) == BlockWork(slice(4, 8), slice(0, 8), causal=False)  # chunks 3, 4 for chunk 6
+    assert block_work(SequenceParallel(size=4, rank=1, sharding="contiguous"), 2, 8) is None
 
 
 def test_one_rank_shard_loss_is_the_models_own_mean_loss():

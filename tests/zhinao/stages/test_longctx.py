@@ -42,6 +42,7 @@ def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(
 
     needle = json.loads(out.get_bytes("report/needle.json"))
     assert needle["lengths"] == [160, 256] and needle["depths"] == [0.0, 50.0, 100.0]
+    assert needle["sequence_parallel"] == 2 and needle["precision"] == "bf16"  # across both ranks, in bf16
     assert len(needle["cells"]) == 6 and all(0 <= c["score"] <= 100 for c in needle["cells"])
     assert all(c["prompt_tokens"] == c["length"] for c in needle["cells"])
     assert out.get_bytes("report/needle.png")[:8] == b"\x89PNG\r\n\x1a\n"

@@ -12,6 +12,7 @@ from safetensors.torch import load_file
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
 from zhinao_k8s.api.load import parse_pipeline
+from zhinao_k8s.cli.local import headline
 from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 
@@ -61,14 +62,16 @@ ONLINE = dict(
 
 def test_remax_resumes_mid_run_to_identical_weights_and_reports(tmp_path, assets, monkeypatch):
     inputs = {k: assets[k] for k in ("policy", "reward", "prompts")}
+    # An adaptive beta that moves fast: the resumed run must pick it up from the checkpoint.
+    params = {**ONLINE, "klTarget": 0.5, "klHorizon": 4}
     ref = f"file://{tmp_path}/ref"
-    run_stage("rlhf", inputs, ref, **ONLINE)
+    run_stage("rlhf", inputs, ref, **params)
     out = f"file://{tmp_path}/crashed"
     with monkeypatch.context() as m:
         crash_on_step(m, 4)  # after the step-2 checkpoint
         with pytest.raises(Crash):
-            run_stage("rlhf", inputs, out, **ONLINE)
-    run_stage("rlhf", inputs, out, **ONLINE)
+            run_stage("rlhf", inputs, out, **params)
+    run_stage("rlhf", inputs, out, **params)
     assert_same_weights(hf_weights(ref), hf_weights(out))
     a, b = hf_weights(ref), hf_weights(f"file://{assets['policy'].removeprefix('file://')}")
     assert any(not torch.equal(a[k], b[k]) for k in a)  # it did train
@@ -81,15 +84,46 @@ def test_remax_resumes_mid_run_to_identical_weights_and_reports(tmp_path, assets
     assert [r["step"] for r in steps] == [1, 2, 3, 4]
     assert all({"reward_mean", "reward_greedy_mean", "kl", "reward_rm_mean"} <= r.keys() for r in steps)
     assert steps[0]["kl"] == pytest.approx(0.0, abs=1e-5)  # the policy starts as the reference
+    assert steps[0]["kl_coef"] == 0.1 and steps[1]["kl_coef"] == pytest.approx(0.08)  # KL 0 < target: -20%
+    assert all(r["generation_seconds"] > 0 for r in steps)
     assert store.exists("report/rlhf.png") and store.exists("report/rlhf.md")
+    # The reward-hacking check: both rewards in the summary and a plain verdict on held-out prompts.
+    g = s["reward_guard"]
+    after = s["eval_after"]["sampled"]
+    assert g["where"] == "held-out prompts, 4 sampled responses each" and after["n"] == 4
+    assert g["rm_after"] == after["rm"] and g["checked_after"] == after["rule"]
+    assert g["checked_noise"] == pytest.approx(
+        ((s["eval_before"]["sampled"]["rule_std"] ** 2 + after["rule_std"] ** 2) / 4) ** 0.5
+    )
+    rose = g["checked_after"] - g["checked_before"] > 2 * g["checked_noise"]
+    assert g["checked_rose_with_rm"] == (g["rm_after"] > g["rm_before"] and rose)
+    assert g["sentence"] in store.get_bytes("report/rlhf.md").decode()
+    assert {"reward_rm_first", "reward_rm_last", "reward_rule_first", "reward_rule_last"} <= s.keys()
+    assert s["stopped_early"] is None
+
+
+def test_kl_stop_ends_training_and_a_rerun_does_not_continue(tmp_path, assets):
+    inputs = {k: assets[k] for k in ("policy", "reward", "prompts")}
+    out = f"file://{tmp_path}/stopped"
+    params = {**ONLINE, "maxSteps": 6, "klStop": 1e-3, "evalPrompts": 0}
+    run_stage("rlhf", inputs, out, **params)
+    store = open_store(out)
+    s = json.loads(store.get_bytes("summary.json"))
+    stop = s["stopped_early"]
+    assert stop is not None and 1 < stop["step"] < 6 and stop["kl"] > 1e-3 and s["steps"] == stop["step"]
+    assert "first training step" in s["reward_guard"]["where"]
+    weights = hf_weights(out)
+    run_stage("rlhf", inputs, out, **params)  # resumes from the stop's checkpoint: nothing left to do
+    assert_same_weights(weights, hf_weights(out))
+    steps = [json.loads(l) for l in store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
+    assert max(r["step"] for r in steps if r.get("event") == "step") == stop["step"]
 
 
 def test_remax_scored_by_the_reward_model_alone_trains(tmp_path, assets):
     # The defaults: rmWeight 1 and no rules (a rule-less score once came out as an integer tensor).
     out = f"file://{tmp_path}/rm-only"
-    run_stage(
-        "rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out, **{**ONLINE, "rules": {}, "maxSteps": 2}
-    )
+    params = {**ONLINE, "rules": {}, "maxSteps": 2, "referencePrecision": "bf16"}  # bf16 reference and RM
+    run_stage("rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, out, **params)
     steps = [json.loads(l) for l in open_store(out).get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
     steps = [r for r in steps if r.get("event") == "step"]
     assert [r["step"] for r in steps] == [1, 2] and all(r["reward_rule_mean"] == 0.0 for r in steps)
@@ -122,7 +156,8 @@ def test_offline_preference_optimisation(tmp_path, assets, algorithm):
     out = f"file://{tmp_path}/{algorithm}"
     run_stage(
         "rlhf",
-        {"policy": assets["policy"], "preferences": assets["preferences"]},
+        # Held-out prompts: the checked reward is measured before and after offline training too.
+        {k: assets[k] for k in ("policy", "preferences", "prompts")} | {"evalPrompts": assets["prompts"]},
         out,
         algorithm=algorithm,
         lr=3e-3,
@@ -130,8 +165,14 @@ def test_offline_preference_optimisation(tmp_path, assets, algorithm):
         microBatchSize=8,
         maxLen=64,
         checkpointEvery=6,
+        evalPrompts=4,
+        evalSamples=1,
+        maxNewTokens=3,
+        rules={"arithmetic": 1.0},
     )
     store = open_store(out)
+    s = json.loads(store.get_bytes("summary.json"))
+    assert s["eval_prompts"] == 4 and "rule" in s["eval_before"]["greedy"] and "rule" in s["eval_after"]["sampled"]
     steps = [json.loads(l) for l in store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()]
     steps = [r for r in steps if r.get("event") == "step"]
     if algorithm == "dpo":  # policy == reference at step 1: margin 0, loss ln 2
@@ -237,6 +278,28 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
     assert summary["sft"]["loss_last"] < 0.5 * summary["sft"]["loss_first"]
     assert summary["rm"]["held_out_accuracy"] > 0.6
     before, after = summary["rlhf"]["eval_before"], summary["rlhf"]["eval_after"]
-    assert after["sampled"]["rule"] > before["sampled"]["rule"]
+    # The RM score rises on held-out prompts; whether the checked reward rises with it depends on the
+    # seed on a model this small (docs/alignment.md), so the summary and its headline must say which.
+    assert after["sampled"]["rm"] > before["sampled"]["rm"] + 0.5
+    g = summary["rlhf"]["reward_guard"]
+    rose = after["sampled"]["rule"] - before["sampled"]["rule"] > 2 * g["checked_noise"]
+    assert g["checked_rose_with_rm"] == rose and g["sentence"] in headline(summary["rlhf"])
+    assert ("did NOT rise" in g["sentence"]) != rose
     for name, png in (("sft", "sft_loss.png"), ("rm", "rm_accuracy.png"), ("rlhf", "rlhf.png")):
         assert open_store(pipeline.output_of(pipeline.stage(name))).exists(f"report/{png}")
+
+
+def test_frozen_models_are_held_in_the_reference_precision(assets):
+    from zhinao.alignment.models import Offloaded, frozen, load_causal_lm
+    from zhinao.config.rlhf import RLHFParams
+
+    path = assets["policy"].removeprefix("file://") + "/hf"
+    cpu = torch.device("cpu")
+    model = frozen(load_causal_lm(path, "sdpa"), RLHFParams(referencePrecision="bf16", offloadFrozen=True), cpu)
+    assert not isinstance(model, Offloaded)  # nothing to offload to on CPU
+    assert all(p.dtype == torch.bfloat16 and not p.requires_grad for p in model.parameters())
+    assert all(p.dtype == torch.float32 for p in frozen(load_causal_lm(path, "sdpa"), RLHFParams(), cpu).parameters())
+    ids = torch.tensor([[5, 6, 7]])
+    wrapped = Offloaded(model, cpu)
+    assert not list(wrapped.parameters())  # not a submodule: moving the wrapper cannot move the model
+    assert torch.equal(wrapped(input_ids=ids).logits, model(input_ids=ids).logits)

@@ -79,3 +79,5 @@ def test_headline_picks_the_numbers_of_each_stage_kind():
         "eval_after": {"greedy": {"rule": 0.7}, "sampled": {"rule": 0.4}},
     }
     assert headline(rl) == "checked reward greedy 0.50 -> 0.70, sampled 0.30 -> 0.40"
+    hacked = {**rl, "reward_guard": {"sentence": "the checked reward did NOT rise with the RM score (...)"}}
+    assert headline(hacked).endswith("sampled 0.30 -> 0.40, the checked reward did NOT rise with the RM score (...)")

@@ -33,6 +33,13 @@ def pipeline_doc(name: str = "demo", **spec) -> dict:
     }
 
 
+def invalid_pipeline_doc(name: str) -> dict:
+    """Valid for the CRD's OpenAPI schema, refused by the models: two stages named alike."""
+    doc = pipeline_doc(name)
+    doc["spec"]["stages"][1]["name"] = "tok"
+    return doc
+
+
 def job(cluster: Cluster, name: str) -> dict | None:
     return cluster.list_jobs(NS, "demo").get(name)
 
@@ -131,9 +138,8 @@ def test_suspend_resume_delete_and_invalid_spec(kube: KubeMock, operator: Operat
     wait_for("children deleted", lambda: not cluster.list_jobs(NS, "demo"))
     wait_for("pipeline gone", lambda: cluster.get_pipeline(NS, "demo") is None)
 
-    # A spec the models reject (the CRD schema is not enforced by kmock) is reported, not run.
-    bad = pipeline_doc("bad")
-    bad["spec"]["stages"][1]["replicas"] = 0
-    cluster.create_pipeline(NS, bad)
+    # A spec the CRD schema admits (kmock enforces it, as the API server does) but the models
+    # reject is reported, not run.
+    cluster.create_pipeline(NS, invalid_pipeline_doc("bad"))
     st = wait_for("InvalidSpec", lambda: (s := status(cluster, "bad")).get("reason") == "InvalidSpec" and s)
-    assert st["phase"] == "Failed" and "stages[1].replicas: must be >= 1" in st["message"]
+    assert st["phase"] == "Failed" and "stages[1].name: 'tok' is already stages[0]" in st["message"]

@@ -10,6 +10,7 @@ from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.controller.plan_pipeline import (
     ANNOTATION_ATTEMPT,
     ANNOTATION_INPUTS,
+    ANNOTATION_SUSPENDED,
     CreateJob,
     DeleteJob,
     SuspendJob,
@@ -41,7 +42,13 @@ def pipeline(max_retries: int = 1, suspend: bool = False) -> TrainingPipeline:
 
 
 def job(
-    name: str, *true: str, attempt: int = 1, suspend: bool = False, deleting: bool = False, message: str | None = None
+    name: str,
+    *true: str,
+    attempt: int = 1,
+    suspend: bool = False,
+    deleting: bool = False,
+    message: str | None = None,
+    suspended_by_pipeline: bool = True,
 ) -> dict:
     conds = [
         {
@@ -54,6 +61,8 @@ def job(
         for t in true
     ]
     meta = {"name": name, "annotations": {ANNOTATION_ATTEMPT: str(attempt)}, "labels": {"zhinao.ai/pipeline": "demo"}}
+    if suspend and suspended_by_pipeline:
+        meta["annotations"][ANNOTATION_SUSPENDED] = "true"
     if deleting:
         meta["deletionTimestamp"] = T1
     return {"metadata": meta, "spec": {"runPolicy": {"suspend": suspend}}, "status": {"conditions": conds}}
@@ -171,6 +180,18 @@ CASES = [
         "resume unsuspends the job",
         {"demo-tok": job("demo-tok", "Suspended", suspend=True)},
         actions=[("SuspendJob", "demo-tok", False)],
+        stage_phases=("Suspended", "Pending"),
+    ),
+    Case(
+        "a job suspended by someone else (Kueue) stays suspended",
+        {"demo-tok": job("demo-tok", "Created", "Suspended", suspend=True, suspended_by_pipeline=False)},
+        stage_phases=("Suspended", "Pending"),
+    ),
+    Case(
+        "suspending the pipeline leaves Kueue's suspension as it is",
+        {"demo-tok": job("demo-tok", "Created", "Suspended", suspend=True, suspended_by_pipeline=False)},
+        suspend=True,
+        phase="Suspended",
         stage_phases=("Suspended", "Pending"),
     ),
     Case(
