@@ -27,7 +27,7 @@ import yaml
 from zhinao_k8s.api import rules
 from zhinao_k8s.api.crd import ABLATION, crd
 from zhinao_k8s.api.v1alpha1 import PipelineSpec, TrainingPipeline
-from zhinao_k8s.render.pytorchjob import render_pytorchjob
+from zhinao_k8s.render.pytorchjob import render_stage
 
 ROOT = Path(__file__).resolve().parent.parent
 CRD_FILE = "zhinao.ai_trainingpipelines.yaml"
@@ -310,7 +310,10 @@ def generated_files() -> dict[str, str]:
     files["manifests/examples/pipeline.yaml"] = dump(EXAMPLE_PIPELINE)
     pipeline = example_pipeline()
     for stage in pipeline.spec.stages:
-        files[f"manifests/examples/{stage.name}.yaml"] = dump(render_pytorchjob(pipeline, stage))
+        # The stage's ConfigMap and PyTorchJob: `kubectl apply -f` of the file is complete.
+        files[f"manifests/examples/{stage.name}.yaml"] = HEADER + yaml.safe_dump_all(
+            render_stage(pipeline, stage), sort_keys=False, width=120, allow_unicode=True
+        )
     files[PIPELINE_VALUES_SCHEMA] = json.dumps(pipeline_values_schema(), indent=2) + "\n"
     return files
 

@@ -5,7 +5,7 @@
     stage_output(pipeline, name)  the ObjectStore a stage wrote
     step_records(store, rank)     the per-step records of one rank's metrics log
     run_killing_a_rank(...)       run while one rank's training process is SIGKILLed mid-run
-    assert_restarted_once_and_resumed(...)   what the runner and the stage must do about that kill
+    assert_restarted_and_resumed(...)   what the runner and the stage must do about that kill
 """
 
 import json
@@ -40,12 +40,13 @@ def step_records(store: ObjectStore, rank: int = 0) -> list[dict]:
 def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: str = "worker-0", timeout: float = 300):
     """Run `spec`, SIGKILLing the training process of `replica` as soon as the file `once_exists`
     appears (a stage's checkpoints/latest in a file:// store): a node lost mid-run, which the
-    runner must answer by restarting the whole job. Returns (pipeline, result, whether it killed)."""
+    runner answers as Kubeflow does: the failed containers (the killed one's, then those of the
+    ranks that lose their peer) restart in place. Returns (pipeline, result, whether it killed)."""
     pids: dict[str, int] = {}
     killed = threading.Event()
 
     def listener(event, data):
-        if event == "started":
+        if event == "started" and data["container"] == "pytorch" and data["restarts"] == 0:
             pids[data["replica"]] = data["pid"]
 
     def killer():
@@ -66,11 +67,12 @@ def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: 
     return pipeline, result, killed.is_set()
 
 
-def assert_restarted_once_and_resumed(result: PipelineResult, *, killed: bool, replica: str, step: int) -> None:
-    """One failed attempt blamed on the killed replica, then a second that resumed from `step`."""
+def assert_restarted_and_resumed(result: PipelineResult, *, killed: bool, replica: str, step: int) -> None:
+    """The killed replica failed first; after the restarts it cost (one per pod, or more while the
+    restarted rendezvous settles) the job resumed from `step` and succeeded."""
     job = result.stages[0][1]
     master_log = (job.log_dir / "master-0.log").read_text()
     assert killed, "the run finished before the rank could be killed"
-    assert result.succeeded and job.restarts == 1, (job.attempts, master_log[-3000:])
-    assert job.attempts[0].failed_replica == replica, job.attempts
+    assert result.succeeded and job.restarts >= 1, (job.failures, master_log[-3000:])
+    assert job.failures[0].replica == replica, job.failures
     assert f"resumed from step {step}" in master_log, master_log[-3000:]

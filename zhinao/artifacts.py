@@ -7,6 +7,8 @@
     <output>/tokenizer/                   the tokenizer stage's HF tokenizer files
     <output>/tokens/index.json + shards   packed token sequences (pretrain, longctx; docs/data.md)
     <output>/report/                      plots and markdown that go into the run's REPORT.md
+    <output>/_fingerprint.json            what produced the output (zhinao.fingerprint), recorded at start
+    <output>/_lease.json                  the single writer's lease while a run writes (zhinao.lease)
 
 A prefix without `hf/config.json` that holds `config.json` itself is accepted as an export too
 (a model uploaded by hand), and so is a tokenizer prefix without `tokenizer/`.
@@ -29,6 +31,8 @@ TOKENS = "tokens"
 TOKENS_INDEX = f"{TOKENS}/index.json"
 TOKENS_PARTS = f"{TOKENS}/parts"
 REPORT = "report"
+FINGERPRINT = "_fingerprint.json"
+LEASE = "_lease.json"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 """The files of an HF export that make up its tokenizer (the rest is weights and config)."""
 

@@ -11,6 +11,9 @@ a `StoreRetry`; the HTTP layer underneath does not retry on its own.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import hashlib
 import io
 import logging
 import os
@@ -49,8 +52,13 @@ ENV_SESSION_TOKEN = "AWS_SESSION_TOKEN"
 ENV_REGION = "AWS_REGION"
 DEFAULT_S3_ENDPOINT = "https://s3.amazonaws.com"
 
-# Marker in the names of in-flight temporary files; list() never reports them.
+# Marker in the names of in-flight temporary files; list() never reports them. The name goes on
+# with the writer's pid@host, so that the next start can tell a killed writer's leftovers from a
+# live writer's file (`sweep_stale_temp`).
 _TMP_MARK = ".zhinao-tmp-"
+_TMP_WRITER = re.compile(re.escape(_TMP_MARK) + r"(\d+)@(.+)-[0-9a-f]{12}$")
+STALE_TEMP_SECONDS = 3600.0
+"""A temporary file of a writer on another host counts as abandoned after this long untouched."""
 _CHUNK = 1 << 20
 
 
@@ -113,6 +121,48 @@ def _join(prefix: str, key: str) -> str:
     return f"{prefix.rstrip('/')}/{key}" if prefix else key
 
 
+def tmp_next_to(dest: Path) -> Path:
+    """The temporary file a write to `dest` goes through, named after its writer."""
+    return dest.with_name(f".{dest.name}{_TMP_MARK}{os.getpid()}@{socket.gethostname()}-{uuid.uuid4().hex[:12]}")
+
+
+def _writer_gone(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def sweep_stale_temp(root: str | Path, *, now: float | None = None) -> list[Path]:
+    """Remove the temporary files killed writers left under `root` (a FileStore root or a scratch
+    directory) and return them. A file is abandoned when its writer ran on this host and is no longer
+    alive, or, written elsewhere, when it has not changed for STALE_TEMP_SECONDS: a live writer's file
+    is never touched."""
+    now = time.time() if now is None else now
+    host = socket.gethostname()
+    removed = []
+    for dirpath, _dirnames, filenames in os.walk(root):
+        for name in filenames:
+            if _TMP_MARK not in name:
+                continue
+            path = Path(dirpath) / name
+            m = _TMP_WRITER.search(name)
+            try:
+                if m and m.group(2) == host:
+                    stale = _writer_gone(int(m.group(1)))
+                else:
+                    stale = now - path.stat().st_mtime > STALE_TEMP_SECONDS
+                if stale:
+                    path.unlink()
+                    removed.append(path)
+            except FileNotFoundError:  # its writer finished meanwhile
+                continue
+    return removed
+
+
 def _one_line(text: str) -> str:
     return " ".join(str(text).split())
 
@@ -139,6 +189,20 @@ class ObjectStore(ABC):
 
     @abstractmethod
     def exists(self, key: str) -> bool: ...
+
+    @abstractmethod
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        """Like `list`, with each object's size in bytes."""
+
+    @abstractmethod
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        """The object and its version tag (the ETag on S3, a content hash locally)."""
+
+    @abstractmethod
+    def put_if(self, key: str, data: bytes, *, version: str | None) -> str | None:
+        """Write only if the object is absent (`version` None) or still at `version`; the new version
+        tag, or None when another writer got there first (S3 conditional writes: If-None-Match,
+        If-Match)."""
 
     @abstractmethod
     def list(self, prefix: str = "") -> list[str]:
@@ -184,7 +248,7 @@ class FileStore(ObjectStore):
 
     @staticmethod
     def _tmp_next_to(dest: Path) -> Path:
-        return dest.with_name(f".{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+        return tmp_next_to(dest)
 
     def _write_atomic(self, dest: Path, fill: Callable[[io.BufferedWriter], None]) -> None:
         dest.parent.mkdir(parents=True, exist_ok=True)
@@ -230,6 +294,32 @@ class FileStore(ObjectStore):
 
     def exists(self, key: str) -> bool:
         return self._path(key).is_file()
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        out = {}
+        for key in self.list(prefix):
+            with contextlib.suppress(FileNotFoundError):  # deleted meanwhile
+                out[key] = self._path(key).stat().st_size
+        return out
+
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        data = self.get_bytes(key)
+        return data, hashlib.sha256(data).hexdigest()
+
+    def put_if(self, key: str, data: bytes, *, version: str | None) -> str | None:
+        dest = self._path(key)
+        try:
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            # Writers of one key take turns on a lock file beside it (hidden like a temp file).
+            with open(dest.with_name(f".{dest.name}{_TMP_MARK}lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX)
+                current = hashlib.sha256(dest.read_bytes()).hexdigest() if dest.is_file() else None
+                if current != version:
+                    return None
+                self._write_atomic(dest, lambda f: f.write(data))
+                return hashlib.sha256(data).hexdigest()
+        except OSError as exc:
+            raise self._fail("put", key, exc) from exc
 
     def list(self, prefix: str = "") -> list[str]:
         prefix = _check_prefix(prefix)
@@ -525,6 +615,36 @@ class S3Store(ObjectStore):
 
         return self._call(f"get object '{obj}'", fetch)
 
+    def get_versioned(self, key: str) -> tuple[bytes, str]:
+        obj = self._obj(key)
+
+        def fetch() -> tuple[bytes, str]:
+            resp = self._conn.client.get_object(self.bucket, obj)
+            try:
+                return resp.read(), resp.headers.get("ETag", "")
+            finally:
+                resp.close()
+                resp.release_conn()
+
+        return self._call(f"get object '{obj}'", fetch)
+
+    def put_if(self, key: str, data: bytes, *, version: str | None) -> str | None:
+        obj = self._obj(key)
+        condition = {"If-None-Match": "*"} if version is None else {"If-Match": version}
+        result: list[str | None] = []
+
+        def put() -> None:
+            try:  # minio's put_object takes no condition headers; its request layer does
+                resp = self._conn.client._execute("PUT", self.bucket, obj, body=bytes(data), headers=condition)
+                result.append(resp.headers.get("ETag", ""))
+            except S3Error as exc:
+                if exc.code not in ("PreconditionFailed", "ConditionalRequestConflict"):
+                    raise
+                result.append(None)
+
+        self._write(f"put object '{obj}' (conditional)", put)
+        return result[-1]
+
     def put_file(self, key: str, path: str | Path) -> None:
         obj = self._obj(key)
         path = Path(path)
@@ -538,7 +658,7 @@ class S3Store(ObjectStore):
         dest.parent.mkdir(parents=True, exist_ok=True)
 
         def fetch() -> None:
-            tmp = dest.with_name(f".{dest.name}{_TMP_MARK}{uuid.uuid4().hex[:12]}")
+            tmp = tmp_next_to(dest)
             try:
                 resp = self._conn.client.get_object(self.bucket, obj)
                 try:
@@ -576,6 +696,17 @@ class S3Store(ObjectStore):
             ]
 
         return self._call(f"list objects under '{full}'", scan, missing=list)
+
+    def sizes(self, prefix: str = "") -> dict[str, int]:
+        prefix = _check_prefix(prefix)
+        full = f"{self.prefix}/{prefix}" if self.prefix else prefix
+        cut = len(self.prefix) + 1 if self.prefix else 0
+
+        def scan() -> dict[str, int]:
+            listing = self._conn.client.list_objects(self.bucket, prefix=full or None, recursive=True)
+            return {o.object_name[cut:]: o.size for o in listing if not o.object_name.endswith("/")}
+
+        return self._call(f"list objects under '{full}'", scan, missing=dict)
 
     def list(self, prefix: str = "") -> list[str]:
         prefix = _check_prefix(prefix)

@@ -6,9 +6,10 @@ The chart/renderer contract: with `operator.enabled=false` the chart renders PyT
 template that mirrors operator/zhinao_k8s/render/pytorchjob.py. For the same values, rendering the
 chart's TrainingPipeline with `render_pytorchjob()` must give the same jobs: name, namespace, the
 renderer's labels, and the whole `spec` (replica specs, command/args, env, ports, resources,
-securityContext, volumes, pod annotations). The one value compared by meaning, not text, is
-ZHINAO_STAGE_SPEC: the chart cannot fill in the params' defaults, so its params must validate to the
-same params the renderer writes (the trainer validates them with the same models). The one
+securityContext, volumes, init containers, pod annotations), and each stage's spec ConfigMap. The one
+value compared by meaning, not text, is the stage spec (`stage.json`): the chart cannot fill in the
+params' defaults, so its params must validate to the same params the renderer writes (the trainer
+validates them with the same models). The one
 intended difference: `spec.suspend` becomes `runPolicy.suspend: true` on the chart's jobs, which is
 what the operator patches onto a running job.
 """
@@ -27,7 +28,7 @@ from schemas import crd_json_schema
 
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.api.v1alpha1 import Stage
-from zhinao_k8s.render.pytorchjob import render_pytorchjob
+from zhinao_k8s.render.pytorchjob import render_pytorchjob, stage_configmap
 
 CHART = "zhinao-pipeline"
 CHART_DIR = CHARTS / CHART
@@ -123,45 +124,37 @@ def test_operator_scenario_keeps_name_labels_and_retry_policy() -> None:
 
 def test_plain_scenario_renders_the_listed_stages_with_minio() -> None:
     kinds = by_kind(render(CHART, CHART_DIR / "ci" / "plain-values.yaml", namespace=NS))
-    assert set(kinds) == {"PyTorchJob"}
+    assert set(kinds) == {"ConfigMap", "PyTorchJob"}
     jobs = {j["metadata"]["name"]: j for j in kinds["PyTorchJob"]}
     assert list(jobs) == ["zhinao-1p8b-tokenizer", "zhinao-1p8b-pretrain"]
     pretrain = jobs["zhinao-1p8b-pretrain"]["spec"]
     assert pretrain["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1
     assert pretrain["runPolicy"]["backoffLimit"] == 0  # an explicit 0 is kept, not defaulted to 3
-    env = {e["name"]: e for e in pretrain["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]}
+    pod = pretrain["pytorchReplicaSpecs"]["Master"]["template"]["spec"]
+    env = {e["name"]: e for e in pod["containers"][0]["env"]}
     assert env["ZHINAO_S3_ENDPOINT"]["value"] == "http://minio.storage.svc:9000"
-    runtime = json.loads(env["ZHINAO_STAGE_SPEC"]["value"])
+    assert [c["name"] for c in pod["initContainers"]] == ["wait-inputs"]  # pretrain reads the tokenizer
+    configmaps = {c["metadata"]["name"]: c for c in kinds["ConfigMap"]}
+    runtime = json.loads(configmaps["zhinao-1p8b-pretrain-spec"]["data"]["stage.json"])
     assert runtime["inputs"]["tokenizer"] == "s3://zhinao/runs/zhinao-1p8b/tokenizer"
+    assert runtime["upstream"] == ["tokenizer"]
 
 
 def test_plain_mode_creates_only_the_listed_stages(tmp_path: Path) -> None:
     objs = render(CHART, CHART_DIR / "ci" / "plain-values.yaml", "--set", "jobs.stages={tokenizer}", namespace=NS)
-    assert [o["metadata"]["name"] for o in objs] == ["zhinao-1p8b-tokenizer"]
+    assert [o["metadata"]["name"] for o in objs] == ["zhinao-1p8b-tokenizer-spec", "zhinao-1p8b-tokenizer"]
 
 
 # --- the contract: chart PyTorchJobs == render_pytorchjob() ---------------------------------------
 
 
-def _semantic_stage_spec(job: dict) -> dict:
-    """The job with ZHINAO_STAGE_SPEC replaced by its meaning: params validated by the stage's model."""
-    job = copy.deepcopy(job)
-    for replica in job["spec"]["pytorchReplicaSpecs"].values():
-        for c in replica["template"]["spec"]["containers"]:
-            for env in c["env"]:
-                if env["name"] == "ZHINAO_STAGE_SPEC":
-                    runtime = json.loads(env["value"])
-                    stage = TypeAdapter(Stage).validate_python(
-                        {
-                            "name": runtime["stage"],
-                            "kind": runtime["kind"],
-                            "inputs": runtime["inputs"],
-                            "params": runtime["params"],
-                        }
-                    )
-                    runtime["params"] = stage.params.to_wire()
-                    env["value"] = runtime
-    return job
+def _semantic_stage_spec(configmap: dict) -> dict:
+    """The stage spec a ConfigMap carries, by meaning: params validated by the stage's model."""
+    runtime = json.loads(configmap["data"]["stage.json"])
+    stage = TypeAdapter(Stage).validate_python(
+        {"name": runtime["stage"], "kind": runtime["kind"], "inputs": runtime["inputs"], "params": runtime["params"]}
+    )
+    return {**runtime, "params": stage.params.to_wire()}
 
 
 CONTRACT_CASES = {
@@ -223,10 +216,16 @@ def test_chart_pytorchjobs_equal_the_python_renderer(case: str, tmp_path: Path) 
 
     values["operator"] = {"enabled": False}
     values["jobs"] = {"stages": names}
-    chart_jobs = render_values(tmp_path, values)
+    chart_objects = render_values(tmp_path, values, kinds=("ConfigMap", "PyTorchJob"))
+    chart_maps = [o for o in chart_objects if o["kind"] == "ConfigMap" and "stage.json" in o.get("data", {})]
+    chart_jobs = [o for o in chart_objects if o["kind"] == "PyTorchJob"]
     assert [j["metadata"]["name"] for j in chart_jobs] == [f"{pipeline.metadata.name}-{n}" for n in names]
 
-    for stage, chart_job in zip(pipeline.spec.stages, chart_jobs):
+    for stage, chart_map, chart_job in zip(pipeline.spec.stages, chart_maps, chart_jobs):
+        want_map = stage_configmap(pipeline, stage)
+        assert chart_map["metadata"]["name"] == want_map["metadata"]["name"]
+        assert want_map["metadata"]["labels"].items() <= chart_map["metadata"]["labels"].items()
+        assert _semantic_stage_spec(chart_map) == _semantic_stage_spec(want_map)
         want = render_pytorchjob(pipeline, stage)
         if pipeline.spec.suspend:
             want["spec"]["runPolicy"]["suspend"] = True
@@ -234,22 +233,19 @@ def test_chart_pytorchjobs_equal_the_python_renderer(case: str, tmp_path: Path) 
         assert chart_job["metadata"]["name"] == want["metadata"]["name"]
         assert chart_job["metadata"]["namespace"] == want["metadata"]["namespace"] == NS
         assert want["metadata"]["labels"].items() <= chart_job["metadata"]["labels"].items()
-        assert _semantic_stage_spec(chart_job)["spec"] == _semantic_stage_spec(want)["spec"]
+        assert chart_job["spec"] == want["spec"]
 
 
 def test_the_contract_test_notices_a_difference(tmp_path: Path) -> None:
     """The comparison is not vacuous: a changed renderer output is caught."""
     (tp,) = render_values(tmp_path, {})
     pipeline = parse_pipeline(yaml.safe_dump(tp))
-    chart_job = render_values(tmp_path, {"operator": {"enabled": False}, "jobs": {"stages": ["tokenizer"]}})[0]
-    want = render_pytorchjob(pipeline, pipeline.stage("tokenizer"))
-    assert _semantic_stage_spec(chart_job)["spec"] == _semantic_stage_spec(want)["spec"]
-    want["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"] = want[
-        "spec"
-    ]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"][0]["value"].replace(
-        '"vocabSize":8192', '"vocabSize":8193'
-    )
-    assert _semantic_stage_spec(chart_job)["spec"] != _semantic_stage_spec(want)["spec"]
+    plain = {"operator": {"enabled": False}, "jobs": {"stages": ["tokenizer"]}}
+    chart_map = render_values(tmp_path, plain, kinds=("ConfigMap",))[0]
+    want = stage_configmap(pipeline, pipeline.stage("tokenizer"))
+    assert _semantic_stage_spec(chart_map) == _semantic_stage_spec(want)
+    want["data"]["stage.json"] = want["data"]["stage.json"].replace('"vocabSize":8192', '"vocabSize":8193')
+    assert _semantic_stage_spec(chart_map) != _semantic_stage_spec(want)
 
 
 # --- credentials --------------------------------------------------------------------------------

@@ -41,8 +41,11 @@ def console_script_module() -> str:
 
 ENTRY_POINTS = {
     # `torchrun ... -m zhinao` in every training pod (it imports the stage's module by name from the
-    # registry); `python -m JOB_MODULE` in an Ablation's prepare and evaluate jobs.
-    "trainer": [Entry(m, lazy=True) for m in ("zhinao.__main__", *STAGE_MODULES.values(), JOB_MODULE)],
+    # registry); `python -m zhinao.wait_inputs`, the init container of a stage that reads another's
+    # output; `python -m JOB_MODULE` in an Ablation's prepare and evaluate jobs.
+    "trainer": [
+        Entry(m, lazy=True) for m in ("zhinao.__main__", "zhinao.wait_inputs", *STAGE_MODULES.values(), JOB_MODULE)
+    ],
     # `zhinao-k8s operator run`, and the cluster commands (submit, status, ...) the image also serves.
     "operator": [Entry(console_script_module(), lazy=False), Entry("zhinao_k8s.cli.cluster", lazy=True)],
 }

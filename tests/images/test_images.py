@@ -64,15 +64,14 @@ def test_trainer_command_exists() -> None:
     assert TRAINER_COMMAND == ["torchrun"] and TRAINER_ARGS[-2:] == ["-m", "zhinao"]
     assert (VENV_BIN / "torchrun").exists() or pytest.fail("torchrun is missing from the environment (the train extra)")
     for path in sorted((REPO / "manifests" / "examples").glob("*.yaml")):
-        doc = yaml.safe_load(path.read_text())
-        if doc["kind"] != "PyTorchJob":
-            continue
-        for replica in doc["spec"]["pytorchReplicaSpecs"].values():
+        jobs = [doc for doc in yaml.safe_load_all(path.read_text()) if doc["kind"] == "PyTorchJob"]
+        for replica in (r for doc in jobs for r in doc["spec"]["pytorchReplicaSpecs"].values()):
             (container,) = replica["template"]["spec"]["containers"]
             assert container["command"] == TRAINER_COMMAND and container["args"] == TRAINER_ARGS, path.name
-    # `python -m zhinao` resolves to a module with a main().
-    code = "import importlib.util, sys; spec = importlib.util.find_spec('zhinao.__main__'); sys.exit(0 if spec else 1)"
-    subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    # `python -m zhinao` (the trainer) and `python -m zhinao.wait_inputs` (the init container) resolve.
+    for module in ("zhinao.__main__", "zhinao.wait_inputs"):
+        code = f"import importlib.util, sys; sys.exit(0 if importlib.util.find_spec({module!r}) else 1)"
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
 
 
 def test_operator_command_exists() -> None:

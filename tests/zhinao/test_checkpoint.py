@@ -76,6 +76,16 @@ class Recording(ObjectStore):
     def exists(self, key):
         return self.inner.exists(key)
 
+    def sizes(self, prefix=""):
+        return self.inner.sizes(prefix)
+
+    def get_versioned(self, key):
+        return self.inner.get_versioned(key)
+
+    def put_if(self, key, data, *, version):
+        self.writes.append(key)
+        return self.inner.put_if(key, data, version=version)
+
     def list(self, prefix=""):
         return self.inner.list(prefix)
 

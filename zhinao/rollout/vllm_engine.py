@@ -33,11 +33,13 @@ class VLLMEngine:
         # The engine core must live in this process for sync() to reach its model.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
-            from vllm import LLM
+            from vllm import LLM, SamplingParams
         except ImportError:
             raise SystemExit(
-                "rolloutEngine vllm: the vllm package is not installed (it ships in the GPU trainer image)"
+                "rolloutEngine vllm: the vllm package is not installed; the trainer image does not ship it yet"
+                " (no vllm release is pinned to its torch), so install a matching vllm in your own image"
             ) from None
+        self._sampling_params = SamplingParams
         self.stop_ids = list(stop_ids)
         self.llm = LLM(
             model=model_dir,
@@ -58,8 +60,7 @@ class VLLMEngine:
         self.llm.reset_prefix_cache()  # cached prefixes hold the old policy's keys and values
 
     def generate(self, prompts: list[list[int]], *, sampled: int, greedy: bool, sampling: Sampling) -> Generation:
-        from vllm import SamplingParams
-
+        SamplingParams = self._sampling_params
         common = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop_ids, skip_special_tokens=False)
         draw = SamplingParams(n=sampled, temperature=sampling.temperature, top_k=sampling.top_k or -1, **common)
         argmax = SamplingParams(n=1, temperature=0.0, **common)

@@ -4,7 +4,7 @@
     run(rt: StageRuntime, params: Params) -> None
 
 `python -m zhinao` (what every PyTorchJob replica runs under torchrun) reads the StageRuntime
-from the environment and calls the module named by its kind. The kinds are registered in
+from its stage spec file and calls the module named by its kind. The kinds are registered in
 zhinao.config.kinds, the one place a new kind is added.
 """
 

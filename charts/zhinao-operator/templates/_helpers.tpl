@@ -87,6 +87,10 @@ app.kubernetes.io/part-of: zhinao-k8s
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Each stage's spec, mounted into its pods (patch: a retry's spec may have changed).
+- apiGroups: [""]
+  resources: ["configmaps"]
+  verbs: ["create", "patch"]
 # What it reports on the pipelines (kopf posts Events).
 - apiGroups: [""]
   resources: ["events"]

@@ -18,8 +18,9 @@ fails when the two differ. Change both together.
 {{- $metricsPort := int (include "zhinao-pipeline.get" (dict "map" $metrics "key" "port" "fallback" 9400)) }}
 {{- $res := default dict $stage.resources }}
 {{- $gpu := int (default 0 $res.gpu) }}
-{{- $runtime := dict "pipeline" .name "stage" $stage.name "kind" $stage.kind "params" (default dict $stage.params)
-      "inputs" (include "zhinao-pipeline.inputs" . | fromJson) "output" (include "zhinao-pipeline.output" .) }}
+{{- $upstream := include "zhinao-pipeline.upstream" . | fromJsonArray }}
+{{- $image := $stage.image | default $spec.image | default "ghcr.io/zhinao-k8s/trainer:0.1.0" }}
+{{- $pullPolicy := default "IfNotPresent" $spec.imagePullPolicy }}
 metadata:
   labels:
     {{- include "zhinao-pipeline.trainerLabels" . | nindent 4 }}
@@ -39,6 +40,38 @@ spec:
     fsGroup: 1000
     seccompProfile:
       type: RuntimeDefault
+  {{- if $upstream }}
+  # Waits until the stages this one reads have succeeded (`kubectl apply` starts every stage at once).
+  initContainers:
+    - name: wait-inputs
+      image: {{ $image | quote }}
+      imagePullPolicy: {{ $pullPolicy }}
+      command: ["python", "-m", "zhinao.wait_inputs"]
+      env:
+        - name: ZHINAO_STAGE_SPEC_FILE
+          value: /etc/zhinao/stage.json
+        - name: HOME
+          value: /tmp
+        {{- include "zhinao-pipeline.storageEnv" $storage | nindent 8 }}
+      resources:
+        {{- range $part := list "requests" "limits" }}
+        {{ $part }}:
+          cpu: 100m
+          memory: 256Mi
+        {{- end }}
+      securityContext:
+        allowPrivilegeEscalation: false
+        readOnlyRootFilesystem: true
+        runAsNonRoot: true
+        capabilities:
+          drop: ["ALL"]
+      volumeMounts:
+        - name: tmp
+          mountPath: /tmp
+        - name: stage-spec
+          mountPath: /etc/zhinao
+          readOnly: true
+  {{- end }}
   {{- with $sched.nodeSelector }}
   nodeSelector:
     {{- toYaml . | nindent 4 }}
@@ -68,19 +101,19 @@ spec:
   containers:
     # `pytorch`: the training operator finds the rendezvous port on the container of this name.
     - name: pytorch
-      image: {{ $stage.image | default $spec.image | default "ghcr.io/zhinao-k8s/trainer:0.1.0" | quote }}
-      imagePullPolicy: {{ default "IfNotPresent" $spec.imagePullPolicy }}
+      image: {{ $image | quote }}
+      imagePullPolicy: {{ $pullPolicy }}
       command: ["torchrun"]
       args:
         - --master-addr=$(MASTER_ADDR)
         - --master-port=$(MASTER_PORT)
-        # Restarts are Kubernetes' (restartPolicy OnFailure, counted against backoffLimit), never torchrun's.
+        # Restarts are Kubernetes' (restartPolicy, counted against backoffLimit), never torchrun's.
         - --max-restarts=0
         - -m
         - zhinao
       env:
-        - name: ZHINAO_STAGE_SPEC
-          value: {{ toJson $runtime | quote }}
+        - name: ZHINAO_STAGE_SPEC_FILE
+          value: /etc/zhinao/stage.json
         - name: ZHINAO_WORKDIR
           value: /scratch
         - name: HOME
@@ -89,27 +122,7 @@ spec:
         - name: ZHINAO_METRICS_PORT
           value: {{ $metricsPort | quote }}
         {{- end }}
-        {{- with $storage.endpoint }}
-        - name: ZHINAO_S3_ENDPOINT
-          value: {{ . | quote }}
-        {{- end }}
-        {{- with $storage.region }}
-        - name: AWS_REGION
-          value: {{ . | quote }}
-        {{- end }}
-        {{- with $storage.credentials }}
-        {{- $ref := .secretRef }}
-        - name: AWS_ACCESS_KEY_ID
-          valueFrom:
-            secretKeyRef:
-              name: {{ $ref.name | quote }}
-              key: {{ default "AWS_ACCESS_KEY_ID" $ref.accessKeyIdKey | quote }}
-        - name: AWS_SECRET_ACCESS_KEY
-          valueFrom:
-            secretKeyRef:
-              name: {{ $ref.name | quote }}
-              key: {{ default "AWS_SECRET_ACCESS_KEY" $ref.secretAccessKeyKey | quote }}
-        {{- end }}
+        {{- include "zhinao-pipeline.storageEnv" $storage | nindent 8 }}
         {{- range $k, $v := $sched.ncclEnv }}
         - name: {{ $k }}
           value: {{ $v | quote }}
@@ -136,6 +149,8 @@ spec:
           {{ default "rdma/rdma_shared_device_a" .resource }}: {{ default 1 .count | quote }}
           {{- end }}
         {{- end }}
+      # The trainer writes its failure reason there; torchrun's own failures leave the log's tail.
+      terminationMessagePolicy: FallbackToLogsOnError
       securityContext:
         allowPrivilegeEscalation: false
         readOnlyRootFilesystem: true
@@ -153,6 +168,9 @@ spec:
           mountPath: /tmp
         - name: dshm
           mountPath: /dev/shm
+        - name: stage-spec
+          mountPath: /etc/zhinao
+          readOnly: true
   volumes:
     - name: scratch
       emptyDir: {}
@@ -162,6 +180,51 @@ spec:
     - name: dshm
       emptyDir:
         medium: Memory
+    - name: stage-spec
+      configMap:
+        name: {{ printf "%s-%s-spec" .name $stage.name }}
+{{- end }}
+
+{{/* Return the stage spec every replica reads (render/pytorchjob.py `stage_runtime`) as JSON. */}}
+{{- define "zhinao-pipeline.runtime" -}}
+{{- $stage := .stage }}
+{{- toJson (dict "pipeline" .name "stage" $stage.name "kind" $stage.kind "params" (default dict $stage.params)
+      "inputs" (include "zhinao-pipeline.inputs" . | fromJson) "upstream" (include "zhinao-pipeline.upstream" . | fromJsonArray)
+      "output" (include "zhinao-pipeline.output" .) "overwrite" false) }}
+{{- end }}
+
+{{/* Return the names of the stage's inputs that other stages produce, sorted, as a JSON list. */}}
+{{- define "zhinao-pipeline.upstream" -}}
+{{- $names := list }}
+{{- range $key, $uri := (default dict .stage.inputs) }}
+{{- if hasPrefix "stage://" $uri }}{{ $names = append $names $key }}{{ end }}
+{{- end }}
+{{- toJson (sortAlpha $names) }}
+{{- end }}
+
+{{/* Return the storage env (render/pytorchjob.py `storage_env`). Takes the storage map. */}}
+{{- define "zhinao-pipeline.storageEnv" -}}
+{{- with .endpoint }}
+- name: ZHINAO_S3_ENDPOINT
+  value: {{ . | quote }}
+{{- end }}
+{{- with .region }}
+- name: AWS_REGION
+  value: {{ . | quote }}
+{{- end }}
+{{- with .credentials }}
+{{- $ref := .secretRef }}
+- name: AWS_ACCESS_KEY_ID
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name | quote }}
+      key: {{ default "AWS_ACCESS_KEY_ID" $ref.accessKeyIdKey | quote }}
+- name: AWS_SECRET_ACCESS_KEY
+  valueFrom:
+    secretKeyRef:
+      name: {{ $ref.name | quote }}
+      key: {{ default "AWS_SECRET_ACCESS_KEY" $ref.secretAccessKeyKey | quote }}
+{{- end }}
 {{- end }}
 
 {{/*

@@ -133,9 +133,17 @@ class StageBase(SpecModel):
 
     resources: Resources = Field(default_factory=Resources)
     backoff_limit: int = Field(default=3, ge=0, le=100)
-    """The PyTorchJob's `runPolicy.backoffLimit`: restarts before the job is Failed (on a cluster the
-    kubelet restarts a failed container in its pod and the training operator counts the restarts;
-    the local runner restarts every replica together)."""
+    """The PyTorchJob's `runPolicy.backoffLimit` (Kubeflow v1.9 semantics): with restartPolicy
+    OnFailure a failed container is restarted in place, and the job is Failed once the container
+    restarts summed over all its pods reach this number (0: at the first failure). One lost node
+    usually costs one restart per pod, as the other ranks fail with it: give a job of N pods at
+    least N per incident it should survive."""
+
+    restart_policy: Literal["OnFailure", "ExitCode"] = "OnFailure"
+    """`OnFailure`: restart a failed container in place, counted against backoffLimit. `ExitCode`:
+    recreate a pod whose exit code is retryable (130, 137, 143: killed by SIGINT, SIGKILL -- OOM or a
+    lost node --, SIGTERM; 138: SIGUSR1, a user-defined retry) without counting it against
+    backoffLimit, and fail the job at once on any other code (a bug or bad input does not repeat)."""
 
     image: str | None = Field(default=None, pattern=rules.IMAGE_REFERENCE)
     """Overrides the pipeline image for this stage."""

@@ -190,13 +190,13 @@ def render(spec: SpecArg) -> None:
 
 
 def load_report(where: str, storage: str | None = None) -> dict:
-    from zhinao.storage import open_store
-
     path = Path(where)
     if path.suffix in (".yaml", ".yml") and path.is_file():
         from zhinao_k8s.render.ablation_runs import root_uri
+        from zhinao_k8s.stores import open_spec_store
 
-        store = open_store(root_uri(_load(path, storage)) + "/report")
+        ablation = _load(path, storage)
+        store = open_spec_store(root_uri(ablation) + "/report", ablation.spec.storage)
         return json.loads(store.get_bytes("report.json"))
     if path.is_dir():
         path = path / "report.json" if (path / "report.json").exists() else path / "report" / "report.json"
@@ -283,8 +283,8 @@ def _ablation_body(name: str, namespace: str | None, kubeconfig: Path | None, co
 def cluster_report(name: str, namespace: str | None, kubeconfig: Path | None, context: str | None) -> dict:
     """report.json of a Succeeded Ablation, read from its storage (endpoint from the spec; credentials,
     as for every storage access, from AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY)."""
-    from zhinao.storage import open_store
     from zhinao_k8s.controller.plan_ablation import ablation_from_body
+    from zhinao_k8s.stores import open_spec_store
 
     _, ns, body = _ablation_body(name, namespace, kubeconfig, context)
     st = body.get("status") or {}
@@ -292,7 +292,7 @@ def cluster_report(name: str, namespace: str | None, kubeconfig: Path | None, co
         die(f"ablation {ns}/{name} has no report yet (phase {st.get('phase', 'Pending')})")
     storage = ablation_from_body(body).spec.storage
     folder = st["report"].rsplit("/", 1)[0]
-    return json.loads(open_store(folder, endpoint=storage.endpoint, region=storage.region).get_bytes("report.json"))
+    return json.loads(open_spec_store(folder, storage).get_bytes("report.json"))
 
 
 @app.command()

@@ -199,8 +199,9 @@ def status(
         die(f"trainingpipeline {ns}/{name} not found")
     st = body.get("status") or {}
     live = live_metrics(cluster, ns, body)
+    errors = replica_errors(cluster, ns, st)
     if output != OutputFormat.table:
-        _dump({"name": name, "namespace": ns, **st, "live": live}, output)
+        _dump({"name": name, "namespace": ns, **st, "live": live, "errors": errors}, output)
         return
     out.print(
         f"[bold]{name}[/] ({ns})  phase [bold]{st.get('phase', 'Pending')}[/]  "
@@ -224,6 +225,26 @@ def status(
             _fmt(m.get(METRIC_TOKENS_PER_SECOND), ",.0f"),
         )
     out.print(table)
+    for stage, lines in errors.items():
+        for line in lines:
+            out.print(f"  [red]{stage}[/] {line}", highlight=False)
+
+
+FAILING_PHASES = ("Restarting", "Retrying", "Failed")
+
+
+def replica_errors(cluster, namespace: str, status: dict) -> dict[str, list[str]]:
+    """Per failing stage, `<pod>: <error line>` of each replica whose container failed last time
+    (the trainer's termination message, or the log tail Kubernetes kept in its place)."""
+    from zhinao_k8s.runner.env import pod_error_lines
+
+    errors = {}
+    for s in status.get("stages", []):
+        if s.get("phase") in FAILING_PHASES and s.get("jobName"):
+            lines = pod_error_lines(cluster.job_pods(namespace, s["jobName"], role=None))
+            if lines:
+                errors[s["name"]] = lines
+    return errors
 
 
 def list_(

@@ -12,11 +12,12 @@ from rich.table import Table
 from zhinao_k8s.api.load import load_pipeline, parse_pipeline
 from zhinao_k8s.api.secrets import load_secrets
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
-from zhinao_k8s.cli.errors import EXIT_FAILED
+from zhinao_k8s.cli.errors import EXIT_FAILED, EXIT_SPEC, die, sigterm_as_interrupt
 from zhinao_k8s.cli.progress import RunDisplay
 from zhinao_k8s.examples import example_text
 from zhinao_k8s.render.pytorchjob import render_pipeline
 from zhinao_k8s.runner.pipeline import PipelineResult, run_training_pipeline
+from zhinao_k8s.stores import open_spec_store
 
 out = Console(highlight=False)
 SpecArg = Annotated[Path, typer.Argument(help="TrainingPipeline YAML file.", exists=False)]
@@ -40,19 +41,36 @@ def validate(spec: SpecArg) -> None:
     )
 
 
-def render(spec: SpecArg) -> None:
-    """Print the PyTorchJobs the pipeline runs as YAML (offline; pipe into `kubectl apply -f -`)."""
-    print(to_yaml(render_pipeline(load_pipeline(spec))), end="")
+def render(
+    spec: SpecArg,
+    stage: Annotated[list[str], typer.Option(help="Render only these stages (repeatable).")] = [],
+) -> None:
+    """Print each stage's ConfigMap and PyTorchJob as YAML (offline; pipe into `kubectl apply -f -`:
+    each stage's pods wait until the outputs of the stages it reads have succeeded)."""
+    pipeline = load_pipeline(spec)
+    unknown = [name for name in stage if name not in {s.name for s in pipeline.spec.stages}]
+    if unknown:
+        die(
+            f"--stage: no stage {', '.join(unknown)} in {spec} (stages: {', '.join(s.name for s in pipeline.spec.stages)})",
+            EXIT_SPEC,
+        )
+    print(to_yaml(render_pipeline(pipeline, only=stage or None)), end="")
 
 
 def run_local(
-    pipeline: TrainingPipeline, workdir: Path, secrets: dict, only: list[str] | None, verbose: bool
+    pipeline: TrainingPipeline,
+    workdir: Path,
+    secrets: dict,
+    only: list[str] | None,
+    verbose: bool,
+    overwrite: list[str] | None = None,
 ) -> PipelineResult:
     workdir.mkdir(parents=True, exist_ok=True)
+    common = {"workdir": workdir, "secrets": secrets, "only": only, "overwrite": overwrite}
     if verbose:
-        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, echo_logs=True)
+        return run_training_pipeline(pipeline, echo_logs=True, **common)
     with RunDisplay(pipeline, workdir) as display:
-        return run_training_pipeline(pipeline, workdir=workdir, secrets=secrets, only=only, listener=display)
+        return run_training_pipeline(pipeline, listener=display, **common)
 
 
 def headline(summary: dict) -> str:
@@ -88,7 +106,7 @@ def headline(summary: dict) -> str:
     return ", ".join(parts)
 
 
-def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
+def print_result(result: PipelineResult, pipeline: TrainingPipeline, secrets: dict | None = None) -> None:
     from zhinao.artifacts import StageOutput
 
     table = Table(title="summary")
@@ -107,7 +125,7 @@ def print_result(result: PipelineResult, pipeline: TrainingPipeline) -> None:
         if not job.succeeded:
             out.print(f"[red]{name} failed:[/] {job.reason}")
             continue
-        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        output = StageOutput(open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage, secrets))
         if not output.is_finished():
             continue
         summary = output.read_summary()
@@ -123,15 +141,26 @@ def run(
     secret: Annotated[list[Path], typer.Option(help="Kubernetes Secret manifest(s) the jobs reference.")] = [],
     stage: Annotated[list[str], typer.Option(help="Run only these stages (repeatable).")] = [],
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Stream every replica's log.")] = False,
+    overwrite: Annotated[
+        list[str],
+        typer.Option(
+            help="Replace these stages' outputs when a run with other params or inputs wrote them (repeatable)."
+        ),
+    ] = [],
 ) -> None:
     """Run every stage locally, exactly as the rendered PyTorchJobs would run on a cluster.
 
     One process per replica with the training operator's environment (MASTER_ADDR, WORLD_SIZE,
-    RANK, PET_*), restarted as a whole on failure up to the stage's backoffLimit.
+    RANK, PET_*); a failed container restarts in place, as the stage's restartPolicy and backoffLimit
+    allow. Ctrl-C or SIGTERM stops every replica as kubelet would (SIGTERM, grace period, SIGKILL).
+    A stage resumes an output its own params and inputs wrote, and refuses one a different run
+    wrote unless it is listed in --overwrite.
     """
     pipeline = load_pipeline(spec)
-    result = run_local(pipeline, workdir, load_secrets(secret), stage or None, verbose)
-    print_result(result, pipeline)
+    secrets = load_secrets(secret)
+    with sigterm_as_interrupt():
+        result = run_local(pipeline, workdir, secrets, stage or None, verbose, overwrite or None)
+    print_result(result, pipeline, secrets)
     if not result.succeeded:
         raise typer.Exit(EXIT_FAILED)
 
@@ -172,7 +201,8 @@ def demo(
     out.print(f"demo corpus -> {pipeline.spec.storage.uri}/corpus: {counts}")
     write_demo_alignment_data(pipeline.spec.storage.uri)
     (workdir / "pipeline.yaml").write_text(to_yaml([pipeline.to_wire()]))
-    result = run_local(pipeline, workdir, {}, None, False)
+    with sigterm_as_interrupt():
+        result = run_local(pipeline, workdir, {}, None, False)
     print_result(result, pipeline)
     overview = write_run_overview(workdir, pipeline, result)
     out.print(f"report: {overview}")
@@ -197,7 +227,7 @@ def write_run_overview(workdir: Path, pipeline: TrainingPipeline, result: Pipeli
             f"| {job.seconds:.1f} | {job.restarts} |"
         )
     for name, _job in result.stages:
-        output = StageOutput.at(pipeline.output_of(pipeline.stage(name)))
+        output = StageOutput(open_spec_store(pipeline.output_of(pipeline.stage(name)), pipeline.spec.storage))
         store = output.store
         lines += ["", f"## {name}", "", f"Output: `{store.uri}`"]
         keys = output.report_keys()

@@ -101,7 +101,18 @@ class Cluster:
     def create_job(self, namespace: str, body: dict) -> bool:
         return self._create_absent(JOB_GROUP, JOB_VERSION, JOB_PLURAL, namespace, body)
 
+    def put_configmap(self, namespace: str, body: dict) -> None:
+        """Create, or update the data of one of that name (a retry after the spec's params changed)."""
+        try:
+            self.core.create_namespaced_config_map(namespace, body)
+        except ApiException as exc:
+            if exc.status != 409:
+                raise
+            self.core.patch_namespaced_config_map(body["metadata"]["name"], namespace, {"data": body["data"]})
+
     def delete_job(self, namespace: str, name: str) -> bool:
+        """Foreground: the job stays (with a deletionTimestamp) until the garbage collector has
+        removed its pods and Services, so a retry of the same name never meets them."""
         try:
             self.custom.delete_namespaced_custom_object(
                 JOB_GROUP,
@@ -109,7 +120,7 @@ class Cluster:
                 namespace,
                 JOB_PLURAL,
                 name,
-                propagation_policy="Background",
+                propagation_policy="Foreground",
             )
             return True
         except ApiException as exc:
@@ -136,6 +147,8 @@ class Cluster:
         done = []
         for action in actions:
             if isinstance(action, CreateJob):
+                if action.configmap is not None:
+                    self.put_configmap(namespace, action.configmap)
                 created = self.create_job(namespace, action.body)
                 done.append(f"{'created' if created else 'already exists:'} PyTorchJob {action.name}")
             elif isinstance(action, DeleteJob):

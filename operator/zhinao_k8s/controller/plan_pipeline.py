@@ -9,8 +9,10 @@ The rules, in stage order:
 - A stage whose PyTorchJob has Succeeded is done; the next stage may start.
 - The first stage without a PyTorchJob gets one (`CreateJob`), unless the pipeline is suspended.
   Names are deterministic (`<pipeline>-<stage>`), so planning twice can never create two jobs.
-- A Failed job with retries left is deleted (`DeleteJob`); once it is gone the stage is created
-  again with the next attempt number. Without retries left the pipeline is Failed.
+- A Failed job with retries left is deleted (`DeleteJob`, foreground propagation: the job object
+  stays until its pods and Services are gone); only once it is gone is the stage created again,
+  with the next attempt number, so a retry never meets its predecessor's pods. Without retries
+  left the pipeline is Failed.
 - `spec.suspend` suspends the running job (`SuspendJob`) and starts nothing; resuming the pipeline
   resumes only a job the pipeline itself suspended (marked with ANNOTATION_SUSPENDED). A job someone
   else holds suspended, Kueue waiting for quota above all, is left alone: it runs when they resume it.
@@ -23,7 +25,7 @@ from zhinao_k8s.api.status import PipelineStatus, StageStatus
 from zhinao_k8s.api.v1alpha1 import API_VERSION, KIND, StageBase, TrainingPipeline
 from zhinao_k8s.controller.pipeline_status import stage_from_job, summarize, with_phase
 from zhinao_k8s.render.names import LABEL_PIPELINE, job_name
-from zhinao_k8s.render.pytorchjob import render_pytorchjob
+from zhinao_k8s.render.pytorchjob import render_pytorchjob, stage_configmap
 
 ANNOTATION_ATTEMPT = "zhinao.ai/attempt"
 ANNOTATION_INPUTS = "zhinao.ai/inputs"
@@ -36,6 +38,8 @@ ANNOTATION_SUSPENDED = "zhinao.ai/suspended-by-pipeline"
 class CreateJob:
     name: str
     body: dict = field(repr=False)
+    configmap: dict | None = field(default=None, repr=False)
+    """The stage spec ConfigMap the job's pods mount: written (created or replaced) first."""
 
 
 @dataclass(frozen=True)
@@ -196,6 +200,9 @@ def _plan_stage(
         # operator stopped between delete and status write) the same attempt again.
         attempt = prev.attempt + 1 if prev.phase in ("Retrying", "Failed") or prev.attempt == 0 else prev.attempt
         body = build_job(pipeline, stage, attempt=attempt, owner=owner)
+        configmap = stage_configmap(pipeline, stage)
+        if owner is not None:
+            configmap["metadata"]["ownerReferences"] = [owner]
         status = with_phase(
             prev,
             "Created",
@@ -209,7 +216,7 @@ def _plan_stage(
             completion_time=None,
             conditions=[],
         )
-        return status, CreateJob(name=name, body=body), False
+        return status, CreateJob(name=name, body=body, configmap=configmap), False
     if _is_deleting(job):
         phase = "Retrying" if prev.phase in ("Retrying", "Failed") else prev.phase
         return with_phase(prev, phase, now, reason=prev.reason or "JobDeleting"), None, False

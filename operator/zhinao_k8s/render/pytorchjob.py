@@ -1,7 +1,9 @@
 """(TrainingPipeline, stage) -> a kubeflow.org/v1 PyTorchJob, as a plain dict.
 
-Every replica runs the same command, `torchrun ... -m zhinao`; what to do comes from the
-ZHINAO_STAGE_SPEC env var, so a rendered job is complete and reproducible on its own. The
+Every replica runs the same command, `torchrun ... -m zhinao`; what to do comes from the stage
+spec file, a ConfigMap (`stage_configmap`) mounted into every pod, so the rendered ConfigMap and job
+are complete and reproducible on their own. An init container waits until the inputs other stages
+produce are there, so `render | kubectl apply -f -` runs the stages in order. The
 training operator adds MASTER_ADDR/MASTER_PORT/WORLD_SIZE/RANK/PET_* at pod creation; torchrun
 reads PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE from there. `pod_template` and
 `pytorchjob` also build an Ablation's prepare and evaluate jobs (render/ablation.py).
@@ -9,7 +11,7 @@ reads PET_NNODES, PET_NODE_RANK and PET_NPROC_PER_NODE from there. `pod_template
 
 import copy
 
-from zhinao.config.runtime import ENV_METRICS_PORT, ENV_S3_ENDPOINT, ENV_STAGE_SPEC, StageRuntime
+from zhinao.config.runtime import ENV_METRICS_PORT, ENV_S3_ENDPOINT, ENV_STAGE_SPEC_FILE, StageRuntime
 from zhinao_k8s.api.v1alpha1 import Resources, StageBase, Storage, TrainingPipeline
 from zhinao_k8s.render.names import job_name, labels
 from zhinao_k8s.render.scheduling import with_scheduling
@@ -21,12 +23,16 @@ RENDEZVOUS_PORT_NAME = "pytorchjob-port"
 RENDEZVOUS_PORT = 23456
 RUN_AS_USER = 1000
 SCRATCH_DIR = "/scratch"
+STAGE_SPEC_DIR = "/etc/zhinao"
+STAGE_SPEC_KEY = "stage.json"
+STAGE_SPEC_VOLUME = "stage-spec"
+WAIT_CONTAINER_NAME = "wait-inputs"
 
 TRAINER_COMMAND = ["torchrun"]
 TRAINER_ARGS = [
     "--master-addr=$(MASTER_ADDR)",
     "--master-port=$(MASTER_PORT)",
-    # Restarts are Kubernetes' (restartPolicy OnFailure, counted against runPolicy.backoffLimit),
+    # Restarts are Kubernetes' (restartPolicy, counted against runPolicy.backoffLimit),
     # never torchrun's own: a rank torchrun restarted alone would wait in a rendezvous the
     # other pods never join again.
     "--max-restarts=0",
@@ -35,15 +41,53 @@ TRAINER_ARGS = [
 ]
 
 
-def stage_runtime(pipeline: TrainingPipeline, stage: StageBase) -> StageRuntime:
+def stage_runtime(pipeline: TrainingPipeline, stage: StageBase, *, overwrite: bool = False) -> StageRuntime:
     return StageRuntime(
         pipeline=pipeline.metadata.name,
         stage=stage.name,
         kind=stage.kind,
         params=stage.params.to_wire(),
         inputs=pipeline.resolve_inputs(stage),
+        upstream=sorted(k for k, uri in stage.inputs.items() if uri.startswith("stage://")),
         output=pipeline.output_of(stage),
+        overwrite=overwrite,
     )
+
+
+def stage_configmap_name(pipeline: TrainingPipeline, stage: StageBase) -> str:
+    return f"{job_name(pipeline, stage)}-spec"
+
+
+def stage_configmap(pipeline: TrainingPipeline, stage: StageBase, *, overwrite: bool = False) -> dict:
+    """The stage spec every replica reads (ConfigMaps hold up to 1 MiB; one env var only 128 KiB)."""
+    metadata = {"name": stage_configmap_name(pipeline, stage), "labels": labels(pipeline, stage)}
+    if pipeline.metadata.namespace:
+        metadata["namespace"] = pipeline.metadata.namespace
+    data = {STAGE_SPEC_KEY: stage_runtime(pipeline, stage, overwrite=overwrite).to_json()}
+    return {"apiVersion": "v1", "kind": "ConfigMap", "metadata": metadata, "data": data}
+
+
+def mount_stage_spec(template: dict, configmap: str) -> None:
+    """Mount the stage spec ConfigMap into every container of `template` and point them at it."""
+    pod = template["spec"]
+    pod["volumes"].append({"name": STAGE_SPEC_VOLUME, "configMap": {"name": configmap}})
+    for container in pod.get("initContainers", []) + pod["containers"]:
+        container["volumeMounts"].append({"name": STAGE_SPEC_VOLUME, "mountPath": STAGE_SPEC_DIR, "readOnly": True})
+        container["env"].insert(0, {"name": ENV_STAGE_SPEC_FILE, "value": f"{STAGE_SPEC_DIR}/{STAGE_SPEC_KEY}"})
+
+
+def wait_inputs_container(trainer: dict, storage: Storage) -> dict:
+    """Runs before the trainer: waits for the upstream stages' success markers (zhinao.wait_inputs)."""
+    return {
+        "name": WAIT_CONTAINER_NAME,
+        "image": trainer["image"],
+        "imagePullPolicy": trainer["imagePullPolicy"],
+        "command": ["python", "-m", "zhinao.wait_inputs"],
+        "env": [{"name": "HOME", "value": "/tmp"}, *storage_env(storage)],
+        "resources": _resources(Resources(cpu="100m", memory="256Mi")),
+        "securityContext": copy.deepcopy(trainer["securityContext"]),
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
 
 
 def scratch_env() -> list[dict]:
@@ -70,7 +114,7 @@ def storage_env(storage: Storage) -> list[dict]:
 
 def _env(pipeline: TrainingPipeline, stage: StageBase) -> list[dict]:
     spec = pipeline.spec
-    env = [{"name": ENV_STAGE_SPEC, "value": stage_runtime(pipeline, stage).to_env()}, *scratch_env()]
+    env = scratch_env()
     if spec.metrics.enabled:
         env.append({"name": ENV_METRICS_PORT, "value": str(spec.metrics.port)})
     return env + storage_env(spec.storage)
@@ -115,6 +159,8 @@ def pod_template(
         "env": env,
         "ports": ports,
         "resources": _resources(resources),
+        # The trainer writes its failure reason there; torchrun's own failures leave the log's tail.
+        "terminationMessagePolicy": "FallbackToLogsOnError",
         "securityContext": {
             "allowPrivilegeEscalation": False,
             "readOnlyRootFilesystem": True,
@@ -157,13 +203,14 @@ def pytorchjob(
     replicas: int = 1,
     nproc_per_node: int = 1,
     backoff_limit: int,
+    restart_policy: str = "OnFailure",
 ) -> dict:
     """A PyTorchJob of one Master plus replicas-1 Workers, all running `template`."""
-    replica_specs = {"Master": {"replicas": 1, "restartPolicy": "OnFailure", "template": template}}
+    replica_specs = {"Master": {"replicas": 1, "restartPolicy": restart_policy, "template": template}}
     if replicas > 1:
         replica_specs["Worker"] = {
             "replicas": replicas - 1,
-            "restartPolicy": "OnFailure",
+            "restartPolicy": restart_policy,
             "template": copy.deepcopy(template),
         }
     metadata = {"name": name, "labels": dict(labels)}
@@ -197,6 +244,9 @@ def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
         labels=labels(pipeline, stage),
         metrics_port=spec.metrics.port if spec.metrics.enabled else None,
     )
+    if any(uri.startswith("stage://") for uri in stage.inputs.values()):
+        template["spec"]["initContainers"] = [wait_inputs_container(template["spec"]["containers"][0], spec.storage)]
+    mount_stage_spec(template, stage_configmap_name(pipeline, stage))
     job = pytorchjob(
         name=job_name(pipeline, stage),
         namespace=pipeline.metadata.namespace,
@@ -205,10 +255,18 @@ def render_pytorchjob(pipeline: TrainingPipeline, stage: StageBase) -> dict:
         replicas=stage.replicas,
         nproc_per_node=stage.nproc_per_node,
         backoff_limit=stage.backoff_limit,
+        restart_policy=stage.restart_policy,
     )
     return with_scheduling(job, pipeline.scheduling_of(stage))
 
 
-def render_pipeline(pipeline: TrainingPipeline) -> list[dict]:
-    """One PyTorchJob per stage, in run order."""
-    return [render_pytorchjob(pipeline, stage) for stage in pipeline.spec.stages]
+def render_stage(pipeline: TrainingPipeline, stage: StageBase, *, overwrite: bool = False) -> list[dict]:
+    """What one stage needs on a cluster: its stage spec ConfigMap, then its PyTorchJob.
+    `overwrite`: the stage may replace an output a different run wrote."""
+    return [stage_configmap(pipeline, stage, overwrite=overwrite), render_pytorchjob(pipeline, stage)]
+
+
+def render_pipeline(pipeline: TrainingPipeline, only: list[str] | None = None) -> list[dict]:
+    """Every stage's ConfigMap and PyTorchJob, in run order; `only`: just these stages."""
+    stages = [s for s in pipeline.spec.stages if not only or s.name in only]
+    return [obj for stage in stages for obj in render_stage(pipeline, stage)]

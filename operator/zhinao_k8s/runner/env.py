@@ -1,9 +1,11 @@
-"""Pure: the environment and command line the training operator gives each replica's container."""
+"""Pure: the environment and command line the training operator gives each replica's container,
+and the error line of a failed one."""
 
 import re
 from dataclasses import dataclass
 
 _VAR_REF = re.compile(r"\$\(([A-Za-z_][A-Za-z0-9_]*)\)|\$\$")
+_RANK_LINE = re.compile(r"^rank \d+: ")
 
 
 @dataclass(frozen=True)
@@ -89,3 +91,27 @@ def _expand(text: str, env: dict[str, str]) -> str:
 
 def command_line(container: dict, env: dict[str, str]) -> list[str]:
     return [_expand(part, env) for part in container.get("command", []) + container.get("args", [])]
+
+
+def error_line(text: str) -> str | None:
+    """The line of a failure message or log tail users need: a trainer's own `rank N: ...` line
+    (the first one is the root cause), else the last line naming an error, else the last line."""
+    lines = [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("=====")]
+    ranks = [line for line in lines if _RANK_LINE.match(line)]
+    errors = [line for line in lines if "Error" in line or "Exception" in line or "error:" in line]
+    return (ranks[:1] or errors[-1:] or lines[-1:] or [None])[0]
+
+
+def pod_error_lines(pods: list[dict]) -> list[str]:
+    """`<pod>: <error line>` for each pod whose container last terminated with a failure, from the
+    termination message Kubernetes keeps in the pod's status."""
+    out = []
+    for pod in pods:
+        for status in (pod.get("status") or {}).get("containerStatuses") or []:
+            for state in (status.get("state"), status.get("lastState")):
+                terminated = (state or {}).get("terminated") or {}
+                line = error_line(terminated.get("message") or "") if terminated.get("exitCode") else None
+                if line:
+                    out.append(f"{pod['metadata']['name']}: {line}")
+                    break
+    return out

@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from zhinao_k8s.api.v1alpha1 import TrainingPipeline
-from zhinao_k8s.render.pytorchjob import render_pytorchjob
-from zhinao_k8s.runner.local import JobResult, Listener, LocalJobRunner
+from zhinao_k8s.render.pytorchjob import render_stage
+from zhinao_k8s.runner.local import CRASH_BACKOFF_SECONDS, JobResult, Listener, LocalJobRunner
 
 
 @dataclass
@@ -29,6 +29,8 @@ def run_training_pipeline(
     listener: Listener | None = None,
     only: list[str] | None = None,
     echo_logs: bool = False,
+    crash_backoff: tuple[float, float] = CRASH_BACKOFF_SECONDS,
+    overwrite: list[str] | None = None,
 ) -> PipelineResult:
     """Stops at the first stage that fails, as the operator does once retries are exhausted."""
     result = PipelineResult(pipeline.metadata.name)
@@ -36,9 +38,17 @@ def run_training_pipeline(
     for stage in pipeline.spec.stages:
         if only and stage.name not in only:
             continue
-        job = render_pytorchjob(pipeline, stage)
+        configmap, job = render_stage(pipeline, stage, overwrite=stage.name in (overwrite or []))
         notify("stage", {"stage": stage.name, "kind": stage.kind, "job": job["metadata"]["name"]})
-        runner = LocalJobRunner(job, workdir=workdir, secrets=secrets, listener=listener, echo_logs=echo_logs)
+        runner = LocalJobRunner(
+            job,
+            workdir=workdir,
+            configmaps={configmap["metadata"]["name"]: configmap["data"]},
+            secrets=secrets,
+            listener=listener,
+            echo_logs=echo_logs,
+            crash_backoff=crash_backoff,
+        )
         job_result = runner.run()
         result.stages.append((stage.name, job_result))
         if not job_result.succeeded:

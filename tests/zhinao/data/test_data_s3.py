@@ -4,7 +4,7 @@ same documents as one rank on local files."""
 import json
 import threading
 
-from test_data_pipeline import _outputs, _params, _run_ranks, _write_corpus
+from test_data_processing import _outputs, _params, _run_ranks, _write_corpus
 
 from zhinao.data.processing import run_data_processing
 from zhinao.distributed import DistEnv

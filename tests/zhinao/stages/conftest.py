@@ -28,7 +28,7 @@ def pretrain_spec(name: str, storage_uri: str, assets: dict, *, replicas: int = 
                         "kind": "pretrain",
                         "replicas": replicas,
                         "nprocPerNode": nproc,
-                        "backoffLimit": 2,
+                        "backoffLimit": 6,  # a lost rank costs a restart per pod (Kubeflow counts containers)
                         "inputs": {"tokenizer": assets["tokenizer"], "corpus": assets["corpus"]},
                         "params": merged,
                     }

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 from safetensors.torch import load_file
-from stage_runs import assert_restarted_once_and_resumed, run, run_killing_a_rank
+from stage_runs import assert_restarted_and_resumed, run, run_killing_a_rank
 from transformers import AutoModelForCausalLM
 
 from zhinao.storage import StorageError, open_store
@@ -32,7 +32,7 @@ def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
         tmp_path / "w2",
         once_exists=tmp_path / "store" / "killed" / "pretrain" / "checkpoints" / "latest",
     )
-    assert_restarted_once_and_resumed(result, killed=killed, replica="worker-0", step=10)
+    assert_restarted_and_resumed(result, killed=killed, replica="worker-0", step=10)
 
     a, b = (
         weights(ref_pipeline.output_of(ref_pipeline.stage("pretrain"))),

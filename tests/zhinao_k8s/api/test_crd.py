@@ -150,9 +150,10 @@ def test_crd_schema_rejects_what_the_models_reject(bad: dict, where: str) -> Non
     assert err.value.validator == where
 
 
-def test_example_pytorchjobs_validate_against_pytorchjob_crd_and_pod_schema() -> None:
+def test_example_stages_validate_against_pytorchjob_crd_and_kubernetes_schemas() -> None:
     for stage in ("tokenizer", "pretrain"):
-        job = yaml.safe_load((REPO / f"manifests/examples/{stage}.yaml").read_text())
+        configmap, job = yaml.safe_load_all((REPO / f"manifests/examples/{stage}.yaml").read_text())
+        validate_k8s(configmap)
         validate_pytorchjob(job)
 
 

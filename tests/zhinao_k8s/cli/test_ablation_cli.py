@@ -18,8 +18,9 @@ def test_render_prints_pretrain_and_sft_jobs_per_recipe_and_seed(tmp_path):
     spec.write_text(example_text("ablation-demo"))
     result = runner.invoke(app, ["render", str(spec)])
     assert result.exit_code == 0, result.output
-    jobs = list(yaml.safe_load_all(result.output))
-    assert len(jobs) == 4 * 3 * 2 and {j["kind"] for j in jobs} == {"PyTorchJob"}
+    objects = list(yaml.safe_load_all(result.output))
+    jobs = [o for o in objects if o["kind"] == "PyTorchJob"]
+    assert len(jobs) == 4 * 3 * 2 and len(objects) == 2 * len(jobs)  # each with its stage spec ConfigMap
     assert [j["metadata"]["name"] for j in jobs[:2]] == ["abl-demo-dedup-on-s0-pretrain", "abl-demo-dedup-on-s0-sft"]
 
 

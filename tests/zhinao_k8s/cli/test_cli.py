@@ -3,7 +3,7 @@
 import re
 
 import yaml
-from schemas import validate_pytorchjob
+from schemas import validate_k8s, validate_pytorchjob
 from typer.testing import CliRunner
 
 from zhinao_k8s.cli.app import app
@@ -26,17 +26,30 @@ def test_validate_reports_every_problem_with_its_field_path_and_exit_code_2(tmp_
     assert "spec.stages[2].params.typo: unknown field" in result.output
 
 
-def test_render_prints_valid_pytorchjobs_for_every_stage(tmp_path):
+def test_render_prints_valid_configmaps_and_pytorchjobs_for_every_stage(tmp_path):
     path = tmp_path / "demo.yaml"
     path.write_text(example_text("demo"))
     result = runner.invoke(app, ["render", str(path)])
     assert result.exit_code == 0, result.output
-    jobs = list(yaml.safe_load_all(result.output))
+    objects = list(yaml.safe_load_all(result.output))
+    jobs = [o for o in objects if o["kind"] == "PyTorchJob"]
     assert [j["metadata"]["name"] for j in jobs] == [
         f"demo-{s}" for s in ("data", "tokenizer", "pretrain", "sft", "rm", "rlhf")
     ]
     for job in jobs:
         validate_pytorchjob(job)
+    for configmap in (o for o in objects if o["kind"] == "ConfigMap"):
+        validate_k8s(configmap)
+
+
+def test_render_stage_renders_that_stage_only_and_names_an_unknown_one(tmp_path):
+    path = tmp_path / "demo.yaml"
+    path.write_text(example_text("demo"))
+    result = runner.invoke(app, ["render", str(path), "--stage", "sft"])
+    assert result.exit_code == 0, result.output
+    assert [o["metadata"]["name"] for o in yaml.safe_load_all(result.output)] == ["demo-sft-spec", "demo-sft"]
+    result = runner.invoke(app, ["render", str(path), "--stage", "nope"])
+    assert result.exit_code == 2 and "no stage nope" in result.output and "Traceback" not in result.output
 
 
 def test_a_missing_file_is_one_readable_line():

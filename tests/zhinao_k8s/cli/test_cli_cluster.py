@@ -137,6 +137,36 @@ def test_status_shows_stages_and_live_loss_and_throughput(app, kube: KubeMock) -
     assert yaml.safe_load(r.output)["currentStage"] == "pt"
 
 
+def test_status_shows_the_last_error_line_of_each_failed_replica(app, kube: KubeMock) -> None:
+    c = kube.cluster
+    c.create_pipeline(NS, json.loads(json.dumps(SPEC)))
+    stages = [{"name": "tok", "phase": "Restarting", "attempt": 1, "jobName": "demo-tok"}]
+    c.patch_pipeline_status(NS, "demo", {"phase": "Running", "currentStage": "tok", "stages": stages})
+    message = "rank 1: ValueError: corpus shard 7 is not gzip\nrank 0: RuntimeError: Connection closed by peer\n"
+    restarted = {"restartCount": 1, "lastState": {"terminated": {"exitCode": 1, "message": message}}}
+    healthy = {"restartCount": 0, "state": {"running": {}}}
+    for replica, container in (("worker-0", restarted), ("master-0", healthy)):
+        labels = {"training.kubeflow.org/job-name": "demo-tok", "training.kubeflow.org/replica-type": replica[:-2]}
+        c.core.create_namespaced_pod(
+            NS,
+            {
+                "apiVersion": "v1",
+                "kind": "Pod",
+                "metadata": {"name": f"demo-tok-{replica}", "labels": labels},
+                "spec": {"containers": [{"name": "pytorch", "image": "x"}]},
+                "status": {
+                    "containerStatuses": [{"name": "pytorch", "image": "x", "imageID": "", "ready": False, **container}]
+                },
+            },
+        )
+    r = invoke(app, kube, "status", "demo", "-n", NS)
+    assert r.exit_code == 0, r.output
+    assert "tok demo-tok-worker-0: rank 1: ValueError: corpus shard 7 is not gzip" in r.output
+    assert "master-0:" not in r.output
+    doc = json.loads(invoke(app, kube, "status", "demo", "-n", NS, "-o", "json").output)
+    assert doc["errors"] == {"tok": ["demo-tok-worker-0: rank 1: ValueError: corpus shard 7 is not gzip"]}
+
+
 def test_logs_of_a_stage(app, kube: KubeMock) -> None:
     _running(kube)
     r = invoke(app, kube, "logs", "demo", "--stage", "pt")

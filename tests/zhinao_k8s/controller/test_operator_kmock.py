@@ -61,6 +61,19 @@ def job_creates(kube: KubeMock) -> list[str]:
     return kube.call(read)
 
 
+def job_delete_propagation(kube: KubeMock) -> list[str | None]:
+    """The propagationPolicy of every PyTorchJob delete request kmock served."""
+
+    def read(emulator):
+        return [
+            (r.data or {}).get("propagationPolicy") or r.params.get("propagationPolicy")
+            for r in emulator
+            if r.resource is not None and r.resource.plural == "pytorchjobs" and r.action == kmock.action.DELETE
+        ]
+
+    return kube.call(read)
+
+
 def test_pipeline_runs_retries_survives_a_restart_and_fails(kube: KubeMock, operator: Operator) -> None:
     cluster = operator.cluster
     created = cluster.create_pipeline(NS, pipeline_doc())
@@ -78,7 +91,11 @@ def test_pipeline_runs_retries_survives_a_restart_and_fails(kube: KubeMock, oper
         e["name"]: e.get("value")
         for e in pt["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
     }
-    assert json.loads(env["ZHINAO_STAGE_SPEC"])["inputs"] == {"tokenizer": "s3://bucket/runs/demo/tok"}
+    # The stage spec travels in a ConfigMap the operator created first, owned by the pipeline.
+    assert env["ZHINAO_STAGE_SPEC_FILE"] == "/etc/zhinao/stage.json"
+    spec_map = cluster.core.read_namespaced_config_map("demo-pt-spec", NS)
+    assert json.loads(spec_map.data["stage.json"])["inputs"] == {"tokenizer": "s3://bucket/runs/demo/tok"}
+    assert spec_map.metadata.owner_references[0].uid == uid
     wait_for("progress 1/2", lambda: status(cluster).get("progress") == "1/2")
 
     # The operator goes away in the middle and a new one (fresh memory) takes over.
@@ -94,6 +111,8 @@ def test_pipeline_runs_retries_survives_a_restart_and_fails(kube: KubeMock, oper
         lambda: (j := job(cluster, "demo-pt")) and j["metadata"]["annotations"][ANNOTATION_ATTEMPT] == "2" and j,
     )
     assert "status" not in retried
+    # The failed attempt was deleted in the foreground: its pods and Services go before the job does.
+    assert job_delete_propagation(kube) == ["Foreground"]
     wait_for("stage 2 attempt 2", lambda: status(cluster)["stages"][1].get("attempt") == 2)
 
     # Attempt 2 fails too: retries are spent, the pipeline is Failed with the reason.

@@ -249,11 +249,10 @@ def test_created_job_carries_owner_attempt_and_resolved_inputs() -> None:
     ]
     assert meta["annotations"][ANNOTATION_ATTEMPT] == "1"
     assert json.loads(meta["annotations"][ANNOTATION_INPUTS]) == {"tokenizer": "s3://bucket/runs/demo/tok"}
-    env = {
-        e["name"]: e.get("value")
-        for e in create.body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]["env"]
-    }
-    assert json.loads(env["ZHINAO_STAGE_SPEC"])["inputs"] == {"tokenizer": "s3://bucket/runs/demo/tok"}
+    # The stage spec goes into the ConfigMap the job mounts, owned by the pipeline too.
+    assert create.configmap["metadata"]["name"] == "demo-pt-spec"
+    assert create.configmap["metadata"]["ownerReferences"] == meta["ownerReferences"]
+    assert json.loads(create.configmap["data"]["stage.json"])["inputs"] == {"tokenizer": "s3://bucket/runs/demo/tok"}
     assert out.status.stage("tok").output_uri == "s3://bucket/runs/demo/tok"
 
 

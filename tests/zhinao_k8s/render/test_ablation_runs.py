@@ -69,7 +69,8 @@ def test_checkpoints_are_kept_every_eval_interval_for_the_valid_curve():
 
 
 def test_the_runs_render_to_pytorchjobs():
-    jobs = [j for r in expand_runs(parse_ablation(MINIMAL)) for j in render_pipeline(r.pipeline)]
+    objects = [o for r in expand_runs(parse_ablation(MINIMAL)) for o in render_pipeline(r.pipeline)]
+    jobs = [o for o in objects if o["kind"] == "PyTorchJob"]
     assert [j["metadata"]["name"] for j in jobs[:2]] == [
         "abl-don-s0-pretrain",
         "abl-don-s1-pretrain",

@@ -1,0 +1,76 @@
+"""Stage output fingerprints: the same run resumes, a different one is refused naming what
+differs, --overwrite replaces the output (nothing of the old run is left to be read)."""
+
+import json
+
+import pytest
+
+from zhinao.config.runtime import StageRuntime
+from zhinao.fingerprint import FINGERPRINT_KEY, OutputMismatch, check_or_record, differences, stage_fingerprint
+from zhinao.storage import FileStore
+
+
+def runtime(tmp_path, **params) -> StageRuntime:
+    return StageRuntime(
+        pipeline="p",
+        stage="pt",
+        kind="pretrain",
+        params={"lr": 3e-3, "seed": 1, **params},
+        inputs={"corpus": f"file://{tmp_path / 'corpus'}"},
+        output=f"file://{tmp_path / 'out'}",
+    )
+
+
+@pytest.fixture
+def corpus(tmp_path):
+    (tmp_path / "corpus").mkdir()
+    (tmp_path / "corpus" / "a.jsonl").write_text('{"text": "one"}\n')
+    return tmp_path / "corpus"
+
+
+def test_same_fingerprint_resumes_and_a_changed_param_is_refused_by_name(tmp_path, corpus):
+    out = FileStore(tmp_path / "out")
+    assert check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False) == "new"
+    out.put_bytes("checkpoints/latest", b"step-30")
+    assert check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False) == "resume"
+    with pytest.raises(OutputMismatch) as err:
+        check_or_record(out, stage_fingerprint(runtime(tmp_path, lr=1e-3, seed=2)), overwrite=False)
+    assert "params.lr: 0.003 -> 0.001; params.seed: 1 -> 2" in str(err.value)
+    assert "--overwrite" in str(err.value) and out.get_bytes("checkpoints/latest") == b"step-30"
+
+
+def test_a_changed_corpus_is_refused(tmp_path, corpus):
+    out = FileStore(tmp_path / "out")
+    check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False)
+    (corpus / "a.jsonl").write_text('{"text": "one, then more"}\n')
+    with pytest.raises(OutputMismatch, match="inputs.corpus: changed"):
+        check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False)
+
+
+def test_overwrite_removes_every_object_of_the_old_run(tmp_path, corpus):
+    out = FileStore(tmp_path / "out")
+    check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False)
+    out.put_bytes("docs/part-0.jsonl", b"old")
+    out.put_bytes("_lease.json", b"{}")
+    new = stage_fingerprint(runtime(tmp_path, lr=1e-3))
+    assert check_or_record(out, new, overwrite=True, keep=("_lease.json",)) == "overwritten"
+    assert out.list() == ["_fingerprint.json", "_lease.json"]
+    assert json.loads(out.get_bytes(FINGERPRINT_KEY)) == new
+
+
+def test_an_output_without_a_fingerprint_is_not_taken_for_this_run(tmp_path, corpus):
+    out = FileStore(tmp_path / "out")
+    out.put_bytes("docs/part-0.jsonl", b"someone else's")
+    with pytest.raises(OutputMismatch, match="holds 1 objects of a run that recorded no fingerprint"):
+        check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False)
+
+
+def test_an_upstream_stage_is_known_by_its_fingerprint(tmp_path, corpus):
+    up = FileStore(tmp_path / "up")
+    up.put_bytes(FINGERPRINT_KEY, b'{"params": {"vocabSize": 512}}')
+    rt = runtime(tmp_path).model_copy(update={"inputs": {"tokenizer": up.uri}})
+    before = stage_fingerprint(rt)
+    up.put_bytes("metrics/rank-0.jsonl", b"more lines")  # the same run going on: same input
+    assert stage_fingerprint(rt) == before
+    up.put_bytes(FINGERPRINT_KEY, b'{"params": {"vocabSize": 600}}')
+    assert differences(before, stage_fingerprint(rt)) == ["inputs.tokenizer: changed"]

@@ -1,0 +1,86 @@
+"""What produced a stage output: its fingerprint, recorded in the output when a run starts.
+
+The fingerprint is the stage's kind and resolved params, a digest of each input (the recorded
+fingerprint of an input another stage produced; the object names and sizes of any other input),
+and the code version. A rerun with the same fingerprint resumes; a different one is refused with
+the fields that differ, unless the user asked to overwrite the output.
+"""
+
+import hashlib
+import json
+from typing import Any
+
+import zhinao
+from zhinao.artifacts import FINGERPRINT
+from zhinao.config.runtime import StageRuntime
+from zhinao.storage import ObjectStore, open_store
+
+FINGERPRINT_KEY = FINGERPRINT
+
+
+class OutputMismatch(RuntimeError):
+    """The output was written by a run with a different fingerprint."""
+
+
+def _digest(obj: Any) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
+
+
+def input_digest(store: ObjectStore) -> str:
+    """An upstream stage's recorded fingerprint, else the input's object names and sizes."""
+    if store.exists(FINGERPRINT_KEY):
+        return _digest(json.loads(store.get_bytes(FINGERPRINT_KEY)))
+    return _digest(sorted(store.sizes().items()))
+
+
+def stage_fingerprint(rt: StageRuntime) -> dict:
+    return {
+        "kind": rt.kind,
+        "params": rt.params,
+        "inputs": {name: input_digest(open_store(uri)) for name, uri in sorted(rt.inputs.items())},
+        "code": zhinao.__version__,
+    }
+
+
+def differences(recorded: Any, current: Any, path: str = "") -> list[str]:
+    """`field.path: old -> new` for each field that differs (inputs: `changed`)."""
+    if isinstance(recorded, dict) and isinstance(current, dict):
+        out = []
+        for key in sorted(set(recorded) | set(current), key=str):
+            sub = f"{path}.{key}" if path else str(key)
+            if key not in recorded:
+                out.append(f"{sub}: added ({json.dumps(current[key])})")
+            elif key not in current:
+                out.append(f"{sub}: removed (was {json.dumps(recorded[key])})")
+            else:
+                out += differences(recorded[key], current[key], sub)
+        return out
+    if recorded == current:
+        return []
+    if path.startswith("inputs."):
+        return [f"{path}: changed"]
+    return [f"{path}: {json.dumps(recorded)} -> {json.dumps(current)}"]
+
+
+def check_or_record(store: ObjectStore, fingerprint: dict, *, overwrite: bool, keep: tuple[str, ...] = ()) -> str:
+    """Record the fingerprint in a new output; accept the same one (a resume); refuse a different
+    one with the differing fields -- or, with `overwrite`, empty the output (all but `keep`) and
+    record the new one. Returns what happened: new, resume or overwritten."""
+    recorded = json.loads(store.get_bytes(FINGERPRINT_KEY)) if store.exists(FINGERPRINT_KEY) else None
+    if recorded == fingerprint:
+        return "resume"
+    leftovers = [k for k in store.list() if k not in keep]
+    if leftovers and not overwrite:
+        why = (
+            "; ".join(differences(recorded, fingerprint))
+            if recorded is not None
+            else f"it holds {len(leftovers)} objects of a run that recorded no fingerprint"
+        )
+        raise OutputMismatch(
+            f"{store.uri} was written by a different run: {why}. Resuming would mix the two: "
+            "rerun with --overwrite STAGE to replace it, or give the stage another output"
+        )
+    for key in leftovers:
+        store.delete(key)
+    store.put_bytes(FINGERPRINT_KEY, json.dumps(fingerprint, sort_keys=True, indent=2).encode())
+    return "overwritten" if leftovers else "new"
