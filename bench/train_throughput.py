@@ -25,6 +25,7 @@ from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import pack_source
+from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes
 from zhinao.model import build_config, build_model
 from zhinao.tokenizer import to_transformers, train_bpe
 
@@ -91,25 +92,9 @@ def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:
     tok.save_pretrained(tok_dir)
     ids = [tok(t, add_special_tokens=False)["input_ids"] for t in texts]
     seqs = pack_source(ids, seq_len=seq_len, eod_id=tok.convert_tokens_to_ids("<eod>"))
-    tokens_dir = root / "packed" / "tokens"
-    tokens_dir.mkdir(parents=True)
-    np.save(tokens_dir / "bench-00000.npy", seqs)
-    (tokens_dir / "index.json").write_text(
-        json.dumps(
-            {
-                "seq_len": seq_len,
-                "vocab_size": len(tok),
-                "shards": [
-                    {
-                        "key": "tokens/bench-00000.npy",
-                        "source": "bench",
-                        "sequences": len(seqs),
-                        "tokens": int(seqs.size),
-                    }
-                ],
-            }
-        )
-    )
+    packed = StageOutput.at(f"file://{root / 'packed'}")
+    key = packed.put_token_shard("bench-r00000-00000", shard_bytes(seqs))
+    packed.write_tokens_index(TokenIndex(seq_len=seq_len, vocab_size=len(tok), shards=[Shard(key, "bench", len(seqs))]))
     return tok_dir, seqs, len(tok)
 
 

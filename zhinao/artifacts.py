@@ -5,7 +5,7 @@
     <output>/checkpoints/                 resumable training state (zhinao.checkpoint)
     <output>/hf/                          the Hugging Face export the next stage loads
     <output>/tokenizer/                   the tokenizer stage's HF tokenizer files
-    <output>/tokens/index.json + shards   packed token sequences (pretrain, longctx)
+    <output>/tokens/index.json + shards   packed token sequences (pretrain, longctx; docs/data.md)
     <output>/report/                      plots and markdown that go into the run's REPORT.md
     <output>/_fingerprint.json            what produced the output (zhinao.fingerprint), recorded at start
     <output>/_lease.json                  the single writer's lease while a run writes (zhinao.lease)
@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhinao.checkpoint import CheckpointManager
+from zhinao.data.token_shards import TokenIndex
 from zhinao.storage import ObjectStore, open_store
 
 SUMMARY = "summary.json"
@@ -28,6 +29,7 @@ HF = "hf"
 TOKENIZER = "tokenizer"
 TOKENS = "tokens"
 TOKENS_INDEX = f"{TOKENS}/index.json"
+TOKENS_PARTS = f"{TOKENS}/parts"
 REPORT = "report"
 FINGERPRINT = "_fingerprint.json"
 LEASE = "_lease.json"
@@ -157,26 +159,35 @@ class StageOutput:
                 self.store.get_file(key, dest / key[len(prefix) :])
         return dest
 
-    # -- packed tokens
+    # -- packed tokens (the format: zhinao.data.token_shards)
     def has_tokens(self) -> bool:
         return self.store.exists(TOKENS_INDEX)
 
     def put_token_shard(self, name: str, data: bytes) -> str:
-        """Store one .npy shard; returns its key (what the index lists)."""
-        key = f"{TOKENS}/{name}.npy"
+        """Store one shard (raw uint32 tokens); returns its key (what the index lists)."""
+        key = f"{TOKENS}/{name}.bin"
         self.store.put_bytes(key, data)
         return key
 
-    def fetch_token_shard(self, key: str, dest_dir: Path) -> Path:
-        path = dest_dir / Path(key).name
+    def fetch_token_shard(self, key: str, path: Path) -> None:
         self.store.get_file(key, path)
-        return path
 
-    def read_tokens_index(self) -> dict:
-        return json.loads(self.store.get_bytes(TOKENS_INDEX))
+    def token_shard_url(self, key: str) -> str:
+        return self.store.url(key)
 
-    def write_tokens_index(self, index: dict) -> None:
-        self.store.put_bytes(TOKENS_INDEX, json.dumps(index, indent=2).encode())
+    def read_tokens_index(self) -> TokenIndex:
+        return TokenIndex.from_json(self.store.get_bytes(TOKENS_INDEX), where=self.store.url(TOKENS_INDEX))
+
+    def write_tokens_index(self, index: TokenIndex) -> None:
+        self.store.put_bytes(TOKENS_INDEX, index.to_json())
+
+    def put_tokens_part(self, rank: int, part: TokenIndex) -> None:
+        """One rank's share of the index, written by the tokenize step before rank 0 merges them."""
+        self.store.put_bytes(f"{TOKENS_PARTS}/rank-{rank:05d}.json", part.to_json())
+
+    def read_tokens_part(self, rank: int) -> TokenIndex:
+        key = f"{TOKENS_PARTS}/rank-{rank:05d}.json"
+        return TokenIndex.from_json(self.store.get_bytes(key), where=self.store.url(key))
 
     # -- report
     def report_key(self, name: str) -> str:

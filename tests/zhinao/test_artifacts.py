@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 
 from zhinao.artifacts import StageOutput, metrics_key
+from zhinao.data.token_shards import Shard, TokenIndex
 from zhinao.storage import FileStore
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -84,8 +85,14 @@ def test_tokenizer_and_tokens_and_report(output, tmp_path):
     assert output.has_tokenizer()
     assert (output.fetch_tokenizer(tmp_path / "back") / "tokenizer.json").read_text() == "{}"
     assert not output.has_tokens()
-    output.write_tokens_index({"shards": []})
-    assert output.has_tokens() and output.read_tokens_index() == {"shards": []}
+    index = TokenIndex(
+        seq_len=8, vocab_size=9, shards=[Shard(output.put_token_shard("a-r00000-00000", b"\0" * 32), "a", 1)]
+    )
+    output.write_tokens_index(index)
+    assert output.has_tokens() and output.read_tokens_index() == index
+    assert index.shards[0].key == "tokens/a-r00000-00000.bin"
+    output.put_tokens_part(3, index)
+    assert output.read_tokens_part(3) == index
     url = output.put_report("loss.png", b"png")
     assert url == output.report_url("loss.png") and output.report_keys() == ["report/loss.png"]
 

@@ -15,6 +15,7 @@ from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
 from zhinao.config.optim import MAX_MICRO_BATCH, MAX_SEQ_LEN, Attention, OptimParams, Precision, ZeroStage
+from zhinao.config.stream import TokenStreamParams
 
 NeedlePreset = Literal["en", "zh", "kv"]
 
@@ -81,6 +82,9 @@ class LongContextParams(OptimParams):
 
     seed: int = 1234
     """Seeds data order and the synthetic data; the model comes trained from the input."""
+
+    stream: TokenStreamParams = TokenStreamParams()
+    """Shuffle window and shard cache of the streaming reader."""
 
     precision: Precision = "auto"
     """`auto`: bf16 autocast on a GPU that supports it, fp32 on CPU. RoPE inverse frequencies stay fp32."""

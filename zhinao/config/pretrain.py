@@ -9,6 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from zhinao.config.optim import MAX_MICRO_BATCH, MAX_SEQ_LEN, Attention, OptimParams
+from zhinao.config.stream import TokenStreamParams
 
 ModelSize = Literal["tiny", "0.5b", "1.8b", "7b"]
 
@@ -50,6 +51,9 @@ class PretrainParams(OptimParams):
 
     source_field: str = "source"
     """JSON field naming a document's source; documents are concatenated only within a source."""
+
+    stream: TokenStreamParams = TokenStreamParams()
+    """Token shard size, shuffle window and shard cache of the streaming reader."""
 
     @model_validator(mode="after")
     def _warmup_fits(self) -> "PretrainParams":

@@ -32,8 +32,10 @@ class Packed:
     def __len__(self) -> int:
         return len(self.input_ids)
 
-    def position_ids(self, mode: str) -> np.ndarray:
-        return position_ids(self.doc_ids, mode)
+    def position_ids(self, mode: str, rows: np.ndarray | None = None) -> np.ndarray:
+        """Position ids of `rows` (all rows when None): computed for those rows only, so a
+        micro-batch costs O(micro-batch), not O(dataset)."""
+        return position_ids(self.doc_ids if rows is None else self.doc_ids[rows], mode)
 
 
 def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_len: int, pad_id: int) -> Packed:

@@ -1,29 +1,128 @@
-"""Packed token sequences in a stage output: (n, seqLen) .npy shards listed by tokens/index.json.
+"""The tokenized-shard format: raw little-endian uint32 token files plus one JSON index.
 
-Pretrain writes them from a corpus, longctx from a corpus plus synthetic long QA; both train from
-`load_tokens`, and a later stage can read another stage's shards (pretrain `inputs.tokens`).
+A shard (`tokens/<source>-r<rank>-<n>.bin`, keys owned by zhinao.artifacts) is `sequences x seq_len`
+tokens, nothing else, so any sequence is one byte range (offset = i * seq_len * 4) and a shard's size
+checks itself against the index. `tokens/index.json` lists every shard with its sequence count (the
+Megatron `.idx` reduced to what fixed-length packed sequences need). Each rank of the tokenize step
+writes its own shards and an index part; rank 0 merges the parts. Pure: numpy and json only.
 """
 
-import io
-from pathlib import Path
+import json
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from zhinao.artifacts import StageOutput
 from zhinao.data.packing import TOKEN_DTYPE
 
-
-def put_shard(out: StageOutput, name: str, seqs: np.ndarray, *, source: str) -> dict:
-    """Store one shard; returns its entry for the index."""
-    buf = io.BytesIO()
-    np.save(buf, seqs)
-    key = out.put_token_shard(name, buf.getvalue())
-    return {"key": key, "source": source, "sequences": int(len(seqs)), "tokens": int(seqs.size)}
+FORMAT = "zhinao-tokens/1"
+WIRE_DTYPE = np.dtype("<u4")  # TOKEN_DTYPE, byte order fixed on the wire
+assert np.dtype(TOKEN_DTYPE).itemsize == WIRE_DTYPE.itemsize
 
 
-def load_tokens(out: StageOutput, dest: Path) -> np.ndarray:
-    """Every shard of the index, concatenated (memory-mapped while reading)."""
-    index = out.read_tokens_index()
-    dest.mkdir(parents=True, exist_ok=True)
-    arrays = [np.load(out.fetch_token_shard(shard["key"], dest), mmap_mode="r") for shard in index["shards"]]
-    return np.concatenate(arrays).astype(TOKEN_DTYPE, copy=False)
+@dataclass(frozen=True)
+class Shard:
+    key: str
+    source: str
+    sequences: int
+
+
+@dataclass
+class TokenIndex:
+    seq_len: int
+    vocab_size: int
+    shards: list[Shard] = field(default_factory=list)
+    documents: int = 0
+    extra: dict = field(default_factory=dict)
+    """Stage-specific counts (longctx: corpus and synthetic sequences), carried through unchanged."""
+
+    @property
+    def sequences(self) -> int:
+        return sum(s.sequences for s in self.shards)
+
+    def to_json(self) -> bytes:
+        body = {
+            "format": FORMAT,
+            "dtype": "uint32",
+            "seq_len": self.seq_len,
+            "vocab_size": self.vocab_size,
+            "documents": self.documents,
+            "sequences": self.sequences,
+            "tokens": self.sequences * self.seq_len,
+            **self.extra,
+            "shards": [asdict(s) for s in self.shards],
+        }
+        return json.dumps(body, indent=2).encode()
+
+    @classmethod
+    def from_json(cls, raw: bytes, *, where: str) -> "TokenIndex":
+        try:
+            body = json.loads(raw)
+            if body.get("format") != FORMAT:
+                raise ValueError(f"format is {body.get('format')!r}, expected {FORMAT!r} (re-run the tokenize step)")
+            known = {"format", "dtype", "seq_len", "vocab_size", "documents", "sequences", "tokens", "shards"}
+            return cls(
+                seq_len=int(body["seq_len"]),
+                vocab_size=int(body["vocab_size"]),
+                shards=[Shard(str(s["key"]), str(s["source"]), int(s["sequences"])) for s in body["shards"]],
+                documents=int(body.get("documents", 0)),
+                extra={k: v for k, v in body.items() if k not in known},
+            )
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{where}: not a token index: {exc}") from None
+
+    @classmethod
+    def merge(cls, parts: list["TokenIndex"]) -> "TokenIndex":
+        """One index over every rank's part; shards sorted by key so the result is deterministic."""
+        if {(p.seq_len, p.vocab_size) for p in parts} != {(parts[0].seq_len, parts[0].vocab_size)}:
+            raise ValueError("token index parts disagree on seq_len or vocab_size")
+        return cls(
+            seq_len=parts[0].seq_len,
+            vocab_size=parts[0].vocab_size,
+            shards=sorted((s for p in parts for s in p.shards), key=lambda s: s.key),
+            documents=sum(p.documents for p in parts),
+        )
+
+
+def shard_name(source: str, *, rank: int, n: int) -> str:
+    """The n-th shard of `source` written by `rank` (unique across the ranks of one tokenize step)."""
+    return f"{source}-r{rank:05d}-{n:05d}"
+
+
+def shard_bytes(sequences: np.ndarray) -> bytes:
+    return np.ascontiguousarray(sequences, dtype=WIRE_DTYPE).tobytes()
+
+
+class SourcePacker:
+    """Concatenates one source's documents, each followed by <eod>, and cuts full shards off the front.
+
+    Holds less than one shard of tokens between calls (the report's packing, section 2.4, without
+    keeping the source in memory); the incomplete last sequence is dropped at `finish`.
+    """
+
+    def __init__(self, *, seq_len: int, shard_sequences: int, eod_id: int):
+        self.seq_len, self.shard_sequences, self.eod = seq_len, shard_sequences, eod_id
+        self._parts: list[np.ndarray] = []
+        self._held = 0
+
+    def add(self, ids: list[int]) -> list[np.ndarray]:
+        """Appends one document; returns the (shard_sequences, seq_len) shards it completed."""
+        doc = np.empty(len(ids) + 1, dtype=TOKEN_DTYPE)
+        doc[:-1] = ids
+        doc[-1] = self.eod
+        self._parts.append(doc)
+        self._held += len(doc)
+        shard_tokens = self.shard_sequences * self.seq_len
+        if self._held < shard_tokens:
+            return []
+        stream = np.concatenate(self._parts)
+        n = len(stream) // shard_tokens
+        self._parts = [stream[n * shard_tokens :]]
+        self._held = len(self._parts[0])
+        return list(stream[: n * shard_tokens].reshape(n, self.shard_sequences, self.seq_len))
+
+    def finish(self) -> np.ndarray | None:
+        """The whole sequences still held, or None when less than one sequence is left."""
+        stream = np.concatenate(self._parts) if self._parts else np.empty(0, TOKEN_DTYPE)
+        n = len(stream) // self.seq_len
+        self._parts, self._held = [], 0
+        return stream[: n * self.seq_len].reshape(n, self.seq_len) if n else None

@@ -20,7 +20,9 @@ from zhinao.config.longctx import LongContextParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
 from zhinao.data.packing import TOKEN_DTYPE, pack_source
-from zhinao.data.token_shards import load_tokens, put_shard
+from zhinao.data.stream_order import PositionMismatch
+from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes, shard_name
+from zhinao.data.token_stream import TokenStream
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
@@ -57,7 +59,7 @@ class SequenceParallelEngine(DDPEngine):
         return super().train_step(micro_batches, lambda model, batch: sequence_parallel_lm_loss(model, batch, self.sp))
 
 
-def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongContextParams) -> dict:
+def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongContextParams) -> TokenIndex:
     """Pack the corpus into seqLen sequences per source, write the synthetic long QA set, and mix."""
     docs = list(read_documents(corpus, text_field=params.text_field, source_field=params.source_field))
     encode = lambda text: tokenizer(text, add_special_tokens=False)["input_ids"]  # noqa: E731
@@ -83,15 +85,18 @@ def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongCon
     out.store.put_bytes(SFT_KEY, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
     synthetic = pack_source((encode(render_chat(r["messages"])) for r in rows), seq_len=params.seq_len, eod_id=eod)
     data = mix_sequences(corpus_seqs, synthetic, ratio=params.synthetic_mix, seed=params.seed)
-    index = {
-        "seq_len": params.seq_len,
-        "vocab_size": len(tokenizer),
-        "shards": [],
-        "corpus_sequences": int(len(corpus_seqs)),
-        "synthetic_sequences": int(len(data) - len(corpus_seqs)),
-        "synthetic_conversations": len(rows),
-    }
-    index["shards"].append(put_shard(out, "longctx-00000", data.astype(TOKEN_DTYPE), source="mixed"))
+    key = out.put_token_shard(shard_name("longctx", rank=0, n=0), shard_bytes(data))
+    index = TokenIndex(
+        seq_len=params.seq_len,
+        vocab_size=len(tokenizer),
+        shards=[Shard(key, "mixed", int(len(data)))],
+        documents=len(docs),
+        extra={
+            "corpus_sequences": int(len(corpus_seqs)),
+            "synthetic_sequences": int(len(data) - len(corpus_seqs)),
+            "synthetic_conversations": len(rows),
+        },
+    )
     out.write_tokens_index(index)
     return index
 
@@ -159,9 +164,20 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     if env.is_main and not session.output.has_tokens():
         build_data(corpus, tokenizer, session.output, params)
     session.barrier()
-    data = load_tokens(session.output, session.workdir / "tokens")
-    if data.shape[1] != params.seq_len:
-        raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
+    # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
+    try:
+        stream = TokenStream(
+            session.output,
+            session.workdir / "tokens",
+            seed=params.seed,
+            rank=sp.dp_rank,
+            world_size=sp.dp_size,
+            params=params.stream,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"{session.output.uri}: {exc}") from None
+    if stream.seq_len != params.seq_len:
+        raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
 
     attn = activate_sequence_parallel(sp) if sp.size > 1 else attention_implementation(params.attention)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn)
@@ -179,13 +195,18 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         seq_len=params.seq_len,
     )
     loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
-    start = loop.resume().get("step", 0)
+    meta = loop.resume()
+    start = meta.get("step", 0)
+    try:
+        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+    except PositionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     log.info(
         "long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "
         "parallel %d, steps %d..%d",
         old_theta,
         params.rope_theta,
-        len(data),
+        len(stream),
         params.seq_len,
         sp.size,
         sp.dp_size,
@@ -193,20 +214,16 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         params.max_steps,
     )
 
-    # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
     tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size
     loop.run(
-        causal_lm_step(
-            engine,
-            data,
-            params,
-            rank=sp.dp_rank,
-            world_size=sp.dp_size,
-            device=session.device,
-            tokens_per_step=tokens_per_step,
-        ),
-        checkpoint_meta=lambda step: {"sequence_parallel": sp.size, "tokens": step * tokens_per_step * env.world_size},
+        causal_lm_step(engine, stream, params, device=session.device, tokens_per_step=tokens_per_step),
+        checkpoint_meta=lambda step: {
+            "sequence_parallel": sp.size,
+            "tokens": step * tokens_per_step * env.world_size,
+            "data": stream.state_dict(),
+        },
     )
+    stream.close()
 
     # The export loads anywhere with standard attention; the ring is only this job's business.
     if sp.size > 1:
@@ -243,8 +260,8 @@ def write_summary(
         "max_position_embeddings": params.max_positions,
         "sequence_parallel": sp.size,
         "data_parallel": sp.dp_size,
-        "corpus_sequences": index.get("corpus_sequences"),
-        "synthetic_sequences": index.get("synthetic_sequences"),
+        "corpus_sequences": index.extra.get("corpus_sequences"),
+        "synthetic_sequences": index.extra.get("synthetic_sequences"),
         "loss_first": steps[0]["loss"] if steps else None,
         "loss_last": steps[-1]["loss"] if steps else None,
         "tokens_per_second": tokens / train_seconds if train_seconds else None,

@@ -1,8 +1,9 @@
-"""Pretrain stage: pack the corpus into token shards, then train the 360Zhinao architecture.
+"""Pretrain stage: tokenize the corpus into token shards on every rank, then train the 360Zhinao
+architecture, each rank streaming its share of the shards (docs/data.md).
 
 inputs:  tokenizer  (a tokenizer-stage output, or a prefix holding tokenizer.json)
-         corpus     (JSONL documents or a data-stage output)    -- packed into <output>/tokens/
-         tokens     (optional: already packed shards; then corpus is not read)
+         corpus     (JSONL documents or a data-stage output)    -- tokenized into <output>/tokens/
+         tokens     (optional: a stage output with tokens/index.json; then corpus is not read)
 output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 """
 
@@ -13,14 +14,13 @@ import numpy as np
 from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.corpus import read_documents
-from zhinao.data.packing import pack_source
-from zhinao.data.token_shards import load_tokens, put_shard
+from zhinao.data.stream_order import PositionMismatch
+from zhinao.data.token_stream import TokenStream
+from zhinao.data.tokenize_shards import merge_parts, tokenize_share
 from zhinao.metrics import flops_per_token
 from zhinao.model import build_config, build_model, matmul_params
 from zhinao.plots import loss_curve_png
-from zhinao.storage import ObjectStore, open_store
-from zhinao.tokenizer import EOD
+from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.causal_lm import causal_lm_step
 from zhinao.training.loop import Schedule, TrainingLoop
@@ -30,23 +30,45 @@ Params = PretrainParams
 log = logging.getLogger(__name__)
 
 
-def pack_corpus(corpus: ObjectStore, tokenizer, out: StageOutput, params: PretrainParams) -> dict:
-    """Tokenize every document and write one .npy shard of (n, seqLen) sequences per source."""
-    by_source: dict[str, list[list[int]]] = {}
-    for doc in read_documents(corpus, text_field=params.text_field, source_field=params.source_field):
-        by_source.setdefault(doc.source, []).append(tokenizer(doc.text, add_special_tokens=False)["input_ids"])
-    eod = tokenizer.convert_tokens_to_ids(EOD)
-    index = {"seq_len": params.seq_len, "vocab_size": len(tokenizer), "shards": []}
-    for source in sorted(by_source):
-        seqs = pack_source(by_source[source], seq_len=params.seq_len, eod_id=eod)
-        if not len(seqs):
-            log.warning("source %r has fewer than seqLen=%d tokens; nothing packed", source, params.seq_len)
-            continue
-        index["shards"].append(put_shard(out, f"{source}-00000", seqs, source=source))
-    if not index["shards"]:
-        raise SystemExit(f"corpus {corpus.uri} yields no sequence of {params.seq_len} tokens")
-    out.write_tokens_index(index)
-    return index
+def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params: PretrainParams) -> TokenStream:
+    """Tokenize the corpus on every rank unless token shards exist, then open this rank's stream."""
+    env, out = session.env, session.output
+    tokens = StageOutput.at(rt.inputs["tokens"]) if "tokens" in rt.inputs else out
+    if "tokens" in rt.inputs and not tokens.has_tokens():
+        raise SystemExit(f"inputs.tokens: {tokens.uri} holds no token index (tokens/index.json)")
+    if not tokens.has_tokens():
+        if "corpus" not in rt.inputs:
+            raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
+        corpus = open_store(rt.inputs["corpus"])
+        tokenize_share(
+            corpus,
+            tokenizer,
+            out,
+            seq_len=params.seq_len,
+            params=params.stream,
+            rank=env.rank,
+            world_size=env.world_size,
+            text_field=params.text_field,
+            source_field=params.source_field,
+        )
+        session.barrier()
+        if env.is_main:
+            merge_parts(out, world_size=env.world_size, where=corpus.uri)
+    session.barrier()
+    try:  # a foreign index, a shard of the wrong size, fewer sequences than ranks: one line
+        stream = TokenStream(
+            tokens,
+            session.workdir / "tokens",
+            seed=params.seed,
+            rank=env.rank,
+            world_size=env.world_size,
+            params=params.stream,
+        )
+    except ValueError as exc:
+        raise SystemExit(f"{tokens.uri}: {exc}") from None
+    if stream.seq_len != params.seq_len:
+        raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
+    return stream
 
 
 def run(rt: StageRuntime, params: PretrainParams) -> None:
@@ -57,15 +79,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     tok_dir = StageOutput.at(rt.inputs["tokenizer"]).fetch_tokenizer(session.workdir / "tokenizer")
     tokenizer = load_tokenizer(tok_dir)
 
-    tokens = StageOutput.at(rt.inputs["tokens"]) if "tokens" in rt.inputs else session.output
-    if env.is_main and not tokens.has_tokens():
-        if "corpus" not in rt.inputs:
-            raise SystemExit("pretrain stage needs inputs.corpus or inputs.tokens")
-        pack_corpus(open_store(rt.inputs["corpus"]), tokenizer, session.output, params)
-    session.barrier()
-    data = load_tokens(tokens, session.workdir / "tokens")
-    if data.shape[1] != params.seq_len:
-        raise SystemExit(f"token shards hold sequences of {data.shape[1]} tokens, but seqLen is {params.seq_len}")
+    stream = open_stream(session, rt, tokenizer, params)
 
     config = build_config(
         params.model_size,
@@ -82,12 +96,17 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
         seq_len=params.seq_len,
     )
     loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
-    start = loop.resume().get("step", 0)
+    meta = loop.resume()
+    start = meta.get("step", 0)
+    try:
+        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+    except PositionMismatch as exc:
+        raise SystemExit(str(exc)) from None
     log.info(
-        "training %s (%.1fM params) on %d sequences of %d tokens, steps %d..%d, world size %d",
+        "training %s (%.1fM params) on %d sequences of %d tokens per rank and epoch, steps %d..%d, world size %d",
         params.model_size,
         sum(p.numel() for p in model.parameters()) / 1e6,
-        len(data),
+        len(stream),
         params.seq_len,
         start + 1,
         params.max_steps,
@@ -95,17 +114,10 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     )
     tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps
     loop.run(
-        causal_lm_step(
-            engine,
-            data,
-            params,
-            rank=env.rank,
-            world_size=env.world_size,
-            device=session.device,
-            tokens_per_step=tokens_per_step,
-        ),
-        checkpoint_meta=lambda step: {"tokens": step * tokens_per_step * env.world_size},
+        causal_lm_step(engine, stream, params, device=session.device, tokens_per_step=tokens_per_step),
+        checkpoint_meta=lambda step: {"tokens": step * tokens_per_step * env.world_size, "data": stream.state_dict()},
     )
+    stream.close()
 
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()

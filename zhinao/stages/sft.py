@@ -70,7 +70,7 @@ def to_batch(packed: Packed, rows: np.ndarray, mode: str, attention: str, device
     batch = {
         "input_ids": torch.from_numpy(packed.input_ids[rows]).to(device),
         "labels": torch.from_numpy(packed.labels[rows]).to(device),
-        "position_ids": torch.from_numpy(packed.position_ids(mode)[rows]).to(device),
+        "position_ids": torch.from_numpy(packed.position_ids(mode, rows)).to(device),
     }
     if mode == "document" and attention != "flash_attention_2":
         allowed = torch.from_numpy(block_causal_mask(packed.doc_ids[rows])).to(device)

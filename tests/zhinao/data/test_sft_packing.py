@@ -62,3 +62,11 @@ def test_unknown_mode_and_mismatched_lengths_are_errors():
         position_ids(np.zeros((1, 2), dtype=np.int64), "bogus")
     with pytest.raises(ValueError):
         pack_examples([([1, 2], [1])], max_len=4, pad_id=0)
+
+
+@pytest.mark.parametrize("mode", ["naive", "document"])
+def test_position_ids_of_a_micro_batch_are_those_rows_of_the_whole_set(mode):
+    rng = np.random.default_rng(0)
+    packed = pack_examples([ex(int(n), 1) for n in rng.integers(1, 12, size=200)], max_len=16, pad_id=0)
+    rows = np.array([7, 0, len(packed) - 1, 7])
+    np.testing.assert_array_equal(packed.position_ids(mode, rows), packed.position_ids(mode)[rows])

@@ -1,0 +1,43 @@
+"""The token-shard format: packing per source in shard-sized pieces, and the index round trip."""
+
+import numpy as np
+import pytest
+
+from zhinao.data.packing import pack_source
+from zhinao.data.token_shards import Shard, SourcePacker, TokenIndex, shard_bytes
+
+
+def test_the_packer_cuts_the_same_sequences_as_packing_the_whole_source():
+    rng = np.random.default_rng(0)
+    docs = [rng.integers(1, 100, size=int(n)).tolist() for n in rng.integers(1, 40, size=60)]
+    packer = SourcePacker(seq_len=8, shard_sequences=5, eod_id=0)
+    shards = [s for d in docs for s in packer.add(d)]
+    tail = packer.finish()
+    assert shards and all(s.shape == (5, 8) for s in shards)
+    assert tail is not None and 1 <= len(tail) < 5 * 2  # what is left after the last full shard
+    np.testing.assert_array_equal(np.concatenate([*shards, tail]), pack_source(docs, seq_len=8, eod_id=0))
+
+
+def test_less_than_one_sequence_leaves_no_shard():
+    packer = SourcePacker(seq_len=8, shard_sequences=5, eod_id=0)
+    assert packer.add([1, 2, 3]) == []
+    assert packer.finish() is None
+
+
+def test_index_round_trip_and_merge_is_sorted_by_key():
+    a = TokenIndex(seq_len=8, vocab_size=99, shards=[Shard("tokens/web-r00001-00000.bin", "web", 3)], documents=4)
+    b = TokenIndex(seq_len=8, vocab_size=99, shards=[Shard("tokens/web-r00000-00000.bin", "web", 2)], documents=1)
+    merged = TokenIndex.merge([a, b])
+    assert [s.key for s in merged.shards] == ["tokens/web-r00000-00000.bin", "tokens/web-r00001-00000.bin"]
+    assert (merged.sequences, merged.documents) == (5, 5)
+    again = TokenIndex.from_json(merged.to_json(), where="x")
+    assert again == merged
+
+
+def test_a_foreign_index_is_named_with_its_reason():
+    with pytest.raises(ValueError, match=r"s3://b/tokens/index.json: not a token index: format is None"):
+        TokenIndex.from_json(b'{"seq_len": 8, "shards": []}', where="s3://b/tokens/index.json")
+
+
+def test_shards_are_little_endian_uint32_bytes():
+    assert shard_bytes(np.array([[1, 256]], dtype=np.uint32)) == b"\x01\x00\x00\x00\x00\x01\x00\x00"
