@@ -175,15 +175,21 @@ time.sleep(600)
 """
 
 
-def descendants_when_started(expected: int, timeout: float = 60) -> list[psutil.Process]:
+def descendants_when_started(expected: int, before: set[int], timeout: float = 60) -> list[psutil.Process]:
+    """The `expected` processes the run started: this process's descendants not in `before` (the
+    suite's own servers and finished children are there too)."""
     me = psutil.Process()
     deadline = time.time() + timeout
     while time.time() < deadline:
-        procs = me.children(recursive=True)
+        procs = [p for p in me.children(recursive=True) if p.pid not in before]
         if len(procs) >= expected:
             return procs
         time.sleep(0.1)
-    raise AssertionError(f"only {len(me.children(recursive=True))} of {expected} processes started")
+    raise AssertionError(f"only {len(procs)} of {expected} processes started")
+
+
+def current_descendants() -> set[int]:
+    return {p.pid for p in psutil.Process().children(recursive=True)}
 
 
 def assert_none_survive(procs: list[psutil.Process]) -> None:
@@ -193,9 +199,10 @@ def assert_none_survive(procs: list[psutil.Process]) -> None:
 
 def test_ctrl_c_stops_every_replica_like_kubelet_sigterm_grace_then_sigkill(tmp_path):
     procs: list[psutil.Process] = []
+    before = current_descendants()
 
     def interrupt_once_running():
-        procs.extend(descendants_when_started(2 * 3))  # 2 replicas x (replica, child, grandchild)
+        procs.extend(descendants_when_started(2 * 3, before))  # 2 replicas x (replica, child, grandchild)
         os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: KeyboardInterrupt in the main thread
 
     threading.Thread(target=interrupt_once_running, daemon=True).start()
@@ -214,7 +221,8 @@ def test_a_failed_job_stops_the_replicas_still_running(tmp_path):
         "time.sleep(600)\n", "time.sleep(600 if __import__('os').environ['RANK'] == '0' else 2); raise SystemExit(3)\n"
     )
     procs: list[psutil.Process] = []
-    threading.Thread(target=lambda: procs.extend(descendants_when_started(6)), daemon=True).start()
+    before = current_descendants()
+    threading.Thread(target=lambda: procs.extend(descendants_when_started(6, before)), daemon=True).start()
     result = run(job(script, backoff_limit=0, grace=1), tmp_path)
     assert not result.succeeded and "worker-0 exited with code 3" in result.reason
     assert len(procs) == 6
