@@ -8,8 +8,6 @@ backward only scales the stored gradients. On CUDA with Liger installed, Liger's
 kernel does the same in one launch per chunk.
 """
 
-import importlib.util
-
 import torch
 from transformers.modeling_outputs import CausalLMOutputWithPast
 
@@ -61,8 +59,15 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         )
 
 
-def _liger_available(hidden: torch.Tensor) -> bool:
-    return hidden.is_cuda and importlib.util.find_spec("liger_kernel") is not None
+def _liger_loss(hidden: torch.Tensor):
+    """Liger's fused linear cross-entropy class on CUDA when installed (optional: Triton, CUDA only)."""
+    if not hidden.is_cuda:
+        return None
+    try:
+        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
+    except ImportError:
+        return None
+    return LigerFusedLinearCrossEntropyLoss
 
 
 def chunked_cross_entropy(
@@ -73,10 +78,9 @@ def chunked_cross_entropy(
     hidden (N, H), weight (V, H), labels (N,): already aligned (the caller shifts). The matmul runs
     in the autocast dtype when autocast is on (as the lm_head Linear would), the softmax in fp32.
     """
-    if _liger_available(hidden):
-        from liger_kernel.transformers.fused_linear_cross_entropy import LigerFusedLinearCrossEntropyLoss
-
-        return LigerFusedLinearCrossEntropyLoss(ignore_index=IGNORE_INDEX)(weight, hidden, labels)
+    liger = _liger_loss(hidden)
+    if liger is not None:
+        return liger(ignore_index=IGNORE_INDEX)(weight, hidden, labels)
     device = hidden.device.type
     dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden.dtype
     with torch.autocast(device, enabled=False):
