@@ -32,8 +32,7 @@ from zhinao.longctx.sequence_parallel import (
     init_sequence_parallel,
     sequence_parallel_lm_loss,
 )
-from zhinao.metrics import flops_per_token
-from zhinao.model import attention_implementation, matmul_params
+from zhinao.model import attention_implementation
 from zhinao.plots import loss_curve_png
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
@@ -187,14 +186,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         model, params, warmup=params.warmup_steps, total=params.max_steps, ddp_engine=SequenceParallelEngine, sp=sp
     )
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
-    config = model.config
-    fpt = flops_per_token(
-        n_params=matmul_params(model),
-        n_layers=config.num_hidden_layers,
-        hidden=config.hidden_size,
-        seq_len=params.seq_len,
-    )
-    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
+    loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, params.max_steps), seq_len=params.seq_len)
     meta = loop.resume()
     start = meta.get("step", 0)
     try:

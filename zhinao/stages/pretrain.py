@@ -17,8 +17,7 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.data.stream_order import PositionMismatch
 from zhinao.data.token_stream import TokenStream
 from zhinao.data.tokenize_shards import merge_parts, tokenize_share
-from zhinao.metrics import flops_per_token
-from zhinao.model import build_config, build_model, matmul_params
+from zhinao.model import build_config, build_model
 from zhinao.plots import loss_curve_png
 from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
@@ -89,13 +88,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     )
     model = build_model(config, seed=params.seed)
     engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps)
-    fpt = flops_per_token(
-        n_params=matmul_params(model),
-        n_layers=config.num_hidden_layers,
-        hidden=config.hidden_size,
-        seq_len=params.seq_len,
-    )
-    loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps), flops_per_token=fpt)
+    loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, params.max_steps), seq_len=params.seq_len)
     meta = loop.resume()
     start = meta.get("step", 0)
     try:

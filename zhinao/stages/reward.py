@@ -22,8 +22,6 @@ from zhinao.config.reward import RewardParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import batch_indices
 from zhinao.losses import bradley_terry_loss, pairwise_accuracy
-from zhinao.metrics import flops_per_token
-from zhinao.model import matmul_params
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop
 from zhinao.training.session import TrainingSession
@@ -81,14 +79,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
     model = load_reward_model(base.model_dir, params.attention, pad)
     total = steps_for(len(train), params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
-    cfg = model.config
-    fpt = flops_per_token(
-        n_params=matmul_params(model),
-        n_layers=cfg.num_hidden_layers,
-        hidden=cfg.hidden_size,
-        seq_len=params.max_len,
-    )
-    loop = TrainingLoop(session, engine, Schedule.of(params, total), flops_per_token=fpt)
+    loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, total), seq_len=params.max_len)
     meta = loop.resume()
     start = meta.get("step", 0)
     batch_size = params.micro_batch_size * 2

@@ -20,8 +20,6 @@ from zhinao.data import sft_tools
 from zhinao.data.packing import batch_indices
 from zhinao.data.sft_packing import Packed, block_causal_mask, pack_examples
 from zhinao.losses import lm_loss
-from zhinao.metrics import flops_per_token
-from zhinao.model import matmul_params
 from zhinao.plots import loss_curve_png
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop
@@ -127,14 +125,7 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     attention = model.config._attn_implementation
     total = steps_for(len(packed), params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
-    cfg = model.config
-    fpt = flops_per_token(
-        n_params=matmul_params(model),
-        n_layers=cfg.num_hidden_layers,
-        hidden=cfg.hidden_size,
-        seq_len=params.max_len,
-    )
-    loop = TrainingLoop(session, engine, Schedule.of(params, total), flops_per_token=fpt)
+    loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, total), seq_len=params.max_len)
     meta = loop.resume()
     start = meta.get("step", 0)
     if start == 0:

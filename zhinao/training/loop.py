@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 
 import torch
 
+from zhinao.metrics import flops_per_token
+from zhinao.model import matmul_params
 from zhinao.training.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -84,6 +86,18 @@ class TrainingLoop:
         self.flops_per_token = flops_per_token
         self.meta: dict = {}
         self.start = 0
+
+    @classmethod
+    def for_model(cls, session, engine: Engine, model, schedule: Schedule, *, seq_len: int) -> "TrainingLoop":
+        """A loop whose MFU counts the FLOPs of `model` (a causal LM) at `seq_len` tokens per row."""
+        config = model.config
+        fpt = flops_per_token(
+            n_params=matmul_params(model),
+            n_layers=config.num_hidden_layers,
+            hidden=config.hidden_size,
+            seq_len=seq_len,
+        )
+        return cls(session, engine, schedule, flops_per_token=fpt)
 
     def resume(self) -> dict:
         """Load the newest valid checkpoint (if any); returns its meta, which the stage may extend."""
