@@ -87,6 +87,29 @@ def build_model(config: Qwen2Config, *, seed: int) -> Qwen2ForCausalLM:
     return Qwen2ForCausalLM(config)
 
 
+def _rope_in_autocast_dtype(module, args, output):
+    cos, sin = output
+    device = cos.device.type
+    if not torch.is_autocast_enabled(device):
+        return output
+    dtype = torch.get_autocast_dtype(device)
+    return cos.to(dtype), sin.to(dtype)
+
+
+def rope_in_compute_dtype(model: torch.nn.Module) -> torch.nn.Module:
+    """Under autocast, hand attention bf16 queries and keys, as bf16 weights would.
+
+    The rotary tables take the dtype of the hidden states, which stay fp32 when fp32 weights run
+    under autocast; q and k (bf16 from their projections) times an fp32 table are promoted back to
+    fp32, and flash-attn refuses fp32. The tables are still computed in fp32 from fp32 inverse
+    frequencies; only their product with q and k is in the compute dtype. Returns `model`.
+    """
+    for module in model.modules():
+        if type(module).__name__.endswith("RotaryEmbedding"):
+            module.register_forward_hook(_rope_in_autocast_dtype)
+    return model
+
+
 def matmul_params(model: torch.nn.Module) -> int:
     """Parameters that take part in matmuls (everything but the input embedding table and norms)."""
     return sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in name)
@@ -135,5 +158,13 @@ def apply_activation_checkpointing(model: torch.nn.Module, mode: CheckpointMode,
 
 
 def transformer_blocks(model: torch.nn.Module) -> list[torch.nn.Module]:
-    """The decoder layers (checkpoint-wrapped or not): the unit FSDP shards and AC recomputes."""
-    return list(model.model.layers)
+    """The decoder layers (checkpoint-wrapped or not): the unit FSDP shards and AC recomputes.
+
+    Of every transformer inside `model` (PPO's actor-critic holds two), in module order.
+    """
+    return [
+        block
+        for module in model.modules()
+        if isinstance(getattr(module, "layers", None), torch.nn.ModuleList)
+        for block in module.layers
+    ]

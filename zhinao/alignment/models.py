@@ -7,7 +7,8 @@ import torch
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
 from zhinao.config.rlhf import RLHFParams
-from zhinao.model import attention_implementation
+from zhinao.model import attention_implementation, rope_in_compute_dtype
+from zhinao.training.engine import Engine
 from zhinao.training.engine_builder import autocast_dtype
 
 
@@ -40,11 +41,15 @@ class Offloaded(torch.nn.Module):
             model.to("cpu")
 
 
-def frozen(model: torch.nn.Module, params: RLHFParams, device: torch.device) -> torch.nn.Module:
-    """The reference or reward model in `referencePrecision`, on the device or offloaded to CPU."""
-    model = model.eval().requires_grad_(False)
+def frozen(
+    model: torch.nn.Module, params: RLHFParams, device: torch.device, engine: Engine | None = None
+) -> torch.nn.Module:
+    """The reference or reward model in `referencePrecision`, offloaded to CPU or on the device, where
+    the policy's `engine` places it (sharded under FSDP2)."""
+    model = rope_in_compute_dtype(model.eval().requires_grad_(False))
     if autocast_dtype(params.reference_precision, device) == torch.bfloat16:
         model = model.to(torch.bfloat16)
     if params.offload_frozen and device.type != "cpu":
         return Offloaded(model, device)
-    return model.to(device)
+    model = model.to(device)
+    return engine.place_frozen(model) if engine is not None else model

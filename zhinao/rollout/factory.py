@@ -1,5 +1,8 @@
 """Picks the rollout engine a stage's `rolloutEngine` setting names."""
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+
 import torch
 
 from zhinao.config.rlhf import RLHFParams
@@ -8,8 +11,16 @@ from zhinao.rollout.hf_batched import HFBatchedEngine
 from zhinao.training.engine_builder import autocast_dtype
 
 
-def build_rollout_engine(params: RLHFParams, *, model_dir: str, tokenizer, device: torch.device) -> RolloutEngine:
-    """`model_dir`: the policy's Hugging Face export (vLLM loads its architecture and first weights there)."""
+def build_rollout_engine(
+    params: RLHFParams,
+    *,
+    model_dir: str,
+    tokenizer,
+    device: torch.device,
+    full_weights: Callable[[], AbstractContextManager] = nullcontext,
+) -> RolloutEngine:
+    """`model_dir`: the policy's Hugging Face export (vLLM loads its architecture and first weights there).
+    `full_weights`: the training engine's `Engine.full_weights`, opened while an engine reads the policy."""
     stops = stop_token_ids(tokenizer)
     if params.rollout_engine == "vllm":
         if device.type != "cuda":
@@ -22,6 +33,9 @@ def build_rollout_engine(params: RLHFParams, *, model_dir: str, tokenizer, devic
             gpu_memory_utilization=params.vllm_gpu_memory_utilization,
             max_model_len=params.max_prompt_len + params.max_new_tokens,
             seed=params.seed,
+            full_weights=full_weights,
         )
     dtype = autocast_dtype(params.rollout_precision, device)
-    return HFBatchedEngine(stop_ids=stops, pad_id=tokenizer.pad_token_id, device=device, dtype=dtype)
+    return HFBatchedEngine(
+        stop_ids=stops, pad_id=tokenizer.pad_token_id, device=device, dtype=dtype, full_weights=full_weights
+    )

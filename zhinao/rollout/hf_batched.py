@@ -8,6 +8,7 @@ parameters for the length of the context) and the KV cache is held in bf16.
 """
 
 import contextlib
+from collections.abc import Callable
 
 import torch
 from transformers import DynamicCache
@@ -16,9 +17,20 @@ from zhinao.rollout.engine import Generation, Sampling, cut_at_stop
 
 
 class HFBatchedEngine:
-    def __init__(self, *, stop_ids: list[int], pad_id: int, device: torch.device, dtype: torch.dtype | None):
-        """`dtype`: torch.bfloat16 to decode under bf16 autocast, None for the model's own precision."""
+    def __init__(
+        self,
+        *,
+        stop_ids: list[int],
+        pad_id: int,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        full_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
+    ):
+        """`dtype`: torch.bfloat16 to decode under bf16 autocast, None for the model's own precision.
+        `full_weights`: opened around each decode loop, so that a sharded (FSDP2) model decodes from
+        whole weights gathered once rather than per token (see Engine.full_weights)."""
         self.stop_ids, self.pad_id, self.device, self.dtype = list(stop_ids), pad_id, device, dtype
+        self.full_weights = full_weights
         self.model: torch.nn.Module | None = None
 
     def sync(self, model: torch.nn.Module) -> None:
@@ -50,7 +62,7 @@ class HFBatchedEngine:
         was_training = model.training
         model.eval()
         try:
-            with self._precision():
+            with self.full_weights(), self._precision():
                 cache = DynamicCache(config=model.config)
                 logits = model(
                     input_ids=ids,

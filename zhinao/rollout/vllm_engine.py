@@ -7,8 +7,9 @@ ones after each update, and wakes its KV cache to generate. This module cannot r
 weight mapping (`vllm_weights`) is pure and tested.
 """
 
+import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import torch
 
@@ -28,8 +29,16 @@ def vllm_weights(model: torch.nn.Module) -> Iterator[tuple[str, torch.Tensor]]:
 
 class VLLMEngine:
     def __init__(
-        self, model_dir: str, *, stop_ids: list[int], gpu_memory_utilization: float, max_model_len: int, seed: int
+        self,
+        model_dir: str,
+        *,
+        stop_ids: list[int],
+        gpu_memory_utilization: float,
+        max_model_len: int,
+        seed: int,
+        full_weights: Callable[[], contextlib.AbstractContextManager] = contextlib.nullcontext,
     ):
+        """`full_weights`: opened while the policy's weights are read (a sharded model's are gathered)."""
         # The engine core must live in this process for sync() to reach its model.
         os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
         try:
@@ -40,7 +49,7 @@ class VLLMEngine:
                 " (no vllm release is pinned to its torch), so install a matching vllm in your own image"
             ) from None
         self._sampling_params = SamplingParams
-        self.stop_ids = list(stop_ids)
+        self.stop_ids, self.full_weights = list(stop_ids), full_weights
         self.llm = LLM(
             model=model_dir,
             dtype="bfloat16",
@@ -56,7 +65,8 @@ class VLLMEngine:
     def sync(self, model: torch.nn.Module) -> None:
         self.llm.wake_up(tags=["weights"])
         runner = self.llm.llm_engine.model_executor.driver_worker.worker.model_runner
-        runner.model.load_weights(vllm_weights(model))
+        with self.full_weights():
+            runner.model.load_weights(vllm_weights(model))
         self.llm.reset_prefix_cache()  # cached prefixes hold the old policy's keys and values
 
     def generate(self, prompts: list[list[int]], *, sampled: int, greedy: bool, sampling: Sampling) -> Generation:

@@ -46,18 +46,17 @@ def scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
     return r[:n], r[n:]
 
 
-@torch.no_grad()
-def held_out_accuracy(model, pairs: list[dict], pad_id: int, device, batch: int) -> tuple[float | None, float | None]:
-    """(pairwise accuracy, mean BT loss) on held-out pairs."""
+def held_out_accuracy(engine, pairs: list[dict], pad_id: int, device, batch: int) -> tuple[float | None, float | None]:
+    """(pairwise accuracy, mean BT loss) on held-out pairs, through the engine on every rank."""
     if not pairs:
         return None, None
-    model.eval()
     right, losses = 0.0, []
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start : start + batch]
-        c, r = scores(model, pair_batch(chunk, pad_id, device))
-        right += pairwise_accuracy(c, r) * len(chunk)
-        losses.append(bradley_terry_loss(c, r).item() * len(chunk))
+    with engine.inference() as model:
+        for start in range(0, len(pairs), batch):
+            chunk = pairs[start : start + batch]
+            c, r = scores(model, pair_batch(chunk, pad_id, device))
+            right += pairwise_accuracy(c, r) * len(chunk)
+            losses.append(bradley_terry_loss(c, r).item() * len(chunk))
     return right / len(pairs), sum(losses) / len(pairs)
 
 
@@ -84,7 +83,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
     start = meta.get("step", 0)
     batch_size = params.micro_batch_size * 2
     if start == 0:
-        meta["eval"] = [[0, *held_out_accuracy(engine.model, held, pad, session.device, batch_size)]]
+        meta["eval"] = [[0, *held_out_accuracy(engine, held, pad, session.device, batch_size)]]
     log.info(
         "reward model on %d pairs (%d held out, %d dropped), steps %d..%d",
         len(train),
@@ -134,7 +133,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         )
 
     def evaluate(step: int) -> dict[str, float]:
-        acc, loss = held_out_accuracy(engine.model, held, pad, session.device, batch_size)
+        acc, loss = held_out_accuracy(engine, held, pad, session.device, batch_size)
         meta["eval"].append([step, acc, loss])  # the curve in the summary; it travels in checkpoints
         # The last step's accuracy is the summary's headline; the metrics log has the ones in between.
         return {"rm_eval_accuracy": acc} if acc is not None and step < total else {}

@@ -12,7 +12,6 @@ call, sampled (at `temperature`) and, for ReMax, greedy, stopping at <|im_end|>,
 The checked reward is measured on held-out prompts before training (the SFT policy) and after.
 """
 
-import contextlib
 import io
 import logging
 import time
@@ -34,7 +33,6 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.data.packing import batch_indices
 from zhinao.rollout.factory import build_rollout_engine
 from zhinao.tokenizer import load as load_tokenizer
-from zhinao.training.engine_builder import autocast_dtype
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop
 from zhinao.training.session import TrainingSession
 
@@ -59,12 +57,11 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     tokenizer = load_tokenizer(tok_dir)
     enc, pad = ChatEncoder(tokenizer), tokenizer.pad_token_id
     policy = load_causal_lm(policy_dir, params.attention)
-    ref = frozen(load_causal_lm(policy_dir, params.attention), params, device)
+    ref = load_causal_lm(policy_dir, params.attention)
     rm, rm_dir = None, None
     if "reward" in rt.inputs:
         rm_dir = StageOutput.at(rt.inputs["reward"]).fetch_hf(session.workdir / "reward").model_dir
-        rm = frozen(load_reward_model(rm_dir, params.attention, pad), params, device)
-    scorer = Scorer(params, enc, rm, device)
+        rm = load_reward_model(rm_dir, params.attention, pad)
 
     train_prompts, eval_prompts = [], []
     if "prompts" in rt.inputs:
@@ -95,6 +92,10 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     torch.manual_seed(params.seed + env.rank)  # rollouts sample: equal seeds, equal runs (resume restores it)
     total = params.max_steps * steps_per_rollout
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total, groups=groups)
+    # Frozen models are placed the way the engine holds the policy (sharded under FSDP2).
+    ref = frozen(ref, params, device, engine)
+    rm = frozen(rm, params, device, engine) if rm is not None else None
+    scorer = Scorer(params, enc, rm, device)
     actor = (lambda: engine.model.policy) if params.algorithm == "ppo" else (lambda: engine.model)
     loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps))
     meta = loop.resume()
@@ -104,9 +105,11 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     )
     rollouts = None  # online training and held-out evaluation (DPO/ORPO too, given evalPrompts) generate
     if online or can_eval:
-        rollouts = build_rollout_engine(params, model_dir=str(policy_dir), tokenizer=tokenizer, device=device)
+        rollouts = build_rollout_engine(
+            params, model_dir=str(policy_dir), tokenizer=tokenizer, device=device, full_weights=engine.full_weights
+        )
         rollouts.sync(actor())
-    if start == 0 and can_eval and env.is_main:
+    if start == 0 and can_eval:  # on every rank: under FSDP2 the forwards are collective
         meta["eval_before"] = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device)
     log.info(
         "%s on %d prompts / %d pairs (%d held-out prompts), steps %d..%d",
@@ -152,10 +155,9 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             step_params = params.model_copy(update={"kl_coef": kl_control.coef})
             for c in chunks:
                 generated = (gen.sampled[at : at + len(c)], gen.greedy[at : at + len(c)])[: 2 if method is remax else 1]
-                with precision(params, device):
-                    results.append(
-                        method.rollout(engine.model, ref, c, generated, scorer, step_params, tokenizer, device)
-                    )
+                # In the update's precision: PPO's old log-probs must match the ones it recomputes.
+                with engine.inference() as forward:
+                    results.append(method.rollout(forward, ref, c, generated, scorer, step_params, tokenizer, device))
                 at += len(c)
             batches = [r[0] for r in results]
             extra = {k: float(np.mean([r[1][k] for r in results])) for k in results[0][1]}
@@ -189,8 +191,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
 
     eval_after = None
     if can_eval:
-        rollouts.sync(actor())  # offline steps do not sync; every rank pushes (vLLM), only rank 0 evaluates
-        eval_after = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device) if env.is_main else None
+        rollouts.sync(actor())  # offline steps do not sync
+        eval_after = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device)
     hf = session.export_hf(engine, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
@@ -225,12 +227,6 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
         session.output.put_report("rlhf.md", rlhf_markdown(summary).encode())
         session.output.write_summary(summary)
     session.close()
-
-
-def precision(params: RLHFParams, device: torch.device):
-    """The update's autocast, for the rollout's log-probs and values (PPO's old log-probs must match it)."""
-    dtype = autocast_dtype(params.precision, device)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
 
 
 def guard(summary: dict, steps: list[dict], *, uses_rm: bool) -> dict:

@@ -83,11 +83,10 @@ def sft_loss(model, batch: dict) -> torch.Tensor:
     return lm_loss(model(**inputs).logits, batch["labels"])
 
 
-@torch.no_grad()
 def eval_loss(model, packed: Packed, mode: str, attention: str, device, batch: int) -> float | None:
+    """Token-weighted held-out loss; `model` from `Engine.inference` (every rank runs the same rows)."""
     if not len(packed):
         return None
-    model.eval()
     losses, weights = [], []
     for start in range(0, len(packed), batch):
         rows = np.arange(start, min(start + batch, len(packed)))
@@ -129,9 +128,10 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     meta = loop.resume()
     start = meta.get("step", 0)
     if start == 0:
-        meta["eval_loss_before"] = eval_loss(
-            engine.model, held, params.packing, attention, session.device, params.micro_batch_size
-        )
+        with engine.inference() as forward:
+            meta["eval_loss_before"] = eval_loss(
+                forward, held, params.packing, attention, session.device, params.micro_batch_size
+            )
     log.info(
         "SFT on %d rows of %d tokens (%d conversations, %s packing), steps %d..%d",
         len(packed),
@@ -173,7 +173,8 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
 
     loop.run(step)
 
-    eval_after = eval_loss(engine.model, held, params.packing, attention, session.device, params.micro_batch_size)
+    with engine.inference() as forward:
+        eval_after = eval_loss(forward, held, params.packing, attention, session.device, params.micro_batch_size)
     hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:

@@ -7,7 +7,7 @@ import contextlib
 import logging
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -80,6 +80,34 @@ class Engine(ABC):
     @property
     @abstractmethod
     def lr(self) -> float: ...
+
+    def _forward_module(self) -> torch.nn.Module:
+        """What evaluation calls: the model, or the sharded root that gathers its weights (FSDP2)."""
+        return self.model
+
+    @contextlib.contextmanager
+    def inference(self) -> Iterator[torch.nn.Module]:
+        """The module for forwards outside `train_step` (evaluation, log-probs, values): in eval mode,
+        without gradients, in the training precision. Under FSDP2 each forward all-gathers the
+        weights block by block, so every rank must make the same calls."""
+        module = self._forward_module()
+        was_training = module.training
+        module.eval()
+        try:
+            with torch.no_grad(), self._autocast():
+                yield module
+        finally:
+            module.train(was_training)
+
+    def full_weights(self) -> contextlib.AbstractContextManager:
+        """While open, `model` holds its whole weights on this rank, so ranks may run different numbers
+        of forwards through it (generation stops when its rows do). Entering is collective."""
+        return contextlib.nullcontext()
+
+    def place_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
+        """A frozen model (reference, reward model), already on the device, placed the way this engine
+        holds weights: replicated here, sharded under FSDP2."""
+        return model
 
     def _mean_across_ranks(self, value: float) -> float:
         if self.env.world_size == 1:

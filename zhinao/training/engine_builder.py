@@ -9,7 +9,7 @@ import logging
 import torch
 
 from zhinao.distributed import DistEnv
-from zhinao.model import apply_activation_checkpointing
+from zhinao.model import apply_activation_checkpointing, rope_in_compute_dtype
 from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
 from zhinao.training.fsdp_engine import FSDPEngine
 from zhinao.training.optim import build_adamw, build_scheduler
@@ -77,6 +77,7 @@ def build_engine(
     ac = checkpoint_mode(params, n_params=n_params)
     if hasattr(model, "model") and hasattr(model.model, "layers"):  # causal LMs (not a bare critic head)
         apply_activation_checkpointing(model, ac, every=params.activation_checkpointing_every)
+    rope_in_compute_dtype(model)
     log.info("engine %s, activation checkpointing %s, %.2fB parameters", kind, ac, n_params / 1e9)
 
     def make_optimizer(module: torch.nn.Module, param_groups: list[dict] | None):

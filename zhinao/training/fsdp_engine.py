@@ -8,6 +8,7 @@ torch.distributed.checkpoint (DCP) files: every rank writes and reads only its s
 checkpoint saved with N ranks loads with M (DCP reshards on load).
 """
 
+import contextlib
 from collections.abc import Callable
 
 import torch
@@ -21,7 +22,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from zhinao.model import transformer_blocks
@@ -49,12 +50,13 @@ class FSDPEngine(Engine):
         self.model, self.grad_clip = model, grad_clip
         # The mesh holds real rank numbers even while the memory planner runs under FakeTensorMode.
         with unset_fake_temporarily():
-            mesh = init_device_mesh(device.type, (env.world_size,))
+            self.mesh = init_device_mesh(device.type, (env.world_size,))
         policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32)
         self.wrapped = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
-        for block in transformer_blocks(model):
-            fully_shard(block, mesh=mesh, mp_policy=policy)
-        fully_shard(self.wrapped, mesh=mesh, mp_policy=policy)
+        _shard(model, self.wrapped, self.mesh, policy)
+        # FSDP2 picks its root at the first forward; generation may first run a submodule (PPO's
+        # policy inside the actor-critic root), which would then claim to be the root.
+        self.wrapped._get_fsdp_state()._lazy_init()
         self.optimizer, self.scheduler = make_optimizer(model)  # its parameters are the shards now
 
     def train_step(self, micro_batches, loss_fn=None):
@@ -110,3 +112,36 @@ class FSDPEngine(Engine):
     @property
     def lr(self):
         return self.scheduler.get_last_lr()[0]
+
+    def _forward_module(self):
+        return self.wrapped  # the root: a call to the bare model would skip gathering the root's weights
+
+    @contextlib.contextmanager
+    def full_weights(self):
+        # One all-gather per unit for a whole decode loop, instead of gathering every block for every
+        # token in lockstep with the other ranks: ranks then decode their own prompts independently.
+        units = [m for m in self.wrapped.modules() if isinstance(m, FSDPModule)]
+        blocks = [u for u in units if u is not self.wrapped]
+        for unit in blocks:
+            unit.set_reshard_after_forward(False, recurse=False)
+        for unit in units:
+            unit.unshard()
+        try:
+            yield
+        finally:
+            for unit in units:
+                unit.reshard()
+            for unit in blocks:
+                unit.set_reshard_after_forward(True, recurse=False)
+
+    def place_frozen(self, model):
+        # No optimizer state and no gradients: its weights are all it has, sharded like the policy's.
+        _shard(model, model, self.mesh, MixedPrecisionPolicy())
+        return model
+
+
+def _shard(model: torch.nn.Module, root: torch.nn.Module, mesh, policy: MixedPrecisionPolicy) -> None:
+    """Every transformer block its own unit, the rest (embeddings, norms, heads) in `root`'s."""
+    for block in transformer_blocks(model):
+        fully_shard(block, mesh=mesh, mp_policy=policy)
+    fully_shard(root, mesh=mesh, mp_policy=policy)

@@ -18,7 +18,7 @@ from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, sft_conver
 
 pytestmark = pytest.mark.slow
 
-SFT = dict(lr=3e-3, maxLen=64, microBatchSize=8, maxSteps=6, warmupRatio=0.1, checkpointEvery=6)
+SFT = dict(lr=3e-3, maxLen=64, microBatchSize=8, maxSteps=6, warmupRatio=0.1, checkpointEvery=6, evalFraction=0.1)
 
 
 @pytest.fixture(scope="module")
@@ -48,11 +48,15 @@ def run_on_two_ranks(name: str, stages: list[dict], workdir: Path) -> tuple:
     return pipeline, dict(result.stages)
 
 
-@pytest.fixture(scope="module")
-def chain(assets, tmp_path_factory):
-    """(pipeline, {stage name: JobResult}) of sft -> rm -> rlhf, every stage on 2 ranks with DDP."""
-    stages = [
-        {"name": "sft", "kind": "sft", "inputs": {"model": assets["policy"], "data": assets["sft"]}, "params": SFT},
+def chain_stages(assets: dict, **common) -> list[dict]:
+    """sft -> rm -> rlhf (ReMax), each with `common` added to its params."""
+    return [
+        {
+            "name": "sft",
+            "kind": "sft",
+            "inputs": {"model": assets["policy"], "data": assets["sft"]},
+            "params": {**SFT, **common},
+        },
         {
             "name": "rm",
             "kind": "reward",
@@ -66,6 +70,7 @@ def chain(assets, tmp_path_factory):
                 checkpointEvery=6,
                 task="arithmetic",
                 evalFraction=0.2,
+                **common,
             ),
         },
         {
@@ -85,10 +90,16 @@ def chain(assets, tmp_path_factory):
                 evalSamples=4,
                 rules={"code_switch": 1.0},
                 klCoef=0.1,
+                **common,
             ),
         },
     ]
-    return run_on_two_ranks("chain", stages, tmp_path_factory.mktemp("chain"))
+
+
+@pytest.fixture(scope="module")
+def chain(assets, tmp_path_factory):
+    """(pipeline, {stage name: JobResult}) of sft -> rm -> rlhf, every stage on 2 ranks with DDP."""
+    return run_on_two_ranks("chain", chain_stages(assets), tmp_path_factory.mktemp("chain"))
 
 
 def succeeded(pipeline_run: tuple, stage: str):
@@ -169,3 +180,35 @@ def test_sft_with_deepspeed_zero2_partitions_the_optimizer_and_trains_like_ddp(a
     assert summary["loss_last"] < summary["loss_first"]
     model = AutoModelForCausalLM.from_pretrained(summary["hf"].removeprefix("file://"))
     assert all(p.abs().sum() > 0 for n, p in model.named_parameters() if n.endswith("weight"))
+
+
+@pytest.fixture(scope="module")
+def fsdp_chain(assets, tmp_path_factory):
+    """The chain again with every stage on FSDP2: blocks sharded across the two ranks, held-out
+    evaluation and rollouts through the sharded model, ReMax's reference and RM sharded too."""
+    return run_on_two_ranks("fsdp", chain_stages(assets, engine="fsdp"), tmp_path_factory.mktemp("fsdp"))
+
+
+HF_CLASS = {"sft": AutoModelForCausalLM, "rm": AutoModelForSequenceClassification, "rlhf": AutoModelForCausalLM}
+HELD_OUT = {"sft": ("eval_loss_before", "eval_loss_after"), "rm": ("held_out_accuracy_before", "held_out_loss")}
+
+
+@pytest.mark.parametrize(("stage", "steps"), [("sft", 6), ("rm", 6), ("rlhf", 16)])
+def test_fsdp_trains_each_alignment_stage_like_ddp_and_exports_the_same_model(chain, fsdp_chain, stage, steps):
+    fsdp_out, ddp_out = succeeded(fsdp_chain, stage), succeeded(chain, stage)
+    fsdp, _ = per_rank_steps(fsdp_out, steps)
+    ddp = step_records(ddp_out)
+    # FSDP2 averages the same gradients DDP does (fp32 on CPU): the same run up to float rounding.
+    assert [r["loss"] for r in fsdp] == pytest.approx([r["loss"] for r in ddp], rel=1e-4, abs=1e-6)
+    summary, ddp_summary = json.loads(fsdp_out.get_bytes("summary.json")), json.loads(ddp_out.get_bytes("summary.json"))
+    if stage == "rlhf":  # held-out rollouts generated from the gathered weights, scored by the sharded RM
+        assert summary["eval_before"] == pytest.approx(ddp_summary["eval_before"], rel=1e-4)
+        assert summary["eval_after"] == pytest.approx(ddp_summary["eval_after"], rel=1e-4)
+    else:
+        for key in HELD_OUT[stage]:  # evaluated through the sharded model on both ranks
+            assert summary[key] == pytest.approx(ddp_summary[key], rel=1e-4), key
+    exported = HF_CLASS[stage].from_pretrained(summary["hf"].removeprefix("file://")).state_dict()
+    expected = HF_CLASS[stage].from_pretrained(ddp_summary["hf"].removeprefix("file://")).state_dict()
+    assert exported.keys() == expected.keys()
+    for name, value in expected.items():
+        torch.testing.assert_close(exported[name], value, rtol=1e-3, atol=1e-4, msg=name)

@@ -3,7 +3,10 @@
 import pytest
 from pydantic import ValidationError
 
+from zhinao.config.longctx import LongContextParams
 from zhinao.config.pretrain import PretrainParams
+from zhinao.config.reward import RewardParams
+from zhinao.config.rlhf import RLHFParams
 from zhinao.config.sft import SFTParams
 from zhinao.training.engine_builder import checkpoint_mode, engine_kind
 
@@ -18,8 +21,12 @@ B = 1_000_000_000
         (PretrainParams(), 7.8 * B, 1, "ddp"),  # nothing to shard across
         (PretrainParams(zero_stage=2), 7.8 * B, 8, "deepspeed"),
         (PretrainParams(engine="ddp"), 7.8 * B, 8, "ddp"),
-        (SFTParams(), 7.8 * B, 8, "ddp"),  # evaluates with the bare model: not FSDP
+        (SFTParams(), 7.8 * B, 8, "fsdp"),  # the alignment stages evaluate through the engine too
+        (RewardParams(), 1.8 * B, 2, "fsdp"),
+        (RLHFParams(), 7.8 * B, 8, "fsdp"),
+        (RLHFParams(), 0.5 * B, 8, "ddp"),
         (SFTParams(engine="deepspeed"), 7.8 * B, 8, "deepspeed"),
+        (LongContextParams(), 7.8 * B, 8, "ddp"),  # runs the bare model in its needle evaluation
     ],
 )
 def test_engine_kind(params, n_params, world, expected):
@@ -33,5 +40,7 @@ def test_activation_checkpointing_is_on_from_1b_unless_set():
 
 
 def test_fsdp_is_refused_where_the_stage_uses_the_bare_model():
-    with pytest.raises(ValidationError, match="engine: fsdp is for the pretrain stage"):
-        SFTParams(engine="fsdp")
+    with pytest.raises(ValidationError, match="engine: fsdp is not supported by this stage"):
+        LongContextParams(engine="fsdp")
+    for params in (SFTParams, RewardParams, RLHFParams):
+        assert params(engine="fsdp").engine == "fsdp"
