@@ -14,7 +14,7 @@ from typing import Literal
 import torch
 from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import checkpoint_wrapper
 from torch.utils.checkpoint import CheckpointPolicy, create_selective_checkpoint_contexts
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import AutoModelForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 
 @dataclass(frozen=True)
@@ -83,8 +83,10 @@ def build_config(
 
 
 def build_model(config: Qwen2Config, *, seed: int) -> Qwen2ForCausalLM:
+    """Randomly initialised. `from_config` (the same weights as the constructor) builds it partitioned
+    under DeepSpeed ZeRO-3 (see engine_builder.model_construction)."""
     torch.manual_seed(seed)
-    return Qwen2ForCausalLM(config)
+    return AutoModelForCausalLM.from_config(config)
 
 
 def _rope_in_autocast_dtype(module, args, output):
@@ -110,9 +112,22 @@ def rope_in_compute_dtype(model: torch.nn.Module) -> torch.nn.Module:
     return model
 
 
+def param_shape(p: torch.nn.Parameter) -> torch.Size:
+    """A parameter's shape, also where DeepSpeed's zero.Init left only a partition here (`ds_shape`)."""
+    return getattr(p, "ds_shape", p.shape)
+
+
+def num_params(model: torch.nn.Module) -> int:
+    return sum(math.prod(param_shape(p)) for p in model.parameters())
+
+
 def matmul_params(model: torch.nn.Module) -> int:
     """Parameters that take part in matmuls (everything but the input embedding table and norms)."""
-    return sum(p.numel() for name, p in model.named_parameters() if p.dim() >= 2 and "embed_tokens" not in name)
+    return sum(
+        math.prod(param_shape(p))
+        for name, p in model.named_parameters()
+        if len(param_shape(p)) >= 2 and "embed_tokens" not in name
+    )
 
 
 # ----------------------------------------------------------------------------- activation checkpointing

@@ -17,7 +17,7 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.data.stream_order import PositionMismatch
 from zhinao.data.token_stream import TokenStream
 from zhinao.data.tokenize_shards import merge_parts, tokenize_share
-from zhinao.model import build_config, build_model
+from zhinao.model import build_config, build_model, num_params
 from zhinao.plots import loss_curve_png
 from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
@@ -86,7 +86,8 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
         max_position_embeddings=max(4096, params.seq_len),
         attention=params.attention,
     )
-    model = build_model(config, seed=params.seed)
+    with session.model_construction(params):
+        model = build_model(config, seed=params.seed)
     engine = session.build_engine(model, params, warmup=params.warmup_steps, total=params.max_steps)
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, params.max_steps), seq_len=params.seq_len)
     meta = loop.resume()
@@ -98,7 +99,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     log.info(
         "training %s (%.1fM params) on %d sequences of %d tokens per rank and epoch, steps %d..%d, world size %d",
         params.model_size,
-        sum(p.numel() for p in model.parameters()) / 1e6,
+        num_params(model) / 1e6,
         len(stream),
         params.seq_len,
         start + 1,

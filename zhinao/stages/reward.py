@@ -75,7 +75,8 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         raise SystemExit("no preference pair to train on (check maxLen and task)")
 
     torch.manual_seed(params.seed)  # the new score head's init: equal seeds, equal heads
-    model = load_reward_model(base.model_dir, params.attention, pad)
+    with session.model_construction(params):
+        model = load_reward_model(base.model_dir, params.attention, pad)
     total = steps_for(len(train), params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, total), seq_len=params.max_len)

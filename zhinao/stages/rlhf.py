@@ -56,7 +56,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     policy_dir, tok_dir = base.model_dir, base.tokenizer_dir
     tokenizer = load_tokenizer(tok_dir)
     enc, pad = ChatEncoder(tokenizer), tokenizer.pad_token_id
-    policy = load_causal_lm(policy_dir, params.attention)
+    with session.model_construction(params):  # ZeRO-3 (DPO/ORPO only) partitions the policy as it loads
+        policy = load_causal_lm(policy_dir, params.attention)
     ref = load_causal_lm(policy_dir, params.attention)
     rm, rm_dir = None, None
     if "reward" in rt.inputs:

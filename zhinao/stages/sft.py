@@ -120,7 +120,8 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
         tokens=int((packed.doc_ids >= 0).sum()),
     )
 
-    model = load_causal_lm(base.model_dir, params.attention)
+    with session.model_construction(params):
+        model = load_causal_lm(base.model_dir, params.attention)
     attention = model.config._attn_implementation
     total = steps_for(len(packed), params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)

@@ -17,7 +17,6 @@ import torch.distributed as dist
 
 from zhinao.distributed import DistEnv
 from zhinao.training.chunked_loss import ChunkedLossLM
-from zhinao.training.deepspeed_config import deepspeed_config
 
 log = logging.getLogger(__name__)
 
@@ -203,31 +202,23 @@ class DeepSpeedEngine(Engine):
         optimizer,
         scheduler,
         *,
+        config: dict,
         env,
         device,
         autocast_dtype,
         grad_clip: float,
-        zero_stage: int,
-        micro_batch: int,
-        grad_accum: int,
         loss_chunk: int = 0,
     ):
+        """`config`: the DeepSpeed config (deepspeed_config.py), which owns precision and clipping."""
         super().__init__(env, device, None)  # DeepSpeed owns mixed precision through its config
         import deepspeed
 
-        config = deepspeed_config(
-            zero_stage=zero_stage,
-            micro_batch=micro_batch,
-            grad_accum=grad_accum,
-            grad_clip=grad_clip,
-            bf16=autocast_dtype == torch.bfloat16,
-        )
         forward = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
             model=forward, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
         )
         self.model = model
-        self.zero_stage = zero_stage
+        self.zero_stage = config["zero_optimization"]["stage"]
 
     def train_step(self, micro_batches, loss_fn=None):
         self.engine.train()

@@ -4,12 +4,15 @@ One place decides the engine, activation checkpointing and the chunked loss, so 
 stages and the memory planner (`zhinao.training.memory_plan`) build exactly the same thing.
 """
 
+import contextlib
 import logging
+from collections.abc import Iterator
 
 import torch
 
 from zhinao.distributed import DistEnv
-from zhinao.model import apply_activation_checkpointing, rope_in_compute_dtype
+from zhinao.model import apply_activation_checkpointing, num_params, rope_in_compute_dtype
+from zhinao.training.deepspeed_config import deepspeed_config
 from zhinao.training.engine import DDPEngine, DeepSpeedEngine, Engine
 from zhinao.training.fsdp_engine import FSDPEngine
 from zhinao.training.optim import build_adamw, build_scheduler
@@ -36,6 +39,46 @@ def engine_kind(params, *, n_params: int, world_size: int) -> str:
         return "deepspeed"
     sharded = params.FSDP_CAPABLE and n_params >= SHARDED_FROM_PARAMS and world_size > 1
     return "fsdp" if sharded else "ddp"
+
+
+def builds_partitioned(params, *, world_size: int) -> bool:
+    """Whether the stage's engine is DeepSpeed ZeRO-3 across ranks, so its model is built partitioned."""
+    deepspeed = params.engine == "deepspeed" or (params.engine == "auto" and params.zero_stage > 0)
+    return deepspeed and (params.zero_stage or 3) == 3 and world_size > 1
+
+
+def _deepspeed_config(params, device: torch.device) -> dict:
+    return deepspeed_config(
+        zero_stage=params.zero_stage or 3,
+        micro_batch=params.micro_batch_size,
+        grad_accum=params.grad_accum_steps,
+        grad_clip=params.grad_clip,
+        bf16=autocast_dtype(params.precision, device) == torch.bfloat16,
+    )
+
+
+@contextlib.contextmanager
+def model_construction(params, *, env: DistEnv, device: torch.device) -> Iterator[None]:
+    """Where a stage builds (`from_config`) or loads (`from_pretrained`) the model it trains.
+
+    Under DeepSpeed ZeRO-3 across ranks, transformers is told so (HfDeepSpeedConfig) and builds the
+    model inside `deepspeed.zero.Init`: each module's parameters are partitioned across the ranks as
+    soon as it exists, so the whole fp32 model never sits on one rank; weights are then initialised
+    or loaded module by module into the partitions, and RoPE's fp32 tables are left in fp32.
+    Elsewhere this does nothing.
+    """
+    if not builds_partitioned(params, world_size=env.world_size):
+        yield
+        return
+    from transformers.integrations import HfDeepSpeedConfig
+    from transformers.integrations.deepspeed import unset_hf_deepspeed_config
+
+    config = HfDeepSpeedConfig(_deepspeed_config(params, device))  # transformers keeps a weak reference
+    try:
+        yield
+    finally:
+        del config
+        unset_hf_deepspeed_config()
 
 
 def checkpoint_mode(params, *, n_params: int) -> str:
@@ -72,7 +115,8 @@ def build_engine(
     `groups` overrides the parameter groups (e.g. a critic with its own lr); `ddp_engine` lets a
     stage bring a DDPEngine subclass (sequence parallelism) with its `engine_kwargs`.
     """
-    n_params = sum(p.numel() for p in model.parameters())
+    partitioned = any(hasattr(p, "ds_shape") for p in model.parameters())  # built under zero.Init
+    n_params = num_params(model)
     kind = engine_kind(params, n_params=n_params, world_size=env.world_size)
     ac = checkpoint_mode(params, n_params=n_params)
     if hasattr(model, "model") and hasattr(model.model, "layers"):  # causal LMs (not a bare critic head)
@@ -106,12 +150,6 @@ def build_engine(
     optimizer, scheduler = make_optimizer(model, groups)
     if kind == "ddp":
         return ddp_engine(model, optimizer, scheduler, **common, **engine_kwargs)
-    return DeepSpeedEngine(
-        model.to(device),
-        optimizer,
-        scheduler,
-        zero_stage=params.zero_stage or 3,
-        micro_batch=params.micro_batch_size,
-        grad_accum=params.grad_accum_steps,
-        **common,
-    )
+    if not partitioned:  # a model built under zero.Init is on its devices, in partitions, already
+        model = model.to(device)
+    return DeepSpeedEngine(model, optimizer, scheduler, config=_deepspeed_config(params, device), **common)

@@ -4,13 +4,15 @@ import math
 
 import torch
 
+from zhinao.model import param_shape
+
 
 def param_groups(model: torch.nn.Module, weight_decay: float) -> list[dict]:
     """Norm weights, biases and 1-D tensors are not decayed (they have no scale to regularise)."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.dim() >= 2 else no_decay).append(p)
+            (decay if len(param_shape(p)) >= 2 else no_decay).append(p)
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 

@@ -22,7 +22,7 @@ from zhinao.distributed import DistEnv
 from zhinao.metrics import TrainingMetrics, metrics_port_from_env, peak_flops
 from zhinao.storage import ObjectStore, open_store
 from zhinao.training.engine import Engine
-from zhinao.training.engine_builder import build_engine
+from zhinao.training.engine_builder import build_engine, model_construction
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +62,10 @@ class TrainingSession:
         return out
 
     # -- the engine every stage trains with
+    def model_construction(self, params):
+        """Build or load the trained model inside this (partitioned at birth under ZeRO-3)."""
+        return model_construction(params, env=self.env, device=self.device)
+
     def build_engine(self, model, params, **kwargs) -> Engine:
         """The stage's engine on this process's place and device (see engine_builder.build_engine)."""
         return build_engine(model, params, env=self.env, device=self.device, **kwargs)
