@@ -61,7 +61,9 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], *, sampled: int, greedy: bool, sampling: Sampling) -> Generation:
         SamplingParams = self._sampling_params
-        common = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop_ids, skip_special_tokens=False)
+        # Token ids only: the loop decodes what it scores itself, so vLLM's detokenizer would be wasted work
+        # (and a policy whose embedding is wider than its tokenizer may sample ids the tokenizer lacks).
+        common = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop_ids, detokenize=False)
         draw = SamplingParams(n=sampled, temperature=sampling.temperature, top_k=sampling.top_k or -1, **common)
         argmax = SamplingParams(n=1, temperature=0.0, **common)
         requests = [{"prompt_token_ids": p} for p in prompts]
