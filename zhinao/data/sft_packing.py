@@ -3,9 +3,10 @@
 The report packs naively into 4K (whole examples, greedily, one causal mask over the row) and
 found masking documents apart with varlen flash attention *worse*. Both are here so users can
 compare: `naive` keeps one position range and full causal attention across a row; `document`
-restarts position ids at each example and confines attention to it: varlen flash attention
-(transformers detects the restarts in `position_ids`) on GPU, an explicit block-causal mask on
-SDPA/eager.
+restarts position ids at each example and confines attention to it: on flash attention the
+micro-batch is flattened into one row with explicit example boundaries (`flatten_varlen`: the varlen
+kernel's `cu_seqlens`), on SDPA/eager each row gets a block-causal mask. Boundaries are passed, not
+left to transformers to infer from `position_ids`: it only does that for a batch of one row.
 """
 
 from collections.abc import Sequence
@@ -106,10 +107,33 @@ def block_causal_mask(doc_ids: np.ndarray) -> np.ndarray:
     return allowed[:, None]
 
 
-def cu_seqlens(doc_ids_row: np.ndarray) -> np.ndarray:
-    """Cumulative example lengths of one row (flash-attn varlen's `cu_seqlens`), padding excluded."""
-    real = doc_ids_row[doc_ids_row != PAD_DOC]
-    if not len(real):
-        return np.zeros(1, dtype=np.int32)
-    lengths = np.bincount(real)
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+@dataclass
+class Varlen:
+    """A micro-batch flattened into one row of B*L tokens for flash attention's varlen kernel, which
+    attends only within each segment of `cu_seqlens`: one segment per example, one per padding run."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    """As the rows', but IGNORE_INDEX at each row's first token: the rows' loss never predicts it (a
+    row's first logit has no predecessor), and in one flat row the previous row's last token would."""
+    position_ids: np.ndarray
+    cu_seqlens: np.ndarray
+    """int32 (segments + 1,): where each segment starts in the flat row, then B*L."""
+    max_seqlen: int
+
+
+def flatten_varlen(input_ids: np.ndarray, labels: np.ndarray, doc_ids: np.ndarray) -> Varlen:
+    """The (B, L) rows of a `document`-packed micro-batch as one (1, B*L) varlen row."""
+    n, length = doc_ids.shape
+    starts = np.ones((n, length), dtype=bool)  # a segment starts at every row start and every doc_id change
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    bounds = np.concatenate([np.flatnonzero(starts.reshape(-1)), [n * length]]).astype(np.int32)
+    flat_labels = labels.copy()
+    flat_labels[:, 0] = IGNORE_INDEX
+    return Varlen(
+        input_ids=input_ids.reshape(1, -1),
+        labels=flat_labels.reshape(1, -1),
+        position_ids=position_ids(doc_ids, "document").reshape(1, -1),
+        cu_seqlens=bounds,
+        max_seqlen=int(np.diff(bounds).max()),
+    )

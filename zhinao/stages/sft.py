@@ -18,7 +18,7 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.config.sft import SFTParams
 from zhinao.data import sft_tools
 from zhinao.data.packing import batch_indices
-from zhinao.data.sft_packing import Packed, block_causal_mask, pack_examples
+from zhinao.data.sft_packing import Packed, block_causal_mask, flatten_varlen, pack_examples
 from zhinao.losses import lm_loss
 from zhinao.plots import loss_curve_png
 from zhinao.tokenizer import load as load_tokenizer
@@ -64,13 +64,33 @@ def encode_and_pack(records: list[dict], tokenizer, params: SFTParams) -> Packed
     return pack_examples(examples, max_len=params.max_len, pad_id=tokenizer.pad_token_id)
 
 
+def varlen_attention(attention: str) -> bool:
+    """Whether the model's attention implementation takes flash-attn varlen boundaries
+    (flash_attention_2/3/4 and the hub's flash kernels)."""
+    return "flash" in attention
+
+
 def to_batch(packed: Packed, rows: np.ndarray, mode: str, attention: str, device: torch.device) -> dict:
+    """The model inputs (and labels) of micro-batch `rows`; `document` packing isolates the examples
+    at any micro-batch size: varlen boundaries on flash attention, a block-causal mask otherwise."""
+    if mode == "document" and varlen_attention(attention):
+        flat = flatten_varlen(packed.input_ids[rows], packed.labels[rows], packed.doc_ids[rows])
+        bounds = torch.from_numpy(flat.cu_seqlens).to(device)
+        return {
+            "input_ids": torch.from_numpy(flat.input_ids).to(device),
+            "labels": torch.from_numpy(flat.labels).to(device),
+            "position_ids": torch.from_numpy(flat.position_ids).to(device),
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds,
+            "max_length_q": flat.max_seqlen,
+            "max_length_k": flat.max_seqlen,
+        }
     batch = {
         "input_ids": torch.from_numpy(packed.input_ids[rows]).to(device),
         "labels": torch.from_numpy(packed.labels[rows]).to(device),
         "position_ids": torch.from_numpy(packed.position_ids(mode, rows)).to(device),
     }
-    if mode == "document" and attention != "flash_attention_2":
+    if mode == "document":
         allowed = torch.from_numpy(block_causal_mask(packed.doc_ids[rows])).to(device)
         batch["attention_mask"] = torch.zeros(allowed.shape, device=device).masked_fill(
             ~allowed, torch.finfo(torch.float32).min
