@@ -39,25 +39,49 @@ class Packed:
         return position_ids(self.doc_ids if rows is None else self.doc_ids[rows], mode)
 
 
-def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_len: int, pad_id: int) -> Packed:
-    """Greedy first-fit in order: append an example to the current row while it fits, else start a new row.
+class RowPacker:
+    """Greedy first-fit in order, one example at a time: append an example to the current row while
+    it fits, else start a new row. Holds one row; examples longer than the row are skipped."""
 
-    `examples` are (input_ids, labels) pairs; rows are right-padded with `pad_id` (label IGNORE_INDEX).
-    """
-    rows: list[list[tuple[Sequence[int], Sequence[int]]]] = []
-    used = max_len + 1
-    skipped = 0
-    for ids, labels in examples:
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.row: list[tuple[Sequence[int], Sequence[int]]] = []
+        self.used = 0
+        self.skipped = 0
+
+    def add(self, ids: Sequence[int], labels: Sequence[int]) -> list | None:
+        """Appends one (input_ids, labels) example; returns the row it closed, if it started a new one."""
         if len(ids) != len(labels):
             raise ValueError("input_ids and labels differ in length")
-        if len(ids) > max_len or not len(ids):
-            skipped += 1
-            continue
-        if used + len(ids) > max_len:
-            rows.append([])
-            used = 0
-        rows[-1].append((ids, labels))
-        used += len(ids)
+        if len(ids) > self.max_len or not len(ids):
+            self.skipped += 1
+            return None
+        closed = None
+        if self.used + len(ids) > self.max_len:
+            closed = self.finish()
+        self.row.append((ids, labels))
+        self.used += len(ids)
+        return closed
+
+    def finish(self) -> list | None:
+        row, self.row, self.used = self.row, [], 0
+        return row or None
+
+
+def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_len: int, pad_id: int) -> Packed:
+    """All `examples` ((input_ids, labels) pairs) packed greedily in order (`RowPacker`)."""
+    packer = RowPacker(max_len)
+    rows = [row for ids, labels in examples if (row := packer.add(ids, labels))]
+    if tail := packer.finish():
+        rows.append(tail)
+    packed = pack_rows(rows, max_len=max_len, pad_id=pad_id)
+    packed.skipped = packer.skipped
+    return packed
+
+
+def pack_rows(rows: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]], *, max_len: int, pad_id: int) -> Packed:
+    """Each row's examples side by side in one row of `max_len`, right-padded with `pad_id` (label
+    IGNORE_INDEX); the rows must fit (RowPacker makes them)."""
     n = len(rows)
     input_ids = np.full((n, max_len), pad_id, dtype=np.int64)
     out_labels = np.full((n, max_len), IGNORE_INDEX, dtype=np.int64)
@@ -65,11 +89,13 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, ma
     for r, row in enumerate(rows):
         at = 0
         for d, (ids, labels) in enumerate(row):
+            if at + len(ids) > max_len:
+                raise ValueError(f"row {r} holds more than {max_len} tokens")
             input_ids[r, at : at + len(ids)] = ids
             out_labels[r, at : at + len(ids)] = labels
             doc_ids[r, at : at + len(ids)] = d
             at += len(ids)
-    return Packed(input_ids, out_labels, doc_ids, skipped)
+    return Packed(input_ids, out_labels, doc_ids, 0)
 
 
 def position_ids(doc_ids: np.ndarray, mode: str) -> np.ndarray:

@@ -38,7 +38,7 @@ class StreamOrder:
         self.total = int(self.counts.sum())
         self.per_rank = self.total // world_size
         if self.per_rank == 0:
-            raise ValueError(f"the token shards hold {self.total} sequences, fewer than the {world_size} ranks")
+            raise ValueError(f"the shards hold {self.total} samples, fewer than the {world_size} ranks")
         self.seed, self.rank, self.world_size, self.window = seed, rank, world_size, window
 
     @lru_cache(maxsize=2)  # noqa: B019 (one order per stream, a handful of epochs apart)
@@ -92,7 +92,7 @@ class StreamOrder:
             )
         if state["sequences"] != self.total or state["seed"] != self.seed:
             raise PositionMismatch(
-                f"data position: the checkpoint read {state['sequences']} sequences with seed {state['seed']}, "
-                f"this run has {self.total} with seed {self.seed}; the token shards or the seed changed"
+                f"data position: the checkpoint read {state['sequences']} samples with seed {state['seed']}, "
+                f"this run has {self.total} with seed {self.seed}; the data or the seed changed"
             )
         return StreamPosition(int(state["epoch"]), int(state["offset"]))

@@ -47,10 +47,10 @@ def test_a_position_from_another_world_size_or_corpus_is_refused_with_the_reason
     state = StreamOrder(COUNTS, seed=1, rank=0, world_size=4, window=4).state(StreamPosition(0, 3))
     with pytest.raises(PositionMismatch, match="written by 4 data-parallel ranks and this run has 2"):
         StreamOrder(COUNTS, seed=1, rank=0, world_size=2, window=4).position(state)
-    with pytest.raises(PositionMismatch, match="the token shards or the seed changed"):
+    with pytest.raises(PositionMismatch, match="the data or the seed changed"):
         StreamOrder([*COUNTS, 2], seed=1, rank=0, world_size=4, window=4).position(state)
 
 
 def test_fewer_sequences_than_ranks_is_an_error():
-    with pytest.raises(ValueError, match="3 sequences, fewer than the 4 ranks"):
+    with pytest.raises(ValueError, match="3 samples, fewer than the 4 ranks"):
         StreamOrder([3], seed=1, rank=0, world_size=4, window=4)
