@@ -14,6 +14,12 @@ class StreamParams(SpecModel):
     """Local disk a rank may fill with downloaded shards; the least recently read is evicted first.
     Samples are read from disk, not kept in memory, so this bounds disk, and memory stays flat."""
 
+    elastic: bool = False
+    """Read one global order, rank r of W taking every W-th sample, so that a checkpoint resumes
+    exactly (no sample repeated or skipped) with any world size; every rank then downloads every
+    shard. False: each rank reads its own contiguous share (downloads 1/W of the shards), and a
+    checkpoint resumes only with the world size that wrote it."""
+
 
 class TokenStreamParams(StreamParams):
     shard_tokens: int = Field(default=1 << 23, ge=1)

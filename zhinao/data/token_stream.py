@@ -77,7 +77,14 @@ class ShardStream:
         world_size: int,
         params: StreamParams,
     ):
-        self.order = StreamOrder(counts, seed=seed, rank=rank, world_size=world_size, window=params.shuffle_window)
+        self.order = StreamOrder(
+            counts,
+            seed=seed,
+            rank=rank,
+            world_size=world_size,
+            window=params.shuffle_window,
+            elastic=params.elastic,
+        )
         self.cache = ShardCache(store, cache_dir, max_bytes=params.cache_mb << 20)
         self.position = StreamPosition()
 
@@ -89,7 +96,7 @@ class ShardStream:
         """(shard, index within it) of this rank's next n samples; the position moves past them."""
         out = []
         for _ in range(n):
-            out.append(self.order.locate(self.position.epoch, self.position.offset))
+            out.append(self.order.at(self.position))
             self.position.advance(1, self.order.per_rank)
         return out
 

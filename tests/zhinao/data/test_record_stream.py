@@ -50,9 +50,9 @@ def records(s3_store, tmp_path):
     return out
 
 
-def stream(out, tmp_path, *, name="train", rank=0, world_size=1) -> RecordStream:
+def stream(out, tmp_path, *, name="train", rank=0, world_size=1, params=PARAMS) -> RecordStream:
     cache = tmp_path / f"cache-{name}-{rank}-{world_size}"
-    return RecordStream(out, name, cache, seed=3, rank=rank, world_size=world_size, params=PARAMS)
+    return RecordStream(out, name, cache, seed=3, rank=rank, world_size=world_size, params=params)
 
 
 def test_shard_format_reads_back_any_record():
@@ -106,6 +106,23 @@ def test_another_world_size_or_record_set_is_refused(records, tmp_path):
     ):
         state = {**stream(records, tmp_path, name="odd").state_dict(), "seed": 4}
         stream(records, tmp_path).load_state_dict(state)
+
+
+@pytest.mark.parametrize("after", [1, 4])
+def test_an_elastic_stream_resumes_with_another_world_size_without_repeat_or_skip(records, tmp_path, after):
+    elastic = PARAMS.model_copy(update={"elastic": True})
+    two = [stream(records, tmp_path / "w2", rank=r, world_size=2, params=elastic) for r in (0, 1)]
+    before = [rec["id"] for _ in range(4) for s in two for rec in s.take(5)]  # 4 steps of 5 per rank
+    state = two[0].state_dict()
+    assert state == two[1].state_dict() and state["sample"] == 40
+    more = [stream(records, tmp_path / "wn", rank=r, world_size=after, params=elastic) for r in range(after)]
+    for s in more:
+        s.load_state_dict(state)
+    steps = 120 // (5 * after)  # to 160 samples: past the end of the first epoch of 75
+    resumed = [rec["id"] for _ in range(steps) for s in more for rec in s.take(5)]
+    reference = [rec["id"] for rec in stream(records, tmp_path / "w1", params=elastic).take(160)]
+    assert sorted(before + resumed) == sorted(reference)  # the global prefix: nothing repeated or skipped
+    assert sorted(reference[:75]) == sorted(reference[75:150]) == list(range(0, N, 2))  # no epoch drops any
 
 
 READER = """
