@@ -131,18 +131,20 @@ def encode_prompt(record: dict, enc: ChatEncoder, params: RLHFParams) -> dict | 
 
 
 def head_prompts(uri: str, enc: ChatEncoder, params: RLHFParams, limit: int) -> list[dict]:
-    """The first `limit` usable prompts under `uri`, in file order; reads no further than that."""
+    """The first `limit` usable prompts under `uri`, in file order (each with its `_place`: file and
+    line); reads no further than that."""
     store, keys = input_keys(uri)
     out = []
-    for _key, _number, line in jsonl_lines(store, keys):
+    for key, number, line in jsonl_lines(store, keys):
         if len(out) >= limit:
             break
         try:
-            prompt = encode_prompt(json.loads(line), enc, params)
+            record = json.loads(line)
         except ValueError:
             continue
+        prompt = encode_prompt(record, enc, params) if isinstance(record, dict) else None
         if prompt is not None:
-            out.append({**prompt, "_place": [_key, _number]})
+            out.append({**prompt, "_place": [key, number]})
     return out
 
 

@@ -82,9 +82,17 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
         produce = pair_sets(
             rt.inputs["preferences"], tokenizer, params, rank=env.rank, world_size=env.world_size, eval_fraction=0
         )
-    n_items = prepare_record_sets(session, session.output, [TRAIN], produce, params=params.stream)[TRAIN].records
+    prepared = prepare_record_sets(session, session.output, [TRAIN], produce, params=params.stream)[TRAIN]
+    n_items = prepared.records
+    if not n_items and not online:
+        raise SystemExit("no preference pair fits maxLen")
     if not n_items:
-        raise SystemExit("no training prompt fits maxPromptLen" if online else "no preference pair fits maxLen")
+        held = prepared.counts.get("held_out", 0)
+        raise SystemExit(
+            f"no training prompt: {held} of inputs.prompts are the held-out evalPrompts={params.eval_prompts} and "
+            f"{prepared.counts.get('dropped', 0)} do not fit maxPromptLen={params.max_prompt_len}"
+            + ("; lower evalPrompts or pass inputs.evalPrompts" if held else "")
+        )
     items = open_stream(session, TRAIN, params)
 
     steps_per_rollout = params.ppo_epochs if params.algorithm == "ppo" else 1
