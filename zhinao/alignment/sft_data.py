@@ -24,6 +24,19 @@ from zhinao.config.sft import SFTParams
 from zhinao.data import sft_tools
 from zhinao.data.sft_packing import RowPacker
 
+SUMMARY_COUNTS = (
+    "records_in",
+    "invalid",
+    "dropped_sources",
+    "dropped_source_records",
+    "duplicates",
+    "records_used",
+    "skipped_too_long",
+    "tokens",
+    "target_tokens",
+)
+"""What the SFT summary's `data` reports (summed over ranks)."""
+
 
 def place_of(key_index: dict[str, int], key: str, number: int) -> int:
     """A line's global place: file (in sorted order), then line; what "first occurrence" means."""
@@ -82,6 +95,7 @@ def sft_sets(session, uri: str, tokenizer, params: SFTParams):
     enc = ChatEncoder(tokenizer)
 
     def produce(counts: Counter):
+        counts.update(dict.fromkeys(SUMMARY_COUNTS, 0))  # reported even when nothing was counted
         ratings, keep = global_view(session, uri, params)
         low = {s for s, v in ratings.items() if params.min_source_rating is not None and v < params.min_source_rating}
         if env.is_main:  # every rank knows them; the counts of the ranks are summed
