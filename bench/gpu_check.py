@@ -4,7 +4,8 @@ The model, engine, activation checkpointing and chunked loss are the pretrain st
 (`build_engine` with the stage's defaults: bf16, flash-attn when installed). A fixed number of
 optimizer steps run on random tokens; the first `--warmup` are excluded from the timing. Prints
 tokens/s, MFU (6N + 12LdT FLOPs per token against the device's peak bf16 FLOP/s) and peak memory
-as one JSON line, and writes it to --out when given.
+as one JSON line, and writes it to --out when given. `long_context` in that line is a 1B-class
+model's step at 32K tokens (bench/ring_attention.py: tokens/s, peak memory; anchor MPT-1B 12,025 tokens/s).
 
     python bench/gpu_check.py                 # the GPU check (1.8b, 4096 tokens, 12 steps)
     python bench/gpu_check.py --dry-run       # the same path on CPU with the tiny model (tests)
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from ring_attention import long_context_check
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.distributed import DistEnv
@@ -111,6 +113,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     result = run(args)
+    result["long_context"] = long_context_check(args.dry_run)  # after run(): its engine is freed
     line = json.dumps(result)
     print(line)
     if args.out:
