@@ -42,7 +42,6 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from zhinao.longctx.block_kernels import BlockKernel, kernel_for
@@ -378,10 +377,12 @@ def sequence_parallel_lm_loss(model, input_ids: torch.Tensor, sp: SequenceParall
     """This rank's share of the causal-LM loss of [batch, T] sequences: S * shard loss sum / targets.
 
     The values summed over the group's ranks equal S times the mean loss over all targets; see the
-    module docstring for why this is the right scaling under DDP.
+    module docstring for why this is the right scaling under DDP and FSDP. The shard's labels are
+    already its tokens' next tokens (`shift_labels`, as transformers names them), so the model's
+    own loss, the engine's chunked one included (no logits of the whole shard at once), gives the
+    mean over the shard's targets.
     """
     ids, positions, labels = shard_batch(input_ids, sp)
-    logits = model(input_ids=ids, position_ids=positions).logits
-    total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    mean = model(input_ids=ids, position_ids=positions, labels=labels, shift_labels=labels).loss
     targets = input_ids.shape[0] * (input_ids.shape[1] - 1)
-    return total * sp.size / targets
+    return mean * (labels != IGNORE_INDEX).sum() * sp.size / targets
