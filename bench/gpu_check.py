@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import torch
+from remax_check import remax_check
 from ring_attention import long_context_check
 
 from zhinao.config.pretrain import PretrainParams
@@ -114,6 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     result = run(args)
     result["long_context"] = long_context_check(args.dry_run)  # after run(): its engine is freed
+    result["remax"] = remax_check(args.dry_run)  # a ReMax step per installed rollout engine
     line = json.dumps(result)
     print(line)
     if args.out:

@@ -17,6 +17,10 @@ def test_dry_run_trains_and_reports_throughput_mfu_and_memory(tmp_path):
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1 and result["peak_memory_gb"] > 0
     long = result["long_context"]  # the 32K line, at 64 tokens on CPU
     assert long["seq_len"] == 64 and long["tokens_per_second"] > 0 and "MPT-1B" in long["anchor"]
+    remax = result["remax"]  # on CPU: the tiny model, the hf engine only (vLLM needs a GPU)
+    assert remax["model"] == "tiny" and list(remax["engines"]) == ["hf"]
+    hf = remax["engines"]["hf"]
+    assert hf["timed_steps"] == 1 and hf["samples_per_second"] > 0 and 0 < hf["generation_share"] < 1
 
 
 def test_without_a_gpu_the_real_check_says_so():
