@@ -36,5 +36,5 @@ def test_activation_checkpointing_is_on_from_1b_unless_set():
 
 
 def test_fsdp_is_refused_where_the_stage_uses_the_bare_model():
-    with pytest.raises(ValidationError, match="engine: fsdp is for the pretrain stage"):
+    with pytest.raises(ValidationError, match="engine: fsdp is for the pretrain and longctx stages"):
         SFTParams(engine="fsdp")
