@@ -196,9 +196,10 @@ def _plan_stage(
     if job is None:
         if prev.phase in ("Succeeded",):
             return prev, None, True  # its job was removed after it finished (kubectl delete, TTL)
+        # Retries spent: the pipeline stays Failed. A stage its memory plan failed is looked at
+        # again: after a spec change it is planned anew.
         if prev.phase == "Failed" and prev.reason not in PLAN_FAILURES:
-            return prev, None, False  # retries spent: the pipeline stays Failed (a refused plan is
-            # looked at again: a changed spec plans again)
+            return prev, None, False
         if spec.suspend:
             waiting = "Retrying" if prev.phase == "Retrying" else "Pending"  # keep the retry count
             return (
