@@ -4,8 +4,8 @@ The model, engine, activation checkpointing and chunked loss are the pretrain st
 (`build_engine` with the stage's defaults: bf16, flash-attn when installed). A fixed number of
 optimizer steps run on random tokens; the first `--warmup` are excluded from the timing. Prints
 tokens/s, MFU (6N + 12LdT FLOPs per token against the device's peak bf16 FLOP/s) and peak memory
-as one JSON line. Then the named `CHECKS` run in order, each printing its lines (one step of every
-stage kind in bf16: `stage_steps.py`); their figures join the JSON written to --out under their
+as one JSON line. Then the named `CHECKS` run in order, each printing its lines (a ReMax step per
+installed rollout engine: `remax_check.py`; one step of every stage kind in bf16: `stage_steps.py`); their figures join the JSON written to --out under their
 names, and the exit code is non-zero if the loss did not fall or any check failed.
 
     python bench/gpu_check.py                 # the GPU check (1.8b, 4096 tokens, 12 steps)
@@ -21,6 +21,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
+from remax_check import remax_check
 from stage_steps import stage_steps
 
 from zhinao.config.pretrain import PretrainParams
@@ -120,7 +121,17 @@ def stage_kinds(args: argparse.Namespace) -> tuple[dict, bool]:
     return verdicts, ok
 
 
-CHECKS: list[tuple[str, Callable[[argparse.Namespace], tuple[dict, bool]]]] = [("stages", stage_kinds)]
+def remax(args: argparse.Namespace) -> tuple[dict, bool]:
+    """A ReMax step per installed rollout engine (remax_check.py): figures, no pass mark of its own."""
+    figures = remax_check(args.dry_run)
+    print(json.dumps({"remax": figures}), flush=True)
+    return figures, True
+
+
+CHECKS: list[tuple[str, Callable[[argparse.Namespace], tuple[dict, bool]]]] = [
+    ("remax", remax),
+    ("stages", stage_kinds),
+]
 """Run after the throughput part, in order: name -> (its figures for the result JSON, whether it passed)."""
 
 
