@@ -97,7 +97,9 @@ class OptimParams(SpecModel):
     @model_validator(mode="after")
     def _fsdp_where_supported(self) -> "OptimParams":
         if self.engine == "fsdp" and not self.FSDP_CAPABLE:
-            raise ValueError("engine: fsdp is for the pretrain and longctx stages; shard this stage with engine deepspeed")
+            raise ValueError(
+                "engine: fsdp is for the pretrain and longctx stages; shard this stage with engine deepspeed"
+            )
         return self
 
 
