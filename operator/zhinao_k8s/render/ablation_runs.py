@@ -2,9 +2,10 @@
 
 Pure. Also where an ablation writes: `root_uri`, `prep_uri`, `report_uri`.
 
-Every run has a pretrain stage reading the ablation's prepared data (prep/: the shared tokenizer
-and the recipe's mixed training documents, see zhinao.ablation.prepare) and keeping a checkpoint
-every `validLoss.everySteps` steps, which the evaluation reads afterwards. With the SFT evaluation
+Every run has a pretrain stage reading the ablation's prepared data (prep/: the shared tokenizer,
+the recipe's mixed training documents and the held-out sequences, see zhinao.ablation.prepare). It
+records the validation loss every `validLoss.everySteps` steps in its metrics log, and keeps only
+its latest checkpoint (to resume): the evaluation reads the log and the final hf/ export. With the SFT evaluation
 on, an `sft` stage follows: the same fixed recipe fine-tunes every run's base (with the run's seed).
 """
 
@@ -72,14 +73,15 @@ def pretrain_params(ablation: Ablation, seed: int) -> PretrainParams:
         warmup_steps=proxy.warmup_steps,
         seed=seed,
         checkpoint_every=every,
-        keep_checkpoints=proxy.max_steps // every + 1,  # every checkpoint is evaluated afterwards
+        keep_checkpoints=1,  # only to resume: the validation loss is computed in the loop
+        eval_every=every,
     )
 
 
 def expand_runs(ablation: Ablation) -> list[Run]:
     """recipes x seeds -> one Run (a TrainingPipeline) each, in recipe order then seed order."""
     spec = ablation.spec
-    proxy, sft = spec.proxy, spec.evaluations.sft
+    proxy, sft, valid = spec.proxy, spec.evaluations.sft, spec.evaluations.valid_loss
     prep = prep_uri(ablation)
     placement = {
         "replicas": proxy.replicas,
@@ -95,7 +97,11 @@ def expand_runs(ablation: Ablation) -> list[Run]:
                     name=STAGE,
                     kind="pretrain",
                     **placement,
-                    inputs={"tokenizer": f"{prep}/tokenizer", "corpus": f"{prep}/recipes/{recipe.name}/train"},
+                    inputs={
+                        "tokenizer": f"{prep}/tokenizer",
+                        "corpus": f"{prep}/recipes/{recipe.name}/train",
+                        **({"valid": f"{prep}/valid"} if valid.enabled else {}),
+                    },
                     params=pretrain_params(ablation, seed),
                 )
             ]

@@ -13,8 +13,6 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
-import numpy as np
-
 from zhinao.ablation.evaluate import evaluate_run, load_tasks
 from zhinao.ablation.prepare import prepare, read_records
 from zhinao.ablation.results import RunResult, build_results, write_results
@@ -108,12 +106,6 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
     spec = ablation.spec
     root = open_store(root_uri(ablation))
     prep = open_store(prep_uri(ablation))
-    valid = None
-    if spec.evaluations.valid_loss.enabled:
-        local = workdir / "valid-tokens.npy"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        prep.get_file("valid/tokens.npy", local)
-        valid = np.load(local)
     items = benchmark_items(ablation)
     results = []
     runs = expand_runs(ablation)
@@ -125,7 +117,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             notify("eval-started", {"run": run.name, "i": i, "n": len(runs)})
             result = evaluate_run(
                 run.output,
-                valid_tokens=valid,
+                valid=spec.evaluations.valid_loss.enabled,
                 items=items,
                 workdir=scratch,
                 max_new_tokens=spec.evaluations.benchmarks.max_new_tokens,
