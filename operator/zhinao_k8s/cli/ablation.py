@@ -86,16 +86,17 @@ def run(
 @app.command()
 @friendly
 def prepare(
-    spec: SpecArg, storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None
+    spec: SpecArg,
+    workdir: WorkdirOpt = Path("runs/ablation"),
+    storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None,
 ) -> None:
-    """Only build the data (held-out split, shared tokenizer, recipe mixtures), e.g. before submitting the runs."""
-    from zhinao.ablation.prepare import prepare as do_prepare
-    from zhinao_k8s.render.ablation_runs import prep_uri
-    from zhinao_k8s.runner.ablation import threads
+    """Only build the data (the data stages through the local runner, then the held-out split, shared
+    tokenizer and recipe mixtures), e.g. before submitting the runs."""
+    from zhinao_k8s.runner.ablation import prepare_ablation, threads
 
     ablation = _load(spec, storage)
     with threads(1):
-        summary = do_prepare(ablation.spec, prep_uri(ablation), listener=Progress())
+        summary = prepare_ablation(ablation, workdir=workdir, listener=Progress())
     out.print_json(data=summary)
 
 
