@@ -4,8 +4,8 @@ One Master replica in the trainer image runs `python -m zhinao_k8s.jobs.ablation
 Ablation document travels in the ZHINAO_ABLATION_SPEC env var, so the job needs nothing else. The
 pod is the training pods' own (security context, scratch volumes, storage credentials by
 secretKeyRef), with the proxy's CPU and memory. `prepare` is CPU work; `evaluate` gets one GPU when
-the proxy trains on GPUs (scoring every checkpoint of a 1.8b proxy on CPU would take days), none
-for a CPU proxy.
+the proxy trains on GPUs (the benchmarks on a 1.8b proxy are slow on CPU), none for a CPU proxy.
+The data stages before `prepare` are a TrainingPipeline of their own (ablation_runs.data_pipeline).
 """
 
 import json
