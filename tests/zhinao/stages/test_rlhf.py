@@ -119,6 +119,21 @@ def test_kl_stop_ends_training_and_a_rerun_does_not_continue(tmp_path, assets):
     assert max(r["step"] for r in steps if r.get("event") == "step") == stop["step"]
 
 
+def test_held_out_prompts_leave_training_and_leaving_none_is_a_clear_error(tmp_path, assets):
+    prompts = rl_prompts(all_pairs()[:40])
+    inputs = {
+        "policy": assets["policy"],
+        "reward": assets["reward"],
+        "prompts": write_jsonl(tmp_path / "few", prompts[:3]),
+    }
+    with pytest.raises(SystemExit, match="3 of inputs.prompts are the held-out evalPrompts=4 .* lower evalPrompts"):
+        run_stage("rlhf", inputs, f"file://{tmp_path}/none-left", **{**ONLINE, "maxSteps": 1})
+    out = f"file://{tmp_path}/held"
+    run_stage("rlhf", {**inputs, "prompts": assets["prompts"]}, out, **{**ONLINE, "maxSteps": 1})
+    index = json.loads(open_store(out).get_bytes("records/train/index.json"))
+    assert index["counts"]["held_out"] == 4 and index["records"] == len(prompts) - 4
+
+
 def test_remax_scored_by_the_reward_model_alone_trains(tmp_path, assets):
     # The defaults: rmWeight 1 and no rules (a rule-less score once came out as an integer tensor).
     out = f"file://{tmp_path}/rm-only"
