@@ -123,3 +123,7 @@ class FSDPEngine(Engine):
     @property
     def lr(self):
         return self.scheduler.get_last_lr()[0]
+
+    @property
+    def forward_module(self):
+        return self.wrapped

@@ -215,7 +215,7 @@ class TokenizerStage(StageBase):
 
 
 class PretrainStage(StageBase):
-    INPUTS = ("tokenizer", "corpus", "tokens")
+    INPUTS = ("tokenizer", "corpus", "tokens", "valid")
     kind: Literal["pretrain"]
     params: PretrainParams = Field(default_factory=PretrainParams)
 
