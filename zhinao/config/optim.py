@@ -6,9 +6,9 @@ stages give it as a fraction of the steps their epochs come to, the pretraining 
 of steps of their fixed budget.
 """
 
-from typing import ClassVar, Literal
+from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from zhinao.config._base import SpecModel
 from zhinao.config.stream import RecordStreamParams
@@ -62,16 +62,11 @@ class OptimParams(SpecModel):
     zero_stage: ZeroStage = 0
     """DeepSpeed ZeRO stage 1-3 (engine `deepspeed`, or `auto` with a stage > 0); 0: no DeepSpeed."""
 
-    FSDP_CAPABLE: ClassVar[bool] = False
-    """Whether every forward of the stage's model goes through its engine (`Engine.inference`,
-    `full_weights`), as FSDP2's sharded root needs (long context still runs the bare model)."""
-
     engine: EngineKind = "auto"
     """How the ranks share the model. `ddp`: full replicas; `fsdp`: PyTorch FSDP2, every transformer
     block sharded, bf16 parameters and fp32 gradient reduction; `deepspeed`: ZeRO `zeroStage` (3 when
     left at 0). `auto`: DeepSpeed when zeroStage > 0, else FSDP2 for models of 1B parameters and up
-    (their fp32 Adam state alone outgrows one GPU replicated) on more than one rank, else DDP. The
-    long-context stage shards with `deepspeed` (zeroStage 3) instead of `fsdp`."""
+    (their fp32 Adam state alone outgrows one GPU replicated) on more than one rank, else DDP."""
 
     activation_checkpointing: ActivationCheckpointing = "auto"
     """Recompute transformer blocks in backward instead of keeping their activations. `full`: every
@@ -94,17 +89,9 @@ class OptimParams(SpecModel):
     log_every: int = Field(default=1, ge=1)
     """Log a progress line every N steps (the JSONL record and Prometheus are updated every step)."""
 
-    @model_validator(mode="after")
-    def _fsdp_where_supported(self) -> "OptimParams":
-        if self.engine == "fsdp" and not self.FSDP_CAPABLE:
-            raise ValueError("engine: fsdp is not supported by this stage; shard it with engine deepspeed")
-        return self
-
 
 class FinetuneOptimParams(OptimParams):
     """SFT, reward and RLHF: the warmup is a share of the total steps, however epochs or maxSteps set them."""
-
-    FSDP_CAPABLE = True  # they evaluate, score and generate through Engine.inference / full_weights
 
     warmup_ratio: float = Field(default=0.01, ge=0, lt=1)
     """Fraction of the optimizer steps spent in linear warmup (reference: 0.01)."""

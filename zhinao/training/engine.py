@@ -80,8 +80,34 @@ class Engine(ABC):
     @abstractmethod
     def lr(self) -> float: ...
 
-    def _forward_module(self) -> torch.nn.Module:
-        """What evaluation calls: the model, or the sharded root that gathers its weights (FSDP2)."""
+    @property
+    @abstractmethod
+    def forward_module(self) -> torch.nn.Module:
+        """What a training forward calls (the DDP / DeepSpeed / FSDP wrapper): sharded weights gather there."""
+
+    @torch.no_grad()
+    def eval_loss(self, batches: list[torch.Tensor]) -> float:
+        """Mean next-token loss over every rank's (B, T) token batches, weighted by tokens, in eval
+        mode and without gradients. Collective: every rank calls it with the same number of batches
+        (sharded weights are gathered by each forward); a batch of zero rows counts nothing."""
+        module = self.forward_module
+        was_training = module.training
+        module.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for batch in batches:
+            rows = batch if len(batch) else batches[0][:1]  # a rank out of sequences still joins the forward
+            with self._autocast():
+                loss = module(input_ids=rows, labels=rows).loss
+            if len(batch):
+                targets = batch.size(0) * (batch.size(1) - 1)
+                total += torch.tensor([float(loss) * targets, targets], dtype=torch.float64, device=self.device)
+        module.train(was_training)
+        if self.env.world_size > 1:
+            dist.all_reduce(total)
+        return float(total[0] / total[1])
+
+    def _inference_module(self) -> torch.nn.Module:
+        """What `inference` calls: the bare model, or the sharded root that gathers its weights (FSDP2)."""
         return self.model
 
     @contextlib.contextmanager
@@ -89,7 +115,7 @@ class Engine(ABC):
         """The module for forwards outside `train_step` (evaluation, log-probs, values): in eval mode,
         without gradients, in the training precision. Under FSDP2 each forward all-gathers the
         weights block by block, so every rank must make the same calls."""
-        module = self._forward_module()
+        module = self._inference_module()
         was_training = module.training
         module.eval()
         try:
@@ -192,6 +218,10 @@ class DDPEngine(Engine):
     def lr(self):
         return self.scheduler.get_last_lr()[0]
 
+    @property
+    def forward_module(self):
+        return self.wrapped
+
 
 class DeepSpeedEngine(Engine):
     TAG = "state"
@@ -260,3 +290,7 @@ class DeepSpeedEngine(Engine):
     @property
     def lr(self):
         return self.engine.get_lr()[0]
+
+    @property
+    def forward_module(self):
+        return self.engine

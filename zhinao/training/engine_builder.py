@@ -9,6 +9,7 @@ import logging
 from collections.abc import Iterator
 
 import torch
+from torch.distributed.device_mesh import DeviceMesh
 
 from zhinao.distributed import DistEnv
 from zhinao.model import apply_activation_checkpointing, num_params, rope_in_compute_dtype
@@ -37,7 +38,7 @@ def engine_kind(params, *, n_params: int, world_size: int) -> str:
         return params.engine
     if params.zero_stage > 0:
         return "deepspeed"
-    sharded = params.FSDP_CAPABLE and n_params >= SHARDED_FROM_PARAMS and world_size > 1
+    sharded = n_params >= SHARDED_FROM_PARAMS and world_size > 1
     return "fsdp" if sharded else "ddp"
 
 
@@ -106,14 +107,13 @@ def build_engine(
     warmup: int,
     total: int,
     groups: list[dict] | None = None,
-    ddp_engine: type[DDPEngine] = DDPEngine,
     fused_optimizer: bool = True,
-    **engine_kwargs,
+    shard_mesh: DeviceMesh | None = None,
 ) -> Engine:
     """AdamW + warmup/cosine from a stage's optimizer fields, wrapped by the engine `engine_kind` picks.
 
-    `groups` overrides the parameter groups (e.g. a critic with its own lr); `ddp_engine` lets a
-    stage bring a DDPEngine subclass (sequence parallelism) with its `engine_kwargs`.
+    `groups` overrides the parameter groups (e.g. a critic with its own lr); `shard_mesh` is the
+    mesh FSDP2 shards over (default: every rank; see FSDPEngine).
     """
     partitioned = any(hasattr(p, "ds_shape") for p in model.parameters())  # built under zero.Init
     n_params = num_params(model)
@@ -146,10 +146,12 @@ def build_engine(
     )
     if kind == "fsdp":
         names = _group_names(groups, {id(p): n for n, p in model.named_parameters()})
-        return FSDPEngine(model, lambda sharded: make_optimizer(sharded, _groups_by_name(names, sharded)), **common)
+        return FSDPEngine(
+            model, lambda sharded: make_optimizer(sharded, _groups_by_name(names, sharded)), mesh=shard_mesh, **common
+        )
     optimizer, scheduler = make_optimizer(model, groups)
     if kind == "ddp":
-        return ddp_engine(model, optimizer, scheduler, **common, **engine_kwargs)
+        return DDPEngine(model, optimizer, scheduler, **common)
     if not partitioned:  # a model built under zero.Init is on its devices, in partitions, already
         model = model.to(device)
     return DeepSpeedEngine(model, optimizer, scheduler, config=_deepspeed_config(params, device), **common)

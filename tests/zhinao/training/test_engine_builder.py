@@ -1,7 +1,6 @@
 """Which engine and activation checkpointing a stage's settings and model size pick."""
 
 import pytest
-from pydantic import ValidationError
 
 from zhinao.config.longctx import LongContextParams
 from zhinao.config.pretrain import PretrainParams
@@ -26,7 +25,8 @@ B = 1_000_000_000
         (RLHFParams(), 7.8 * B, 8, "fsdp"),
         (RLHFParams(), 0.5 * B, 8, "ddp"),
         (SFTParams(engine="deepspeed"), 7.8 * B, 8, "deepspeed"),
-        (LongContextParams(), 7.8 * B, 8, "ddp"),  # runs the bare model in its needle evaluation
+        (LongContextParams(sequence_parallel=8), 7.8 * B, 8, "fsdp"),  # the ring under FSDP2
+        (LongContextParams(sequence_parallel=8), 0.5 * B, 8, "ddp"),
     ],
 )
 def test_engine_kind(params, n_params, world, expected):
@@ -37,10 +37,3 @@ def test_activation_checkpointing_is_on_from_1b_unless_set():
     assert checkpoint_mode(PretrainParams(), n_params=1.8 * B) == "full"
     assert checkpoint_mode(PretrainParams(), n_params=0.5 * B) == "off"
     assert checkpoint_mode(PretrainParams(activation_checkpointing="ops"), n_params=0.5 * B) == "ops"
-
-
-def test_fsdp_is_refused_where_the_stage_uses_the_bare_model():
-    with pytest.raises(ValidationError, match="engine: fsdp is not supported by this stage"):
-        LongContextParams(engine="fsdp")
-    for params in (SFTParams, RewardParams, RLHFParams):
-        assert params(engine="fsdp").engine == "fsdp"
