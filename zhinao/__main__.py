@@ -22,6 +22,7 @@ from zhinao.fingerprint import FINGERPRINT_KEY, OutputMismatch, check_or_record,
 from zhinao.lease import LEASE_KEY, hold, writer_id
 from zhinao.stages import run_stage
 from zhinao.storage import ObjectStore, open_store, sweep_stale_temp
+from zhinao.terminate import sigterm_raises
 
 log = logging.getLogger("zhinao")
 # Kubernetes keeps at most 4096 bytes of a termination message for all containers of a pod.
@@ -92,7 +93,7 @@ def main() -> int:
     try:
         rt = StageRuntime.from_file()
         sweep_leftovers(rt)
-        with claimed_output(rt, int(os.environ.get("RANK", "0"))):
+        with sigterm_raises(), claimed_output(rt, int(os.environ.get("RANK", "0"))):
             run_stage(rt)
     except SystemExit as exc:
         if exc.code not in (0, None):

@@ -4,6 +4,7 @@ All expose the same four operations the loop needs, so stages never branch on th
 """
 
 import contextlib
+import copy
 import logging
 import random
 from abc import ABC, abstractmethod
@@ -42,6 +43,30 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def host_copy(obj: Any, memo: dict | None = None) -> Any:
+    """`obj` (nested dicts, lists, tuples) with every tensor copied into host memory; tensors shared
+    within `obj` (tied weights) stay shared. The copy is what a background write saves, untouched by
+    the optimizer steps that run meanwhile."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in memo:
+            memo[id(obj)] = obj.detach().to("cpu", copy=True)
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        return type(obj)((k, host_copy(v, memo)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        return type(obj)(host_copy(v, memo) for v in obj)
+    return copy.deepcopy(obj)
+
+
+def write_parts(directory: Path, staged: dict[str, Any]) -> dict[str, Path]:
+    """torch.save each staged object as its part file under `directory`; returns {name: file}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, obj in staged.items():
+        torch.save(obj, directory / name)
+    return {name: directory / name for name in staged}
+
+
 class Engine(ABC):
     model: torch.nn.Module
     """The unwrapped model (what gets exported)."""
@@ -66,8 +91,15 @@ class Engine(ABC):
         """
 
     @abstractmethod
+    def stage(self, directory: Path, *, group: dist.ProcessGroup | None = None) -> Callable[[], dict[str, Path]]:
+        """Copy this rank's share of the training state into host memory now, so that training may
+        change it right after; the returned function writes that copy under `directory` and returns
+        {part name: file}. It may run on another thread while training goes on: its collectives then
+        use `group` (a gloo group of its own, so they never interleave with training's)."""
+
     def save(self, directory: Path) -> dict[str, Path]:
-        """Write this rank's share of the training state; returns {part name: file}."""
+        """Write this rank's share of the training state now; returns {part name: file}."""
+        return self.stage(directory)()
 
     @abstractmethod
     def load(self, directory: Path) -> None:
@@ -88,10 +120,9 @@ class Engine(ABC):
         dist.all_reduce(t)
         return t.item() / self.env.world_size
 
-    def _save_rng(self, directory: Path) -> dict[str, Path]:
-        path = directory / f"rng-rank{self.env.rank}.pt"
-        torch.save(rng_state(), path)
-        return {path.name: path}
+    def _rng_part(self) -> dict[str, dict]:
+        """This rank's RNG state as a staged part (the getters return copies)."""
+        return {f"rng-rank{self.env.rank}.pt": rng_state()}
 
     def _load_rng(self, directory: Path) -> None:
         path = directory / f"rng-rank{self.env.rank}.pt"
@@ -139,18 +170,17 @@ class DDPEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         return self._mean_across_ranks(total), grad_norm
 
-    def save(self, directory):
-        directory.mkdir(parents=True, exist_ok=True)
-        parts = self._save_rng(directory)
+    def stage(self, directory, *, group=None):
+        staged = self._rng_part()
         if self.env.is_main:  # DDP replicas are identical: one copy of the state suffices
-            for name, obj in (
-                ("model.pt", self.model.state_dict()),
-                ("optimizer.pt", self.optimizer.state_dict()),
-                ("scheduler.pt", self.scheduler.state_dict()),
-            ):
-                torch.save(obj, directory / name)
-                parts[name] = directory / name
-        return parts
+            staged |= host_copy(
+                {
+                    "model.pt": self.model.state_dict(),
+                    "optimizer.pt": self.optimizer.state_dict(),
+                    "scheduler.pt": self.scheduler.state_dict(),
+                }
+            )
+        return lambda: write_parts(directory, staged)
 
     def load(self, directory):
         self.model.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
@@ -215,13 +245,16 @@ class DeepSpeedEngine(Engine):
         norm = self.engine.get_global_grad_norm()
         return self._mean_across_ranks(total), float(norm if norm is not None else float("nan"))
 
-    def save(self, directory):
+    def stage(self, directory, *, group=None):
+        # Written now: DeepSpeed's saver reads the partitioned state straight from its buffers and
+        # runs collectives on the training group, so it cannot be moved to another thread; staging
+        # it to host memory would mean re-implementing its checkpoint layout.
         directory.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(directory), tag=self.TAG)
         # Each rank saves into its own directory, so every file there is this rank's part.
         parts = {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
-        parts.update(self._save_rng(directory))
-        return parts
+        parts.update(write_parts(directory, self._rng_part()))
+        return lambda: parts
 
     def load(self, directory):
         self.engine.load_checkpoint(str(directory), tag=self.TAG)

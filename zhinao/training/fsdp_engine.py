@@ -26,7 +26,7 @@ from torch.distributed.tensor import DTensor
 
 from zhinao.model import transformer_blocks
 from zhinao.training.chunked_loss import ChunkedLossLM
-from zhinao.training.engine import Engine
+from zhinao.training.engine import Engine, host_copy, write_parts
 
 OptimizerFactory = Callable[[torch.nn.Module], tuple[torch.optim.Optimizer, object]]
 """model with sharded parameters -> (optimizer, scheduler): built after sharding, over the sharded parameters."""
@@ -80,16 +80,21 @@ class FSDPEngine(Engine):
             "optimizer": get_optimizer_state_dict(self.wrapped, self.optimizer),
         }
 
-    def save(self, directory):
+    def stage(self, directory, *, group=None):
         directory.mkdir(parents=True, exist_ok=True)
-        # Each rank passes its own directory: it writes its shard file there, rank 0 adds .metadata.
-        dcp.save(self._state(), checkpoint_id=directory)
-        parts = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+        # DCP copies this rank's shards into host memory before it returns, then writes them on its
+        # own thread. Each rank passes its own directory: its shard file goes there, rank 0 adds .metadata.
+        written = dcp.async_save(self._state(), checkpoint_id=directory, process_group=group)
+        staged = self._rng_part()
         if self.env.is_main:
-            torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
-            parts["scheduler.pt"] = directory / "scheduler.pt"
-        parts.update(self._save_rng(directory))
-        return parts
+            staged |= host_copy({"scheduler.pt": self.scheduler.state_dict()})
+
+        def write():
+            written.result()
+            shards = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+            return shards | write_parts(directory, staged)
+
+        return write
 
     def load(self, directory):
         state = self._state()

@@ -22,6 +22,7 @@ import torch
 
 from zhinao.metrics import flops_per_token
 from zhinao.model import matmul_params
+from zhinao.terminate import Terminated
 from zhinao.training.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,8 @@ class Schedule:
     """Checkpoint every this many steps; the last step always checkpoints."""
     eval_every: int = 0
     """Call the eval hook every this many steps (0: only after the last step)."""
+    async_checkpoint: bool = False
+    """Save checkpoints in the background: training waits only for the copy into host memory."""
 
     @classmethod
     def of(cls, params, total_steps: int) -> "Schedule":
@@ -70,6 +73,7 @@ class Schedule:
             log_every=params.log_every,
             checkpoint_every=params.checkpoint_every,
             eval_every=getattr(params, "eval_every", 0) or 0,
+            async_checkpoint=params.async_checkpoint,
         )
 
 
@@ -112,7 +116,18 @@ class TrainingLoop:
         eval_fn: EvalFn | None = None,
         checkpoint_meta: Callable[[int], dict] | None = None,
     ) -> None:
-        """Steps `start`+1 .. total_steps. `checkpoint_meta(step)` adds figures to that step's checkpoint."""
+        """Steps `start`+1 .. total_steps. `checkpoint_meta(step)` adds figures to that step's checkpoint.
+        Returns once the last checkpoint is committed."""
+        try:
+            self._run(step_fn, eval_fn, checkpoint_meta)
+        except Terminated:
+            # The pod is being stopped and every rank got SIGTERM: the upload in flight is finished
+            # (within the grace period) so that the restart resumes from it.
+            self.session.finish_checkpoints()
+            raise
+        self.session.finish_checkpoints()
+
+    def _run(self, step_fn: StepFn, eval_fn: EvalFn | None, checkpoint_meta: Callable[[int], dict] | None) -> None:
         session, env, schedule = self.session, self.session.env, self.schedule
         # Measuring the peak FLOP/s draws random matrices: it must not move the training RNG.
         with torch.random.fork_rng(devices=[]):
@@ -151,7 +166,7 @@ class TrainingLoop:
                 meta = {**self.meta, "step": step, "world_size": env.world_size}
                 if checkpoint_meta is not None:
                     meta.update(checkpoint_meta(step))
-                session.save_checkpoint(self.engine, step, meta)
+                session.save_checkpoint(self.engine, step, meta, background=schedule.async_checkpoint)
             if result.stop:
                 log.info("step %d: the stage asked to stop", step)
                 break
