@@ -71,9 +71,9 @@ def crash_on_step(monkeypatch, n: int) -> None:
 
 
 def hf_weights(uri: str) -> dict:
-    from safetensors.torch import load_file
+    from zhinao.training.hf_export import read_export
 
-    return load_file(uri.removeprefix("file://") + "/hf/model.safetensors")
+    return read_export(Path(uri.removeprefix("file://")) / "hf")
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

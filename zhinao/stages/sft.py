@@ -174,7 +174,7 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     loop.run(step)
 
     eval_after = eval_loss(engine.model, held, params.packing, attention, session.device, params.micro_batch_size)
-    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
+    hf = session.export_hf(engine, params, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:
         steps = session.output.step_records()

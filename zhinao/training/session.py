@@ -24,7 +24,8 @@ from zhinao.metrics import TrainingMetrics, metrics_port_from_env, peak_flops
 from zhinao.storage import ObjectStore, open_store
 from zhinao.training.background import BackgroundJob
 from zhinao.training.engine import Engine
-from zhinao.training.engine_builder import build_engine
+from zhinao.training.engine_builder import autocast_dtype, build_engine
+from zhinao.training.hf_export import write_export
 
 log = logging.getLogger(__name__)
 
@@ -151,9 +152,10 @@ class TrainingSession:
 
         if background:
             self._saving.start(write_and_commit)
-        else:
-            self._record_checkpoint(write_and_commit())
-        return blocking if background else time.perf_counter() - started
+            return blocking
+        step, seconds, _ = write_and_commit()
+        self._record_checkpoint((step, seconds, seconds))  # training waited for all of it
+        return seconds
 
     def finish_checkpoints(self) -> None:
         """Wait for the checkpoint save in flight, if any, to be committed (raises its failure)."""
@@ -184,13 +186,23 @@ class TrainingSession:
         return dest
 
     # -- hand-off to the next stage
-    def export_hf(self, engine: Engine, *, tokenizer_dir: Path | None) -> str | None:
-        """safetensors + config (+ tokenizer) under <output>/hf/, loadable with from_pretrained."""
+    def export_hf(self, engine: Engine, params, *, tokenizer_dir: Path | None) -> str | None:
+        """Sharded safetensors + index + config (+ tokenizer) under <output>/hf/, loadable with
+        from_pretrained, in `params.export_dtype` with shards of at most `params.export_shard_mb`.
+        Collective: the engine gathers the weights into rank 0's host memory only."""
         state = engine.full_state_dict()
         if not self.env.is_main:
             return None
+        dtype = autocast_dtype(params.precision if params.export_dtype == "auto" else params.export_dtype, self.device)
         with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
-            engine.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            write_export(
+                state,
+                engine.model,
+                Path(tmp),
+                dtype=dtype or torch.float32,
+                max_shard_bytes=params.export_shard_mb * 10**6,
+            )
+            del state
             if tokenizer_dir is not None:
                 for path in tokenizer_dir.iterdir():
                     (Path(tmp) / path.name).write_bytes(path.read_bytes())

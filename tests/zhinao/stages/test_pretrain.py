@@ -3,14 +3,15 @@
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from stage_runs import assert_restarted_and_resumed, run, run_killing_a_rank
 from transformers import AutoModelForCausalLM
 
 from zhinao.storage import StorageError, open_store
+from zhinao.training.hf_export import read_export
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import run_training_pipeline
 
@@ -18,7 +19,7 @@ pytestmark = pytest.mark.slow
 
 
 def weights(uri: str) -> dict[str, torch.Tensor]:
-    return load_file(uri.removeprefix("file://") + "/hf/model.safetensors")
+    return read_export(Path(uri.removeprefix("file://")) / "hf")
 
 
 def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
@@ -114,7 +115,7 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     assert store.get_bytes("checkpoints/latest").decode().strip() == "step-00000030"
     assert observed_latest and all(complete for _, complete in observed_latest), observed_latest
     assert {parse_step_name(n) for n, _ in observed_latest} <= {10, 20, 30}
-    assert store.exists("hf/model.safetensors")
+    assert store.exists("hf/model.safetensors.index.json")
 
 
 def metrics_log(stage_uri: str) -> list[dict]:

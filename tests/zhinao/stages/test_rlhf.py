@@ -3,14 +3,15 @@ pretrain -> SFT -> RM -> RLHF through the local PyTorchJob runner."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
-from safetensors.torch import load_file
 
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
+from zhinao.training.hf_export import read_export
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.cli.local import headline
 from zhinao_k8s.runner.pipeline import run_training_pipeline
@@ -180,7 +181,7 @@ def test_offline_preference_optimisation(tmp_path, assets, algorithm):
         assert steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
     assert steps[-1]["reward_margin"] > steps[0]["reward_margin"]
     assert "pref_accuracy" in steps[-1]
-    load_file(out.removeprefix("file://") + "/hf/model.safetensors")
+    assert read_export(Path(out.removeprefix("file://")) / "hf")
 
 
 # ------------------------------------------------------------------------------ the demo chain
