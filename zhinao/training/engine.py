@@ -43,20 +43,46 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def host_copy(obj: Any, memo: dict | None = None) -> Any:
+def host_copy(obj: Any, reuse: Any = None, memo: dict | None = None) -> Any:
     """`obj` (nested dicts, lists, tuples) with every tensor copied into host memory; tensors shared
-    within `obj` (tied weights) stay shared. The copy is what a background write saves, untouched by
-    the optimizer steps that run meanwhile."""
+    within `obj` (tied weights) stay shared. Where `reuse` (an earlier copy of the same structure)
+    has a tensor of the same shape and dtype in the same place, the copy goes into it."""
     memo = {} if memo is None else memo
     if isinstance(obj, torch.Tensor):
         if id(obj) not in memo:
-            memo[id(obj)] = obj.detach().to("cpu", copy=True)
+            fits = isinstance(reuse, torch.Tensor) and (reuse.shape, reuse.dtype) == (obj.shape, obj.dtype)
+            memo[id(obj)] = reuse.copy_(obj.detach()) if fits else obj.detach().to("cpu", copy=True)
         return memo[id(obj)]
     if isinstance(obj, dict):
-        return type(obj)((k, host_copy(v, memo)) for k, v in obj.items())
+        reuse = reuse if isinstance(reuse, dict) else {}
+        return type(obj)((k, host_copy(v, reuse.get(k), memo)) for k, v in obj.items())
     if isinstance(obj, list | tuple):
-        return type(obj)(host_copy(v, memo) for v in obj)
+        reuse = reuse if isinstance(reuse, list | tuple) and len(reuse) == len(obj) else [None] * len(obj)
+        return type(obj)(host_copy(v, r, memo) for v, r in zip(obj, reuse, strict=True))
     return copy.deepcopy(obj)
+
+
+class HostStager:
+    """Stages state dicts into host buffers kept from one checkpoint to the next (DCP's AsyncStager
+    protocol, so FSDP2's `async_save` uses it too). After the first save, staging is a copy into
+    memory that is already paged in; a fresh copy faults in and zeroes every page first, which on a
+    loaded host took 10x longer. The previous save's write must be done before the next `stage`:
+    the session runs one save at a time."""
+
+    _synchronize_after_execute = False
+
+    def __init__(self) -> None:
+        self._buffers: Any = None
+
+    def stage(self, state_dict: dict) -> dict:
+        self._buffers = host_copy(state_dict, self._buffers)
+        return self._buffers
+
+    def synchronize_staging(self) -> None:
+        """Staging is a blocking copy: nothing to wait for."""
+
+    def close(self) -> None:
+        """The buffers stay for the next save."""
 
 
 def write_parts(directory: Path, staged: dict[str, Any]) -> dict[str, Path]:
@@ -91,15 +117,17 @@ class Engine(ABC):
         """
 
     @abstractmethod
+    def save(self, directory: Path) -> dict[str, Path]:
+        """Write this rank's share of the training state now, straight from the live state; returns
+        {part name: file}."""
+
+    @abstractmethod
     def stage(self, directory: Path, *, group: dist.ProcessGroup | None = None) -> Callable[[], dict[str, Path]]:
         """Copy this rank's share of the training state into host memory now, so that training may
         change it right after; the returned function writes that copy under `directory` and returns
         {part name: file}. It may run on another thread while training goes on: its collectives then
-        use `group` (a gloo group of its own, so they never interleave with training's)."""
-
-    def save(self, directory: Path) -> dict[str, Path]:
-        """Write this rank's share of the training state now; returns {part name: file}."""
-        return self.stage(directory)()
+        use `group` (a gloo group of its own, so they never interleave with training's). The host
+        buffers are reused: call the function before the next `stage`."""
 
     @abstractmethod
     def load(self, directory: Path) -> None:
@@ -144,6 +172,7 @@ class DDPEngine(Engine):
         # No-op moves are skipped: FakeTensor parameters (the memory planner) cannot be swapped in place.
         self.model = model if next(model.parameters()).device == device else model.to(device)
         self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
+        self._stager = HostStager()
         forward = ChunkedLossLM(self.model, chunk=loss_chunk) if loss_chunk else self.model
         self.wrapped = (
             torch.nn.parallel.DistributedDataParallel(
@@ -170,16 +199,21 @@ class DDPEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         return self._mean_across_ranks(total), grad_norm
 
-    def stage(self, directory, *, group=None):
-        staged = self._rng_part()
+    def _parts(self) -> dict[str, Any]:
+        parts = self._rng_part()
         if self.env.is_main:  # DDP replicas are identical: one copy of the state suffices
-            staged |= host_copy(
-                {
-                    "model.pt": self.model.state_dict(),
-                    "optimizer.pt": self.optimizer.state_dict(),
-                    "scheduler.pt": self.scheduler.state_dict(),
-                }
-            )
+            parts |= {
+                "model.pt": self.model.state_dict(),
+                "optimizer.pt": self.optimizer.state_dict(),
+                "scheduler.pt": self.scheduler.state_dict(),
+            }
+        return parts
+
+    def save(self, directory):
+        return write_parts(directory, self._parts())
+
+    def stage(self, directory, *, group=None):
+        staged = self._stager.stage(self._parts())
         return lambda: write_parts(directory, staged)
 
     def load(self, directory):
@@ -245,15 +279,19 @@ class DeepSpeedEngine(Engine):
         norm = self.engine.get_global_grad_norm()
         return self._mean_across_ranks(total), float(norm if norm is not None else float("nan"))
 
-    def stage(self, directory, *, group=None):
-        # Written now: DeepSpeed's saver reads the partitioned state straight from its buffers and
-        # runs collectives on the training group, so it cannot be moved to another thread; staging
-        # it to host memory would mean re-implementing its checkpoint layout.
+    def save(self, directory):
         directory.mkdir(parents=True, exist_ok=True)
         self.engine.save_checkpoint(str(directory), tag=self.TAG)
         # Each rank saves into its own directory, so every file there is this rank's part.
         parts = {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
         parts.update(write_parts(directory, self._rng_part()))
+        return parts
+
+    def stage(self, directory, *, group=None):
+        # Written now: DeepSpeed's saver reads the partitioned state straight from its buffers and
+        # runs collectives on the training group, so it cannot be moved to another thread; staging
+        # it to host memory would mean re-implementing its checkpoint layout.
+        parts = self.save(directory)
         return lambda: parts
 
     def load(self, directory):

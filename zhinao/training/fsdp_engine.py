@@ -26,7 +26,7 @@ from torch.distributed.tensor import DTensor
 
 from zhinao.model import transformer_blocks
 from zhinao.training.chunked_loss import ChunkedLossLM
-from zhinao.training.engine import Engine, host_copy, write_parts
+from zhinao.training.engine import Engine, HostStager, host_copy, write_parts
 
 OptimizerFactory = Callable[[torch.nn.Module], tuple[torch.optim.Optimizer, object]]
 """model with sharded parameters -> (optimizer, scheduler): built after sharding, over the sharded parameters."""
@@ -56,6 +56,7 @@ class FSDPEngine(Engine):
             fully_shard(block, mesh=mesh, mp_policy=policy)
         fully_shard(self.wrapped, mesh=mesh, mp_policy=policy)
         self.optimizer, self.scheduler = make_optimizer(model)  # its parameters are the shards now
+        self._stager = HostStager()
 
     def train_step(self, micro_batches, loss_fn=None):
         self.model.train()
@@ -80,19 +81,33 @@ class FSDPEngine(Engine):
             "optimizer": get_optimizer_state_dict(self.wrapped, self.optimizer),
         }
 
+    def _host_parts(self) -> dict:
+        """What travels next to DCP's files: this rank's RNG, and the scheduler (rank 0)."""
+        parts = self._rng_part()
+        if self.env.is_main:
+            parts["scheduler.pt"] = self.scheduler.state_dict()
+        return parts
+
+    @staticmethod
+    def _shards(directory):
+        return {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+
+    def save(self, directory):
+        directory.mkdir(parents=True, exist_ok=True)
+        # Each rank passes its own directory: its shard file goes there, rank 0 adds .metadata.
+        dcp.save(self._state(), checkpoint_id=directory)
+        return self._shards(directory) | write_parts(directory, self._host_parts())
+
     def stage(self, directory, *, group=None):
         directory.mkdir(parents=True, exist_ok=True)
-        # DCP copies this rank's shards into host memory before it returns, then writes them on its
-        # own thread. Each rank passes its own directory: its shard file goes there, rank 0 adds .metadata.
-        written = dcp.async_save(self._state(), checkpoint_id=directory, process_group=group)
-        staged = self._rng_part()
-        if self.env.is_main:
-            staged |= host_copy({"scheduler.pt": self.scheduler.state_dict()})
+        # DCP stages this rank's shards into the stager's host buffers, then writes them on its own
+        # thread, its collectives on `group` (gloo: DCP's background save needs a CPU backend).
+        written = dcp.async_save(self._state(), checkpoint_id=directory, process_group=group, async_stager=self._stager)
+        staged = host_copy(self._host_parts())
 
         def write():
             written.result()
-            shards = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
-            return shards | write_parts(directory, staged)
+            return self._shards(directory) | write_parts(directory, staged)
 
         return write
 

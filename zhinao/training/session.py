@@ -5,6 +5,7 @@ object storage), resumable checkpoints, and the Hugging Face export the next sta
 The loop that drives them is zhinao.training.loop; stages own only their model, data and step.
 """
 
+import functools
 import json
 import logging
 import os
@@ -126,7 +127,7 @@ class TrainingSession:
         self.finish_checkpoints()
         local = self.workdir / "ckpt-save" / f"step-{step:08d}" / f"rank-{self.env.rank}"
         group = self._checkpoint_group() if background else None
-        write = engine.stage(local, group=group)
+        write = engine.stage(local, group=group) if background else functools.partial(engine.save, local)
         # Every rank's log of the steps up to here is stored before `latest` can name this checkpoint
         # (the gather in the commit orders it before): a rank lost right after the commit makes the
         # restart resume from here, and the log must not lose the steps it will not redo. A copy,
@@ -172,8 +173,8 @@ class TrainingSession:
     def _checkpoint_group(self) -> dist.ProcessGroup | None:
         """A gloo group for the collectives of background saves (host-memory tensors; a group of
         their own so they never interleave with training's). Created at the first save, which every
-        rank reaches at the same step."""
-        if self.env.world_size > 1 and self._group is None:
+        rank reaches at the same step; None without a process group (one DDP process)."""
+        if self._group is None and dist.is_initialized():
             self._group = dist.new_group(backend="gloo")
         return self._group
 
