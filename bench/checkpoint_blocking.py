@@ -86,30 +86,44 @@ def run(rounds: int, engine_kind: str) -> dict:
         records, step = [], 0
         for r in range(rounds):
             step += 1
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             session.save_checkpoint(engine, step, {"step": step}, background=False)
-            sync = time.perf_counter() - started
+            sync, sync_cpu = time.perf_counter() - started, time.process_time() - cpu
 
             engine.train_step([batch])
             step += 1
-            started = time.perf_counter()
+            started, cpu = time.perf_counter(), time.process_time()
             blocking = session.save_checkpoint(engine, step, {"step": step}, background=True)
+            blocking_cpu = time.process_time() - cpu  # no save was in flight: this is the staging alone
             session.finish_checkpoints()
             background_total = time.perf_counter() - started
             records.append(
-                {"round": r + 1, "sync_s": sync, "async_blocking_s": blocking, "async_total_s": background_total}
+                {
+                    "round": r + 1,
+                    "sync_s": sync,
+                    "sync_cpu_s": sync_cpu,
+                    "async_blocking_s": blocking,
+                    "async_blocking_cpu_s": blocking_cpu,
+                    "async_total_s": background_total,
+                    "load_average": os.getloadavg()[0],
+                }
             )
             print(
-                f"round {r + 1}: synchronous {sync:.2f}s | background: blocking {blocking:.3f}s, "
-                f"committed after {background_total:.2f}s | blocking/sync {blocking / sync:.1%}",
+                f"round {r + 1}: synchronous {sync:.2f}s ({sync_cpu:.2f} CPU s) | background: blocking "
+                f"{blocking:.3f}s ({blocking_cpu:.2f} CPU s), committed after {background_total:.2f}s | "
+                f"blocking/sync {blocking / sync:.1%} wall, {blocking_cpu / sync_cpu:.1%} CPU | "
+                f"load {os.getloadavg()[0]:.1f}",
                 flush=True,
             )
         checkpoint_bytes = sum(
             size for key, size in session.out.sizes().items() if key.startswith(f"checkpoints/step-{step:08d}/")
         )
         session.close()
-    sync_med = statistics.median(r["sync_s"] for r in records)
-    blocking_med = statistics.median(r["async_blocking_s"] for r in records)
+
+    def median(key: str) -> float:
+        return statistics.median(r[key] for r in records)
+
+    sync_med, blocking_med = median("sync_s"), median("async_blocking_s")
     return {
         "date": date.today().isoformat(),
         "machine": f"{platform.machine()}, {os.cpu_count()} CPUs (shared; load average {os.getloadavg()[0]:.1f})",
@@ -120,8 +134,9 @@ def run(rounds: int, engine_kind: str) -> dict:
         "rounds": records,
         "median_sync_s": sync_med,
         "median_async_blocking_s": blocking_med,
-        "median_async_total_s": statistics.median(r["async_total_s"] for r in records),
+        "median_async_total_s": median("async_total_s"),
         "blocking_share_of_sync": blocking_med / sync_med,
+        "blocking_share_of_sync_cpu": median("async_blocking_cpu_s") / median("sync_cpu_s"),
     }
 
 

@@ -1,9 +1,9 @@
 """One job at a time on a background thread: the checkpoint write, upload and commit that training
 does not wait for.
 
-The thread is a daemon: a process that fails for another reason (a lost peer) exits without
-hanging on an upload whose collectives can no longer complete, and the checkpoint it was writing
-stays uncommitted (`latest` keeps naming the previous one).
+The thread is a daemon: a process that exits without waiting for it (killed, or failing where
+no one waits) does not hang on an upload whose collectives can no longer complete, and the
+checkpoint it was writing stays uncommitted (`latest` keeps naming the previous one).
 """
 
 import threading

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.staging import AsyncStager
 
 from zhinao.distributed import DistEnv
 from zhinao.training.chunked_loss import ChunkedLossLM
@@ -62,14 +63,14 @@ def host_copy(obj: Any, reuse: Any = None, memo: dict | None = None) -> Any:
     return copy.deepcopy(obj)
 
 
-class HostStager:
-    """Stages state dicts into host buffers kept from one checkpoint to the next (DCP's AsyncStager
-    protocol, so FSDP2's `async_save` uses it too). After the first save, staging is a copy into
+class HostStager(AsyncStager):
+    """Stages state dicts into host buffers kept from one checkpoint to the next (a DCP AsyncStager,
+    so FSDP2's `async_save` uses it too). After the first save, staging is a copy into
     memory that is already paged in; a fresh copy faults in and zeroes every page first, which on a
     loaded host took 10x longer. The previous save's write must be done before the next `stage`:
     the session runs one save at a time."""
 
-    _synchronize_after_execute = False
+    _synchronize_after_execute = False  # staging is a blocking copy: nothing to wait for after
 
     def __init__(self) -> None:
         self._buffers: Any = None
@@ -77,9 +78,6 @@ class HostStager:
     def stage(self, state_dict: dict) -> dict:
         self._buffers = host_copy(state_dict, self._buffers)
         return self._buffers
-
-    def synchronize_staging(self) -> None:
-        """Staging is a blocking copy: nothing to wait for."""
 
     def close(self) -> None:
         """The buffers stay for the next save."""

@@ -22,7 +22,6 @@ import torch
 
 from zhinao.metrics import flops_per_token
 from zhinao.model import matmul_params
-from zhinao.terminate import Terminated
 from zhinao.training.engine import Engine
 
 log = logging.getLogger(__name__)
@@ -120,10 +119,14 @@ class TrainingLoop:
         Returns once the last checkpoint is committed."""
         try:
             self._run(step_fn, eval_fn, checkpoint_meta)
-        except Terminated:
-            # The pod is being stopped and every rank got SIGTERM: the upload in flight is finished
-            # (within the grace period) so that the restart resumes from it.
-            self.session.finish_checkpoints()
+        except BaseException as stopped:
+            # Whatever stops training (a failing step; SIGTERM, when the pod is being stopped and
+            # every rank got it), the save in flight is finished first, as a synchronous save would
+            # have been, so that the restart resumes from it. The original error is what propagates.
+            try:
+                self.session.finish_checkpoints()
+            except Exception:
+                log.exception("the checkpoint save in flight failed as well (after %s)", type(stopped).__name__)
             raise
         self.session.finish_checkpoints()
 
