@@ -69,7 +69,10 @@ def write_export(
 
 
 def read_export(directory: Path) -> dict[str, torch.Tensor]:
-    """Every tensor of an export written by `write_export`, through its index."""
+    """Every tensor of a Hugging Face export: through its index (what `write_export` writes), or
+    the single `model.safetensors` of an unsharded one (`save_pretrained` of a small model)."""
+    if not (directory / INDEX).exists():
+        return load_file(directory / "model.safetensors")
     index = json.loads((directory / INDEX).read_text())
     state: dict[str, torch.Tensor] = {}
     for file in dict.fromkeys(index["weight_map"].values()):

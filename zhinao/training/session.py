@@ -195,10 +195,14 @@ class TrainingSession:
         if not self.env.is_main:
             return None
         dtype = autocast_dtype(params.precision if params.export_dtype == "auto" else params.export_dtype, self.device)
+        # A model made of several (PPO's policy + critic) says which of them is exported.
+        model = engine.model
+        if hasattr(model, "exported"):
+            model, state = model.exported(state)
         with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
             write_export(
                 state,
-                engine.model,
+                model,
                 Path(tmp),
                 dtype=dtype or torch.float32,
                 max_shard_bytes=params.export_shard_mb * 10**6,

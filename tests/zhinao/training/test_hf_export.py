@@ -85,3 +85,11 @@ def test_fp32_export_keeps_the_trained_weights_exactly(tmp_path):
     exported = read_export(tmp_path)
     assert exported.keys() == state.keys()
     assert all(torch.equal(exported[k], v) for k, v in state.items())
+
+
+def test_read_export_also_reads_an_unsharded_save_pretrained(tmp_path):
+    model, _ = _trained_model()
+    model.save_pretrained(tmp_path, safe_serialization=True)
+    exported = read_export(tmp_path)
+    assert exported.keys() == model.state_dict().keys()
+    assert all(torch.equal(exported[k], v) for k, v in model.state_dict().items())
