@@ -107,9 +107,13 @@ def child_pretrain(corpus: str, tokenizer: str, work: str, steps: int) -> dict:
         inputs={"tokenizer": f"file://{tokenizer}", "corpus": f"file://{corpus}"},
         output=f"file://{work}/out",
     )
-    began = time.perf_counter()
+    began, cpu0 = time.perf_counter(), time.process_time()
     pretrain.run(rt, params)
-    return {"seconds": time.perf_counter() - began, "peak_rss_mb": max_rss_mb()}
+    return {
+        "seconds": time.perf_counter() - began,
+        "cpu_seconds": time.process_time() - cpu0,
+        "peak_rss_mb": max_rss_mb(),
+    }
 
 
 def child_first_batch(tokens: str, work: str) -> dict:
@@ -263,6 +267,8 @@ def main() -> None:
     ap.add_argument("--sides", default="baseline,ours", help="which sides of the RSS comparison to run")
     ap.add_argument("--litdata", default=None, help="a directory litdata is pip-installed in (--target)")
     ap.add_argument("--workdir", default=None, help="where corpora and outputs go (default: a temp dir)")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS comparison (no tokenize/litdata)")
+    ap.add_argument("--results", default=str(RESULTS), help="where the JSON results go")
     args = ap.parse_args()
 
     sys.path.insert(0, str(HERE))
@@ -296,7 +302,20 @@ def main() -> None:
             first = child(["first_batch", str(work / "out"), str(root / f"first-{side}-{mb}")], pythonpath=path)
             result[f"{side}_{mb}mb"] = {"pretrain": run, "first_batch": first}
             print(side, mb, "MB:", run, first, flush=True)
-    small = root / f"corpus-{sizes[0]}"
+    for side in sides:
+        a, b = (result[f"{side}_{mb}mb"]["pretrain"]["peak_rss_mb"] for mb in sizes)
+        result[f"{side}_rss_growth"] = b / a
+    result["load_average"] = os.getloadavg()
+    if not args.rss_only:
+        tokenize_and_litdata(args, result, root, tokenizer, trees, sizes[0])
+    Path(args.results).parent.mkdir(exist_ok=True)
+    Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def tokenize_and_litdata(args, result: dict, root: Path, tokenizer: Path, trees: dict, small_mb: int) -> None:
+    """Tokenization throughput (ours vs datasets.map) and litdata, on the smaller corpus."""
+    small = root / f"corpus-{small_mb}"
     result["tokenize_ours"] = child(
         ["tokenize_ours", str(small), str(tokenizer), str(root / "tok-ours")], pythonpath=trees["ours"]
     )
@@ -309,17 +328,10 @@ def main() -> None:
         )
     for side in ("tokenize_ours", "tokenize_hf"):
         r = result[side]
-        r["mb_per_cpu_second"] = sizes[0] / r["cpu_seconds"]
+        r["mb_per_cpu_second"] = small_mb / r["cpu_seconds"]
     result["tokenize_ratio_per_cpu"] = (
         result["tokenize_ours"]["mb_per_cpu_second"] / result["tokenize_hf"]["mb_per_cpu_second"]
     )
-    for side in sides:
-        a, b = (result[f"{side}_{mb}mb"]["pretrain"]["peak_rss_mb"] for mb in sizes)
-        result[f"{side}_rss_growth"] = b / a
-    result["load_average"] = os.getloadavg()
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":
