@@ -32,19 +32,16 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         for start in range(0, hidden.size(0), chunk):
             h = hidden[start : start + chunk].to(compute_dtype)
             y, m = labels[start : start + chunk], mask[start : start + chunk]
-            # One fused log_softmax kernel: torch.logsumexp on CPU is a chain of ops, each a pass over
-            # (chunk, V) with its own temporary, and the loss cost 1.5x torch's cross_entropy
-            # (bench/train_throughput.py, where a 4,096 vocabulary makes the loss most of a step).
-            logprobs = torch.log_softmax((h @ w.t()).float(), dim=-1)
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
             safe = y.masked_fill(~m, 0).unsqueeze(1)
-            total = total - (torch.gather(logprobs, 1, safe).squeeze(1) * m).sum()
+            total = total + ((lse - torch.gather(logits, 1, safe).squeeze(1)) * m).sum()
             # d(loss)/d(logits) = (softmax - onehot) / count on labelled rows, 0 elsewhere; built in
-            # the log-probabilities' own buffer, so a chunk holds one fp32 (chunk, V) tensor (two
-            # while the kernel runs) and its bf16 copy.
-            logprobs.exp_()
-            logprobs.scatter_add_(1, safe, -torch.ones_like(safe, dtype=logprobs.dtype))
-            grad_logits = logprobs.mul_(m.unsqueeze(1) / count).to(compute_dtype)
-            del logprobs
+            # the logits' own buffer, so a chunk costs one fp32 (chunk, V) tensor and its bf16 copy.
+            logits.sub_(lse.unsqueeze(1)).exp_()
+            logits.scatter_add_(1, safe, -torch.ones_like(safe, dtype=logits.dtype))
+            grad_logits = logits.mul_(m.unsqueeze(1) / count).to(compute_dtype)
+            del logits
             grad_hidden[start : start + chunk] = (grad_logits @ w).to(hidden.dtype)
             grad_weight.addmm_(grad_logits.t(), h)
         ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
