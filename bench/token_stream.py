@@ -91,6 +91,30 @@ def child(args: list[str], *, pythonpath: str, extra_env: dict | None = None) ->
 
 def child_pretrain(corpus: str, tokenizer: str, work: str, steps: int) -> dict:
     """One pretrain rank, the whole stage, in this process (world size 1)."""
+    return _pretrain({"tokenizer": f"file://{tokenizer}", "corpus": f"file://{corpus}"}, work, steps)
+
+
+def child_pretrain_tokens(tokens: str, tokenizer: str, work: str, steps: int, copies: int) -> dict:
+    """One pretrain rank reading an already tokenized corpus made of `copies` copies of the shards of
+    `tokens` (an output directory holding tokens/index.json; hard links, so no disk is spent): the
+    training side of a corpus `copies` times larger, without tokenizing it again."""
+    src = Path(tokens) / "tokens"
+    index = json.loads((src / "index.json").read_text())
+    dest = Path(work) / "tokens-in" / "tokens"
+    dest.mkdir(parents=True)
+    shards = []
+    for c in range(copies):
+        for shard in index["shards"]:
+            name = Path(shard["key"]).name.replace("-r00000-", f"-r{c:05d}-")
+            os.link(src / Path(shard["key"]).name, dest / name)
+            shards.append({**shard, "key": f"tokens/{name}"})
+    for field in ("documents", "sequences", "tokens"):
+        index[field] *= copies
+    (dest / "index.json").write_text(json.dumps({**index, "shards": shards}))
+    return _pretrain({"tokenizer": f"file://{tokenizer}", "tokens": f"file://{dest.parent}"}, work, steps)
+
+
+def _pretrain(inputs: dict, work: str, steps: int) -> dict:
     from zhinao.config.pretrain import PretrainParams
     from zhinao.config.runtime import StageRuntime
     from zhinao.stages import pretrain
@@ -104,7 +128,7 @@ def child_pretrain(corpus: str, tokenizer: str, work: str, steps: int) -> dict:
         stage="pretrain",
         kind="pretrain",
         params=params.to_wire(),
-        inputs={"tokenizer": f"file://{tokenizer}", "corpus": f"file://{corpus}"},
+        inputs=inputs,
         output=f"file://{work}/out",
     )
     began, cpu0 = time.perf_counter(), time.process_time()
@@ -242,6 +266,7 @@ def _litdata_tokenize(path: str, *, tok):
 
 CHILDREN = {
     "pretrain": child_pretrain,
+    "pretrain_tokens": child_pretrain_tokens,
     "first_batch": child_first_batch,
     "tokenize_ours": child_tokenize_ours,
     "tokenize_hf": child_tokenize_hf,
