@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 
 import torch
+from remax_check import remax_check
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.distributed import DistEnv
@@ -111,6 +112,7 @@ def run(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     result = run(args)
+    result["remax"] = remax_check(args.dry_run)  # a ReMax step per installed rollout engine
     line = json.dumps(result)
     print(line)
     if args.out:
