@@ -13,7 +13,9 @@ from zhinao.publication import PublicationError, finish, generation_of, publish,
 
 
 @pytest.fixture
-def root(s3_server):
+def root(s3_server, monkeypatch):
+    for name, value in s3_server.env().items():  # what open_store reads in a replica
+        monkeypatch.setenv(name, value)
     bucket = f"pub-{uuid.uuid4().hex[:8]}"
     yield s3_server.store(f"s3://{bucket}/runs/p/sft")
     s3_server.drop_bucket(bucket)
