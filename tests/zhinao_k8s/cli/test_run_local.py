@@ -78,7 +78,7 @@ def test_run_on_s3_with_secret_file_credentials_and_a_params_block_over_128_kib(
             timeout=600,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        summary = json.loads(s3_server.store(f"s3://{bucket}/runs/s3run/data").get_bytes("summary.json"))
+        summary = StageOutput(s3_server.store(f"s3://{bucket}/runs/s3run/data")).read_summary()
     finally:
         s3_server.drop_bucket(bucket)
     assert "Succeeded" in out.stdout and "Traceback" not in out.stdout + out.stderr
