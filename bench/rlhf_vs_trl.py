@@ -12,7 +12,8 @@ seconds compare like for like on a shared machine.
 (b) ReMax: prompts per second of whole steps (rollout + scoring + update) of our RLHF stage, with
     the batched engine and with the old per-micro-batch generation, against TRL's `RLOOTrainer`
     with 2 completions per prompt (ReMax also generates 2 per prompt: one sampled, one greedy);
-    and each one's share of step time spent generating.
+    and each one's share of step time spent generating; and ReMax's scoring alone (policy and
+    reference log-probs, reward) with both rows of a micro-batch in one pass against one per kind.
 
 (c) DPO: tokens per CPU second of our RLHF stage (algorithm dpo) against TRL's `DPOTrainer`.
 (d) SFT: tokens per CPU second of our SFT stage against TRL's `SFTTrainer` (both packing rows full).
@@ -309,6 +310,58 @@ def run_trl(root: Path, tok, hf: Path, records, steps: int, new_tokens: int) -> 
     }
 
 
+def score_separately(policy, ref, prompts, generated, scorer, params, tokenizer, device) -> list:
+    """ReMax's scoring before it was batched (kept here only to measure against): the sampled rows,
+    then the greedy rows, each through its own policy, reference and scorer pass."""
+    from zhinao.alignment.rollout import logprobs_of, sequence_batch, texts
+    from zhinao.losses import kl_shaped_return
+
+    returns = []
+    for responses in generated:
+        batch = sequence_batch(prompts, responses, tokenizer.pad_token_id, device)
+        logp, mask = logprobs_of(policy, batch)
+        ref_logp, _ = logprobs_of(ref, batch)
+        score = scorer(prompts, texts(tokenizer, responses))["score"]
+        returns.append(kl_shaped_return(score, logp, ref_logp, mask, params.kl_coef, params.kl_estimator))
+    return returns
+
+
+def bench_scoring(tok, hf: Path, records, new_tokens: int, rounds: int) -> dict:
+    """ReMax's scoring of one step's rollouts (policy and reference log-probs, the rule reward) per
+    micro-batch: both rows in one pass (zhinao/alignment/remax.py) against one pass per kind of row."""
+    from transformers import AutoModelForCausalLM
+
+    from zhinao.alignment import remax
+    from zhinao.alignment.scoring import Scorer
+
+    cpu = torch.device("cpu")
+    policy, ref = (
+        AutoModelForCausalLM.from_pretrained(hf, dtype=torch.float32, attn_implementation="sdpa") for _ in range(2)
+    )
+    params = RLHFParams(rm_weight=0, rules=RULES, kl_coef=0.05)
+    enc = ChatEncoder(tok)
+    scorer = Scorer(params, enc, None, cpu)
+    prompts = [{**r, "_ids": enc.prompt(as_messages(r["prompt"]))} for r in records[: MICRO * ACCUM]]
+    engine = HFBatchedEngine(stop_ids=stop_token_ids(tok), pad_id=tok.pad_token_id, device=cpu, dtype=None)
+    engine.sync(policy)
+    torch.manual_seed(0)
+    gen = engine.generate([p["_ids"] for p in prompts], sampled=1, greedy=True, sampling=Sampling(new_tokens))
+    ways = {"one pass per kind of row (before)": score_separately, "both rows in one pass": remax.rollout}
+    rates: dict[str, list[float]] = {k: [] for k in ways}
+    for _ in range(rounds):
+        for name, score in ways.items():
+            cpu_began = time.process_time()
+            for at in range(0, len(prompts), MICRO):
+                rows = slice(at, at + MICRO)
+                score(policy, ref, prompts[rows], (gen.sampled[rows], gen.greedy[rows]), scorer, params, tok, cpu)
+            rates[name].append(len(prompts) / (time.process_time() - cpu_began))
+    best = {k: max(v) for k, v in rates.items()}
+    return {
+        "prompts_per_cpu_second": best,
+        "speedup": best["both rows in one pass"] / best["one pass per kind of row (before)"],
+    }
+
+
 # ------------------------------------------------------------------------------ (c) DPO, (d) SFT
 
 
@@ -434,6 +487,8 @@ def main() -> None:
                 r["ratio_vs_trl_cpu"] = r["prompts_per_cpu_second"] / peer["prompts_per_cpu_second"]
             result["remax_step"] = remax
             print(json.dumps(remax, indent=2), flush=True)
+            result["remax_scoring"] = bench_scoring(tok, hf, records, a.new_tokens, a.rounds)
+            print(json.dumps(result["remax_scoring"], indent=2), flush=True)
         if "dpo" in a.parts:
             result["dpo"] = bench_dpo(root, tok, hf, a.steps)
             print(json.dumps(result["dpo"], indent=2), flush=True)

@@ -12,6 +12,7 @@ generation is:
     <output>/hf/                          the Hugging Face export the next stage loads
     <output>/tokenizer/                   the tokenizer stage's HF tokenizer files
     <output>/tokens/index.json + shards   packed token sequences (pretrain, longctx; docs/data.md)
+    <output>/records/<set>/index.json + shards  prepared alignment data (sft, reward, rlhf; docs/data.md)
     <output>/report/                      plots and markdown that go into the run's REPORT.md
 
 and next to the generations, at the output prefix itself:
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from zhinao.checkpoint import CheckpointManager
+from zhinao.data.record_shards import RecordIndex
 from zhinao.data.token_shards import TokenIndex
 from zhinao.storage import ObjectStore, open_store
 
@@ -42,6 +44,7 @@ TOKENIZER = "tokenizer"
 TOKENS = "tokens"
 TOKENS_INDEX = f"{TOKENS}/index.json"
 TOKENS_PARTS = f"{TOKENS}/parts"
+RECORDS = "records"
 REPORT = "report"
 FINGERPRINT = "_fingerprint.json"
 LEASE = "_lease.json"
@@ -221,6 +224,29 @@ class StageOutput:
     def read_tokens_part(self, rank: int) -> TokenIndex:
         key = f"{TOKENS_PARTS}/rank-{rank:05d}.json"
         return TokenIndex.from_json(self.store.get_bytes(key), where=self.store.url(key))
+
+    # -- prepared records (the format: zhinao.data.record_shards), one set per name (e.g. `train`)
+    def has_records(self, name: str) -> bool:
+        return self.store.exists(f"{RECORDS}/{name}/index.json")
+
+    def put_record_shard(self, name: str, shard: str, data: bytes) -> str:
+        key = f"{RECORDS}/{name}/{shard}.rec"
+        self.store.put_bytes(key, data)
+        return key
+
+    def read_records_index(self, name: str) -> RecordIndex:
+        key = f"{RECORDS}/{name}/index.json"
+        return RecordIndex.from_json(self.store.get_bytes(key), where=self.store.url(key))
+
+    def write_records_index(self, name: str, index: RecordIndex) -> None:
+        self.store.put_bytes(f"{RECORDS}/{name}/index.json", index.to_json())
+
+    def put_records_part(self, name: str, rank: int, part: RecordIndex) -> None:
+        self.store.put_bytes(f"{RECORDS}/{name}/parts/rank-{rank:05d}.json", part.to_json())
+
+    def read_records_part(self, name: str, rank: int) -> RecordIndex:
+        key = f"{RECORDS}/{name}/parts/rank-{rank:05d}.json"
+        return RecordIndex.from_json(self.store.get_bytes(key), where=self.store.url(key))
 
     # -- report
     def report_key(self, name: str) -> str:

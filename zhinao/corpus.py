@@ -4,6 +4,7 @@ Bad lines are counted and skipped here: the data stage is where they are kept as
 """
 
 import gzip
+import itertools
 import json
 import logging
 from collections.abc import Iterator
@@ -39,11 +40,30 @@ def jsonl_lines(store: ObjectStore, keys: list[str]) -> Iterator[tuple[str, int,
                 yield key, number, line
 
 
+def lines_of_rank(
+    store: ObjectStore, keys: list[str], *, rank: int, world_size: int
+) -> Iterator[tuple[str, int, bytes]]:
+    """Rank r of W's share of the lines of `keys`: the files r, r+W, ..., or, when there are fewer
+    files than ranks, every W-th line of all of them. Every line goes to exactly one rank."""
+    keys = sorted(keys)
+    if len(keys) >= world_size:
+        return jsonl_lines(store, keys[rank::world_size])
+    return itertools.islice(jsonl_lines(store, keys), rank, None, world_size)
+
+
 def read_documents(
-    store: ObjectStore, *, text_field: str = "text", source_field: str = "source", keys: list[str] | None = None
+    store: ObjectStore,
+    *,
+    text_field: str = "text",
+    source_field: str = "source",
+    keys: list[str] | None = None,
+    lines: Iterator[tuple[str, int, bytes]] | None = None,
 ) -> Iterator[Document]:
+    """The documents of `lines` (default: every line of `keys`, default every corpus file)."""
     bad = 0
-    for _key, _number, line in jsonl_lines(store, keys if keys is not None else corpus_keys(store)):
+    if lines is None:
+        lines = jsonl_lines(store, keys if keys is not None else corpus_keys(store))
+    for _key, _number, line in lines:
         try:
             doc = json.loads(line)
             text = doc[text_field]

@@ -39,20 +39,14 @@ class StageFit:
         return self.plan is not None and not self.plan.fits(self.capacity)
 
 
-def _source(pipeline: TrainingPipeline, stage, key: str):
-    uri = stage.inputs.get(key, "")
-    return pipeline.stage(uri.removeprefix("stage://")) if uri.startswith("stage://") else None
-
-
 def _model_config(pipeline: TrainingPipeline, stage):
     """The Qwen2 config the stage trains, traced through `model` inputs to a pretrain stage; None if unknown."""
-    while stage is not None and stage.kind != "pretrain":
-        stage = _source(pipeline, stage, "model")
-    if stage is None:
+    stage = pipeline.model_lineage(stage)[-1]
+    if stage.kind != "pretrain":
         return None
     vocab = SIZES[stage.params.model_size].vocab
     if vocab is None:
-        tokenizer = _source(pipeline, stage, "tokenizer")
+        tokenizer = pipeline.source(stage, "tokenizer")
         vocab = tokenizer.params.vocab_size if tokenizer is not None else None
     if vocab is None:
         return None

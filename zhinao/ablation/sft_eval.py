@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from zhinao.ablation.evaluate import eval_device
-from zhinao.alignment.data import load_prompts
+from zhinao.alignment.data import head_prompts
 from zhinao.alignment.models import load_causal_lm, load_reward_model
 from zhinao.alignment.rollout import evaluate
 from zhinao.alignment.scoring import Scorer
@@ -70,7 +70,7 @@ def evaluate_sft(sft_uri: str, sft: SftEval, prep_uri: str, workdir: Path) -> di
         rm_enc = ChatEncoder(load_tokenizer(reward.tokenizer_dir))
         rm = load_reward_model(reward.model_dir, "sdpa", rm_enc.tokenizer.pad_token_id).to(device).eval()
     params = scoring_params(sft, with_rm=rm is not None)
-    prompts = load_prompts(sft.prompts_uri(prep_uri), ChatEncoder(tokenizer), params)[: sft.max_prompts]
+    prompts = head_prompts(sft.prompts_uri(prep_uri), ChatEncoder(tokenizer), params, sft.max_prompts)
     if not prompts:
         raise ValueError(
             f"no SFT evaluation prompt under {sft.prompts_uri(prep_uri)} fits {params.max_prompt_len} tokens"

@@ -11,6 +11,7 @@ from typing import ClassVar, Literal
 from pydantic import Field, model_validator
 
 from zhinao.config._base import SpecModel
+from zhinao.config.stream import RecordStreamParams
 
 Precision = Literal["auto", "bf16", "fp32"]
 Attention = Literal["auto", "flash_attention_2", "sdpa", "eager"]
@@ -105,3 +106,7 @@ class FinetuneOptimParams(OptimParams):
 
     warmup_ratio: float = Field(default=0.01, ge=0, lt=1)
     """Fraction of the optimizer steps spent in linear warmup (reference: 0.01)."""
+
+    stream: RecordStreamParams = RecordStreamParams()
+    """Record shard size, shuffle window and shard cache of the prepared data the stage streams
+    (SFT rows, preference pairs, prompts; docs/data.md)."""

@@ -110,7 +110,7 @@ class RLHFParams(FinetuneOptimParams):
 
     # -- evaluation on held-out prompts (online algorithms)
     eval_prompts: int = Field(default=64, ge=0)
-    """Prompts held out of training (from inputs.evalPrompts, else the last ones of inputs.prompts)
+    """Prompts held out of training (from inputs.evalPrompts, else the first ones of inputs.prompts)
     on which the checked (rule) reward is measured before and after training."""
 
     eval_samples: int = Field(default=2, ge=1)

@@ -3,9 +3,10 @@
 The report packs naively into 4K (whole examples, greedily, one causal mask over the row) and
 found masking documents apart with varlen flash attention *worse*. Both are here so users can
 compare: `naive` keeps one position range and full causal attention across a row; `document`
-restarts position ids at each example and confines attention to it: varlen flash attention
-(transformers detects the restarts in `position_ids`) on GPU, an explicit block-causal mask on
-SDPA/eager.
+restarts position ids at each example and confines attention to it: on flash attention the
+micro-batch is flattened into one row with explicit example boundaries (`flatten_varlen`: the varlen
+kernel's `cu_seqlens`), on SDPA/eager each row gets a block-causal mask. Boundaries are passed, not
+left to transformers to infer from `position_ids`: it only does that for a batch of one row.
 """
 
 from collections.abc import Sequence
@@ -38,25 +39,49 @@ class Packed:
         return position_ids(self.doc_ids if rows is None else self.doc_ids[rows], mode)
 
 
-def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_len: int, pad_id: int) -> Packed:
-    """Greedy first-fit in order: append an example to the current row while it fits, else start a new row.
+class RowPacker:
+    """Greedy first-fit in order, one example at a time: append an example to the current row while
+    it fits, else start a new row. Holds one row; examples longer than the row are skipped."""
 
-    `examples` are (input_ids, labels) pairs; rows are right-padded with `pad_id` (label IGNORE_INDEX).
-    """
-    rows: list[list[tuple[Sequence[int], Sequence[int]]]] = []
-    used = max_len + 1
-    skipped = 0
-    for ids, labels in examples:
+    def __init__(self, max_len: int):
+        self.max_len = max_len
+        self.row: list[tuple[Sequence[int], Sequence[int]]] = []
+        self.used = 0
+        self.skipped = 0
+
+    def add(self, ids: Sequence[int], labels: Sequence[int]) -> list | None:
+        """Appends one (input_ids, labels) example; returns the row it closed, if it started a new one."""
         if len(ids) != len(labels):
             raise ValueError("input_ids and labels differ in length")
-        if len(ids) > max_len or not len(ids):
-            skipped += 1
-            continue
-        if used + len(ids) > max_len:
-            rows.append([])
-            used = 0
-        rows[-1].append((ids, labels))
-        used += len(ids)
+        if len(ids) > self.max_len or not len(ids):
+            self.skipped += 1
+            return None
+        closed = None
+        if self.used + len(ids) > self.max_len:
+            closed = self.finish()
+        self.row.append((ids, labels))
+        self.used += len(ids)
+        return closed
+
+    def finish(self) -> list | None:
+        row, self.row, self.used = self.row, [], 0
+        return row or None
+
+
+def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, max_len: int, pad_id: int) -> Packed:
+    """All `examples` ((input_ids, labels) pairs) packed greedily in order (`RowPacker`)."""
+    packer = RowPacker(max_len)
+    rows = [row for ids, labels in examples if (row := packer.add(ids, labels))]
+    if tail := packer.finish():
+        rows.append(tail)
+    packed = pack_rows(rows, max_len=max_len, pad_id=pad_id)
+    packed.skipped = packer.skipped
+    return packed
+
+
+def pack_rows(rows: Sequence[Sequence[tuple[Sequence[int], Sequence[int]]]], *, max_len: int, pad_id: int) -> Packed:
+    """Each row's examples side by side in one row of `max_len`, right-padded with `pad_id` (label
+    IGNORE_INDEX); the rows must fit (RowPacker makes them)."""
     n = len(rows)
     input_ids = np.full((n, max_len), pad_id, dtype=np.int64)
     out_labels = np.full((n, max_len), IGNORE_INDEX, dtype=np.int64)
@@ -64,11 +89,13 @@ def pack_examples(examples: Sequence[tuple[Sequence[int], Sequence[int]]], *, ma
     for r, row in enumerate(rows):
         at = 0
         for d, (ids, labels) in enumerate(row):
+            if at + len(ids) > max_len:
+                raise ValueError(f"row {r} holds more than {max_len} tokens")
             input_ids[r, at : at + len(ids)] = ids
             out_labels[r, at : at + len(ids)] = labels
             doc_ids[r, at : at + len(ids)] = d
             at += len(ids)
-    return Packed(input_ids, out_labels, doc_ids, skipped)
+    return Packed(input_ids, out_labels, doc_ids, 0)
 
 
 def position_ids(doc_ids: np.ndarray, mode: str) -> np.ndarray:
@@ -106,10 +133,33 @@ def block_causal_mask(doc_ids: np.ndarray) -> np.ndarray:
     return allowed[:, None]
 
 
-def cu_seqlens(doc_ids_row: np.ndarray) -> np.ndarray:
-    """Cumulative example lengths of one row (flash-attn varlen's `cu_seqlens`), padding excluded."""
-    real = doc_ids_row[doc_ids_row != PAD_DOC]
-    if not len(real):
-        return np.zeros(1, dtype=np.int32)
-    lengths = np.bincount(real)
-    return np.concatenate([[0], np.cumsum(lengths)]).astype(np.int32)
+@dataclass
+class Varlen:
+    """A micro-batch flattened into one row of B*L tokens for flash attention's varlen kernel, which
+    attends only within each segment of `cu_seqlens`: one segment per example, one per padding run."""
+
+    input_ids: np.ndarray
+    labels: np.ndarray
+    """As the rows', but IGNORE_INDEX at each row's first token: the rows' loss never predicts it (a
+    row's first logit has no predecessor), and in one flat row the previous row's last token would."""
+    position_ids: np.ndarray
+    cu_seqlens: np.ndarray
+    """int32 (segments + 1,): where each segment starts in the flat row, then B*L."""
+    max_seqlen: int
+
+
+def flatten_varlen(input_ids: np.ndarray, labels: np.ndarray, doc_ids: np.ndarray) -> Varlen:
+    """The (B, L) rows of a `document`-packed micro-batch as one (1, B*L) varlen row."""
+    n, length = doc_ids.shape
+    starts = np.ones((n, length), dtype=bool)  # a segment starts at every row start and every doc_id change
+    starts[:, 1:] = doc_ids[:, 1:] != doc_ids[:, :-1]
+    bounds = np.concatenate([np.flatnonzero(starts.reshape(-1)), [n * length]]).astype(np.int32)
+    flat_labels = labels.copy()
+    flat_labels[:, 0] = IGNORE_INDEX
+    return Varlen(
+        input_ids=input_ids.reshape(1, -1),
+        labels=flat_labels.reshape(1, -1),
+        position_ids=position_ids(doc_ids, "document").reshape(1, -1),
+        cu_seqlens=bounds,
+        max_seqlen=int(np.diff(bounds).max()),
+    )

@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterable
 Labeler = Callable[[dict], dict[str, str]]
 
 
-def _source(record: dict) -> str:
+def source_of(record: dict) -> str:
     return str(record.get("source") or "default")
 
 
@@ -28,24 +28,41 @@ def sample_for_rating(records: list[dict], *, per_source: int, seed: int = 0) ->
     """A seeded random sample of up to `per_source` records of every source, for manual rating."""
     by_source: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        by_source[_source(r)].append(r)
+        by_source[source_of(r)].append(r)
     rng = random.Random(seed)
     return {s: rng.sample(rs, min(per_source, len(rs))) for s, rs in sorted(by_source.items())}
 
 
-def source_ratings(records: Iterable[dict], field: str = "rating") -> dict[str, float]:
-    """Mean of the `rating` field per source, over the records that carry one."""
-    sums: dict[str, list[float]] = defaultdict(list)
+def rating_sums(records: Iterable[dict], field: str = "rating") -> dict[str, tuple[float, int]]:
+    """(sum, count) of the `rating` field per source, over the records that carry one; the sums of
+    several shares add up (`merge_rating_sums`), so each rank can rate its own."""
+    sums: dict[str, tuple[float, int]] = {}
     for r in records:
         if isinstance(r.get(field), (int, float)):
-            sums[_source(r)].append(float(r[field]))
-    return {s: sum(v) / len(v) for s, v in sums.items()}
+            total, n = sums.get(source_of(r), (0.0, 0))
+            sums[source_of(r)] = (total + float(r[field]), n + 1)
+    return sums
+
+
+def merge_rating_sums(parts: Iterable[dict[str, tuple[float, int]]]) -> dict[str, float]:
+    """Mean rating per source from the (sum, count) of every share."""
+    merged: dict[str, tuple[float, int]] = {}
+    for part in parts:
+        for source, (total, n) in part.items():
+            t, m = merged.get(source, (0.0, 0))
+            merged[source] = (t + total, m + n)
+    return {s: total / n for s, (total, n) in merged.items()}
+
+
+def source_ratings(records: Iterable[dict], field: str = "rating") -> dict[str, float]:
+    """Mean of the `rating` field per source, over the records that carry one."""
+    return merge_rating_sums([rating_sums(records, field)])
 
 
 def drop_low_sources(records: list[dict], ratings: dict[str, float], threshold: float) -> tuple[list[dict], list[str]]:
     """Keep records of sources rated >= threshold (unrated sources are kept); returns (kept, dropped sources)."""
     dropped = sorted(s for s, v in ratings.items() if v < threshold)
-    return [r for r in records if _source(r) not in dropped], dropped
+    return [r for r in records if source_of(r) not in dropped], dropped
 
 
 _KEYWORDS = {

@@ -1,8 +1,11 @@
-"""Stream packed token sequences from object storage: each rank reads only its share, through a
-bounded local shard cache, in the seeded order of `stream_order`, with its position as a state dict.
+"""Stream samples from shards in object storage: each rank reads only its share, through a bounded
+local shard cache, in the seeded order of `stream_order`, with its position as a state dict.
 
-Sequences are read from the cached shard files with pread, never loaded whole, so a rank's memory
-does not depend on the corpus size, and its disk use is bounded by `cache_mb`.
+`ShardStream` is the one dataset layer every training stage reads through: `TokenStream` yields
+pretraining's packed token sequences (zhinao.data.token_shards), `RecordStream` the alignment
+stages' JSON records (zhinao.data.record_shards). Samples are read from the cached shard files with
+pread, never loaded whole, so a rank's memory does not depend on the dataset size, and its disk use
+is bounded by `cache_mb`.
 """
 
 import logging
@@ -13,9 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from zhinao.artifacts import StageOutput
-from zhinao.config.stream import TokenStreamParams
+from zhinao.config.stream import StreamParams, TokenStreamParams
+from zhinao.data.record_shards import OFFSET, RecordIndex, decode_record, header_bytes
 from zhinao.data.stream_order import StreamOrder, StreamPosition
-from zhinao.data.token_shards import WIRE_DTYPE, Shard
+from zhinao.data.token_shards import WIRE_DTYPE
+from zhinao.storage import ObjectStore
 
 log = logging.getLogger(__name__)
 
@@ -23,35 +28,30 @@ log = logging.getLogger(__name__)
 class ShardCache:
     """Shard files downloaded on first use into `root`; past `max_bytes` the least recently read goes."""
 
-    def __init__(self, source: StageOutput, root: Path, *, seq_len: int, max_bytes: int):
-        self.source, self.root, self.max_bytes = source, root, max_bytes
-        self.row_bytes = seq_len * WIRE_DTYPE.itemsize
+    def __init__(self, store: ObjectStore, root: Path, *, max_bytes: int):
+        self.store, self.root, self.max_bytes = store, root, max_bytes
         self._open: OrderedDict[str, tuple[int, int]] = OrderedDict()  # key -> (fd, size)
         self.downloads = 0
         root.mkdir(parents=True, exist_ok=True)
 
-    def read(self, shard: Shard, index: int) -> np.ndarray:
-        fd = self._fd(shard)
-        raw = os.pread(fd, self.row_bytes, index * self.row_bytes)
-        return np.frombuffer(raw, dtype=WIRE_DTYPE)
+    def read(self, key: str, *, size: int, offset: int, length: int) -> bytes:
+        """`length` bytes at `offset` of shard `key`, whose file must be `size` bytes long."""
+        return os.pread(self._fd(key, size), length, offset)
 
-    def _fd(self, shard: Shard) -> int:
-        if shard.key in self._open:
-            self._open.move_to_end(shard.key)
-            return self._open[shard.key][0]
-        path = self.root / shard.key.replace("/", "__")
-        self.source.fetch_token_shard(shard.key, path)
+    def _fd(self, key: str, size: int) -> int:
+        if key in self._open:
+            self._open.move_to_end(key)
+            return self._open[key][0]
+        path = self.root / key.replace("/", "__")
+        self.store.get_file(key, path)
         self.downloads += 1
-        size = path.stat().st_size
-        if size != shard.sequences * self.row_bytes:
+        got = path.stat().st_size
+        if got != size:
             path.unlink()
-            raise ValueError(
-                f"{self.source.token_shard_url(shard.key)}: {size} bytes, but the index says {shard.sequences} sequences of "
-                f"{self.row_bytes} bytes"
-            )
+            raise ValueError(f"{self.store.url(key)}: {got} bytes, but its index says {size}")
         fd = os.open(path, os.O_RDONLY)
         path.unlink()  # the open descriptor keeps the data; nothing is left behind on a crash
-        self._open[shard.key] = (fd, size)
+        self._open[key] = (fd, got)
         while len(self._open) > 1 and sum(s for _, s in self._open.values()) > self.max_bytes:
             old_fd, _ = self._open.popitem(last=False)[1]
             os.close(old_fd)
@@ -63,49 +63,40 @@ class ShardCache:
         self._open.clear()
 
 
-class TokenStream:
-    """This rank's endless stream of (seq_len,) uint32 sequences; `take(n)` returns the next n."""
+class ShardStream:
+    """This rank's endless stream over shards of `counts` samples; subclasses say how a sample reads."""
 
     def __init__(
         self,
-        source: StageOutput,
+        store: ObjectStore,
+        counts: list[int],
         cache_dir: Path,
         *,
         seed: int,
         rank: int,
         world_size: int,
-        params: TokenStreamParams,
+        params: StreamParams,
     ):
-        self.index = source.read_tokens_index()
-        self.seq_len = self.index.seq_len
         self.order = StreamOrder(
-            [s.sequences for s in self.index.shards],
+            counts,
             seed=seed,
             rank=rank,
             world_size=world_size,
             window=params.shuffle_window,
+            elastic=params.elastic,
         )
-        self.cache = ShardCache(source, cache_dir, seq_len=self.seq_len, max_bytes=params.cache_mb << 20)
+        self.cache = ShardCache(store, cache_dir, max_bytes=params.cache_mb << 20)
         self.position = StreamPosition()
-        window_bytes = params.shuffle_window * self.cache.row_bytes
-        if window_bytes > self.cache.max_bytes:
-            log.warning(
-                "a shuffle window (%d sequences, %d MiB) is larger than the shard cache (%d MiB): shards will be "
-                "downloaded more than once per epoch",
-                params.shuffle_window,
-                window_bytes >> 20,
-                params.cache_mb,
-            )
 
     def __len__(self) -> int:
-        """Sequences this rank reads per epoch."""
+        """Samples this rank reads per epoch."""
         return self.order.per_rank
 
-    def take(self, n: int) -> np.ndarray:
-        out = np.empty((n, self.seq_len), dtype=WIRE_DTYPE)
-        for i in range(n):
-            shard, row = self.order.locate(self.position.epoch, self.position.offset)
-            out[i] = self.cache.read(self.index.shards[shard], row)
+    def next_locations(self, n: int) -> list[tuple[int, int]]:
+        """(shard, index within it) of this rank's next n samples; the position moves past them."""
+        out = []
+        for _ in range(n):
+            out.append(self.order.at(self.position))
             self.position.advance(1, self.order.per_rank)
         return out
 
@@ -126,3 +117,73 @@ class TokenStream:
 
     def close(self) -> None:
         self.cache.close()
+
+
+class TokenStream(ShardStream):
+    """This rank's endless stream of (seq_len,) uint32 sequences; `take(n)` returns the next n."""
+
+    def __init__(
+        self,
+        source: StageOutput,
+        cache_dir: Path,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        params: TokenStreamParams,
+    ):
+        self.index = source.read_tokens_index()
+        self.seq_len = self.index.seq_len
+        counts = [s.sequences for s in self.index.shards]
+        super().__init__(source.store, counts, cache_dir, seed=seed, rank=rank, world_size=world_size, params=params)
+        self.row_bytes = self.seq_len * WIRE_DTYPE.itemsize
+        window_bytes = params.shuffle_window * self.row_bytes
+        if window_bytes > self.cache.max_bytes:
+            log.warning(
+                "a shuffle window (%d sequences, %d MiB) is larger than the shard cache (%d MiB): shards will be "
+                "downloaded more than once per epoch",
+                params.shuffle_window,
+                window_bytes >> 20,
+                params.cache_mb,
+            )
+
+    def take(self, n: int) -> np.ndarray:
+        out = np.empty((n, self.seq_len), dtype=WIRE_DTYPE)
+        for i, (s, row) in enumerate(self.next_locations(n)):
+            shard = self.index.shards[s]
+            raw = self.cache.read(
+                shard.key, size=shard.sequences * self.row_bytes, offset=row * self.row_bytes, length=self.row_bytes
+            )
+            out[i] = np.frombuffer(raw, dtype=WIRE_DTYPE)
+        return out
+
+
+class RecordStream(ShardStream):
+    """This rank's endless stream of prepared records (dicts) of one record set."""
+
+    def __init__(
+        self,
+        source: StageOutput,
+        name: str,
+        cache_dir: Path,
+        *,
+        seed: int,
+        rank: int,
+        world_size: int,
+        params: StreamParams,
+    ):
+        self.index: RecordIndex = source.read_records_index(name)
+        counts = [s.records for s in self.index.shards]
+        super().__init__(source.store, counts, cache_dir, seed=seed, rank=rank, world_size=world_size, params=params)
+
+    def take(self, n: int) -> list[dict]:
+        return [self.read(s, i) for s, i in self.next_locations(n)]
+
+    def read(self, s: int, i: int) -> dict:
+        shard = self.index.shards[s]
+        lo, hi = np.frombuffer(
+            self.cache.read(shard.key, size=shard.bytes, offset=i * OFFSET.itemsize, length=2 * OFFSET.itemsize),
+            dtype=OFFSET,
+        )
+        start = header_bytes(shard.records) + int(lo)
+        return decode_record(self.cache.read(shard.key, size=shard.bytes, offset=start, length=int(hi - lo)))

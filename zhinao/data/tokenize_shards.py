@@ -1,7 +1,7 @@
 """The distributed tokenize step: every rank tokenizes its own share of the corpus into token shards.
 
-Rank r of W reads the corpus files r, r+W, ... (or, when there are fewer files than ranks, every
-W-th document of all files), tokenizes them in batches with the fast tokenizer, packs them per
+Rank r of W reads its share of the corpus lines (`zhinao.corpus.lines_of_rank`: the files r, r+W,
+..., or every W-th line when there are fewer files than ranks), tokenizes them in batches with the fast tokenizer, packs them per
 source (`SourcePacker`) and uploads each shard as soon as it is full, so a rank holds at most one
 shard per source. It then writes its index part; rank 0 merges the parts once every rank is done.
 """
@@ -12,7 +12,7 @@ from collections.abc import Iterator
 
 from zhinao.artifacts import StageOutput
 from zhinao.config.stream import TokenStreamParams
-from zhinao.corpus import Document, corpus_keys, read_documents
+from zhinao.corpus import Document, corpus_keys, lines_of_rank, read_documents
 from zhinao.data.token_shards import Shard, SourcePacker, TokenIndex, shard_bytes, shard_name
 from zhinao.storage import ObjectStore
 from zhinao.tokenizer import EOD
@@ -24,11 +24,8 @@ BATCH_DOCUMENTS = 256  # documents per call of the Rust batch encoder
 def documents_of_rank(
     corpus: ObjectStore, *, rank: int, world_size: int, text_field: str, source_field: str
 ) -> Iterator[Document]:
-    keys = sorted(corpus_keys(corpus))
-    if len(keys) >= world_size:
-        return read_documents(corpus, text_field=text_field, source_field=source_field, keys=keys[rank::world_size])
-    docs = read_documents(corpus, text_field=text_field, source_field=source_field, keys=keys)
-    return itertools.islice(docs, rank, None, world_size)
+    lines = lines_of_rank(corpus, corpus_keys(corpus), rank=rank, world_size=world_size)
+    return read_documents(corpus, text_field=text_field, source_field=source_field, lines=lines)
 
 
 def tokenize_share(

@@ -1,4 +1,4 @@
-"""Rollouts with vLLM colocated on the training GPUs (GPU image only: vLLM needs CUDA).
+"""Rollouts with vLLM colocated on the training GPUs (the trainer image installs vLLM; it needs CUDA).
 
 Each rank runs its own in-process vLLM engine (tensor parallel 1, launched by torchrun's
 processes) in bf16 with sleep mode on: it sleeps during the update (weights offloaded to CPU, KV
@@ -36,8 +36,8 @@ class VLLMEngine:
             from vllm import LLM, SamplingParams
         except ImportError:
             raise SystemExit(
-                "rolloutEngine vllm: the vllm package is not installed; the trainer image does not ship it yet"
-                " (no vllm release is pinned to its torch), so install a matching vllm in your own image"
+                "rolloutEngine vllm: the vllm package is not installed; the trainer image (images/trainer) ships it,"
+                " a custom image needs the project's `vllm` extra (vllm 0.32.0, which pins torch 2.13.0)"
             ) from None
         self._sampling_params = SamplingParams
         self.stop_ids = list(stop_ids)
@@ -61,7 +61,9 @@ class VLLMEngine:
 
     def generate(self, prompts: list[list[int]], *, sampled: int, greedy: bool, sampling: Sampling) -> Generation:
         SamplingParams = self._sampling_params
-        common = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop_ids, skip_special_tokens=False)
+        # Token ids only: the loop decodes what it scores itself, so vLLM's detokenizer would be wasted work
+        # (and a policy whose embedding is wider than its tokenizer may sample ids the tokenizer lacks).
+        common = dict(max_tokens=sampling.max_new_tokens, stop_token_ids=self.stop_ids, detokenize=False)
         draw = SamplingParams(n=sampled, temperature=sampling.temperature, top_k=sampling.top_k or -1, **common)
         argmax = SamplingParams(n=1, temperature=0.0, **common)
         requests = [{"prompt_token_ids": p} for p in prompts]

@@ -15,12 +15,12 @@ import logging
 import numpy as np
 import torch
 
-from zhinao.alignment.data import encode_pairs, pad_right, read_jsonl, split_holdout, steps_for
+from zhinao.alignment.data import EVAL, TRAIN, open_stream, pad_right, pair_sets, resume_stream, steps_for, whole_set
 from zhinao.alignment.models import load_reward_model
 from zhinao.artifacts import StageOutput
 from zhinao.config.reward import RewardParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.packing import batch_indices
+from zhinao.data.prepare_records import prepare_record_sets
 from zhinao.losses import bradley_terry_loss, pairwise_accuracy
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop
@@ -47,18 +47,16 @@ def scores(model, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @torch.no_grad()
-def held_out_accuracy(model, pairs: list[dict], pad_id: int, device, batch: int) -> tuple[float | None, float | None]:
-    """(pairwise accuracy, mean BT loss) on held-out pairs."""
-    if not pairs:
-        return None, None
+def held_out_accuracy(model, chunks, pad_id: int, device) -> tuple[float | None, float | None]:
+    """(pairwise accuracy, mean BT loss) over held-out pairs given chunk by chunk; None when there are none."""
     model.eval()
-    right, losses = 0.0, []
-    for start in range(0, len(pairs), batch):
-        chunk = pairs[start : start + batch]
+    right, losses, n = 0.0, 0.0, 0
+    for chunk in chunks:
         c, r = scores(model, pair_batch(chunk, pad_id, device))
         right += pairwise_accuracy(c, r) * len(chunk)
-        losses.append(bradley_terry_loss(c, r).item() * len(chunk))
-    return right / len(pairs), sum(losses) / len(pairs)
+        losses += bradley_terry_loss(c, r).item() * len(chunk)
+        n += len(chunk)
+    return (right / n, losses / n) if n else (None, None)
 
 
 def run(rt: StageRuntime, params: RewardParams) -> None:
@@ -70,25 +68,44 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
     base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "input")
     tokenizer = load_tokenizer(base.tokenizer_dir)
     pad = tokenizer.pad_token_id
-    pairs, dropped = encode_pairs(read_jsonl(rt.inputs["preferences"]), tokenizer, params)
-    train, held = split_holdout(pairs, params.eval_fraction, params.seed)
-    if not train:
+    sets = prepare_record_sets(
+        session,
+        session.output,
+        [TRAIN, EVAL],
+        pair_sets(
+            rt.inputs["preferences"],
+            tokenizer,
+            params,
+            rank=env.rank,
+            world_size=env.world_size,
+            eval_fraction=params.eval_fraction,
+        ),
+        params=params.stream,
+    )
+    n_train, n_held, dropped = sets[TRAIN].records, sets[EVAL].records, sets[TRAIN].counts.get("dropped", 0)
+    if not n_train:
         raise SystemExit("no preference pair to train on (check maxLen and task)")
+    train = open_stream(session, TRAIN, params)
 
     torch.manual_seed(params.seed)  # the new score head's init: equal seeds, equal heads
     model = load_reward_model(base.model_dir, params.attention, pad)
-    total = steps_for(len(train), params, env.world_size)
+    total = steps_for(n_train, params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, total), seq_len=params.max_len)
     meta = loop.resume()
     start = meta.get("step", 0)
-    batch_size = params.micro_batch_size * 2
+    resume_stream(train, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+
+    def held_out() -> tuple[float | None, float | None]:
+        chunks = whole_set(session, EVAL, params, chunk=params.micro_batch_size * 2) if n_held else []
+        return held_out_accuracy(engine.model, chunks, pad, session.device)
+
     if start == 0:
-        meta["eval"] = [[0, *held_out_accuracy(engine.model, held, pad, session.device, batch_size)]]
+        meta["eval"] = [[0, *held_out()]]
     log.info(
         "reward model on %d pairs (%d held out, %d dropped), steps %d..%d",
-        len(train),
-        len(held),
+        n_train,
+        n_held,
         dropped,
         start + 1,
         total,
@@ -103,24 +120,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
 
     def step(index: int) -> StepResult:
         batches = [
-            pair_batch(
-                [
-                    train[i]
-                    for i in batch_indices(
-                        n_sequences=len(train),
-                        step=index,
-                        micro_step=m,
-                        rank=env.rank,
-                        world_size=env.world_size,
-                        micro_batch=params.micro_batch_size,
-                        grad_accum=params.grad_accum_steps,
-                        seed=params.seed,
-                    )
-                ],
-                pad,
-                session.device,
-            )
-            for m in range(params.grad_accum_steps)
+            pair_batch(train.take(params.micro_batch_size), pad, session.device) for _ in range(params.grad_accum_steps)
         ]
         seen.clear()
         loss, grad_norm = engine.train_step(batches, loss_fn=loss_fn)
@@ -134,12 +134,13 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         )
 
     def evaluate(step: int) -> dict[str, float]:
-        acc, loss = held_out_accuracy(engine.model, held, pad, session.device, batch_size)
+        acc, loss = held_out()
         meta["eval"].append([step, acc, loss])  # the curve in the summary; it travels in checkpoints
         # The last step's accuracy is the summary's headline; the metrics log has the ones in between.
         return {"rm_eval_accuracy": acc} if acc is not None and step < total else {}
 
-    loop.run(step, eval_fn=evaluate)
+    loop.run(step, eval_fn=evaluate, checkpoint_meta=lambda _: {"data": train.state_dict()})
+    train.close()
 
     hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
@@ -148,8 +149,8 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
         evals = [e for e in meta["eval"] if e[1] is not None]
         summary = {
             "steps": len(steps),
-            "pairs_train": len(train),
-            "pairs_held_out": len(held),
+            "pairs_train": n_train,
+            "pairs_held_out": n_held,
             "pairs_dropped": dropped,
             "task": params.task,
             "loss_first": steps[0]["loss"],

@@ -3,7 +3,8 @@
 inputs:  policy       (an SFT output prefix; also the frozen KL/DPO reference, re-loaded from here)
          reward       (a reward-stage output prefix; needed when rmWeight > 0 for remax/ppo)
          prompts      (remax/ppo: JSONL {"prompt": str | messages, ...facts the rules check, e.g. "answer"})
-         evalPrompts  (optional held-out prompts; default: the last `evalPrompts` of inputs.prompts)
+         evalPrompts  (optional held-out prompts; default: the first `evalPrompts` of inputs.prompts,
+                       which are then left out of training)
          preferences  (dpo/orpo: the reward stage's pair JSONL)
 output:  checkpoints/ hf/ (the policy) metrics/ report/rlhf.png report/rlhf.md summary.json
 
@@ -22,7 +23,7 @@ import torch
 
 from zhinao import reward_guard
 from zhinao.alignment import ppo, remax
-from zhinao.alignment.data import encode_pairs, load_prompts, read_jsonl
+from zhinao.alignment.data import TRAIN, head_prompts, open_stream, pair_sets, prompt_sets, resume_stream
 from zhinao.alignment.models import frozen, load_causal_lm, load_reward_model
 from zhinao.alignment.preference import preference_batch, preference_loss_fn
 from zhinao.alignment.rollout import evaluate, sampling_of
@@ -31,7 +32,7 @@ from zhinao.artifacts import StageOutput
 from zhinao.chat import ChatEncoder
 from zhinao.config.rlhf import RLHFParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.packing import batch_indices
+from zhinao.data.prepare_records import prepare_record_sets
 from zhinao.rollout.factory import build_rollout_engine
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.engine_builder import autocast_dtype
@@ -66,25 +67,33 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
         rm = frozen(load_reward_model(rm_dir, params.attention, pad), params, device)
     scorer = Scorer(params, enc, rm, device)
 
-    train_prompts, eval_prompts = [], []
-    if "prompts" in rt.inputs:
-        train_prompts = load_prompts(rt.inputs["prompts"], enc, params)
-        if "evalPrompts" in rt.inputs:
-            eval_prompts = load_prompts(rt.inputs["evalPrompts"], enc, params)[: params.eval_prompts]
-        elif params.eval_prompts and online:
-            n = min(params.eval_prompts, len(train_prompts) // 2)
-            train_prompts, eval_prompts = (
-                train_prompts[: len(train_prompts) - n],
-                train_prompts[len(train_prompts) - n :],
-            )
+    # Held-out prompts: the first evalPrompts of inputs.evalPrompts, else (online) of inputs.prompts,
+    # which then leaves them out of training. Training data: prepared into a record set, streamed.
+    eval_prompts: list[dict] = []
+    if "evalPrompts" in rt.inputs:
+        eval_prompts = head_prompts(rt.inputs["evalPrompts"], enc, params, params.eval_prompts)
+    elif params.eval_prompts and online:
+        eval_prompts = head_prompts(rt.inputs["prompts"], enc, params, params.eval_prompts)
     can_eval = bool(eval_prompts) and (params.rules or rm is not None)
-    pairs = []
-    if not online:
-        pairs, _ = encode_pairs(read_jsonl(rt.inputs["preferences"]), tokenizer, params)  # type: ignore[arg-type]
-        if not pairs:
-            raise SystemExit("no preference pair fits maxLen")
-    elif not train_prompts:
-        raise SystemExit("no training prompt fits maxPromptLen")
+    if online:
+        skip = set() if "evalPrompts" in rt.inputs else {tuple(p["_place"]) for p in eval_prompts}
+        produce = prompt_sets(rt.inputs["prompts"], enc, params, rank=env.rank, world_size=env.world_size, skip=skip)
+    else:
+        produce = pair_sets(
+            rt.inputs["preferences"], tokenizer, params, rank=env.rank, world_size=env.world_size, eval_fraction=0
+        )
+    prepared = prepare_record_sets(session, session.output, [TRAIN], produce, params=params.stream)[TRAIN]
+    n_items = prepared.records
+    if not n_items and not online:
+        raise SystemExit("no preference pair fits maxLen")
+    if not n_items:
+        held = prepared.counts.get("held_out", 0)
+        raise SystemExit(
+            f"no training prompt: {held} of inputs.prompts are the held-out evalPrompts={params.eval_prompts} and "
+            f"{prepared.counts.get('dropped', 0)} do not fit maxPromptLen={params.max_prompt_len}"
+            + ("; lower evalPrompts or pass inputs.evalPrompts" if held else "")
+        )
+    items = open_stream(session, TRAIN, params)
 
     steps_per_rollout = params.ppo_epochs if params.algorithm == "ppo" else 1
     if params.algorithm == "ppo":
@@ -99,6 +108,7 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     loop = TrainingLoop(session, engine, Schedule.of(params, params.max_steps))
     meta = loop.resume()
     start = meta.get("step", 0)
+    resume_stream(items, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
     kl_control = reward_guard.KLController(
         coef=meta.get("kl_coef", params.kl_coef), target=params.kl_target, horizon=params.kl_horizon
     )
@@ -109,34 +119,17 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     if start == 0 and can_eval and env.is_main:
         meta["eval_before"] = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device)
     log.info(
-        "%s on %d prompts / %d pairs (%d held-out prompts), steps %d..%d",
+        "%s on %d %s (%d held-out prompts), steps %d..%d",
         params.algorithm,
-        len(train_prompts),
-        len(pairs),
+        n_items,
+        "prompts" if online else "pairs",
         len(eval_prompts),
         start + 1,
         params.max_steps,
     )
 
-    items = train_prompts if online else pairs
-
     def step(index: int) -> StepResult:
-        chunks = [
-            [
-                items[i]
-                for i in batch_indices(
-                    n_sequences=len(items),
-                    step=index,
-                    micro_step=m,
-                    rank=env.rank,
-                    world_size=env.world_size,
-                    micro_batch=params.micro_batch_size,
-                    grad_accum=params.grad_accum_steps,
-                    seed=params.seed,
-                )
-            ]
-            for m in range(params.grad_accum_steps)
-        ]
+        chunks = [items.take(params.micro_batch_size) for _ in range(params.grad_accum_steps)]
         stop = False
         if online:
             method = remax if params.algorithm == "remax" else ppo
@@ -185,7 +178,8 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
             stop=stop,
         )
 
-    loop.run(step, checkpoint_meta=lambda _: {"kl_coef": kl_control.coef})
+    loop.run(step, checkpoint_meta=lambda _: {"kl_coef": kl_control.coef, "data": items.state_dict()})
+    items.close()
 
     eval_after = None
     if can_eval:

@@ -10,15 +10,14 @@ import logging
 import numpy as np
 import torch
 
-from zhinao.alignment.data import read_jsonl, split_holdout, steps_for
+from zhinao.alignment.data import EVAL, TRAIN, open_stream, resume_stream, steps_for, whole_set
 from zhinao.alignment.models import load_causal_lm
+from zhinao.alignment.sft_data import sft_sets
 from zhinao.artifacts import StageOutput
-from zhinao.chat import ChatEncoder, validate_sft_messages
 from zhinao.config.runtime import StageRuntime
 from zhinao.config.sft import SFTParams
-from zhinao.data import sft_tools
-from zhinao.data.packing import batch_indices
-from zhinao.data.sft_packing import Packed, block_causal_mask, pack_examples
+from zhinao.data.prepare_records import prepare_record_sets
+from zhinao.data.sft_packing import Packed, block_causal_mask, flatten_varlen, pack_rows
 from zhinao.losses import lm_loss
 from zhinao.plots import loss_curve_png
 from zhinao.tokenizer import load as load_tokenizer
@@ -29,48 +28,41 @@ Params = SFTParams
 log = logging.getLogger(__name__)
 
 
-# ------------------------------------------------------------------------------------- SFT data
+# ------------------------------------------------------------------------------------- batches
 
 
-def curate(records: list[dict], params: SFTParams) -> tuple[list[dict], dict]:
-    """Source rating filter, dedup, label reweighting; returns (records, counts for the summary)."""
-    stats = {"records_in": len(records)}
-    good = []
-    for r in records:
-        try:
-            validate_sft_messages(r.get(params.messages_field) or [])
-            good.append({**r, "messages": r[params.messages_field]})
-        except ValueError as e:
-            log.debug("dropping record: %s", e)
-    stats["invalid"] = len(records) - len(good)
-    if params.min_source_rating is not None:
-        ratings = {**sft_tools.source_ratings(good), **params.source_ratings}
-        good, dropped = sft_tools.drop_low_sources(good, ratings, params.min_source_rating)
-        stats["dropped_sources"] = dropped
-    if params.dedup:
-        good, stats["duplicates"] = sft_tools.dedup(good)
-    if params.label_weights:
-        good = sft_tools.reweight(good, params.label_weights, seed=params.seed)
-    stats["records_used"] = len(good)
-    return good, stats
+def rows_of(records: list[dict], params: SFTParams, pad_id: int) -> Packed:
+    """The packed rows of streamed row records (zhinao.alignment.sft_data)."""
+    return pack_rows([r["examples"] for r in records], max_len=params.max_len, pad_id=pad_id)
 
 
-def encode_and_pack(records: list[dict], tokenizer, params: SFTParams) -> Packed:
-    enc = ChatEncoder(tokenizer)
-    examples = []
-    for r in records:
-        e = enc.conversation(r["messages"], system=params.system_prompt)
-        examples.append((e.input_ids, e.labels))
-    return pack_examples(examples, max_len=params.max_len, pad_id=tokenizer.pad_token_id)
+def varlen_attention(attention: str) -> bool:
+    """Whether the model's attention implementation takes flash-attn varlen boundaries
+    (flash_attention_2/3/4 and the hub's flash kernels)."""
+    return "flash" in attention
 
 
 def to_batch(packed: Packed, rows: np.ndarray, mode: str, attention: str, device: torch.device) -> dict:
+    """The model inputs (and labels) of micro-batch `rows`; `document` packing isolates the examples
+    at any micro-batch size: varlen boundaries on flash attention, a block-causal mask otherwise."""
+    if mode == "document" and varlen_attention(attention):
+        flat = flatten_varlen(packed.input_ids[rows], packed.labels[rows], packed.doc_ids[rows])
+        bounds = torch.from_numpy(flat.cu_seqlens).to(device)
+        return {
+            "input_ids": torch.from_numpy(flat.input_ids).to(device),
+            "labels": torch.from_numpy(flat.labels).to(device),
+            "position_ids": torch.from_numpy(flat.position_ids).to(device),
+            "cu_seq_lens_q": bounds,
+            "cu_seq_lens_k": bounds,
+            "max_length_q": flat.max_seqlen,
+            "max_length_k": flat.max_seqlen,
+        }
     batch = {
         "input_ids": torch.from_numpy(packed.input_ids[rows]).to(device),
         "labels": torch.from_numpy(packed.labels[rows]).to(device),
         "position_ids": torch.from_numpy(packed.position_ids(mode, rows)).to(device),
     }
-    if mode == "document" and attention != "flash_attention_2":
+    if mode == "document":
         allowed = torch.from_numpy(block_causal_mask(packed.doc_ids[rows])).to(device)
         batch["attention_mask"] = torch.zeros(allowed.shape, device=device).masked_fill(
             ~allowed, torch.finfo(torch.float32).min
@@ -84,17 +76,16 @@ def sft_loss(model, batch: dict) -> torch.Tensor:
 
 
 @torch.no_grad()
-def eval_loss(model, packed: Packed, mode: str, attention: str, device, batch: int) -> float | None:
-    if not len(packed):
-        return None
+def eval_loss(model, chunks, params: SFTParams, pad_id: int, attention: str, device) -> float | None:
+    """Mean loss over held-out rows given chunk by chunk (a micro-batch each); None when there are none."""
     model.eval()
     losses, weights = [], []
-    for start in range(0, len(packed), batch):
-        rows = np.arange(start, min(start + batch, len(packed)))
-        b = to_batch(packed, rows, mode, attention, device)
+    for chunk in chunks:
+        packed = rows_of(chunk, params, pad_id)
+        b = to_batch(packed, np.arange(len(packed)), params.packing, attention, device)
         losses.append(sft_loss(model, b).item())
         weights.append(int((b["labels"][:, 1:] != -100).sum()))
-    return float(np.average(losses, weights=weights))
+    return float(np.average(losses, weights=weights)) if losses else None
 
 
 # ------------------------------------------------------------------------------------------- run
@@ -108,72 +99,63 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
             raise SystemExit(f"sft stage needs inputs.{name}")
     base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "input")
     tokenizer = load_tokenizer(base.tokenizer_dir)
-    records, data_stats = curate(read_jsonl(rt.inputs["data"]), params)
-    train_records, eval_records = split_holdout(records, params.eval_fraction, params.seed)
-    packed = encode_and_pack(train_records, tokenizer, params)
-    held = encode_and_pack(eval_records, tokenizer, params)
-    if not len(packed):
-        raise SystemExit(f"no SFT example fits maxLen={params.max_len}")
-    data_stats.update(
-        rows=len(packed),
-        skipped_too_long=packed.skipped,
-        target_tokens=int((packed.labels != -100).sum()),
-        tokens=int((packed.doc_ids >= 0).sum()),
+    sets = prepare_record_sets(
+        session,
+        session.output,
+        [TRAIN, EVAL],
+        sft_sets(session, rt.inputs["data"], tokenizer, params),
+        params=params.stream,
     )
+    n_rows, n_held = sets[TRAIN].records, sets[EVAL].records
+    if not n_rows:
+        raise SystemExit(f"no SFT example fits maxLen={params.max_len}")
+    data_stats = {**sets[TRAIN].counts, "rows": n_rows, "held_out_rows": n_held}
+    train = open_stream(session, TRAIN, params)
 
     model = load_causal_lm(base.model_dir, params.attention)
     attention = model.config._attn_implementation
-    total = steps_for(len(packed), params, env.world_size)
+    total = steps_for(n_rows, params, env.world_size)
     engine = session.build_engine(model, params, warmup=int(params.warmup_ratio * total), total=total)
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, total), seq_len=params.max_len)
     meta = loop.resume()
     start = meta.get("step", 0)
+    resume_stream(train, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
+    pad = tokenizer.pad_token_id
+
+    def held_out() -> float | None:
+        chunks = whole_set(session, EVAL, params, chunk=params.micro_batch_size) if n_held else []
+        return eval_loss(engine.model, chunks, params, pad, attention, session.device)
+
     if start == 0:
-        meta["eval_loss_before"] = eval_loss(
-            engine.model, held, params.packing, attention, session.device, params.micro_batch_size
-        )
+        meta["eval_loss_before"] = held_out()
     log.info(
         "SFT on %d rows of %d tokens (%d conversations, %s packing), steps %d..%d",
-        len(packed),
+        n_rows,
         params.max_len,
-        len(train_records),
+        data_stats.get("records_used", 0),
         params.packing,
         start + 1,
         total,
     )
 
     def step(index: int) -> StepResult:
-        batches = [
-            to_batch(
-                packed,
-                batch_indices(
-                    n_sequences=len(packed),
-                    step=index,
-                    micro_step=m,
-                    rank=env.rank,
-                    world_size=env.world_size,
-                    micro_batch=params.micro_batch_size,
-                    grad_accum=params.grad_accum_steps,
-                    seed=params.seed,
-                ),
-                params.packing,
-                attention,
-                session.device,
-            )
-            for m in range(params.grad_accum_steps)
-        ]
+        batches = []
+        for _ in range(params.grad_accum_steps):
+            packed = rows_of(train.take(params.micro_batch_size), params, pad)
+            batches.append(to_batch(packed, np.arange(len(packed)), params.packing, attention, session.device))
         loss, grad_norm = engine.train_step(batches, loss_fn=sft_loss)
         return StepResult(
             loss=loss,
             grad_norm=grad_norm,
-            tokens=sum(int((b["input_ids"] != tokenizer.pad_token_id).sum()) for b in batches),
+            tokens=sum(int((b["input_ids"] != pad).sum()) for b in batches),
             samples=params.micro_batch_size * params.grad_accum_steps,
             extra={"target_tokens": sum(int((b["labels"] != -100).sum()) for b in batches)},
         )
 
-    loop.run(step)
+    loop.run(step, checkpoint_meta=lambda _: {"data": train.state_dict()})
+    train.close()
 
-    eval_after = eval_loss(engine.model, held, params.packing, attention, session.device, params.micro_batch_size)
+    eval_after = held_out()
     hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:

@@ -110,3 +110,7 @@ class FSDPEngine(Engine):
     @property
     def lr(self):
         return self.scheduler.get_last_lr()[0]
+
+    @property
+    def forward_module(self):
+        return self.wrapped

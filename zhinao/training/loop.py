@@ -7,10 +7,10 @@ logging, checkpoint cadence and the stop condition. torchtitan's Trainer is the 
 engine (DDP, DeepSpeed ZeRO, later FSDP2) and the data layer plug in behind the step function and
 `Engine`, so neither touches a stage.
 
-Resumability rests on two properties the stages keep: a step's data is a function of its
-index alone (zhinao.data.packing.batch_indices) or of a data position the checkpoint holds (the
-token stream's `state_dict`, via `checkpoint_meta`), and everything else that evolves (weights,
-optimizer, scheduler, RNG, the stage's `meta`) is in the checkpoint.
+Resumability rests on two properties the stages keep: a step's data is a function of a data
+position the checkpoint holds (the stream's `state_dict`, zhinao.data.token_stream, via
+`checkpoint_meta`), and everything else that evolves (weights, optimizer, scheduler, RNG, the
+stage's `meta`) is in the checkpoint.
 """
 
 import logging
@@ -123,6 +123,7 @@ class TrainingLoop:
             began = time.perf_counter()
             lr = self.engine.lr
             result = step_fn(index)
+            seconds = time.perf_counter() - began  # the evaluation below is not training time
             step = index + 1
             extra = dict(result.extra)
             if eval_fn is not None and ((schedule.eval_every and step % schedule.eval_every == 0) or step == total):
@@ -134,7 +135,7 @@ class TrainingLoop:
                 grad_norm=result.grad_norm,
                 tokens=result.tokens,
                 samples=result.samples,
-                step_seconds=time.perf_counter() - began,
+                step_seconds=seconds,
                 **extra,
             )
             if step % schedule.log_every == 0 and env.is_main:

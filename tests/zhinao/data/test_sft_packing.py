@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from zhinao.chat import IGNORE_INDEX as X
-from zhinao.data.sft_packing import PAD_DOC, block_causal_mask, cu_seqlens, pack_examples, position_ids
+from zhinao.data.sft_packing import PAD_DOC, block_causal_mask, flatten_varlen, pack_examples, position_ids
 from zhinao.model import build_config, build_model
 
 
@@ -28,7 +28,24 @@ def test_greedy_packing_in_order_skips_overlong_and_pads():
     assert packed.doc_ids.tolist() == [[0, 0, 0, 1, 1, 1, 1, PAD_DOC], [0, 0, 1, 1, 1, 1, 1, PAD_DOC]]
     assert position_ids(packed.doc_ids, "naive").tolist()[0] == list(range(8))
     assert position_ids(packed.doc_ids, "document").tolist() == [[0, 1, 2, 0, 1, 2, 3, 4], [0, 1, 0, 1, 2, 3, 4, 5]]
-    assert cu_seqlens(packed.doc_ids[0]).tolist() == [0, 3, 7]
+
+
+def test_varlen_flattening_of_a_two_row_micro_batch():
+    packed = pack_examples([ex(3, 10), ex(4, 20), ex(2, 40), ex(6, 50)], max_len=8, pad_id=0)
+    flat = flatten_varlen(packed.input_ids, packed.labels, packed.doc_ids)
+    assert flat.input_ids.tolist() == [[10, 11, 12, 20, 21, 22, 23, 0, 40, 41, 50, 51, 52, 53, 54, 55]]
+    # one segment per example and one for the padding run; none crosses the row boundary at 8
+    assert flat.cu_seqlens.tolist() == [0, 3, 7, 8, 10, 16]
+    assert flat.cu_seqlens.dtype == np.int32 and flat.max_seqlen == 6
+    assert flat.position_ids.tolist() == [[0, 1, 2, 0, 1, 2, 3, 4, 0, 1, 0, 1, 2, 3, 4, 5]]
+    # the second row's first label is never a target (as in the (2, 8) rows' shifted loss)
+    assert flat.labels.tolist() == [[X, 11, 12, X, 21, 22, 23, X, X, 41, X, 51, 52, 53, 54, 55]]
+
+
+def test_varlen_segments_of_full_rows_split_at_the_row_boundary():
+    doc_ids = np.array([[0, 0, 0], [0, 0, 0]])  # the same doc id in consecutive rows: two examples
+    ids = np.arange(6).reshape(2, 3)
+    assert flatten_varlen(ids, ids, doc_ids).cu_seqlens.tolist() == [0, 3, 6]
 
 
 def test_block_causal_mask():

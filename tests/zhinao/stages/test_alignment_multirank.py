@@ -14,6 +14,7 @@ from alignment_assets import tiny_policy, write_jsonl
 from stage_runs import run, stage_output, step_records
 from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
+from zhinao.data.sft_tools import dedup
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, sft_conversations
 
 pytestmark = pytest.mark.slow
@@ -21,12 +22,20 @@ pytestmark = pytest.mark.slow
 SFT = dict(lr=3e-3, maxLen=64, microBatchSize=8, maxSteps=6, warmupRatio=0.1, checkpointEvery=6)
 
 
+def with_copies(data: list[dict]) -> list[dict]:
+    for at in (10, 51, 90, 133, 170):
+        data.insert(at, dict(data[0]))
+    return data + [{"messages": [{"role": "user", "content": "no answer"}]}]
+
+
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory) -> dict[str, str]:
     root = tmp_path_factory.mktemp("multirank")
     return {
         "policy": tiny_policy(root / "policy"),
-        "sft": write_jsonl(root / "sft", sft_conversations(200, seed=1)),
+        # 5 copies of one conversation and an invalid one, spread over both ranks' lines (one file: every
+        # other line each): curation must find the copies across ranks, as one rank would
+        "sft": write_jsonl(root / "sft", with_copies(sft_conversations(200, seed=1))),
         "preferences": write_jsonl(root / "prefs", preference_pairs(all_pairs()[:40], per_pair=2)),
         "prompts": write_jsonl(root / "prompts", rl_prompts(all_pairs())),
     }
@@ -116,6 +125,9 @@ def test_sft_with_ddp_trains_each_rank_on_its_own_rows_and_exports(chain):
     assert [(r["tokens"], r["target_tokens"]) for r in rank0] != [(r["tokens"], r["target_tokens"]) for r in rank1]
     summary = json.loads(out.get_bytes("summary.json"))
     assert summary["steps"] == 6 and summary["loss_last"] < summary["loss_first"]
+    kept, duplicates = dedup(with_copies(sft_conversations(200, seed=1))[:-1])  # what one process finds
+    assert summary["data"]["duplicates"] == duplicates >= 5 and summary["data"]["invalid"] == 1
+    assert summary["data"]["records_used"] == len(kept) and summary["data"]["records_in"] == 206
     model = AutoModelForCausalLM.from_pretrained(summary["hf"].removeprefix("file://"))
     assert model.config.model_type == "qwen2"
 

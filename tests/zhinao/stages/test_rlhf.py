@@ -120,6 +120,21 @@ def test_kl_stop_ends_training_and_a_rerun_does_not_continue(tmp_path, assets):
     assert max(r["step"] for r in steps if r.get("event") == "step") == stop["step"]
 
 
+def test_held_out_prompts_leave_training_and_leaving_none_is_a_clear_error(tmp_path, assets):
+    prompts = rl_prompts(all_pairs()[:40])
+    inputs = {
+        "policy": assets["policy"],
+        "reward": assets["reward"],
+        "prompts": write_jsonl(tmp_path / "few", prompts[:3]),
+    }
+    with pytest.raises(SystemExit, match="3 of inputs.prompts are the held-out evalPrompts=4 .* lower evalPrompts"):
+        run_stage("rlhf", inputs, f"file://{tmp_path}/none-left", **{**ONLINE, "maxSteps": 1})
+    out = f"file://{tmp_path}/held"
+    run_stage("rlhf", {**inputs, "prompts": assets["prompts"]}, out, **{**ONLINE, "maxSteps": 1})
+    index = json.loads(open_store(out).get_bytes("records/train/index.json"))
+    assert index["counts"]["held_out"] == 4 and index["records"] == len(prompts) - 4
+
+
 def test_remax_scored_by_the_reward_model_alone_trains(tmp_path, assets):
     # The defaults: rmWeight 1 and no rules (a rule-less score once came out as an integer tensor).
     out = f"file://{tmp_path}/rm-only"
@@ -303,3 +318,30 @@ def test_frozen_models_are_held_in_the_reference_precision(assets):
     wrapped = Offloaded(model, cpu)
     assert not list(wrapped.parameters())  # not a submodule: moving the wrapper cannot move the model
     assert torch.equal(wrapped(input_ids=ids).logits, model(input_ids=ids).logits)
+
+
+def test_ppo_critic_runs_in_bf16_like_the_policy_with_fp32_master_weights(tmp_path, assets, monkeypatch):
+    """Under `precision: bf16` every matmul of the critic (rollout values and update) computes in bf16,
+    as the policy's do, while its trained weights and their gradients stay fp32."""
+    from zhinao.alignment import ppo
+
+    seen = {"critic": set(), "policy": set(), "weights": set(), "grads": set()}
+    real = ppo.actor_critic
+
+    def watched(policy, critic_init, params):
+        ac, groups = real(policy, critic_init, params)
+        for name in ("critic", "policy"):
+            for m in getattr(ac, name).modules():
+                if isinstance(m, torch.nn.Linear):
+                    m.register_forward_hook(lambda _m, _i, out, name=name: seen[name].add(out.dtype))
+        for p in ac.critic.parameters():
+            p.register_hook(lambda g: seen["grads"].add(g.dtype))
+        seen["weights"] |= {p.dtype for p in ac.critic.parameters()}
+        return ac, groups
+
+    monkeypatch.setattr(ppo, "actor_critic", watched)
+    params = {**ONLINE, "algorithm": "ppo", "maxSteps": 1, "ppoEpochs": 1, "evalPrompts": 0}
+    params |= {"precision": "bf16", "rolloutPrecision": "bf16"}  # the policy generates in bf16 too
+    run_stage("rlhf", {k: assets[k] for k in ("policy", "reward", "prompts")}, f"file://{tmp_path}/ppo", **params)
+    assert seen["critic"] == {torch.bfloat16} and seen["policy"] == {torch.bfloat16}
+    assert seen["weights"] == {torch.float32} and seen["grads"] == {torch.float32}

@@ -7,6 +7,7 @@ import torch
 from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
 from transformers import AutoModelForCausalLM
 
+from zhinao.data import sft_tools
 from zhinao.storage import open_store
 from zhinao.synthetic import sft_conversations
 
@@ -63,3 +64,20 @@ def test_sft_resumes_mid_run_to_identical_weights(tmp_path, assets, monkeypatch)
         if json.loads(l).get("event") == "step"
     ]
     assert steps == list(range(1, 13))
+
+
+def test_sft_curation_drops_low_rated_sources_and_reweights_by_label(tmp_path, assets):
+    data = [dict(r) for r in sft_conversations(40, seed=3)]
+    unique = sft_tools.dedup(data)[0]
+    for i, r in enumerate(unique):  # one source rated low by its records, one with no rating at all
+        r["source"], r["rating"] = ("low", 1) if i % 4 == 0 else ("good", 5)
+        r["difficulty"] = "hard" if i % 2 else "easy"
+    rated = {"model": assets["model"], "data": write_jsonl(tmp_path / "rated", unique)}
+    out = f"file://{tmp_path}/curated"
+    weights = {"difficulty:hard": 2.0, "difficulty:easy": 0.0}
+    run_stage("sft", rated, out, **{**PARAMS, "maxSteps": 1, "minSourceRating": 3, "labelWeights": weights})
+    d = json.loads(open_store(out).get_bytes("summary.json"))["data"]
+    low = sum(1 for i in range(len(unique)) if i % 4 == 0)
+    hard_kept = sum(1 for i in range(len(unique)) if i % 4 and i % 2)
+    assert d["dropped_sources"] == 1 and d["dropped_source_records"] == low and d["duplicates"] == 0
+    assert d["records_used"] == 2 * hard_kept  # hard ones twice, easy ones pruned
