@@ -37,7 +37,7 @@ def plan_result(pipeline_text: str, stage: str) -> PlanResult:
         stage,
         "fits",
         f"stage {stage!r} needs {plan.peak / 1e9:.1f} GB per GPU of {fit.capacity / 1e9:.1f} GB "
-        f"with engine {plan.engine} on {plan.world_size} ranks",
+        f"with engine {plan.engine} on {plan.ranks} ranks",
     )
 
 

@@ -28,6 +28,8 @@ def test_dry_run_trains_reports_throughput_mfu_and_memory_and_steps_every_stage_
     assert result["model"] == "tiny" and result["steps"] == 3
     assert result["loss_last"] < result["loss_first"]
     assert result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1 and result["peak_memory_gb"] > 0
+    long = result["long_context"]  # the 32K line, at 64 tokens on CPU
+    assert long["seq_len"] == 64 and long["tokens_per_second"] > 0 and "MPT-1B" in long["anchor"]
     remax = result["remax"]  # on CPU: the tiny model, the hf engine only (vLLM needs a GPU)
     assert remax["model"] == "tiny" and list(remax["engines"]) == ["hf"]
     hf = remax["engines"]["hf"]
