@@ -71,9 +71,13 @@ def crash_on_step(monkeypatch, n: int) -> None:
 
 
 def hf_weights(uri: str) -> dict:
+    """The exported weights of a file:// stage output (of what it published, if it did)."""
     from safetensors.torch import load_file
 
-    return load_file(uri.removeprefix("file://") + "/hf/model.safetensors")
+    from zhinao.artifacts import published_store
+    from zhinao.storage import open_store
+
+    return load_file(published_store(open_store(uri)).uri.removeprefix("file://") + "/hf/model.safetensors")
 
 
 def assert_same_weights(a: dict, b: dict) -> None:
