@@ -122,7 +122,7 @@ bench: install ## Pretraining vs HF Trainer, the data pipeline vs datatrove, rin
 	$(BIN)/python bench/rlhf_vs_trl.py
 
 .PHONY: gpu-check
-gpu-check: install ## On one GPU: pretrain the 1.8B model at 4K in bf16 (flash-attn); tokens/s, MFU, peak memory.
+gpu-check: install ## On one GPU: pretrain the 1.8B model at 4K in bf16 (flash-attn); tokens/s, MFU, peak memory; a ReMax step; one bf16 step of every stage kind.
 	$(BIN)/python bench/gpu_check.py --out bench/results/gpu_check.json
 
 .PHONY: bench-operator

@@ -4,7 +4,11 @@ The model, engine, activation checkpointing and chunked loss are the pretrain st
 (`build_engine` with the stage's defaults: bf16, flash-attn when installed). A fixed number of
 optimizer steps run on random tokens; the first `--warmup` are excluded from the timing. Prints
 tokens/s, MFU (6N + 12LdT FLOPs per token against the device's peak bf16 FLOP/s) and peak memory
-as one JSON line, and writes it to --out when given.
+as one JSON line. Then the named `CHECKS` run in order, each printing its lines (a 1B-class model's
+step at 32K tokens: `ring_attention.py`, anchor MPT-1B 12,025 tokens/s; a ReMax step per installed
+rollout engine: `remax_check.py`; one step of every stage kind in bf16: `stage_steps.py`); their
+figures join the JSON written to --out under their names, and the exit code is non-zero if the loss
+did not fall or any check failed.
 
     python bench/gpu_check.py                 # the GPU check (1.8b, 4096 tokens, 12 steps)
     python bench/gpu_check.py --dry-run       # the same path on CPU with the tiny model (tests)
@@ -15,10 +19,13 @@ import json
 import resource
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from remax_check import remax_check
+from ring_attention import long_context_check
+from stage_steps import stage_steps
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.distributed import DistEnv
@@ -109,16 +116,48 @@ def run(args: argparse.Namespace) -> dict:
     }
 
 
+def stage_kinds(args: argparse.Namespace) -> tuple[dict, bool]:
+    """One step of every stage kind in bf16 (on CPU for --dry-run): `<kind>: ok` or the error."""
+    verdicts, ok = stage_steps()
+    for kind, verdict in verdicts.items():
+        print(f"stage {kind}: {verdict}", flush=True)
+    return verdicts, ok
+
+
+def long_context(args: argparse.Namespace) -> tuple[dict, bool]:
+    """A 1B-class model's training step at 32K tokens (ring_attention.py): figures, no pass mark of its own."""
+    figures = long_context_check(args.dry_run)
+    print(json.dumps({"long_context": figures}), flush=True)
+    return figures, True
+
+
+def remax(args: argparse.Namespace) -> tuple[dict, bool]:
+    """A ReMax step per installed rollout engine (remax_check.py): figures, no pass mark of its own."""
+    figures = remax_check(args.dry_run)
+    print(json.dumps({"remax": figures}), flush=True)
+    return figures, True
+
+
+CHECKS: list[tuple[str, Callable[[argparse.Namespace], tuple[dict, bool]]]] = [
+    ("long_context", long_context),
+    ("remax", remax),
+    ("stages", stage_kinds),
+]
+"""Run after the throughput part, in order: name -> (its figures for the result JSON, whether it passed)."""
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
     result = run(args)
-    result["remax"] = remax_check(args.dry_run)  # a ReMax step per installed rollout engine
-    line = json.dumps(result)
-    print(line)
-    if args.out:
-        args.out.write_text(line + "\n")
+    print(json.dumps(result), flush=True)
     finite = all(v == v for v in (result["loss_first"], result["loss_last"]))
-    return 0 if finite and result["loss_last"] < result["loss_first"] else 1
+    ok = finite and result["loss_last"] < result["loss_first"]
+    for name, check in CHECKS:
+        result[name], passed = check(args)
+        ok = ok and passed
+    if args.out:
+        args.out.write_text(json.dumps(result) + "\n")
+    return 0 if ok else 1
 
 
 if __name__ == "__main__":

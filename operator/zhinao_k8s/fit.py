@@ -2,7 +2,8 @@
 
 A stage is planned when it asks for GPUs and trains a causal LM whose shape the spec names:
 pretrain (its modelSize), and longctx / SFT stages whose `model` input leads back to a pretrain
-stage of the pipeline. Reward and RLHF stages (several models per rank) and models given by URI
+stage of the pipeline (longctx with its sequence-parallel split: seqLen / sequenceParallel tokens
+per rank). Reward and RLHF stages (several models per rank) and models given by URI
 are reported as not planned. The plan itself is `zhinao.training.memory_plan`.
 """
 
@@ -39,30 +40,25 @@ class StageFit:
         return self.plan is not None and not self.plan.fits(self.capacity)
 
 
-def _source(pipeline: TrainingPipeline, stage, key: str):
-    uri = stage.inputs.get(key, "")
-    return pipeline.stage(uri.removeprefix("stage://")) if uri.startswith("stage://") else None
-
-
 def _model_config(pipeline: TrainingPipeline, stage):
     """The Qwen2 config the stage trains, traced through `model` inputs to a pretrain stage; None if unknown."""
-    while stage is not None and stage.kind != "pretrain":
-        stage = _source(pipeline, stage, "model")
-    if stage is None:
+    stage = pipeline.model_lineage(stage)[-1]
+    if stage.kind != "pretrain":
         return None
     vocab = SIZES[stage.params.model_size].vocab
     if vocab is None:
-        tokenizer = _source(pipeline, stage, "tokenizer")
+        tokenizer = pipeline.source(stage, "tokenizer")
         vocab = tokenizer.params.vocab_size if tokenizer is not None else None
     if vocab is None:
         return None
     return build_config(stage.params.model_size, vocab_size=vocab, attention="sdpa")
 
 
-def _tokens_per_rank(stage) -> int:
+def _sequence(stage) -> tuple[int, int]:
+    """(tokens per sequence, ranks one sequence is split across)."""
     if stage.kind == "longctx":
-        return stage.params.seq_len // stage.params.sequence_parallel
-    return stage.params.seq_len if stage.kind == "pretrain" else stage.params.max_len
+        return stage.params.seq_len, stage.params.sequence_parallel
+    return (stage.params.seq_len if stage.kind == "pretrain" else stage.params.max_len), 1
 
 
 def plan_stage(pipeline: TrainingPipeline, index: int) -> StageFit:
@@ -76,13 +72,15 @@ def plan_stage(pipeline: TrainingPipeline, index: int) -> StageFit:
     params = stage.params
     if params.precision == "auto":  # on a GPU `auto` is bf16
         params = params.model_copy(update={"precision": "bf16"})
+    seq_len, sequence_parallel = _sequence(stage)
     try:
         plan = plan_training_step(
             config,
             params,
             world_size=stage.replicas * stage.nproc_per_node,
             micro_batch=params.micro_batch_size,
-            seq_len=_tokens_per_rank(stage),
+            seq_len=seq_len,
+            sequence_parallel=sequence_parallel,
         )
     except PlanError as e:
         return StageFit(index, stage.name, capacity, None, str(e))
@@ -100,7 +98,7 @@ def refusal(fit: StageFit) -> str:
     parts = ", ".join(f"{k} {v / 1e9:.1f}" for k, v in plan.breakdown.items())
     return (
         f"spec.stages[{fit.index}].resources.gpuMemory: stage {fit.name!r} needs {plan.peak / 1e9:.1f} GB per GPU "
-        f"({parts}) with engine {plan.engine} on {plan.world_size} ranks; {fit.capacity / 1e9:.1f} GB less "
+        f"({parts}) with engine {plan.engine} on {plan.ranks} ranks; {fit.capacity / 1e9:.1f} GB less "
         f"{HEADROOM / 1e9:.1f} GB headroom does not hold it (try engine fsdp, more GPUs, activation checkpointing "
         "or a smaller micro-batch)"
     )

@@ -86,6 +86,8 @@ def test_rbac_is_least_privilege() -> None:
         ("zhinao.ai", "trainingpipelines/finalizers"): {"update"},  # blockOwnerDeletion on children
         ("zhinao.ai", "ablations/finalizers"): {"update"},
         ("kubeflow.org", "pytorchjobs"): {"get", "list", "watch", "create", "patch", "delete"},
+        ("batch", "jobs"): {"list", "watch", "create", "delete"},  # GPU stages' memory plans
+        ("", "pods"): {"list"},  # a plan's verdict: its pod's termination message
         ("", "configmaps"): {"create", "patch"},  # each stage's spec, mounted into its pods
         ("", "events"): {"create", "patch"},
     }

@@ -420,6 +420,7 @@ def test_values_schema_pipeline_is_the_models_schema() -> None:
         "retryPolicy",
         "scheduling",
         "suspend",
+        "memoryPlan",
     }
     assert schema["definitions"]["Credentials"]["properties"].keys() == {"secretRef"}
     assert schema["definitions"]["SecretRef"]["additionalProperties"] is False

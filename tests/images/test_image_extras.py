@@ -23,6 +23,7 @@ from packaging.utils import canonicalize_name
 
 from zhinao.stages import STAGE_MODULES
 from zhinao_k8s.render.ablation import JOB_MODULE
+from zhinao_k8s.render.plan_job import PLAN_MODULE
 
 FIRST_PARTY = {"zhinao": REPO / "zhinao", "zhinao_k8s": REPO / "operator" / "zhinao_k8s"}
 
@@ -42,9 +43,11 @@ def console_script_module() -> str:
 ENTRY_POINTS = {
     # `torchrun ... -m zhinao` in every training pod (it imports the stage's module by name from the
     # registry); `python -m zhinao.wait_inputs`, the init container of a stage that reads another's
-    # output; `python -m JOB_MODULE` in an Ablation's prepare and evaluate jobs.
+    # output; `python -m JOB_MODULE` in an Ablation's prepare and evaluate jobs; `python -m PLAN_MODULE`
+    # in a GPU stage's memory plan Job.
     "trainer": [
-        Entry(m, lazy=True) for m in ("zhinao.__main__", "zhinao.wait_inputs", *STAGE_MODULES.values(), JOB_MODULE)
+        Entry(m, lazy=True)
+        for m in ("zhinao.__main__", "zhinao.wait_inputs", *STAGE_MODULES.values(), JOB_MODULE, PLAN_MODULE)
     ],
     # `zhinao-k8s operator run`, and the cluster commands (submit, status, ...) the image also serves.
     "operator": [Entry(console_script_module(), lazy=False), Entry("zhinao_k8s.cli.cluster", lazy=True)],

@@ -59,6 +59,14 @@ RESOURCES = {
         subresources={"status"},
         verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
     ),
+    # A GPU stage's memory plan Job (render/plan_job.py); the tests play the Job controller.
+    "batch/v1/jobs": kmock.ResourceInfo(
+        kind="Job",
+        singular="job",
+        namespaced=True,
+        subresources={"status"},
+        verbs={"get", "list", "watch", "create", "update", "patch", "delete"},
+    ),
     "v1/pods": kmock.ResourceInfo(
         kind="Pod",
         singular="pod",

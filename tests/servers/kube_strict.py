@@ -2,7 +2,8 @@
 
 Used by kube_mock.Emulator on every request:
 - every created or changed object of a known CRD is validated against that CRD's real schema
-  (ours in manifests/crds/, Kubeflow's PyTorchJob): 422 Invalid;
+  (ours in manifests/crds/, Kubeflow's PyTorchJob), and every batch/v1 Job and Pod against the
+  Kubernetes OpenAPI schema (kubernetes-validate, strict): 422 Invalid;
 - a write that names a stale `metadata.resourceVersion` is refused: 409 Conflict;
 - `metadata.generation` counts changes of `spec` only;
 - with a status subresource, the main resource ignores `status` and `/status` writes only `status`;
@@ -22,7 +23,7 @@ from pathlib import Path
 import jsonschema
 import kmock
 import yaml
-from schemas import crd_json_schema, crd_path
+from schemas import crd_json_schema, crd_path, validate_k8s
 
 REPO = Path(__file__).resolve().parents[2]
 FOREGROUND = "foregroundDeletion"
@@ -51,12 +52,17 @@ def crd_schemas() -> dict[tuple[str, str, str], jsonschema.Draft4Validator]:
     return out
 
 
+BUILTIN = {("batch", "v1", "jobs"), ("", "v1", "pods")}
+"""Built-in resources the operator or its tests create, validated with Kubernetes' own schema."""
+
+
 def validate(resource, obj: dict) -> None:
-    validator = crd_schemas().get((resource.group, resource.version, resource.plural))
-    if validator is None:
+    key = (resource.group or "", resource.version, resource.plural)
+    validator = crd_schemas().get(key)
+    if validator is None and key not in BUILTIN:
         return
     try:
-        validator.validate(obj)
+        validator.validate(obj) if validator is not None else validate_k8s(obj)
     except jsonschema.ValidationError as exc:
         where = ".".join(str(p) for p in exc.absolute_path) or "<object>"
         raise invalid(f"{resource.plural} is invalid: {where}: {exc.message}") from None

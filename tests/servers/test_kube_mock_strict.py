@@ -87,6 +87,21 @@ def test_objects_that_break_the_real_crd_schema_are_refused(api, coords, body, w
     assert err.value.status == 422 and where in err.value.body
 
 
+def test_a_batch_job_that_breaks_the_kubernetes_schema_is_refused(kube: KubeMock) -> None:
+    """The operator's memory plan Jobs are checked against Kubernetes' own Job schema (strict)."""
+    batch = kube.cluster.batch
+    template = {"spec": {"restartPolicy": "Never", "containers": [{"name": "plan", "image": "trainer:1"}]}}
+    body = {"apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "p"}, "spec": {"template": template}}
+    bad = {**body, "spec": {"template": template, "backoffLimit": "none"}}
+    with pytest.raises(ApiException) as err:
+        batch.create_namespaced_job(NS, bad)
+    assert err.value.status == 422 and "spec.backoffLimit" in err.value.body
+    batch.create_namespaced_job(NS, body)
+    with pytest.raises(ApiException) as err:
+        batch.patch_namespaced_job_status("p", NS, {"status": {"conditions": [{"type": "Complete"}]}})
+    assert err.value.status == 422 and "status" in err.value.body.lower()
+
+
 def test_a_patch_against_a_stale_resource_version_conflicts(api) -> None:
     created = api.create_namespaced_custom_object(*TP, pipeline())
     stale = created["metadata"]["resourceVersion"]

@@ -80,3 +80,31 @@ def test_7b_at_4k_on_8_h100_fits_sharded_and_is_refused_under_ddp():
     assert replicated.refused
     assert replicated.plan.breakdown["optimizer"] >= 8 * replicated.plan.n_params  # 62 GB of fp32 Adam moments
     assert "stage 'pretrain' needs" in refusal(replicated)
+
+
+def _longctx_plan(sequence_parallel: int, gpus: int):
+    """The long-context example's longctx stage at a tiny model shape (its plan takes seconds, the
+    7B's minutes), activation checkpointing off so that the activations stay in the peak."""
+    doc = yaml.safe_load(example_text("longctx-7b"))
+    tokenizer, pretrain, longctx = doc["spec"]["stages"]
+    tokenizer["params"]["vocabSize"] = 32000
+    pretrain["params"]["modelSize"] = "tiny"
+    longctx["nprocPerNode"] = gpus
+    longctx["params"].update(
+        engine="fsdp", activationCheckpointing="off", seqLen=8192, sequenceParallel=sequence_parallel
+    )
+    return plan_stage(parse_pipeline(yaml.safe_dump(doc), "longctx-7b"), 2).plan
+
+
+def test_longctx_plan_splits_activations_over_sp_and_shards_the_model_over_dp_x_sp():
+    sp2, sp8, sp8_dp2 = _longctx_plan(2, 8), _longctx_plan(8, 8), _longctx_plan(8, 16)
+    assert (sp2.ranks, sp8.ranks, sp8_dp2.ranks) == ("8 = dp 4 x sp 2", "8 = dp 1 x sp 8", "16 = dp 2 x sp 8")
+    assert (sp2.tokens_per_rank, sp8.tokens_per_rank) == (4096, 1024)
+    # More ranks per sequence: fewer tokens per rank, smaller activations, the same shards.
+    assert sp8.breakdown["activations"] < 0.75 * sp2.breakdown["activations"]
+    assert sp8.breakdown["optimizer"] == sp2.breakdown["optimizer"]
+    # Twice the ranks at the same sp: FSDP shards over dp x sp, so the Adam moments halve and the
+    # parameter shards shrink; the activations do not change.
+    assert sp8_dp2.breakdown["optimizer"] == pytest.approx(sp8.breakdown["optimizer"] / 2, rel=0.01)
+    assert sp8_dp2.breakdown["parameters"] < sp8.breakdown["parameters"]
+    assert sp8_dp2.breakdown["activations"] == sp8.breakdown["activations"]

@@ -1,8 +1,8 @@
-"""Evaluations of one pretraining run: validation loss over its checkpoints, and the benchmark harness.
+"""Evaluations of one pretraining run: its validation and training loss curves, and the benchmark harness.
 
-Validation loss "every N steps" is computed after training from the checkpoints the run kept
-every N steps (the plan sets checkpointEvery = N and keeps them all), so the pretrain stage needs
-no evaluation hook and the same code evaluates cluster and local runs.
+Validation loss "every N steps" is computed by the pretrain stage in its training loop (evalEvery
+= N on the ablation's held-out sequences, `inputs.valid`) and read here from the run's metrics log,
+so no run keeps a checkpoint for its evaluation: only the latest, to resume.
 
 Benchmark task files are JSONL, one item per line (docs/ablation.md has the full description):
 
@@ -26,10 +26,8 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from zhinao.artifacts import StageOutput
-from zhinao.checkpoint import step_name
 from zhinao.corpus import jsonl_lines
 from zhinao.storage import ObjectStore, open_store
 
@@ -144,35 +142,10 @@ def load_run_model(run: ObjectStore, workdir: Path):
     return model, PreTrainedTokenizerFast.from_pretrained(dest)
 
 
-def checkpoint_state(run: ObjectStore, step: int, workdir: Path) -> dict:
-    path = StageOutput(run).checkpoints().get_part(step, "model.pt", workdir / f"{step_name(step)}-model.pt")
-    state = torch.load(path, map_location="cpu")
-    path.unlink()
-    return state
-
-
-@torch.no_grad()
-def valid_loss(model, tokens: np.ndarray, *, batch: int = 16) -> float:
-    """Mean next-token cross-entropy (nats per token) over (n, seqLen) sequences."""
-    total, count = 0.0, 0
-    for i in range(0, len(tokens), batch):
-        ids = torch.from_numpy(tokens[i : i + batch].astype(np.int64)).to(model.device)
-        logits = model(input_ids=ids).logits[:, :-1].float()
-        loss = F.cross_entropy(logits.reshape(-1, logits.size(-1)), ids[:, 1:].reshape(-1), reduction="sum")
-        total += float(loss)
-        count += ids[:, 1:].numel()
-    return total / count
-
-
-def valid_curve(run: ObjectStore, model, tokens: np.ndarray, workdir: Path) -> list[dict]:
-    """[{step, valid_loss}] for every checkpoint the run kept; the model ends with its final weights."""
-    final = {k: v.clone() for k, v in model.state_dict().items()}
-    curve = []
-    for step in StageOutput(run).checkpoints().committed_steps():
-        model.load_state_dict(checkpoint_state(run, step, workdir))
-        curve.append({"step": step, "valid_loss": valid_loss(model, tokens)})
-    model.load_state_dict(final)
-    return curve
+def valid_curve(steps: list[dict]) -> list[dict]:
+    """[{step, valid_loss}] from a run's step records: the pretrain stage computed it in its loop
+    every `evalEvery` steps and after the last one."""
+    return [{"step": r["step"], "valid_loss": r["valid_loss"]} for r in steps if "valid_loss" in r]
 
 
 # ---- likelihood and generation -----------------------------------------------------------------
@@ -342,24 +315,24 @@ def _evaluate_gen(model, tokenizer, items: list[Item], max_new_tokens: int) -> d
     return out
 
 
-def evaluate_run(
-    run_uri: str, *, valid_tokens: np.ndarray | None, items: list[Item], workdir: Path, max_new_tokens: int = 8
-) -> dict:
-    """Every evaluation of one run: {"valid_curve", "valid_loss", "train_loss", "benchmarks"}."""
+def evaluate_run(run_uri: str, *, valid: bool, items: list[Item], workdir: Path, max_new_tokens: int = 8) -> dict:
+    """Every evaluation of one run: {"valid_curve", "valid_loss", "train_curve", "train_loss", "benchmarks"}."""
     torch.manual_seed(0)
     run = open_store(run_uri)
-    workdir.mkdir(parents=True, exist_ok=True)
-    model, tokenizer = load_run_model(run, workdir)
-    result: dict = {}
-    if valid_tokens is not None:
-        result["valid_curve"] = valid_curve(run, model, valid_tokens, workdir)
-        result["valid_loss"] = (
-            result["valid_curve"][-1]["valid_loss"] if result["valid_curve"] else valid_loss(model, valid_tokens)
-        )
     steps = StageOutput(run).step_records()
+    result: dict = {}
+    if valid:
+        result["valid_curve"] = valid_curve(steps)
+        if not result["valid_curve"]:
+            raise ValueError(
+                f"{run_uri}: the metrics log holds no valid_loss (the run was trained without inputs.valid)"
+            )
+        result["valid_loss"] = result["valid_curve"][-1]["valid_loss"]
     result["train_curve"] = [{"step": r["step"], "loss": r["loss"]} for r in steps]
     tail = steps[-max(1, len(steps) // 10) :]
     result["train_loss"] = float(np.mean([r["loss"] for r in tail]))
     if items:
+        workdir.mkdir(parents=True, exist_ok=True)
+        model, tokenizer = load_run_model(run, workdir)
         result["benchmarks"] = evaluate_tasks(model, tokenizer, items, max_new_tokens=max_new_tokens)
     return result

@@ -2,15 +2,20 @@
 
 Layout under the ablation's prep prefix (`<storage>/<ablation>/prep`):
 
-    base/                    data-processing output over the base corpus (when base.data is set)
+    base/                    data-stage output over the base corpus (when base.data is set)
     tokenizer/tokenizer/     the shared tokenizer (the tokenizer stage's layout)
-    valid/docs.jsonl         held-out documents of the base data (whole topics)
-    valid/tokens.npy         (n, seqLen) validation sequences packed from them
-    recipes/<r>/data/        the recipe's data-processing output
+    valid/docs/              held-out documents of the base data (whole topics)
+    valid/tokens.npy         (n, seqLen) validation sequences packed from them (the runs' inputs.valid)
+    recipes/<r>/data/        the recipe's data-stage output
     recipes/<r>/train/docs/  the run's training documents: experimental + base at the share
     recipes/<r>/train/mix.json
     sft/data/, sft/prompts/  the built-in SFT evaluation data (sft_eval.py), when the spec names none
     done.json                marker written last (a finished prep is reused)
+
+The data-stage outputs are written before, by the ablation's data pipeline (one distributed
+data-stage PyTorchJob per corpus, `AblationParams.processed`). Everything here streams: documents
+are read from storage, measured or written, and dropped (zhinao.ablation.mixture), so no corpus is
+held in this process's memory; per document it keeps a token length and a copy count.
 
 Why one tokenizer: losses are per token, so runs are comparable only if they cut text into the
 same tokens; a recipe-specific tokenizer would change the loss unit. It is trained on the base
@@ -19,27 +24,34 @@ data's training topics, which every run shares and no recipe influences.
 
 import hashlib
 import io
+import itertools
 import json
-import logging
-import random
 import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import numpy as np
 
+from zhinao.ablation.mixture import (
+    TOKENIZE_BATCH,
+    batched,
+    copies,
+    interleave,
+    measure,
+    repeat,
+    sample_rows,
+    write_parts,
+)
 from zhinao.ablation.sft_eval import write_builtin
-from zhinao.artifacts import StageOutput
-from zhinao.config.ablation import AblationParams, Recipe
-from zhinao.config.data import DataParams
+from zhinao.artifacts import StageOutput, published_store
+from zhinao.config.ablation import BASE_DATA, AblationParams, Recipe, recipe_data
 from zhinao.corpus import corpus_keys, jsonl_lines
-from zhinao.data.packing import pack_source
-from zhinao.distributed import DistEnv
+from zhinao.data.packing import iter_packed
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, to_transformers, train_bpe
 from zhinao.tokenizer import load as load_tokenizer
 
-log = logging.getLogger(__name__)
 PREP_TOKENIZER = "tokenizer"
 """The shared tokenizer's prefix under the preparation root, laid out as a tokenizer stage's output."""
 
@@ -47,21 +59,20 @@ PREP_TOKENIZER = "tokenizer"
 # ---- documents ---------------------------------------------------------------------------------
 
 
-def read_records(store: ObjectStore) -> list[dict]:
-    """Every JSON object with a non-empty `text` under the prefix (docs/ of a data-stage output first)."""
-    records = []
+def iter_records(store: ObjectStore) -> Iterator[dict]:
+    """Every JSON object with a non-empty `text` under the prefix (docs/ of a data-stage output first),
+    one file in memory at a time."""
     for _key, _number, line in jsonl_lines(store, corpus_keys(store)):
         try:
             rec = json.loads(line)
         except ValueError:
             continue
         if isinstance(rec, dict) and isinstance(rec.get("text"), str) and rec["text"].strip():
-            records.append(rec)
-    return records
+            yield rec
 
 
-def write_records(store: ObjectStore, key: str, records: list[dict]) -> None:
-    store.put_bytes(key, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode("utf-8"))
+def read_records(store: ObjectStore) -> list[dict]:
+    return list(iter_records(store))
 
 
 # ---- held-out topic split ----------------------------------------------------------------------
@@ -86,92 +97,25 @@ def is_held_out(topic: str, share: float, seed: int) -> bool:
     return h / 2.0**64 < share
 
 
-def split_by_topic(records: list[dict], *, share: float, field: str, seed: int) -> tuple[list[dict], list[dict]]:
-    """(train, valid): a topic is entirely on one side."""
-    train, valid = [], []
-    for r in records:
-        (valid if is_held_out(topic_of(r, field), share, seed) else train).append(r)
-    return train, valid
-
-
-# ---- mixing ------------------------------------------------------------------------------------
-
-
-def take_tokens(
-    records: list[dict], lengths: list[int], budget: int, rng: random.Random
-) -> tuple[list[dict], int, int]:
-    """Documents in a seeded random order until `budget` tokens; cycles (repeats) when there are too
-    few. Returns (documents, tokens, passes over the data)."""
-    if not records or budget <= 0:
-        return [], 0, 0
-    order = list(range(len(records)))
-    out, tokens, passes = [], 0, 0
-    while tokens < budget:
-        rng.shuffle(order)
-        passes += 1
-        for i in order:
-            out.append(records[i])
-            tokens += lengths[i]
-            if tokens >= budget:
-                break
-    return out, tokens, passes
-
-
-def mix(
-    experimental: list[dict],
-    exp_lengths: list[int],
-    base: list[dict],
-    base_lengths: list[int],
-    *,
-    share: float,
-    tokens: int,
-    seed: int,
-) -> tuple[list[dict], dict]:
-    """`share` of `tokens` from the experimental documents, the rest from the base documents."""
-    rng = random.Random(seed)
-    exp_docs, exp_tokens, exp_passes = take_tokens(experimental, exp_lengths, round(share * tokens), rng)
-    base_docs, base_tokens, base_passes = take_tokens(base, base_lengths, tokens - round(share * tokens), rng)
-    docs = [dict(r, ablation_part="experimental") for r in exp_docs] + [
-        dict(r, ablation_part="base") for r in base_docs
-    ]
-    rng.shuffle(docs)
-    info = {
-        "experimental_tokens": exp_tokens,
-        "base_tokens": base_tokens,
-        "experimental_share": exp_tokens / max(1, exp_tokens + base_tokens),
-        "experimental_passes": exp_passes,
-        "base_passes": base_passes,
-        "experimental_docs_available": len(experimental),
-        "base_docs_available": len(base),
-    }
-    return docs, info
-
-
 # ---- the whole preparation ---------------------------------------------------------------------
 
 
-def process_data(params: DataParams, corpus_uri: str, out: ObjectStore) -> None:
-    from zhinao.data.processing import run_data_processing
-
-    if StageOutput(out).is_finished():
-        return
-    report = run_data_processing(
-        params, corpus=open_store(corpus_uri), output=out, dist=DistEnv(0, 1, 0), run_id="ablation"
-    )
-    StageOutput(out).write_summary({"docs_written": report["docs_written"]})
-
-
-def token_lengths(tokenizer, records: list[dict]) -> list[int]:
-    if not records:
-        return []
-    enc = tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]
-    return [len(ids) + 1 for ids in enc]  # + <eod>
+def processed(prep: ObjectStore, prefix: str, what: str) -> ObjectStore:
+    """What the data stage published at `prefix` of the preparation root; it must have finished."""
+    out = StageOutput(prep.child(prefix))
+    if not out.is_finished():
+        raise ValueError(
+            f"{what}: {prep.child(prefix).uri} holds no finished data-stage output (_published.json): the "
+            "ablation's data pipeline `<ablation>-data` processes it first"
+        )
+    return out.store
 
 
-def train_tokenizer(params: AblationParams, records: list[dict], out: ObjectStore) -> None:
+def train_tokenizer(params: AblationParams, texts: Iterable[str], out: ObjectStore) -> None:
     tp = params.tokenizer
-    texts = (r["text"] for r in records[: tp.max_documents or None])
-    tok = train_bpe(texts, vocab_size=tp.vocab_size, min_frequency=tp.min_frequency)
+    tok = train_bpe(
+        itertools.islice(texts, tp.max_documents or None), vocab_size=tp.vocab_size, min_frequency=tp.min_frequency
+    )
     with tempfile.TemporaryDirectory() as tmp:
         to_transformers(tok).save_pretrained(tmp)
         StageOutput(out).put_tokenizer(Path(tmp))
@@ -181,18 +125,64 @@ def fetch_prep_tokenizer(prep: ObjectStore, dest: Path):
     return load_tokenizer(StageOutput(prep.child(PREP_TOKENIZER)).fetch_tokenizer(dest))
 
 
-def pack_valid(tokenizer, records: list[dict], *, seq_len: int, max_sequences: int, seed: int) -> np.ndarray:
+class Split:
+    """One base or recipe source split by topic, read afresh from storage at each pass."""
+
+    def __init__(self, store: ObjectStore, vl, seed: int):
+        self.store, self.vl, self.seed = store, vl, seed
+
+    def held_out(self, record: dict) -> bool:
+        return is_held_out(topic_of(record, self.vl.topic_field), self.vl.held_out_share, self.seed)
+
+    def train(self) -> Iterator[dict]:
+        return (r for r in iter_records(self.store) if not self.held_out(r))
+
+    def valid(self) -> Iterator[dict]:
+        return (r for r in iter_records(self.store) if self.held_out(r))
+
+
+def prepare_valid(params: AblationParams, base: Split, tokenizer, prep: ObjectStore) -> dict:
+    """valid/docs/ (the held-out documents), valid/tokens.npy (a seeded sample of maxSequences
+    packed sequences of them) and valid/split.json; returns the counts for the summary."""
+    vl = params.evaluations.valid_loss
+    topics: set[str] = set()
+    docs = 0
+
+    def held_out() -> Iterator[dict]:
+        nonlocal docs
+        for r in base.valid():
+            topics.add(topic_of(r, vl.topic_field))
+            docs += 1
+            yield r
+
+    write_parts(prep, "valid/docs", held_out())
+    if docs == 0:
+        raise ValueError(
+            f"no base document falls in the held-out topics (share {vl.held_out_share}); raise heldOutShare"
+        )
     eod = tokenizer.convert_tokens_to_ids(EOD)
-    ids = tokenizer([r["text"] for r in records], add_special_tokens=False)["input_ids"]
-    seqs = pack_source(ids, seq_len=seq_len, eod_id=eod)
-    if len(seqs) > max_sequences:
-        keep = np.sort(np.random.default_rng(seed).choice(len(seqs), size=max_sequences, replace=False))
-        seqs = seqs[keep]
-    return seqs
+    ids = (
+        i
+        for batch in batched(base.valid(), TOKENIZE_BATCH)
+        for i in tokenizer([r["text"] for r in batch], add_special_tokens=False)["input_ids"]
+    )
+    rows = iter_packed(ids, seq_len=params.proxy.seq_len, eod_id=eod)
+    valid = sample_rows(rows, vl.max_sequences, np.random.default_rng(params.seed))
+    if len(valid) == 0:
+        raise ValueError("the held-out topics hold fewer tokens than one sequence; raise heldOutShare")
+    buf = io.BytesIO()
+    np.save(buf, valid)
+    prep.put_bytes("valid/tokens.npy", buf.getvalue())
+    prep.put_bytes(
+        "valid/split.json",
+        json.dumps({"topic_field": vl.topic_field, "held_out_topics": sorted(topics)}, indent=1).encode(),
+    )
+    return {"valid_docs": docs, "valid_topics": len(topics), "valid_sequences": int(len(valid))}
 
 
 def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
-    """Build everything the runs read. Idempotent: steps whose output exists are skipped."""
+    """Build everything the runs read from the data pipeline's outputs (or the corpora used as is).
+    Idempotent: a finished preparation (done.json), the tokenizer and finished recipes are reused."""
     notify = listener or (lambda event, data: None)
     prep = open_store(prep_uri)
     if params.evaluations.sft.enabled:
@@ -200,79 +190,80 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     if prep.exists("done.json"):
         return json.loads(prep.get_bytes("done.json"))
     vl = params.evaluations.valid_loss
-    notify("prep", {"step": "base"})
-    if params.base.data is not None:
-        process_data(params.base.data, params.base.corpus, prep.child("base"))
-        base_records = read_records(prep.child("base"))
-    else:
-        base_records = read_records(open_store(params.base.corpus))
-    base_train, base_valid = split_by_topic(
-        base_records, share=vl.held_out_share, field=vl.topic_field, seed=params.seed
+    base_store = (
+        processed(prep, BASE_DATA, "base")
+        if params.base.data is not None
+        else published_store(open_store(params.base.corpus))
     )
-    if not base_valid:
-        raise ValueError(
-            f"no base document falls in the held-out topics (share {vl.held_out_share}); raise heldOutShare"
-        )
-    held_topics = sorted({topic_of(r, vl.topic_field) for r in base_valid})
-    write_records(prep, "valid/docs.jsonl", base_valid)
+    base = Split(base_store, vl, params.seed)
 
     notify("prep", {"step": "tokenizer"})
     if not StageOutput(prep.child(PREP_TOKENIZER)).has_tokenizer():
-        train_tokenizer(params, base_train, prep.child(PREP_TOKENIZER))
+        train_tokenizer(params, (r["text"] for r in base.train()), prep.child(PREP_TOKENIZER))
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = fetch_prep_tokenizer(prep, Path(tmp) / "tok")
-    valid = pack_valid(
-        tokenizer, base_valid, seq_len=params.proxy.seq_len, max_sequences=vl.max_sequences, seed=params.seed
-    )
-    if len(valid) == 0:
-        raise ValueError("the held-out topics hold fewer tokens than one sequence; raise heldOutShare")
-    buf = io.BytesIO()
-    np.save(buf, valid)
-    prep.put_bytes("valid/tokens.npy", buf.getvalue())
-    base_lengths = token_lengths(tokenizer, base_train)
-
-    summary: dict = {
-        "base_docs": len(base_records),
-        "base_train_docs": len(base_train),
-        "valid_docs": len(base_valid),
-        "valid_topics": len(held_topics),
-        "valid_sequences": int(len(valid)),
-        "recipes": {},
-    }
+    notify("prep", {"step": "valid"})
+    summary: dict = prepare_valid(params, base, tokenizer, prep)
+    base_lengths, base_keys = measure(tokenizer, base.train(), params.seed)
+    summary.update(base_docs=len(base_lengths) + summary["valid_docs"], base_train_docs=len(base_lengths), recipes={})
     for recipe in params.recipes:
         notify("prep", {"step": f"recipe {recipe.name}"})
-        summary["recipes"][recipe.name] = prepare_recipe(params, recipe, prep, tokenizer, base_train, base_lengths)
-    prep.put_bytes(
-        "valid/split.json",
-        json.dumps({"topic_field": vl.topic_field, "held_out_topics": held_topics}, indent=1).encode(),
-    )
+        summary["recipes"][recipe.name] = prepare_recipe(
+            params, recipe, prep, tokenizer, base, copies(base_lengths, base_keys, base_budget(params))
+        )
     prep.put_bytes("done.json", json.dumps(summary, indent=2).encode())
     return summary
 
 
+def exp_budget(params: AblationParams) -> int:
+    return round(params.experimental_share * params.proxy.tokens)
+
+
+def base_budget(params: AblationParams) -> int:
+    return params.proxy.tokens - exp_budget(params)
+
+
 def prepare_recipe(
-    params: AblationParams, recipe: Recipe, prep: ObjectStore, tokenizer, base_train, base_lengths
+    params: AblationParams,
+    recipe: Recipe,
+    prep: ObjectStore,
+    tokenizer,
+    base: Split,
+    base_take: tuple[np.ndarray, int, int],
 ) -> dict:
-    vl = params.evaluations.valid_loss
+    """recipes/<r>/train/docs/: `experimentalShare` of `proxy.tokens` from the recipe's documents
+    outside the held-out topics, the rest from the base's, randomly interleaved; mix.json last."""
     rdir = prep.child(f"recipes/{recipe.name}")
-    if recipe.dataset is not None:
-        records = read_records(open_store(recipe.dataset))
-    else:
-        process_data(recipe.data or DataParams(), params.recipe_corpus(recipe), rdir.child("data"))
-        records = read_records(rdir.child("data"))
-    train, dropped = split_by_topic(records, share=vl.held_out_share, field=vl.topic_field, seed=params.seed)
-    if not train:
-        raise ValueError(f"recipe {recipe.name!r} has no document outside the held-out topics")
-    docs, info = mix(
-        train,
-        token_lengths(tokenizer, train),
-        base_train,
-        base_lengths,
-        share=params.experimental_share,
-        tokens=params.proxy.tokens,
-        seed=params.seed,
+    if rdir.exists("train/mix.json"):  # finished by an earlier attempt
+        return json.loads(rdir.get_bytes("train/mix.json"))
+    source = (
+        published_store(open_store(recipe.dataset))
+        if recipe.dataset is not None
+        else processed(prep, recipe_data(recipe.name), f"recipe {recipe.name!r}")
     )
-    info["experimental_docs_in_held_out_topics"] = len(dropped)
-    write_records(rdir, "train/docs/part-00000.jsonl", docs)
+    exp = Split(source, params.evaluations.valid_loss, params.seed)
+    exp_lengths, exp_keys = measure(tokenizer, exp.train(), params.seed)
+    if len(exp_lengths) == 0:
+        raise ValueError(f"recipe {recipe.name!r} has no document outside the held-out topics")
+    exp_counts, exp_tokens, exp_passes = copies(exp_lengths, exp_keys, exp_budget(params))
+    base_counts, base_tokens, base_passes = base_take
+    docs = interleave(
+        (dict(r, ablation_part="experimental") for r in repeat(exp.train, exp_counts)),
+        int(exp_counts.sum()),
+        (dict(r, ablation_part="base") for r in repeat(base.train, base_counts)),
+        int(base_counts.sum()),
+        np.random.default_rng(params.seed),
+    )
+    write_parts(rdir, "train/docs", docs)
+    info = {
+        "experimental_tokens": exp_tokens,
+        "base_tokens": base_tokens,
+        "experimental_share": exp_tokens / max(1, exp_tokens + base_tokens),
+        "experimental_passes": exp_passes,
+        "base_passes": base_passes,
+        "experimental_docs_available": len(exp_lengths),
+        "base_docs_available": len(base_counts),
+        "experimental_docs_in_held_out_topics": sum(1 for _ in exp.valid()),
+    }
     rdir.put_bytes("train/mix.json", json.dumps(info, indent=2).encode())
     return info

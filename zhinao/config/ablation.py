@@ -97,11 +97,24 @@ class Proxy(SpecModel):
         return self
 
 
+class DataJobs(SpecModel):
+    """The data-stage PyTorchJobs that process the base corpus (when `base.data` is set) and every
+    recipe with `data`: one job each, all in one TrainingPipeline `<ablation>-data`."""
+
+    replicas: int = Field(default=4, ge=1, le=1024)
+    """Pods (one rank each) per job: each rank processes its share of the input files, and duplicates
+    are found across ranks, so the output is the same for any number of replicas."""
+
+    cpu: str = "8"
+    memory: str = "32Gi"
+    """Per pod. A rank holds one document at a time plus compact per-document hashes."""
+
+
 class ValidLoss(SpecModel):
     enabled: bool = True
     every_steps: int = Field(default=500, ge=1)
-    """Evaluate every N steps (the report: about every 500): checkpoints are kept every N steps and
-    evaluated after training."""
+    """Evaluate every N steps (the report: about every 500), in the pretrain loop (its `evalEvery`),
+    and checkpoint every N steps for resume (only the latest checkpoint is kept)."""
 
     held_out_share: float = Field(default=0.05, gt=0, lt=1)
     """Share of topics held out of training for validation (whole topics, so no overlap)."""
@@ -202,6 +215,9 @@ class AblationParams(SpecModel):
     seed: int = 0
     """Seeds the topic split, the mixing and the built-in suite (fixed across runs)."""
 
+    data_jobs: DataJobs = Field(default_factory=DataJobs)
+    """The distributed data processing of the base corpus and the recipes (before the mixing)."""
+
     tokenizer: TokenizerParams = Field(default_factory=TokenizerParams)
     """One tokenizer for the whole ablation, trained on the base data's training topics."""
 
@@ -224,3 +240,21 @@ class AblationParams(SpecModel):
 
     def recipe_corpus(self, recipe: Recipe) -> str | None:
         return recipe.corpus or self.corpus
+
+    def processed(self) -> dict[str, tuple[DataParams, str]]:
+        """What the data jobs process: {prefix under the preparation root: (params, corpus URI)} for
+        the base corpus (when `base.data` is set) and every recipe that is not a prepared dataset."""
+        jobs = {BASE_DATA: (self.base.data, self.base.corpus)} if self.base.data is not None else {}
+        for r in self.recipes:
+            if r.dataset is None:
+                jobs[recipe_data(r.name)] = (r.data or DataParams(), self.recipe_corpus(r))
+        return jobs
+
+
+BASE_DATA = "base"
+"""The data stage's output over the base corpus, under the preparation root."""
+
+
+def recipe_data(recipe: str) -> str:
+    """A recipe's data-stage output, under the preparation root."""
+    return f"recipes/{recipe}/data"

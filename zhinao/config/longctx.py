@@ -51,6 +51,7 @@ class NeedleParams(SpecModel):
 
 
 class LongContextParams(OptimParams):
+    FSDP_CAPABLE = True  # the needle evaluation runs on the model gathered after training
     rope_theta: float = Field(default=50_000_000.0, gt=0)
     """New RoPE base. The report first tried 1e6 for 32K, then settled on 5e7 for 32K and 360K."""
 
@@ -94,7 +95,7 @@ class LongContextParams(OptimParams):
     sequenceParallel > 1 both use the ring."""
 
     zero_stage: ZeroStage = 0
-    """0: PyTorch DDP; 1-3: DeepSpeed ZeRO (only with sequenceParallel 1)."""
+    """0: PyTorch DDP or FSDP2 (see engine); 1-3: DeepSpeed ZeRO (only with sequenceParallel 1)."""
 
     synthetic_mix: float = Field(default=0.0, ge=0, lt=1)
     """Fraction of training sequences taken from the synthetic long QA conversations (rendered in
@@ -131,8 +132,12 @@ class LongContextParams(OptimParams):
                 f"seqLen ({self.seq_len}) must be divisible by 2 x sequenceParallel ({self.sequence_parallel}): "
                 "the zigzag layout cuts it into that many chunks"
             )
-        if self.zero_stage and self.sequence_parallel > 1:
-            raise ValueError("zeroStage > 0 needs sequenceParallel 1 (ring attention runs under DDP)")
+        deepspeed = self.engine == "deepspeed" or (self.engine == "auto" and self.zero_stage > 0)
+        if deepspeed and self.sequence_parallel > 1:
+            raise ValueError(
+                "sequenceParallel > 1 runs under engine ddp or fsdp (the ring is not wired into DeepSpeed): "
+                "set zeroStage 0 and engine fsdp to shard the model"
+            )
         if self.max_positions < self.seq_len:
             raise ValueError(f"maxPositionEmbeddings ({self.max_positions}) must be >= seqLen ({self.seq_len})")
         return self

@@ -63,15 +63,15 @@ class OptimParams(SpecModel):
     """DeepSpeed ZeRO stage 1-3 (engine `deepspeed`, or `auto` with a stage > 0); 0: no DeepSpeed."""
 
     FSDP_CAPABLE: ClassVar[bool] = False
-    """Whether the stage only runs its model through the engine, as FSDP2's sharded root needs (the
-    alignment and long-context stages also evaluate and generate with the bare model)."""
+    """Whether the stage only runs its model through the engine, as FSDP2's sharded root needs, or
+    gathers it first (the alignment stages also evaluate and generate with the bare model)."""
 
     engine: EngineKind = "auto"
     """How the ranks share the model. `ddp`: full replicas; `fsdp`: PyTorch FSDP2, every transformer
     block sharded, bf16 parameters and fp32 gradient reduction; `deepspeed`: ZeRO `zeroStage` (3 when
     left at 0). `auto`: DeepSpeed when zeroStage > 0, else FSDP2 for models of 1B parameters and up
-    (their fp32 Adam state alone outgrows one GPU replicated) in the pretrain stage, else DDP. `fsdp`
-    is the pretrain stage's only; the others shard with `deepspeed` (zeroStage 3)."""
+    (their fp32 Adam state alone outgrows one GPU replicated) in the pretrain and long-context
+    stages, else DDP. `fsdp` is theirs only; the others shard with `deepspeed` (zeroStage 3)."""
 
     activation_checkpointing: ActivationCheckpointing = "auto"
     """Recompute transformer blocks in backward instead of keeping their activations. `full`: every
@@ -112,7 +112,9 @@ class OptimParams(SpecModel):
     @model_validator(mode="after")
     def _fsdp_where_supported(self) -> "OptimParams":
         if self.engine == "fsdp" and not self.FSDP_CAPABLE:
-            raise ValueError("engine: fsdp is for the pretrain stage; shard this stage with engine deepspeed")
+            raise ValueError(
+                "engine: fsdp is for the pretrain and longctx stages; shard this stage with engine deepspeed"
+            )
         return self
 
 

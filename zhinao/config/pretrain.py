@@ -46,6 +46,11 @@ class PretrainParams(OptimParams):
     checkpoint_every: int = Field(default=50, ge=1)
     """Save a resumable checkpoint every N optimizer steps (and at the end)."""
 
+    eval_every: int = Field(default=0, ge=0)
+    """With `inputs.valid`: the validation loss every N optimizer steps and after the last one (0:
+    after the last only), recorded as `valid_loss` in the metrics log. Computed in the loop, so no
+    checkpoint has to be kept to score the run afterwards."""
+
     text_field: str = "text"
     """JSON field holding the document text when packing from a JSONL corpus."""
 

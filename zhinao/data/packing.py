@@ -5,7 +5,7 @@ As in the report (section 2.4): documents are concatenated within the same sourc
 the pretrain stage does the I/O.
 """
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from functools import lru_cache
 
 import numpy as np
@@ -13,14 +13,22 @@ import numpy as np
 TOKEN_DTYPE = np.uint32
 
 
+def iter_packed(token_lists: Iterable[list[int]], *, seq_len: int, eod_id: int) -> Iterator[np.ndarray]:
+    """Rows of seq_len tokens as they fill: the documents concatenated, each followed by <eod>; the
+    incomplete tail is dropped. Memory: one row plus one document."""
+    buf: list[int] = []
+    for ids in token_lists:
+        buf.extend(ids)
+        buf.append(eod_id)
+        while len(buf) >= seq_len:
+            yield np.asarray(buf[:seq_len], dtype=TOKEN_DTYPE)
+            del buf[:seq_len]
+
+
 def pack_source(token_lists: Iterable[list[int]], *, seq_len: int, eod_id: int) -> np.ndarray:
     """(n, seq_len) sequences from one source's documents; the incomplete tail is dropped."""
-    stream: list[int] = []
-    for ids in token_lists:
-        stream.extend(ids)
-        stream.append(eod_id)
-    n = len(stream) // seq_len
-    return np.asarray(stream[: n * seq_len], dtype=TOKEN_DTYPE).reshape(n, seq_len)
+    rows = list(iter_packed(token_lists, seq_len=seq_len, eod_id=eod_id))
+    return np.stack(rows) if rows else np.zeros((0, seq_len), dtype=TOKEN_DTYPE)
 
 
 @lru_cache(maxsize=4)

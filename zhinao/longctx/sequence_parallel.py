@@ -30,8 +30,11 @@ over all W = D * S ranks gives (1/D) * sum over data-parallel groups of their me
 exactly data-parallel training on whole sequences. (EasyContext scales by num_processes / total
 target tokens for the same reason.)
 
-Communication uses its own process group (gloo on CPU, NCCL on GPU), separate from the one DDP
-all-reduces on, so the ring's send/recv never interleave with DDP's bucketed all-reduce.
+Device mesh. The job's W = D * S ranks form a 2-D mesh ("dp", "sp") of D data-parallel groups of
+S consecutive ranks. The ring communicates on the "sp" dimension's process group (gloo on CPU, NCCL
+on GPU), separate from the one DDP all-reduces or FSDP gathers on, so the ring's send/recv never
+interleave with the engine's collectives. FSDP2 shards over "dp" x "sp" flattened (see
+SequenceParallel.shard_mesh).
 """
 
 from dataclasses import dataclass
@@ -39,7 +42,7 @@ from typing import Literal
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 
 from zhinao.longctx.block_kernels import BlockKernel, kernel_for
 
@@ -62,6 +65,16 @@ class SequenceParallel:
     """Data-parallel coordinates: groups hold different sequences."""
     sharding: Sharding = "zigzag"
     """How the sequence is cut across the group (see shard_spans); zigzag balances causal work."""
+    mesh: DeviceMesh | None = None
+    """The job's ("dp", "sp") mesh (None in a single process)."""
+    shard_mesh: DeviceMesh | None = None
+    """The 1-D mesh FSDP2 shards parameters, gradients and optimizer state over: "dp" x "sp"
+    flattened, i.e. every rank. The S ranks of a group train the same weights on different tokens
+    of the same sequences, so sharding over "dp" alone would keep S identical copies of every shard
+    (S x the per-GPU parameter, gradient and Adam memory), and the gradient must be reduced over
+    "dp" x "sp" anyway: the group's gradient is the sum of its ranks' shard gradients. torchtitan
+    shards over dp_shard x cp for the same reason. The cost is a wider all-gather per block, whose
+    volume per rank is the same (one full block's parameters)."""
 
     @property
     def next_rank(self) -> int:
@@ -72,27 +85,35 @@ class SequenceParallel:
         return (self.rank - 1) % self.size
 
 
-def layout(*, rank: int, world_size: int, sp_size: int) -> tuple[int, int, int, int]:
-    """(sp_rank, dp_rank, dp_size, first global rank of the group): groups are consecutive ranks
-    (on GPUs the S ranks of a group then share a node and its NVLink)."""
+def layout(*, rank: int, world_size: int, sp_size: int) -> tuple[int, int, int]:
+    """(sp_rank, dp_rank, dp_size): groups are consecutive ranks, the row-major order of the
+    ("dp", "sp") mesh (on GPUs the S ranks of a group then share a node and its NVLink)."""
     if sp_size < 1 or world_size % sp_size:
         raise ValueError(f"sequenceParallel ({sp_size}) must divide the world size ({world_size})")
-    return rank % sp_size, rank // sp_size, world_size // sp_size, rank - rank % sp_size
+    return rank % sp_size, rank // sp_size, world_size // sp_size
 
 
-def init_sequence_parallel(sp_size: int, *, sharding: Sharding = "zigzag") -> SequenceParallel:
-    """Create the sequence-parallel groups (a collective: every rank must call it) and return this rank's."""
+def init_sequence_parallel(
+    sp_size: int, *, sharding: Sharding = "zigzag", device_type: str = "cpu"
+) -> SequenceParallel:
+    """Build the ("dp", "sp") device mesh (a collective: every rank must call it) and return this
+    rank's place in it. device_type: "cuda" for NCCL groups, "cpu" for gloo."""
     world = dist.get_world_size() if dist.is_initialized() else 1
     rank = dist.get_rank() if dist.is_initialized() else 0
-    sp_rank, dp_rank, dp_size, first = layout(rank=rank, world_size=world, sp_size=sp_size)
-    if sp_size == 1:
-        return SequenceParallel(size=1, rank=0, group=None, dp_rank=dp_rank, dp_size=dp_size, sharding=sharding)
-    mine = None
-    for start in range(0, world, sp_size):  # new_group is collective over the whole world
-        group = dist.new_group(list(range(start, start + sp_size)))
-        if start == first:
-            mine = group
-    return SequenceParallel(size=sp_size, rank=sp_rank, group=mine, dp_rank=dp_rank, dp_size=dp_size, sharding=sharding)
+    sp_rank, dp_rank, dp_size = layout(rank=rank, world_size=world, sp_size=sp_size)
+    if world == 1:
+        return SequenceParallel(size=1, rank=0, sharding=sharding)
+    mesh = init_device_mesh(device_type, (dp_size, sp_size), mesh_dim_names=("dp", "sp"))
+    return SequenceParallel(
+        size=sp_size,
+        rank=sp_rank,
+        group=mesh.get_group("sp") if sp_size > 1 else None,
+        dp_rank=dp_rank,
+        dp_size=dp_size,
+        sharding=sharding,
+        mesh=mesh,
+        shard_mesh=mesh["dp", "sp"]._flatten("dp_sp"),
+    )
 
 
 # ------------------------------------------------------------------------------- shard layout
@@ -356,10 +377,12 @@ def sequence_parallel_lm_loss(model, input_ids: torch.Tensor, sp: SequenceParall
     """This rank's share of the causal-LM loss of [batch, T] sequences: S * shard loss sum / targets.
 
     The values summed over the group's ranks equal S times the mean loss over all targets; see the
-    module docstring for why this is the right scaling under DDP.
+    module docstring for why this is the right scaling under DDP and FSDP. The shard's labels are
+    already its tokens' next tokens (`shift_labels`, as transformers names them), so the model's
+    own loss, the engine's chunked one included (no logits of the whole shard at once), gives the
+    mean over the shard's targets.
     """
     ids, positions, labels = shard_batch(input_ids, sp)
-    logits = model(input_ids=ids, position_ids=positions).logits
-    total = F.cross_entropy(logits.float().flatten(0, 1), labels.flatten(), ignore_index=IGNORE_INDEX, reduction="sum")
+    mean = model(input_ids=ids, position_ids=positions, labels=labels, shift_labels=labels).loss
     targets = input_ids.shape[0] * (input_ids.shape[1] - 1)
-    return total * sp.size / targets
+    return mean * (labels != IGNORE_INDEX).sum() * sp.size / targets

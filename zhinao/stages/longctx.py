@@ -38,24 +38,13 @@ from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.causal_lm import causal_lm_step
-from zhinao.training.engine import DDPEngine
+from zhinao.training.fsdp_engine import FSDPEngine
 from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
 Params = LongContextParams
 log = logging.getLogger(__name__)
 SFT_KEY = "sft/long-qa.jsonl"
-
-
-class SequenceParallelEngine(DDPEngine):
-    """DDP over all ranks; each rank's loss is its shard's share (see zhinao.longctx.sequence_parallel)."""
-
-    def __init__(self, model, optimizer, scheduler, *, sp: SequenceParallel, **kwargs):
-        super().__init__(model, optimizer, scheduler, **kwargs)
-        self.sp = sp
-
-    def train_step(self, micro_batches):
-        return super().train_step(micro_batches, lambda model, batch: sequence_parallel_lm_loss(model, batch, self.sp))
 
 
 def build_data(corpus: ObjectStore, tokenizer, out: StageOutput, params: LongContextParams) -> TokenIndex:
@@ -154,7 +143,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
             raise SystemExit(f"longctx stage needs inputs.{name}")
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
     env = session.env
-    sp = init_sequence_parallel(params.sequence_parallel)
+    sp = init_sequence_parallel(params.sequence_parallel, device_type=session.device.type)
     base = StageOutput.at(rt.inputs["model"]).fetch_hf(session.workdir / "base")
     model_dir = base.model_dir
     tokenizer = load_tokenizer(base.tokenizer_dir)
@@ -182,8 +171,9 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn)
     model.config.use_cache = False
     old_theta = apply_rope_base(model, params.rope_theta, max_position_embeddings=params.max_positions)
+    # DDP replicates over every rank; FSDP2 shards over the ("dp", "sp") mesh flattened.
     engine = session.build_engine(
-        model, params, warmup=params.warmup_steps, total=params.max_steps, ddp_engine=SequenceParallelEngine, sp=sp
+        model, params, warmup=params.warmup_steps, total=params.max_steps, shard_mesh=sp.shard_mesh
     )
     ensure_fp32_inv_freq(engine.model)  # DeepSpeed bf16 casts buffers; the report keeps them fp32
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, params.max_steps), seq_len=params.seq_len)
@@ -208,7 +198,15 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
 
     tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps // sp.size
     loop.run(
-        causal_lm_step(engine, stream, params, device=session.device, tokens_per_step=tokens_per_step),
+        causal_lm_step(
+            engine,
+            stream,
+            params,
+            device=session.device,
+            tokens_per_step=tokens_per_step,
+            # Each rank's share of its group's loss (see zhinao.longctx.sequence_parallel).
+            loss_fn=(lambda model, batch: sequence_parallel_lm_loss(model, batch, sp)) if sp.size > 1 else None,
+        ),
         checkpoint_meta=lambda step: {
             "sequence_parallel": sp.size,
             "tokens": step * tokens_per_step * env.world_size,
@@ -223,6 +221,8 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     hf = session.export_hf(engine, params, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     result = None
+    if params.needle.enabled and isinstance(engine, FSDPEngine):
+        engine.gather_for_inference()  # the needle runs on the first group only, outside FSDP's collectives
     if params.needle.enabled and sp.dp_rank == 0 and (sp.size > 1 or env.is_main):
         result = run_needle(engine.model, tokenizer, corpus, session.output, params, sp)
     if env.is_main:

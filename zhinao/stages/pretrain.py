@@ -4,12 +4,17 @@ architecture, each rank streaming its share of the shards (docs/data.md).
 inputs:  tokenizer  (a tokenizer-stage output, or a prefix holding tokenizer.json)
          corpus     (JSONL documents or a data-stage output)    -- tokenized into <output>/tokens/
          tokens     (optional: a stage output with tokens/index.json; then corpus is not read)
+         valid      (optional: a prefix holding tokens.npy, (n, seqLen) held-out sequences whose
+                    loss is recorded as `valid_loss` every `evalEvery` steps)
 output:  tokens/ checkpoints/ hf/ metrics/ report/loss.png summary.json
 """
 
 import logging
+import math
+from collections.abc import Callable
 
 import numpy as np
+import torch
 
 from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
@@ -22,6 +27,7 @@ from zhinao.plots import loss_curve_png
 from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.causal_lm import causal_lm_step
+from zhinao.training.engine import Engine
 from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
@@ -70,6 +76,37 @@ def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params: P
     return stream
 
 
+VALID_TOKENS = "tokens.npy"
+"""The held-out sequences under `inputs.valid` (zhinao.ablation.prepare writes them)."""
+
+
+def load_valid(session: TrainingSession, uri: str, seq_len: int) -> np.ndarray:
+    """The (n, seqLen) validation sequences under `uri`; a missing file or another length ends the stage."""
+    local = session.workdir / "valid" / VALID_TOKENS
+    local.parent.mkdir(parents=True, exist_ok=True)
+    store = open_store(uri)
+    if not store.exists(VALID_TOKENS):
+        raise SystemExit(f"inputs.valid: {uri} holds no {VALID_TOKENS}")
+    store.get_file(VALID_TOKENS, local)
+    tokens = np.load(local)
+    if tokens.ndim != 2 or tokens.shape[1] != seq_len or len(tokens) == 0:
+        raise SystemExit(f"inputs.valid: {uri}/{VALID_TOKENS} holds shape {tokens.shape}, not (n, {seq_len})")
+    return tokens
+
+
+def valid_loss_fn(
+    engine: Engine, tokens: np.ndarray, *, rank: int, world_size: int, batch: int, device: torch.device
+) -> Callable[[int], dict[str, float]]:
+    """The loop's eval hook: each rank scores every world_size-th sequence, in batches of at most
+    `batch` rows (the micro-batch, which fits), as many batches on every rank; the mean over all."""
+    if len(tokens) < world_size:
+        raise SystemExit(f"inputs.valid: {len(tokens)} validation sequences for {world_size} ranks; each needs one")
+    mine = torch.from_numpy(tokens[rank::world_size].astype(np.int64)).to(device)
+    n_batches = math.ceil(math.ceil(len(tokens) / world_size) / batch)
+    batches = [mine[i * batch : (i + 1) * batch] for i in range(n_batches)]
+    return lambda step: {"valid_loss": engine.eval_loss(batches)}
+
+
 def run(rt: StageRuntime, params: PretrainParams) -> None:
     session = TrainingSession(rt, keep_checkpoints=params.keep_checkpoints)
     env = session.env
@@ -106,8 +143,20 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
         env.world_size,
     )
     tokens_per_step = params.micro_batch_size * params.seq_len * params.grad_accum_steps
+    eval_fn = None
+    if "valid" in rt.inputs:
+        valid = load_valid(session, rt.inputs["valid"], params.seq_len)
+        eval_fn = valid_loss_fn(
+            engine,
+            valid,
+            rank=env.rank,
+            world_size=env.world_size,
+            batch=params.micro_batch_size,
+            device=session.device,
+        )
     loop.run(
         causal_lm_step(engine, stream, params, device=session.device, tokens_per_step=tokens_per_step),
+        eval_fn=eval_fn,
         checkpoint_meta=lambda step: {"tokens": step * tokens_per_step * env.world_size, "data": stream.state_dict()},
     )
     stream.close()

@@ -3,7 +3,7 @@
 import torch
 
 from zhinao.data.token_stream import TokenStream
-from zhinao.training.engine import Engine
+from zhinao.training.engine import Engine, LossFn
 from zhinao.training.loop import StepFn, StepResult
 
 
@@ -16,14 +16,21 @@ def micro_batches(stream: TokenStream, params, *, device: torch.device) -> list[
 
 
 def causal_lm_step(
-    engine: Engine, stream: TokenStream, params, *, device: torch.device, tokens_per_step: int
+    engine: Engine,
+    stream: TokenStream,
+    params,
+    *,
+    device: torch.device,
+    tokens_per_step: int,
+    loss_fn: LossFn | None = None,
 ) -> StepFn:
     """Train on this rank's next sequences each step. `stream` must stand at the loop's first step
     (`TokenStream.resume` with the resumed meta) and its `state_dict()` go into every checkpoint's
-    meta (`data`); `tokens_per_step` is what this rank trains on per step."""
+    meta (`data`); `tokens_per_step` is what this rank trains on per step. `loss_fn` replaces the
+    model's own causal-LM loss (sequence parallelism: this rank's share of the sequences' loss)."""
 
     def step(index: int) -> StepResult:
-        loss, grad_norm = engine.train_step(micro_batches(stream, params, device=device))
+        loss, grad_norm = engine.train_step(micro_batches(stream, params, device=device), loss_fn)
         return StepResult(
             loss=loss,
             grad_norm=grad_norm,

@@ -99,10 +99,14 @@ class ChunkedLossLM(torch.nn.Module):
         super().__init__()
         self.lm, self.chunk = lm, chunk
 
-    def forward(self, input_ids=None, labels=None, **kwargs):
+    def forward(self, input_ids=None, labels=None, shift_labels=None, **kwargs):
+        """`shift_labels`, as in transformers' causal-LM loss: labels already aligned with the
+        tokens (each its token's next one), used unshifted (a sequence-parallel shard's)."""
         if labels is None:
             return self.lm(input_ids=input_ids, **kwargs)
         hidden = self.lm.model(input_ids=input_ids, **kwargs).last_hidden_state
-        h = hidden[:, :-1].reshape(-1, hidden.size(-1))
-        loss = chunked_cross_entropy(h, self.lm.lm_head.weight, labels[:, 1:].reshape(-1), chunk=self.chunk)
+        if shift_labels is None:
+            hidden, shift_labels = hidden[:, :-1], labels[:, 1:]
+        h = hidden.reshape(-1, hidden.size(-1))
+        loss = chunked_cross_entropy(h, self.lm.lm_head.weight, shift_labels.reshape(-1), chunk=self.chunk)
         return CausalLMOutputWithPast(loss=loss)

@@ -139,6 +139,32 @@ class Engine(ABC):
     @abstractmethod
     def lr(self) -> float: ...
 
+    @property
+    @abstractmethod
+    def forward_module(self) -> torch.nn.Module:
+        """What a training forward calls (the DDP / DeepSpeed / FSDP wrapper): sharded weights gather there."""
+
+    @torch.no_grad()
+    def eval_loss(self, batches: list[torch.Tensor]) -> float:
+        """Mean next-token loss over every rank's (B, T) token batches, weighted by tokens, in eval
+        mode and without gradients. Collective: every rank calls it with the same number of batches
+        (sharded weights are gathered by each forward); a batch of zero rows counts nothing."""
+        module = self.forward_module
+        was_training = module.training
+        module.eval()
+        total = torch.zeros(2, dtype=torch.float64, device=self.device)
+        for batch in batches:
+            rows = batch if len(batch) else batches[0][:1]  # a rank out of sequences still joins the forward
+            with self._autocast():
+                loss = module(input_ids=rows, labels=rows).loss
+            if len(batch):
+                targets = batch.size(0) * (batch.size(1) - 1)
+                total += torch.tensor([float(loss) * targets, targets], dtype=torch.float64, device=self.device)
+        module.train(was_training)
+        if self.env.world_size > 1:
+            dist.all_reduce(total)
+        return float(total[0] / total[1])
+
     def _mean_across_ranks(self, value: float) -> float:
         if self.env.world_size == 1:
             return value
@@ -227,6 +253,10 @@ class DDPEngine(Engine):
     def lr(self):
         return self.scheduler.get_last_lr()[0]
 
+    @property
+    def forward_module(self):
+        return self.wrapped
+
 
 class DeepSpeedEngine(Engine):
     TAG = "state"
@@ -310,3 +340,7 @@ class DeepSpeedEngine(Engine):
     @property
     def lr(self):
         return self.engine.get_lr()[0]
+
+    @property
+    def forward_module(self):
+        return self.engine

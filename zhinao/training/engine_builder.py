@@ -7,6 +7,7 @@ stages and the memory planner (`zhinao.training.memory_plan`) build exactly the 
 import logging
 
 import torch
+from torch.distributed.device_mesh import DeviceMesh
 
 from zhinao.distributed import DistEnv
 from zhinao.model import apply_activation_checkpointing
@@ -63,14 +64,13 @@ def build_engine(
     warmup: int,
     total: int,
     groups: list[dict] | None = None,
-    ddp_engine: type[DDPEngine] = DDPEngine,
     fused_optimizer: bool = True,
-    **engine_kwargs,
+    shard_mesh: DeviceMesh | None = None,
 ) -> Engine:
     """AdamW + warmup/cosine from a stage's optimizer fields, wrapped by the engine `engine_kind` picks.
 
-    `groups` overrides the parameter groups (e.g. a critic with its own lr); `ddp_engine` lets a
-    stage bring a DDPEngine subclass (sequence parallelism) with its `engine_kwargs`.
+    `groups` overrides the parameter groups (e.g. a critic with its own lr); `shard_mesh` is the
+    mesh FSDP2 shards over (default: every rank; see FSDPEngine).
     """
     n_params = sum(p.numel() for p in model.parameters())
     kind = engine_kind(params, n_params=n_params, world_size=env.world_size)
@@ -101,10 +101,12 @@ def build_engine(
     )
     if kind == "fsdp":
         names = _group_names(groups, {id(p): n for n, p in model.named_parameters()})
-        return FSDPEngine(model, lambda sharded: make_optimizer(sharded, _groups_by_name(names, sharded)), **common)
+        return FSDPEngine(
+            model, lambda sharded: make_optimizer(sharded, _groups_by_name(names, sharded)), mesh=shard_mesh, **common
+        )
     optimizer, scheduler = make_optimizer(model, groups)
     if kind == "ddp":
-        return ddp_engine(model, optimizer, scheduler, **common, **engine_kwargs)
+        return DDPEngine(model, optimizer, scheduler, **common)
     return DeepSpeedEngine(
         model.to(device),
         optimizer,

@@ -20,8 +20,8 @@ from torch.distributed.checkpoint.state_dict import (
     set_model_state_dict,
     set_optimizer_state_dict,
 )
-from torch.distributed.device_mesh import init_device_mesh
-from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
+from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
+from torch.distributed.fsdp import FSDPModule, MixedPrecisionPolicy, fully_shard
 from torch.distributed.tensor import DTensor
 
 from zhinao.model import transformer_blocks
@@ -43,13 +43,17 @@ class FSDPEngine(Engine):
         autocast_dtype,
         grad_clip: float,
         loss_chunk: int = 0,
+        mesh: DeviceMesh | None = None,
     ):
+        """mesh: the 1-D mesh to shard over (default: every rank; sequence parallelism passes its
+        "dp" x "sp" flattened one, zhinao.longctx.sequence_parallel)."""
         # Mixed precision comes from the sharding policy (bf16 compute copies), not from autocast.
         super().__init__(env, device, None)
         self.model, self.grad_clip = model, grad_clip
         # The mesh holds real rank numbers even while the memory planner runs under FakeTensorMode.
-        with unset_fake_temporarily():
-            mesh = init_device_mesh(device.type, (env.world_size,))
+        if mesh is None:
+            with unset_fake_temporarily():
+                mesh = init_device_mesh(device.type, (env.world_size,))
         policy = MixedPrecisionPolicy(param_dtype=autocast_dtype, reduce_dtype=torch.float32)
         self.wrapped = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
         for block in transformer_blocks(model):
@@ -127,6 +131,19 @@ class FSDPEngine(Engine):
         prefix = "lm." if self.wrapped is not self.model else ""
         return {k.removeprefix(prefix): v for k, v in state.items()}
 
+    def gather_for_inference(self) -> None:
+        """All-gather every unit's parameters and keep them gathered (in the compute dtype), so that
+        the bare model runs forward on any subset of the ranks without FSDP collectives: an
+        evaluation after training on one group of ranks. Collective; no training step may follow."""
+        for module in self.wrapped.modules():
+            if isinstance(module, FSDPModule):
+                module.set_reshard_after_forward(False, recurse=False)
+                module.unshard()
+
     @property
     def lr(self):
         return self.scheduler.get_last_lr()[0]
+
+    @property
+    def forward_module(self):
+        return self.wrapped

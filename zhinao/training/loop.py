@@ -141,6 +141,7 @@ class TrainingLoop:
             began = time.perf_counter()
             lr = self.engine.lr
             result = step_fn(index)
+            seconds = time.perf_counter() - began  # the evaluation below is not training time
             step = index + 1
             extra = dict(result.extra)
             if eval_fn is not None and ((schedule.eval_every and step % schedule.eval_every == 0) or step == total):
@@ -152,7 +153,7 @@ class TrainingLoop:
                 grad_norm=result.grad_norm,
                 tokens=result.tokens,
                 samples=result.samples,
-                step_seconds=time.perf_counter() - began,
+                step_seconds=seconds,
                 **extra,
             )
             if step % schedule.log_every == 0 and env.is_main:

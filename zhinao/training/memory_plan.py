@@ -8,6 +8,12 @@ not, so a 7B step at 4K costs seconds of CPU and no memory. torch's MemTracker (
 FSDP) attributes every live byte to parameters, gradients, optimizer state, activations or
 temporaries and reports the peak.
 
+Sequence parallelism (the long-context stage): each of a group's S ranks holds T/S tokens of every
+sequence, so the step runs on T/S tokens, and FSDP2 shards over all dp x sp ranks, as the stage
+does. The ring's send/recv cannot run on fake tensors: attention is planned as the local causal
+block of T/S tokens (the ring's kernels save the same q, k, v, output and log-sum-exp), plus the
+ring's buffers of one layer in flight (`ring_buffers`).
+
 What it does not see: the CUDA caching allocator's fragmentation and the CUDA context/NCCL buffers
 (budget ~2-4 GB per GPU; `HEADROOM`), and DeepSpeed, which cannot run on fake tensors.
 """
@@ -23,7 +29,7 @@ from torch.distributed._tools.mem_tracker import MemTracker
 
 from zhinao.distributed import DistEnv
 from zhinao.model import build_model
-from zhinao.training.engine_builder import build_engine, checkpoint_mode, engine_kind
+from zhinao.training.engine_builder import autocast_dtype, build_engine, checkpoint_mode, engine_kind
 from zhinao.training.fsdp_engine import FSDPEngine
 
 CATEGORIES = ("parameters", "gradients", "optimizer", "activations", "temporaries")
@@ -57,10 +63,21 @@ class MemoryPlan:
     n_params: int
     breakdown: dict[str, int]
     """Bytes per category at the moment of the step's peak (CATEGORIES)."""
+    sequence_parallel: int = 1
+    """Ranks one sequence is split across; world_size / sequence_parallel data-parallel groups."""
+    tokens_per_rank: int = 0
+    """Tokens of each sequence one rank holds (seq_len / sequence_parallel)."""
 
     @property
     def peak(self) -> int:
         return sum(self.breakdown.values())
+
+    @property
+    def ranks(self) -> str:
+        """'8', or '8 = dp 1 x sp 8' with sequence parallelism."""
+        if self.sequence_parallel == 1:
+            return str(self.world_size)
+        return f"{self.world_size} = dp {self.world_size // self.sequence_parallel} x sp {self.sequence_parallel}"
 
     def fits(self, capacity: int) -> bool:
         return self.peak + HEADROOM <= capacity
@@ -94,12 +111,28 @@ def train_one_step(engine, batch: torch.Tensor) -> None:
     engine.optimizer.zero_grad(set_to_none=True)
 
 
-def plan_training_step(config, params, *, world_size: int, micro_batch: int, seq_len: int) -> MemoryPlan:
+def ring_buffers(config, *, micro_batch: int, tokens: int, dtype: torch.dtype) -> int:
+    """Bytes the ring attention holds beyond the local block attention, at one layer's backward (its
+    peak; zhinao.longctx.sequence_parallel): the fp32 dQ accumulator, the fp32 dK/dV travelling with
+    their block and the copy being received, and the K/V block being received in the compute dtype,
+    each [micro_batch, heads, tokens, head_dim] (K/V heads repeated to the query heads)."""
+    head_dim = config.hidden_size // config.num_attention_heads
+    elements = micro_batch * config.num_attention_heads * tokens * head_dim
+    return elements * (4 + 2 * 2 * 4 + 2 * dtype.itemsize)
+
+
+def plan_training_step(
+    config, params, *, world_size: int, micro_batch: int, seq_len: int, sequence_parallel: int = 1
+) -> MemoryPlan:
     """Peak memory of rank 0 in one optimizer step of a causal LM of `config` trained with `params`.
 
     `params` is the stage's OptimParams as the job will see them (precision `bf16` for a GPU plan).
     Two steps run and the second is reported: the first creates the optimizer state.
+    `sequence_parallel` S splits every sequence of `seq_len` tokens across S of the world's ranks.
     """
+    if seq_len % sequence_parallel or world_size % sequence_parallel:
+        raise PlanError(f"sequenceParallel {sequence_parallel} must divide seqLen {seq_len} and {world_size} ranks")
+    tokens = seq_len // sequence_parallel
     with fake_process_group(world_size), FakeTensorMode():
         model = build_model(config, seed=0)
         n_params = sum(p.numel() for p in model.parameters())
@@ -124,7 +157,7 @@ def plan_training_step(config, params, *, world_size: int, micro_batch: int, seq
         tracker = FSDPMemTracker(engine.wrapped, engine.optimizer) if isinstance(engine, FSDPEngine) else MemTracker()
         if not isinstance(engine, FSDPEngine):
             tracker.track_external(engine.wrapped, engine.optimizer)
-        batch = torch.randint(0, config.vocab_size, (micro_batch, seq_len))
+        batch = torch.randint(0, config.vocab_size, (micro_batch, tokens))
         with tracker:  # the first step creates the optimizer state
             train_one_step(engine, batch)
         tracker.reset_mod_stats()
@@ -137,4 +170,15 @@ def plan_training_step(config, params, *, world_size: int, micro_batch: int, seq
             breakdown[_CATEGORY[ref]] += size
     if kind == "ddp" and world_size > 1:
         breakdown["temporaries"] += 4 * n_params  # fp32 gradient buckets
-    return MemoryPlan(kind, checkpoint_mode(params, n_params=n_params), world_size, n_params, breakdown)
+    if sequence_parallel > 1:
+        compute = autocast_dtype(params.precision, torch.device("cuda")) or torch.float32
+        breakdown["temporaries"] += ring_buffers(config, micro_batch=micro_batch, tokens=tokens, dtype=compute)
+    return MemoryPlan(
+        kind,
+        checkpoint_mode(params, n_params=n_params),
+        world_size,
+        n_params,
+        breakdown,
+        sequence_parallel=sequence_parallel,
+        tokens_per_rank=tokens,
+    )

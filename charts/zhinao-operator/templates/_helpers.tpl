@@ -87,6 +87,14 @@ app.kubernetes.io/part-of: zhinao-k8s
 - apiGroups: ["kubeflow.org"]
   resources: ["pytorchjobs"]
   verbs: ["get", "list", "watch", "create", "patch", "delete"]
+# Before a GPU stage starts, its memory plan runs in a CPU-only Job (delete: a stale plan is
+# replaced); the verdict is the termination message of that Job's pod, read from the pod list.
+- apiGroups: ["batch"]
+  resources: ["jobs"]
+  verbs: ["list", "watch", "create", "delete"]
+- apiGroups: [""]
+  resources: ["pods"]
+  verbs: ["list"]
 # Each stage's spec, mounted into its pods (patch: a retry's spec may have changed).
 - apiGroups: [""]
   resources: ["configmaps"]

@@ -215,7 +215,7 @@ class TokenizerStage(StageBase):
 
 
 class PretrainStage(StageBase):
-    INPUTS = ("tokenizer", "corpus", "tokens")
+    INPUTS = ("tokenizer", "corpus", "tokens", "valid")
     kind: Literal["pretrain"]
     params: PretrainParams = Field(default_factory=PretrainParams)
 
@@ -295,6 +295,11 @@ class PipelineSpec(SpecModel):
     suspend: bool = False
     """True pauses the pipeline: the running stage's PyTorchJob is suspended and no new stage starts."""
 
+    memory_plan: bool = True
+    """Before the PyTorchJob of a stage that asks for GPUs, the operator runs its memory plan in a
+    CPU-only Job of the trainer image (`zhinao-k8s plan`) and fails the stage, naming the numbers,
+    if one step cannot fit its GPUs. False skips the plan (as `zhinao-k8s validate --no-plan`)."""
+
     @model_validator(mode="after")
     def _stage_references(self) -> "PipelineSpec":
         seen: list[str] = []
@@ -343,6 +348,19 @@ class TrainingPipeline(SpecModel):
             if s.name == name:
                 return s
         raise KeyError(name)
+
+    def source(self, stage: StageBase, key: str) -> Stage | None:
+        """The stage whose output `stage`'s input `key` reads (`stage://`); None for a URI or no such input."""
+        uri = stage.inputs.get(key, "")
+        return self.stage(uri.removeprefix("stage://")) if uri.startswith("stage://") else None
+
+    def model_lineage(self, stage: StageBase) -> list[Stage]:
+        """`stage`, then each stage its `model` input reads from, back to one without such an input
+        (a pretrain stage, or a model given by URI)."""
+        lineage = [stage]
+        while (parent := self.source(lineage[-1], "model")) is not None:
+            lineage.append(parent)
+        return lineage
 
     def output_of(self, stage: StageBase) -> str:
         return stage.output or f"{self.spec.storage.uri}/{self.metadata.name}/{stage.name}"

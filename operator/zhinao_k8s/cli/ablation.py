@@ -86,16 +86,17 @@ def run(
 @app.command()
 @friendly
 def prepare(
-    spec: SpecArg, storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None
+    spec: SpecArg,
+    workdir: WorkdirOpt = Path("runs/ablation"),
+    storage: Annotated[str | None, typer.Option(help="Override spec.storage.uri.")] = None,
 ) -> None:
-    """Only build the data (held-out split, shared tokenizer, recipe mixtures), e.g. before submitting the runs."""
-    from zhinao.ablation.prepare import prepare as do_prepare
-    from zhinao_k8s.render.ablation_runs import prep_uri
-    from zhinao_k8s.runner.ablation import threads
+    """Only build the data (the data stages through the local runner, then the held-out split, shared
+    tokenizer and recipe mixtures), e.g. before submitting the runs."""
+    from zhinao_k8s.runner.ablation import prepare_ablation, threads
 
     ablation = _load(spec, storage)
     with threads(1):
-        summary = do_prepare(ablation.spec, prep_uri(ablation), listener=Progress())
+        summary = prepare_ablation(ablation, workdir=workdir, listener=Progress())
     out.print_json(data=summary)
 
 
@@ -179,13 +180,16 @@ def report(
 @app.command()
 @friendly
 def render(spec: SpecArg) -> None:
-    """Print the PyTorchJobs of every run as YAML (offline). Prepare the data first with `ablation run`
-    or `ablation prepare` pointed at the same storage."""
+    """Print the PyTorchJobs of the data pipeline (one data stage per corpus to process) and of every
+    run as YAML (offline). The runs read what `ablation prepare` builds from the data stages' output."""
     from zhinao_k8s.cli.local import to_yaml
-    from zhinao_k8s.render.ablation_runs import expand_runs
+    from zhinao_k8s.render.ablation_runs import data_pipeline, expand_runs
     from zhinao_k8s.render.pytorchjob import render_pipeline
 
-    jobs = [job for run in expand_runs(_load(spec)) for job in render_pipeline(run.pipeline)]
+    ablation = _load(spec)
+    data = data_pipeline(ablation)
+    pipelines = ([data] if data is not None else []) + [run.pipeline for run in expand_runs(ablation)]
+    jobs = [job for pipeline in pipelines for job in render_pipeline(pipeline)]
     print(to_yaml(jobs), end="")
 
 

@@ -36,7 +36,7 @@ def fit_table(fits: list) -> Table:
             fit.name,
             fit.plan.engine,
             fit.plan.activation_checkpointing,
-            str(fit.plan.world_size),
+            fit.plan.ranks,
             *(_gb(b[k]) for k in ("parameters", "gradients", "optimizer", "activations", "temporaries")),
             _gb(fit.plan.peak),
             _gb(fit.capacity),

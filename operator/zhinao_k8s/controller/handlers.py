@@ -1,7 +1,7 @@
 """kopf handlers: which events reconcile which object. The pass itself is `reconcile.py`.
 
 A TrainingPipeline is reconciled when it is created, resumed or its spec changes, when one of its
-PyTorchJobs changes, and by a periodic safety-net timer. An Ablation the same way, its children
+PyTorchJobs or memory plan Jobs changes, and by a periodic safety-net timer. An Ablation the same way, its children
 being the prepare/evaluate PyTorchJobs and the runs' TrainingPipelines.
 """
 
@@ -13,7 +13,14 @@ import kopf
 from zhinao_k8s.api.crd import ABLATION_PLURAL, PLURAL
 from zhinao_k8s.api.status import TERMINAL
 from zhinao_k8s.api.v1alpha1 import GROUP, VERSION
-from zhinao_k8s.controller.k8s import JOB_GROUP, JOB_PLURAL, JOB_VERSION
+from zhinao_k8s.controller.k8s import (
+    JOB_GROUP,
+    JOB_PLURAL,
+    JOB_VERSION,
+    PLAN_JOB_GROUP,
+    PLAN_JOB_PLURAL,
+    PLAN_JOB_VERSION,
+)
 from zhinao_k8s.controller.plan_pipeline import plan_cleanup
 from zhinao_k8s.controller.reconcile import ABLATIONS, PIPELINES, reconcile
 from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_PIPELINE
@@ -49,6 +56,14 @@ def job_changed(labels: dict, namespace: str, type: str | None, memo: kopf.Memo,
     if type is None:  # the initial listing; the pipeline's own resume handler covers it
         return
     reconcile(PIPELINES, memo, namespace, labels[LABEL_PIPELINE], "job", logger)
+
+
+@kopf.on.event(PLAN_JOB_GROUP, PLAN_JOB_VERSION, PLAN_JOB_PLURAL, labels={LABEL_PIPELINE: kopf.PRESENT})
+def plan_job_changed(labels: dict, namespace: str, type: str | None, memo: kopf.Memo, logger: Any, **_: Any) -> None:
+    """A stage's memory plan Job (batch/v1) changed: its verdict may open or close the stage's start."""
+    if type is None:
+        return
+    reconcile(PIPELINES, memo, namespace, labels[LABEL_PIPELINE], "plan", logger)
 
 
 @kopf.on.delete(GROUP, VERSION, PLURAL)

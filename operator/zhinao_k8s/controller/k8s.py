@@ -12,14 +12,18 @@ from kubernetes.client.exceptions import ApiException
 
 from zhinao_k8s.api.crd import ABLATION_PLURAL, PLURAL
 from zhinao_k8s.api.v1alpha1 import GROUP, VERSION
+from zhinao_k8s.controller.fit_gate import CreatePlanJob, DeletePlanJob
 from zhinao_k8s.controller.plan_ablation import AblationAction, CreatePipeline
 from zhinao_k8s.controller.plan_pipeline import ANNOTATION_SUSPENDED, Action, CreateJob, DeleteJob, SuspendJob
 from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_PIPELINE
 
 JOB_GROUP, JOB_VERSION, JOB_PLURAL = "kubeflow.org", "v1", "pytorchjobs"
+PLAN_JOB_GROUP, PLAN_JOB_VERSION, PLAN_JOB_PLURAL = "batch", "v1", "jobs"
 # Labels the training operator puts on the pods of a PyTorchJob.
 POD_JOB_LABEL = "training.kubeflow.org/job-name"
 POD_ROLE_LABEL = "training.kubeflow.org/replica-type"
+# The label the Job controller puts on a batch/v1 Job's pods (Kubernetes 1.27+).
+POD_BATCH_JOB_LABEL = "batch.kubernetes.io/job-name"
 
 
 POOL_MAXSIZE = 32
@@ -64,6 +68,7 @@ class Cluster:
         self.api_client = api_client or client.ApiClient()
         self.custom = client.CustomObjectsApi(self.api_client)
         self.core = client.CoreV1Api(self.api_client)
+        self.batch = client.BatchV1Api(self.api_client)
 
     def _list_labelled(
         self, group: str, version: str, plural: str, namespace: str, label: str, value: str
@@ -142,6 +147,47 @@ class Cluster:
             },
         )
 
+    # -- memory plan Jobs (batch/v1) --------------------------------------------------------------
+
+    def list_plan_jobs(self, namespace: str, pipeline: str) -> dict[str, dict]:
+        """The pipeline's memory plan Jobs by name (found by label, so only its own)."""
+        out = self.batch.list_namespaced_job(namespace, label_selector=f"{LABEL_PIPELINE}={pipeline}")
+        jobs = (self.api_client.sanitize_for_serialization(j) for j in out.items)
+        return {
+            j["metadata"]["name"]: j
+            for j in jobs
+            if (j["metadata"].get("labels") or {}).get(LABEL_PIPELINE) == pipeline
+        }
+
+    def termination_message(self, namespace: str, job: str) -> str | None:
+        """The termination message of the finished container of a Job's pod (backoffLimit 0: one pod), if any."""
+        pods = self.core.list_namespaced_pod(namespace, label_selector=f"{POD_BATCH_JOB_LABEL}={job}")
+        for pod in pods.items:
+            for status in (pod.status and pod.status.container_statuses) or []:
+                terminated = status.state and status.state.terminated
+                if terminated is not None and terminated.message:
+                    return terminated.message
+        return None
+
+    def create_plan_job(self, namespace: str, body: dict) -> bool:
+        try:
+            self.batch.create_namespaced_job(namespace, body)
+            return True
+        except ApiException as exc:
+            if exc.status == 409:
+                return False
+            raise
+
+    def delete_plan_job(self, namespace: str, name: str) -> bool:
+        """Background: the Job goes at once and its pod after it (the API's default would orphan the pod)."""
+        try:
+            self.batch.delete_namespaced_job(name, namespace, propagation_policy="Background")
+            return True
+        except ApiException as exc:
+            if _absent(exc):
+                return False
+            raise
+
     def apply(self, namespace: str, actions: Iterable[Action | AblationAction]) -> list[str]:
         """Carry out a plan's actions in order; returns one line per action for the log."""
         done = []
@@ -157,6 +203,12 @@ class Cluster:
             elif isinstance(action, SuspendJob):
                 self.suspend_job(namespace, action.name, action.suspend)
                 done.append(f"{'suspended' if action.suspend else 'resumed'} PyTorchJob {action.name}")
+            elif isinstance(action, CreatePlanJob):
+                created = self.create_plan_job(namespace, action.body)
+                done.append(f"{'created' if created else 'already exists:'} memory plan Job {action.name}")
+            elif isinstance(action, DeletePlanJob):
+                self.delete_plan_job(namespace, action.name)
+                done.append(f"deleted memory plan Job {action.name} ({action.reason})")
             elif isinstance(action, CreatePipeline):
                 created = self._create_absent(GROUP, VERSION, PLURAL, namespace, action.body)
                 done.append(f"{'created' if created else 'already exists:'} TrainingPipeline {action.name}")

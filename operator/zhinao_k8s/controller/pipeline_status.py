@@ -97,9 +97,8 @@ def summarize(stages: list[StageStatus], *, suspended: bool, previous: PipelineS
     started = any(s.phase != "Pending" for s in stages)
     if failed is not None:
         phase, reason = "Failed", "StageFailed"
-        message = f"stage {failed.name!r} failed after {failed.attempt} attempt(s)" + (
-            f": {failed.message}" if failed.message else ""
-        )
+        when = f"after {failed.attempt} attempt(s)" if failed.attempt else "before it started"
+        message = f"stage {failed.name!r} failed {when}" + (f": {failed.message}" if failed.message else "")
     elif stages and done == len(stages):
         phase, reason, message = "Succeeded", "AllStagesSucceeded", f"{done} stage(s) succeeded"
     elif suspended:
@@ -107,8 +106,8 @@ def summarize(stages: list[StageStatus], *, suspended: bool, previous: PipelineS
     elif started:
         phase, reason = "Running", "StageRunning"
         message = f"stage {current.name!r} is {current.phase}" if current else None
-    else:
-        phase, reason, message = "Pending", "Waiting", None
+    else:  # the first stage has not started: what it waits for (its memory plan), if anything
+        phase, reason, message = "Pending", "Waiting", current.message if current else None
     terminal = phase in ("Succeeded", "Failed")
     return PipelineStatus(
         phase=phase,

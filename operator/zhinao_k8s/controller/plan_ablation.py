@@ -4,8 +4,10 @@ Pure, like plan_pipeline.py: no I/O, no kubernetes or kopf imports, the clock is
 `reconcile.py` lists the children, calls `plan_ablation` and carries out what it returns.
 
 The steps, one after the other:
-- prepare: the PyTorchJob `<ablation>-prepare` builds the data every run reads (held-out split,
-  shared tokenizer, recipe mixtures; see zhinao.ablation.prepare).
+- prepare: the TrainingPipeline `<ablation>-data` processes the base corpus and the recipes (one
+  distributed data-stage PyTorchJob each; absent when nothing needs processing), then the PyTorchJob
+  `<ablation>-prepare` builds the data every run reads from their outputs (held-out split, shared
+  tokenizer, recipe mixtures; see zhinao.ablation.prepare).
 - train: once it has Succeeded, one TrainingPipeline per recipe x seed (`render/ablation_runs.expand_runs`),
   owned by the Ablation and labelled with it; the TrainingPipeline controller runs them.
 - evaluate: once every run has Succeeded, the PyTorchJob `<ablation>-evaluate` scores every run
@@ -22,10 +24,11 @@ from typing import Literal
 
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.api.status import AblationPhase, AblationStatus, Condition, RunCounts
+from zhinao_k8s.api.v1alpha1 import TrainingPipeline
 from zhinao_k8s.controller.pipeline_status import job_phase
 from zhinao_k8s.controller.plan_pipeline import CreateJob
 from zhinao_k8s.render.ablation import Step, render_step_job, step_job_name
-from zhinao_k8s.render.ablation_runs import Run, expand_runs, report_uri
+from zhinao_k8s.render.ablation_runs import Run, data_pipeline, expand_runs, report_uri
 
 PREPARED, TRAINED, EVALUATED = "Prepared", "Trained", "Evaluated"
 STEP_CONDITIONS: dict[str, str] = {"prepare": PREPARED, "train": TRAINED, "evaluate": EVALUATED}
@@ -79,8 +82,8 @@ def build_step_job(ablation: Ablation, step: Step, owner: dict | None) -> dict:
     return job
 
 
-def build_run(run: Run, owner: dict | None) -> dict:
-    body = run.pipeline.to_wire()
+def build_pipeline(pipeline: TrainingPipeline, owner: dict | None) -> dict:
+    body = pipeline.to_wire()
     if owner is not None:
         body["metadata"]["ownerReferences"] = [owner]
     return body
@@ -109,6 +112,39 @@ def _job_step(
     return _Outcome("Running", f"PyTorchJob {name} is {phase}")
 
 
+def _data(pipeline: TrainingPipeline, body: dict | None, owner: dict | None, actions: list[AblationAction]) -> _Outcome:
+    name = pipeline.metadata.name
+    if body is None:
+        actions.append(CreatePipeline(name=name, body=build_pipeline(pipeline, owner)))
+        return _Outcome("Running", f"TrainingPipeline {name} is Created")
+    if _deleting(body):
+        return _Outcome("Running", f"TrainingPipeline {name} is being deleted")
+    status = body.get("status") or {}
+    phase = status.get("phase") or "Pending"
+    if phase == "Failed":
+        return _Outcome(
+            "Failed", f"TrainingPipeline {name} failed" + (f": {status['message']}" if status.get("message") else "")
+        )
+    return _Outcome("Succeeded" if phase == "Succeeded" else "Running", f"TrainingPipeline {name} is {phase}")
+
+
+def _prepare(
+    ablation: Ablation,
+    jobs: dict[str, dict],
+    pipelines: dict[str, dict],
+    done: bool,
+    owner: dict | None,
+    actions: list[AblationAction],
+) -> _Outcome:
+    """The data pipeline (when there is one), then the prepare job."""
+    data = None if done else data_pipeline(ablation)
+    if data is not None:
+        outcome = _data(data, pipelines.get(data.metadata.name), owner, actions)
+        if outcome.state != "Succeeded":
+            return outcome
+    return _job_step(ablation, "prepare", jobs.get(step_job_name(ablation, "prepare")), done, owner, actions)
+
+
 def _train(
     runs: list[Run], observed: dict[str, dict], done: bool, owner: dict | None, actions: list[AblationAction]
 ) -> tuple[_Outcome, RunCounts]:
@@ -120,7 +156,7 @@ def _train(
     for run in runs:
         body = observed.get(run.name)
         if body is None:
-            actions.append(CreatePipeline(name=run.name, body=build_run(run, owner)))
+            actions.append(CreatePipeline(name=run.name, body=build_pipeline(run.pipeline, owner)))
             continue
         status = body.get("status") or {}
         if status.get("phase") == "Succeeded" and not _deleting(body):
@@ -161,14 +197,12 @@ def plan_ablation(
     generation: int | None = None,
 ) -> AblationPlan:
     """Decide what to do next. `jobs`: the ablation's PyTorchJobs by name (prepare, evaluate);
-    `pipelines`: its runs' TrainingPipelines by name."""
+    `pipelines`: its TrainingPipelines by name (the data pipeline and the runs)."""
     runs = expand_runs(ablation)
     actions: list[AblationAction] = []
     outcomes: dict[str, _Outcome] = {}
     counts = RunCounts(total=len(runs))
-    outcomes["prepare"] = _job_step(
-        ablation, "prepare", jobs.get(step_job_name(ablation, "prepare")), previous.done(PREPARED), owner, actions
-    )
+    outcomes["prepare"] = _prepare(ablation, jobs, pipelines, previous.done(PREPARED), owner, actions)
     if outcomes["prepare"].state == "Succeeded":
         outcomes["train"], counts = _train(runs, pipelines, previous.done(TRAINED), owner, actions)
         if outcomes["train"].state == "Succeeded":
@@ -212,5 +246,5 @@ __all__ = [
     "plan_ablation",
     "ablation_from_body",
     "build_step_job",
-    "build_run",
+    "build_pipeline",
 ]

@@ -13,6 +13,8 @@ The rules, in stage order:
   stays until its pods and Services are gone); only once it is gone is the stage created again,
   with the next attempt number, so a retry never meets its predecessor's pods. Without retries
   left the pipeline is Failed.
+- A stage that asks for GPUs starts only once its memory plan says it fits (`fit_gate.py`): until
+  then it is Pending (reason MemoryPlanning) behind a plan Job; a refusal fails it with the numbers.
 - `spec.suspend` suspends the running job (`SuspendJob`) and starts nothing; resuming the pipeline
   resumes only a job the pipeline itself suspended (marked with ANNOTATION_SUSPENDED). A job someone
   else holds suspended, Kueue waiting for quota above all, is left alone: it runs when they resume it.
@@ -21,10 +23,12 @@ The rules, in stage order:
 import json
 from dataclasses import dataclass, field
 
-from zhinao_k8s.api.status import PipelineStatus, StageStatus
+from zhinao_k8s.api.status import Condition, PipelineStatus, StageStatus
 from zhinao_k8s.api.v1alpha1 import API_VERSION, KIND, StageBase, TrainingPipeline
+from zhinao_k8s.controller.fit_gate import CONDITION, PLAN_FAILURES, CreatePlanJob, DeletePlanJob, fit_gate
 from zhinao_k8s.controller.pipeline_status import stage_from_job, summarize, with_phase
 from zhinao_k8s.render.names import LABEL_PIPELINE, job_name
+from zhinao_k8s.render.plan_job import plan_job_name
 from zhinao_k8s.render.pytorchjob import render_pytorchjob, stage_configmap
 
 ANNOTATION_ATTEMPT = "zhinao.ai/attempt"
@@ -54,7 +58,7 @@ class SuspendJob:
     suspend: bool
 
 
-Action = CreateJob | DeleteJob | SuspendJob
+Action = CreateJob | DeleteJob | SuspendJob | CreatePlanJob | DeletePlanJob
 
 
 @dataclass(frozen=True)
@@ -131,6 +135,15 @@ def _suspend_action(name: str, job: dict, suspend: bool) -> "SuspendJob | None":
     return None
 
 
+@dataclass(frozen=True)
+class PlanJobs:
+    """The pipeline's memory plan Jobs (batch/v1) by name, and the termination message of each
+    finished one's pod (read only for stages still waiting to start)."""
+
+    jobs: dict[str, dict] = field(default_factory=dict)
+    messages: dict[str, str] = field(default_factory=dict)
+
+
 def plan_pipeline(
     pipeline: TrainingPipeline,
     observed: dict[str, dict],
@@ -139,8 +152,10 @@ def plan_pipeline(
     now: str,
     owner: dict | None = None,
     generation: int | None = None,
+    plans: PlanJobs | None = None,
 ) -> PipelinePlan:
     """Decide what to do next. `observed` maps job name -> PyTorchJob (the pipeline's children)."""
+    plans = plans or PlanJobs()
     spec = pipeline.spec
     actions: list[Action] = []
     stages: list[StageStatus] = []
@@ -153,7 +168,7 @@ def plan_pipeline(
         if blocked:
             stages.append(StageStatus(name=stage.name, output_uri=output))
             continue
-        status, action, done = _plan_stage(pipeline, stage, name, prev, job, output, now=now, owner=owner)
+        status, action, done = _plan_stage(pipeline, stage, name, prev, job, output, now=now, owner=owner, plans=plans)
         stages.append(status)
         if action is not None:
             actions.append(action)
@@ -174,14 +189,17 @@ def _plan_stage(
     *,
     now: str,
     owner: dict | None,
+    plans: PlanJobs,
 ) -> tuple[StageStatus, Action | None, bool]:
     """(stage status, action or None, whether later stages may start)."""
     spec = pipeline.spec
     if job is None:
         if prev.phase in ("Succeeded",):
             return prev, None, True  # its job was removed after it finished (kubectl delete, TTL)
-        if prev.phase == "Failed":
-            return prev, None, False  # retries spent: the pipeline stays Failed
+        # Retries spent: the pipeline stays Failed. A stage its memory plan failed is looked at
+        # again: after a spec change it is planned anew.
+        if prev.phase == "Failed" and prev.reason not in PLAN_FAILURES:
+            return prev, None, False
         if spec.suspend:
             waiting = "Retrying" if prev.phase == "Retrying" else "Pending"  # keep the retry count
             return (
@@ -196,6 +214,29 @@ def _plan_stage(
                 None,
                 False,
             )
+        plan = plan_job_name(pipeline, stage)
+        gate = fit_gate(pipeline, stage, plans.jobs.get(plan), plans.messages.get(plan), owner=owner)
+        if gate.state == "wait":
+            waiting = "Retrying" if prev.phase == "Retrying" else "Pending"
+            status = with_phase(
+                prev, waiting, now, output_uri=output, reason=gate.reason, message=gate.message, conditions=[]
+            )
+            return status, gate.action, False
+        if gate.state in ("refused", "failed"):
+            refused = Condition(
+                type=CONDITION, status="False", reason=gate.reason, message=gate.message, last_transition_time=now
+            )
+            same = prev.phase == "Failed" and prev.message == gate.message and prev.conditions
+            status = with_phase(
+                prev,
+                "Failed",
+                now,
+                output_uri=output,
+                reason=gate.reason,
+                message=gate.message,
+                conditions=prev.conditions if same else [refused],
+            )
+            return status, None, False
         # After a retry's delete the next attempt; after a lost job (deleted by hand, or the
         # operator stopped between delete and status write) the same attempt again.
         attempt = prev.attempt + 1 if prev.phase in ("Retrying", "Failed") or prev.attempt == 0 else prev.attempt
@@ -261,6 +302,7 @@ __all__ = [
     "DeleteJob",
     "SuspendJob",
     "PipelinePlan",
+    "PlanJobs",
     "plan_pipeline",
     "plan_cleanup",
     "build_job",

@@ -20,10 +20,13 @@ from zhinao.config._base import SpecModel
 from zhinao_k8s.api.errors import format_errors
 from zhinao_k8s.api.status import TERMINAL, AblationStatus, PipelineStatus, read_status
 from zhinao_k8s.api.v1alpha1 import STAGE_KINDS
+from zhinao_k8s.controller.fit_gate import finished
 from zhinao_k8s.controller.k8s import Cluster
 from zhinao_k8s.controller.metrics import ABLATION, PIPELINE, OperatorMetrics
 from zhinao_k8s.controller.plan_ablation import ablation_from_body, plan_ablation
-from zhinao_k8s.controller.plan_pipeline import owner_reference, pipeline_from_body, plan_pipeline
+from zhinao_k8s.controller.plan_pipeline import PlanJobs, owner_reference, pipeline_from_body, plan_pipeline
+from zhinao_k8s.render.names import job_name
+from zhinao_k8s.render.plan_job import needs_plan, plan_job_name
 
 
 def now() -> str:
@@ -123,7 +126,20 @@ def _status_patch(status: SpecModel) -> dict:
 
 
 def _plan_pipeline(cluster: Cluster, namespace: str, name: str, pipeline, previous, **kw) -> Planned:
-    return plan_pipeline(pipeline, cluster.list_jobs(namespace, name), previous, **kw)
+    jobs = cluster.list_jobs(namespace, name)
+    plans = PlanJobs(cluster.list_plan_jobs(namespace, name) if _plans_gpu_stages(pipeline) else {})
+    for stage in pipeline.spec.stages:
+        plan = plans.jobs.get(plan_job_name(pipeline, stage))
+        # A verdict is read only where it is needed: a finished plan of a stage not started yet.
+        if plan is not None and finished(plan) and job_name(pipeline, stage) not in jobs:
+            message = cluster.termination_message(namespace, plan["metadata"]["name"])
+            if message is not None:
+                plans.messages[plan["metadata"]["name"]] = message
+    return plan_pipeline(pipeline, jobs, previous, plans=plans, **kw)
+
+
+def _plans_gpu_stages(pipeline) -> bool:
+    return any(needs_plan(pipeline, stage) for stage in pipeline.spec.stages)
 
 
 def _observe_stages(metrics: OperatorMetrics, pipeline, previous: PipelineStatus, new: PipelineStatus) -> None:

@@ -4,8 +4,8 @@ One Master replica in the trainer image runs `python -m zhinao_k8s.jobs.ablation
 Ablation document travels in the ZHINAO_ABLATION_SPEC env var, so the job needs nothing else. The
 pod is the training pods' own (security context, scratch volumes, storage credentials by
 secretKeyRef), with the proxy's CPU and memory. `prepare` is CPU work; `evaluate` gets one GPU when
-the proxy trains on GPUs (scoring every checkpoint of a 1.8b proxy on CPU would take days), none
-for a CPU proxy.
+the proxy trains on GPUs (the benchmarks on a 1.8b proxy are slow on CPU), none for a CPU proxy.
+The data stages before `prepare` are a TrainingPipeline of their own (ablation_runs.data_pipeline).
 """
 
 import json
@@ -13,13 +13,12 @@ from typing import Literal
 
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.api.v1alpha1 import Resources
-from zhinao_k8s.render.names import LABEL_ABLATION, app_labels
+from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_ABLATION_STEP, app_labels
 from zhinao_k8s.render.pytorchjob import pod_template, pytorchjob, scratch_env, storage_env
 
 Step = Literal["prepare", "evaluate"]
 STEPS: tuple[Step, ...] = ("prepare", "evaluate")
 ENV_ABLATION_SPEC = "ZHINAO_ABLATION_SPEC"
-LABEL_STEP = "zhinao.ai/ablation-step"
 JOB_MODULE = "zhinao_k8s.jobs.ablation_step"
 BACKOFF_LIMIT = 2
 """The step job's `runPolicy.backoffLimit` (restarts before it is Failed): both steps resume what an
@@ -32,7 +31,7 @@ def step_job_name(ablation: Ablation, step: Step) -> str:
 
 
 def step_labels(ablation: Ablation, step: Step) -> dict[str, str]:
-    return {**app_labels(f"ablation-{step}"), LABEL_ABLATION: ablation.metadata.name, LABEL_STEP: step}
+    return {**app_labels(f"ablation-{step}"), LABEL_ABLATION: ablation.metadata.name, LABEL_ABLATION_STEP: step}
 
 
 def step_gpus(ablation: Ablation, step: Step) -> int:

@@ -1,19 +1,33 @@
-"""An Ablation expanded into its runs: one TrainingPipeline per recipe x seed, with deterministic names.
+"""An Ablation expanded into TrainingPipelines with deterministic names: its data pipeline and its runs.
 
 Pure. Also where an ablation writes: `root_uri`, `prep_uri`, `report_uri`.
 
-Every run has a pretrain stage reading the ablation's prepared data (prep/: the shared tokenizer
-and the recipe's mixed training documents, see zhinao.ablation.prepare) and keeping a checkpoint
-every `validLoss.everySteps` steps, which the evaluation reads afterwards. With the SFT evaluation
+The data pipeline `<ablation>-data` has one data stage per corpus to process (the base corpus when
+`base.data` is set, every recipe with `data`): a distributed PyTorchJob of `dataJobs.replicas` ranks
+each, writing under prep/ where zhinao.ablation.prepare reads it (`AblationParams.processed`).
+
+Every run has a pretrain stage reading the ablation's prepared data (prep/: the shared tokenizer,
+the recipe's mixed training documents and the held-out sequences, see zhinao.ablation.prepare). It
+records the validation loss every `validLoss.everySteps` steps in its metrics log, and keeps only
+its latest checkpoint (to resume): the evaluation reads the log and the final hf/ export. With the SFT evaluation
 on, an `sft` stage follows: the same fixed recipe fine-tunes every run's base (with the run's seed).
 """
 
 from dataclasses import dataclass
 
+from zhinao.config.ablation import BASE_DATA
 from zhinao.config.pretrain import PretrainParams
 from zhinao_k8s.api.ablation import Ablation
-from zhinao_k8s.api.v1alpha1 import Metadata, PipelineSpec, PretrainStage, Resources, SFTStage, TrainingPipeline
-from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_RECIPE, LABEL_SEED
+from zhinao_k8s.api.v1alpha1 import (
+    DataStage,
+    Metadata,
+    PipelineSpec,
+    PretrainStage,
+    Resources,
+    SFTStage,
+    TrainingPipeline,
+)
+from zhinao_k8s.render.names import LABEL_ABLATION, LABEL_ABLATION_STEP, LABEL_RECIPE, LABEL_SEED
 
 STAGE = "pretrain"
 SFT_STAGE = "sft"
@@ -55,6 +69,50 @@ def report_uri(ablation: Ablation) -> str:
     return f"{root_uri(ablation)}/{REPORT_FILE}"
 
 
+def data_pipeline_name(ablation: Ablation) -> str:
+    return f"{ablation.metadata.name}-data"
+
+
+def data_stage_name(prefix: str) -> str:
+    """`base`, or `recipe-<name>` for `recipes/<name>/data` (a recipe may be called `base`)."""
+    return "base" if prefix == BASE_DATA else "recipe-" + prefix.split("/")[1]
+
+
+def data_pipeline(ablation: Ablation) -> TrainingPipeline | None:
+    """The data stages of the ablation in one pipeline (they run side by side); None when no corpus
+    needs processing (every recipe a prepared dataset, the base used as is)."""
+    spec = ablation.spec
+    jobs = spec.processed()
+    if not jobs:
+        return None
+    prep = prep_uri(ablation)
+    resources = Resources(cpu=spec.data_jobs.cpu, memory=spec.data_jobs.memory)
+    stages = [
+        DataStage(
+            name=data_stage_name(prefix),
+            kind="data",
+            replicas=spec.data_jobs.replicas,
+            nproc_per_node=1,
+            resources=resources,
+            inputs={"corpus": corpus},
+            output=f"{prep}/{prefix}",
+            params=params,
+        )
+        for prefix, (params, corpus) in jobs.items()
+    ]
+    labels = {**ablation.metadata.labels, LABEL_ABLATION: ablation.metadata.name, LABEL_ABLATION_STEP: "data"}
+    return TrainingPipeline(
+        metadata=Metadata(name=data_pipeline_name(ablation), namespace=ablation.metadata.namespace, labels=labels),
+        spec=PipelineSpec(
+            image=spec.image,
+            image_pull_policy=spec.image_pull_policy,
+            storage=spec.storage,
+            metrics=spec.metrics,
+            stages=stages,
+        ),
+    )
+
+
 def run_name(ablation: Ablation, recipe: str, index: int) -> str:
     return f"{ablation.metadata.name}-{recipe}-s{index}"
 
@@ -72,14 +130,15 @@ def pretrain_params(ablation: Ablation, seed: int) -> PretrainParams:
         warmup_steps=proxy.warmup_steps,
         seed=seed,
         checkpoint_every=every,
-        keep_checkpoints=proxy.max_steps // every + 1,  # every checkpoint is evaluated afterwards
+        keep_checkpoints=1,  # only to resume: the validation loss is computed in the loop
+        eval_every=every,
     )
 
 
 def expand_runs(ablation: Ablation) -> list[Run]:
     """recipes x seeds -> one Run (a TrainingPipeline) each, in recipe order then seed order."""
     spec = ablation.spec
-    proxy, sft = spec.proxy, spec.evaluations.sft
+    proxy, sft, valid = spec.proxy, spec.evaluations.sft, spec.evaluations.valid_loss
     prep = prep_uri(ablation)
     placement = {
         "replicas": proxy.replicas,
@@ -95,7 +154,11 @@ def expand_runs(ablation: Ablation) -> list[Run]:
                     name=STAGE,
                     kind="pretrain",
                     **placement,
-                    inputs={"tokenizer": f"{prep}/tokenizer", "corpus": f"{prep}/recipes/{recipe.name}/train"},
+                    inputs={
+                        "tokenizer": f"{prep}/tokenizer",
+                        "corpus": f"{prep}/recipes/{recipe.name}/train",
+                        **({"valid": f"{prep}/valid"} if valid.enabled else {}),
+                    },
                     params=pretrain_params(ablation, seed),
                 )
             ]

@@ -8,6 +8,8 @@ LABEL_STAGE = "zhinao.ai/stage"
 LABEL_KIND = "zhinao.ai/stage-kind"
 LABEL_ABLATION = "zhinao.ai/ablation"
 """On an Ablation's runs (TrainingPipelines) and its prepare/evaluate PyTorchJobs."""
+LABEL_ABLATION_STEP = "zhinao.ai/ablation-step"
+"""Which step of an Ablation an object serves: data (its data pipeline), prepare, evaluate."""
 LABEL_RECIPE = "zhinao.ai/recipe"
 LABEL_SEED = "zhinao.ai/seed"
 

@@ -1,10 +1,10 @@
-"""Run an Ablation locally: prepare the data, train every recipe x seed, evaluate, report.
+"""Run an Ablation locally: process and prepare the data, train every recipe x seed, evaluate, report.
 
-Runs go through the local PyTorchJob runner (real torchrun processes, as on a cluster) unless
-`in_process` is set: then each stage runs in this process with world size 1, which is
-the same code without the process start-up (the proof test uses it to stay within its budget).
-Every step is resumable: prepared data, finished runs (summary.json) and evaluated runs
-(runs/<run>.json) are reused.
+The data pipeline (one distributed data stage per corpus) and the runs go through the local
+PyTorchJob runner (real torchrun processes, as on a cluster) unless `in_process` is set: then each
+stage runs in this process with world size 1, which is the same code without the process start-up
+(the proof test uses it to stay within its budget). Every step is resumable: processed and
+prepared data, finished (published) runs and evaluated runs (runs/<run>.json) are reused.
 """
 
 import json
@@ -12,8 +12,6 @@ import os
 import time
 from contextlib import contextmanager
 from pathlib import Path
-
-import numpy as np
 
 from zhinao.ablation.evaluate import evaluate_run, load_tasks
 from zhinao.ablation.prepare import prepare, read_records
@@ -23,7 +21,8 @@ from zhinao.ablation.suite import build_suite
 from zhinao.artifacts import StageOutput
 from zhinao.storage import open_store
 from zhinao_k8s.api.ablation import Ablation
-from zhinao_k8s.render.ablation_runs import Run, expand_runs, prep_uri, root_uri
+from zhinao_k8s.api.v1alpha1 import StageBase, TrainingPipeline
+from zhinao_k8s.render.ablation_runs import Run, data_pipeline, expand_runs, prep_uri, root_uri
 from zhinao_k8s.runner.local import Listener
 from zhinao_k8s.runner.pipeline import run_training_pipeline
 
@@ -58,34 +57,52 @@ def _notify(listener: Listener | None):
     return listener or (lambda event, data: None)
 
 
+def unfinished(pipeline: TrainingPipeline) -> list[StageBase]:
+    """The stages that have published no output yet (stages added later, e.g. sft, run alone)."""
+    return [s for s in pipeline.spec.stages if not StageOutput.at(pipeline.output_of(s)).is_finished()]
+
+
+def run_stages(pipeline: TrainingPipeline, stages: list[StageBase], *, workdir: Path, in_process: bool) -> None:
+    if in_process:
+        from zhinao.stages import run_stage
+        from zhinao_k8s.render.pytorchjob import stage_runtime
+
+        for stage in stages:
+            run_stage(stage_runtime(pipeline, stage))
+        return
+    result = run_training_pipeline(pipeline, workdir=workdir, only=[stage.name for stage in stages])
+    if not result.succeeded:
+        name, outcome = result.stages[-1]
+        raise AblationFailed(f"{pipeline.metadata.name} failed in stage {name}: {outcome.reason}")
+
+
+def prepare_ablation(
+    ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False
+) -> dict:
+    """The data pipeline (every corpus processed by its own distributed data stage), then the
+    preparation that reads its outputs; returns the preparation's summary."""
+    notify = _notify(listener)
+    data = data_pipeline(ablation)
+    todo = unfinished(data) if data is not None else []
+    if todo:
+        notify("prep", {"step": f"data stages {', '.join(s.name for s in todo)}"})
+        run_stages(data, todo, workdir=workdir, in_process=in_process)
+    return prepare(ablation.spec, prep_uri(ablation), listener=notify)
+
+
 def train_runs(
     ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False
 ) -> list[Run]:
     notify = _notify(listener)
     runs = expand_runs(ablation)
     for i, run in enumerate(runs, 1):
-        todo = [
-            stage
-            for stage in run.pipeline.spec.stages  # stages added later (sft) run alone
-            if not StageOutput.at(run.pipeline.output_of(stage)).is_finished()
-        ]
+        todo = unfinished(run.pipeline)
         if not todo:
             notify("run-skipped", {"run": run.name, "i": i, "n": len(runs)})
             continue
         notify("run-started", {"run": run.name, "i": i, "n": len(runs)})
         began = time.time()
-        if in_process:
-            from zhinao.stages import run_stage
-            from zhinao_k8s.render.pytorchjob import stage_runtime
-
-            for stage in todo:
-                run_stage(stage_runtime(run.pipeline, stage))
-        else:
-            result = run_training_pipeline(run.pipeline, workdir=workdir, only=[stage.name for stage in todo])
-            if not result.succeeded:
-                raise AblationFailed(
-                    f"run {run.name} failed in stage {result.stages[-1][0]}: {result.stages[-1][1].reason}"
-                )
+        run_stages(run.pipeline, todo, workdir=workdir, in_process=in_process)
         notify("run-finished", {"run": run.name, "i": i, "n": len(runs), "seconds": time.time() - began})
     return runs
 
@@ -108,12 +125,6 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
     spec = ablation.spec
     root = open_store(root_uri(ablation))
     prep = open_store(prep_uri(ablation))
-    valid = None
-    if spec.evaluations.valid_loss.enabled:
-        local = workdir / "valid-tokens.npy"
-        local.parent.mkdir(parents=True, exist_ok=True)
-        prep.get_file("valid/tokens.npy", local)
-        valid = np.load(local)
     items = benchmark_items(ablation)
     results = []
     runs = expand_runs(ablation)
@@ -125,7 +136,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             notify("eval-started", {"run": run.name, "i": i, "n": len(runs)})
             result = evaluate_run(
                 run.output,
-                valid_tokens=valid,
+                valid=spec.evaluations.valid_loss.enabled,
                 items=items,
                 workdir=scratch,
                 max_new_tokens=spec.evaluations.benchmarks.max_new_tokens,
@@ -167,6 +178,6 @@ def run_ablation(
     """Prepare, train, evaluate and report; returns the report (also under <storage>/<ablation>/report/)."""
     notify = _notify(listener)
     with threads(threads_per_run):
-        prepare(ablation.spec, prep_uri(ablation), listener=notify)
+        prepare_ablation(ablation, workdir=workdir, listener=notify, in_process=in_process)
         train_runs(ablation, workdir=workdir, listener=listener, in_process=in_process)
         return evaluate_ablation(ablation, workdir=workdir, listener=listener)

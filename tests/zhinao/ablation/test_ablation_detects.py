@@ -117,9 +117,12 @@ def test_identical_recipes_are_not_reported_as_different(report):
         p = pair(rep, metric, "good", "good-copy")
         assert not p["detected"] and abs(p["effect_size"]) < 2, (metric, p)
     # Every other metric is a separate test at alpha = 0.05, so about one false detection in 20
-    # metrics is what "p < 0.05" means; more than that would be a broken test, not bad luck.
-    false = [m for m in rep["metrics"] if pair(rep, m, "good", "good-copy")["detected"]]
-    assert len(false) <= max(1, round(0.05 * len(rep["metrics"]))), false
+    # metrics is what "p < 0.05" means; more than that would be a broken test, not bad luck. Metrics
+    # with the same value in every run are one test, not several: word-order's choices have equal
+    # token counts, so its `content` and `content_norm` scores are always equal.
+    tests = {tuple(tuple(s["values"]) for s in rep["metrics"][m]["recipes"].values()): m for m in rep["metrics"]}
+    false = [m for m in tests.values() if pair(rep, m, "good", "good-copy")["detected"]]
+    assert len(false) <= max(1, round(0.05 * len(tests))), false
 
 
 def test_the_report_holds_stats_curves_and_plots(report):
@@ -131,7 +134,7 @@ def test_the_report_holds_stats_curves_and_plots(report):
     s = rep["metrics"]["valid_loss"]["recipes"]["good"]
     assert len(s["values"]) == 4 and s["ci_low"] <= s["mean"] <= s["ci_high"] and s["std"] > 0
     run = json.loads((root / "store" / "proof" / "runs" / "proof-good-s0.json").read_text())
-    assert [p["step"] for p in run["valid_curve"]] == [150, 300]  # checkpoints every 150 steps, evaluated afterwards
+    assert [p["step"] for p in run["valid_curve"]] == [150, 300]  # computed in the loop every 150 steps
     assert "| valid_loss |" in (out / "report.md").read_text()
     # constant metrics (a tiny model generates no right answer) are flagged, not ranked as useful
     ranking = {q["metric"]: q["flags"] for q in rep["ranking"]}

@@ -23,7 +23,7 @@ from zhinao.ablation.evaluate import (
     normalize,
     parse_item,
 )
-from zhinao.ablation.prepare import is_held_out, split_by_topic, topic_of
+from zhinao.ablation.prepare import is_held_out, topic_of
 from zhinao.tokenizer import EOD, to_transformers, train_bpe
 
 # ---- held-out topic split ----------------------------------------------------------------------
@@ -36,6 +36,12 @@ def test_a_url_topic_is_its_host_and_parent_path_so_pages_of_one_module_share_it
     assert topic_of({"source": "books", "text": "a"}, "source") == "books"  # a plain field is the topic itself
     # without the field a document is its own topic: equal texts share it, different texts do not
     assert topic_of({"text": "same"}) == topic_of({"text": "same"}) != topic_of({"text": "other"})
+
+
+def split_by_topic(records: list[dict], *, share: float, field: str, seed: int) -> tuple[list[dict], list[dict]]:
+    """(train, valid) as zhinao.ablation.prepare.Split streams them."""
+    held = [is_held_out(topic_of(r, field), share, seed) for r in records]
+    return [r for r, h in zip(records, held) if not h], [r for r, h in zip(records, held) if h]
 
 
 def test_no_topic_is_both_in_train_and_in_valid_and_the_split_is_seeded():

@@ -19,7 +19,8 @@ def test_defaults_follow_the_report():
     [
         ({"seqLen": 1000, "sequenceParallel": 3}, "divisible"),
         ({"seqLen": 1004, "sequenceParallel": 4}, "divisible by 2 x sequenceParallel"),
-        ({"sequenceParallel": 2, "zeroStage": 2}, "zeroStage"),
+        ({"sequenceParallel": 2, "zeroStage": 2}, "zeroStage 0 and engine fsdp"),
+        ({"sequenceParallel": 2, "engine": "deepspeed"}, "runs under engine ddp or fsdp"),
         ({"seqLen": 4096, "maxPositionEmbeddings": 2048}, "maxPositionEmbeddings"),
         ({"warmupSteps": 100, "maxSteps": 100}, "warmupSteps"),
         ({"ropeTheta": 1e6, "ropeBase": 1e6}, "ropeBase"),
@@ -28,3 +29,8 @@ def test_defaults_follow_the_report():
 def test_inconsistent_params_are_rejected(params, message):
     with pytest.raises(ValidationError, match=message):
         LongContextParams.model_validate(params)
+
+
+def test_sequence_parallel_composes_with_fsdp():
+    p = LongContextParams.model_validate({"sequenceParallel": 8, "engine": "fsdp", "seqLen": 32768})
+    assert p.engine == "fsdp" and p.sequence_parallel == 8

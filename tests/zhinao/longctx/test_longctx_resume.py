@@ -2,7 +2,8 @@
 checkpoint, and ends with the same weights as a run that was never interrupted.
 
 Two pods (Master + Worker) of one process each form one sequence-parallel group: every sequence is
-split across both ranks, so the ring (and the resume) crosses processes.
+split across both ranks, so the ring (and the resume) crosses processes. Under DDP each checkpoint
+is rank 0's full copy; under FSDP2 each rank writes and reloads its own shards (DCP).
 """
 
 import json
@@ -10,7 +11,14 @@ from pathlib import Path
 
 import pytest
 from alignment_assets import assert_same_weights, hf_weights
-from stage_runs import assert_restarted_and_resumed, run, run_killing_a_rank, stage_output, step_records
+from stage_runs import (
+    assert_restarted_and_resumed,
+    in_any_generation,
+    run,
+    run_killing_a_rank,
+    stage_output,
+    step_records,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -18,24 +26,25 @@ pytestmark = pytest.mark.slow
 PARAMS = dict(replicas=2, nproc=1, backoff_limit=6, maxSteps=9, checkpointEvery=3, needle={"enabled": False})
 
 
+@pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_sigkill_of_a_sequence_parallel_rank_resumes_to_identical_weights(
-    tmp_path, stage_assets, longctx_base_model, make_longctx_spec
+    tmp_path, stage_assets, longctx_base_model, make_longctx_spec, engine
 ):
     store = f"file://{tmp_path}/store"
 
     def spec(name: str) -> str:
-        return make_longctx_spec(name, store, longctx_base_model, stage_assets["corpus"], **PARAMS)
+        return make_longctx_spec(name, store, longctx_base_model, stage_assets["corpus"], engine=engine, **PARAMS)
 
     ref_pipeline, ref = run(spec("ref"), tmp_path / "w1")
-    assert ref.succeeded and ref.stages[0][1].restarts == 0, (ref.stages[0][1].log_dir / "master-0.log").read_text()[
-        -3000:
-    ]
+    ref_log = (ref.stages[0][1].log_dir / "master-0.log").read_text()
+    assert ref.succeeded and ref.stages[0][1].restarts == 0, ref_log[-3000:]
+    assert f"engine {engine}," in ref_log
 
     pipeline, result, killed = run_killing_a_rank(
         spec("killed"),
         tmp_path / "w2",
         replica="worker-0",
-        once_exists=tmp_path / "store" / "killed" / "longctx" / "checkpoints" / "latest",
+        once_exists=in_any_generation(tmp_path / "store" / "killed" / "longctx", "checkpoints/latest"),
     )
     assert_restarted_and_resumed(result, killed=killed, replica="worker-0", step=3)
 

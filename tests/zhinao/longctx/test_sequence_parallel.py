@@ -169,11 +169,11 @@ def test_one_rank_ring_is_plain_causal_attention():
 @pytest.mark.parametrize(
     "rank, world, sp, expected",
     [
-        (0, 4, 2, (0, 0, 2, 0)),
-        (3, 4, 2, (1, 1, 2, 2)),
-        (5, 8, 4, (1, 1, 2, 4)),
-        (2, 4, 1, (0, 2, 4, 2)),
-        (3, 4, 4, (3, 0, 1, 0)),
+        (0, 4, 2, (0, 0, 2)),
+        (3, 4, 2, (1, 1, 2)),
+        (5, 8, 4, (1, 1, 2)),
+        (2, 4, 1, (0, 2, 4)),
+        (3, 4, 4, (3, 0, 1)),
     ],
 )
 def test_layout_groups_consecutive_ranks(rank, world, sp, expected):

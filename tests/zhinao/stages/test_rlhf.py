@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
+from stage_runs import stage_output
 
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
@@ -279,8 +280,7 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
     last = result.stages[-1][1]
     assert result.succeeded, (last.log_dir / "master-0.log").read_text()[-3000:]
     summary = {
-        name: json.loads(open_store(pipeline.output_of(pipeline.stage(name))).get_bytes("summary.json"))
-        for name in ("sft", "rm", "rlhf")
+        name: json.loads(stage_output(pipeline, name).get_bytes("summary.json")) for name in ("sft", "rm", "rlhf")
     }
     print(
         json.dumps(
@@ -302,7 +302,7 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
     assert g["checked_rose_with_rm"] == rose and g["sentence"] in headline(summary["rlhf"])
     assert ("did NOT rise" in g["sentence"]) != rose
     for name, png in (("sft", "sft_loss.png"), ("rm", "rm_accuracy.png"), ("rlhf", "rlhf.png")):
-        assert open_store(pipeline.output_of(pipeline.stage(name))).exists(f"report/{png}")
+        assert stage_output(pipeline, name).exists(f"report/{png}")
 
 
 def test_frozen_models_are_held_in_the_reference_precision(assets):

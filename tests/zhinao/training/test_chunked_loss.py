@@ -49,19 +49,22 @@ def test_under_bf16_autocast_the_matmul_runs_in_bf16_and_stays_close():
     torch.testing.assert_close(got, expected, rtol=1e-3, atol=1e-3)
 
 
-def test_the_wrapped_model_trains_like_the_hf_loss():
-    """Same loss and same parameter gradients as Qwen2ForCausalLM(labels=...)."""
+@pytest.mark.parametrize("aligned", [False, True])
+def test_the_wrapped_model_trains_like_the_hf_loss(aligned):
+    """Same loss and same parameter gradients as Qwen2ForCausalLM(labels=...); `aligned`: labels
+    already shifted (`shift_labels`, a sequence-parallel shard's) are used as they are."""
     model = build_model(build_config("tiny", vocab_size=97, attention="eager"), seed=0)
     ids = torch.randint(0, 97, (2, 12))
     labels = ids.clone()
     labels[:, :3] = IGNORE_INDEX
+    kwargs = {"labels": labels, "shift_labels": torch.roll(labels, -1, dims=1)} if aligned else {"labels": labels}
 
-    expected = model(input_ids=ids, labels=labels).loss
+    expected = model(input_ids=ids, **kwargs).loss
     expected.backward()
     expected_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
 
-    got = ChunkedLossLM(model, chunk=5)(input_ids=ids, labels=labels).loss
+    got = ChunkedLossLM(model, chunk=5)(input_ids=ids, **kwargs).loss
     got.backward()
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     for name, p in model.named_parameters():

@@ -3,6 +3,7 @@
 import pytest
 from pydantic import ValidationError
 
+from zhinao.config.longctx import LongContextParams
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.sft import SFTParams
 from zhinao.training.engine_builder import checkpoint_mode, engine_kind
@@ -20,6 +21,8 @@ B = 1_000_000_000
         (PretrainParams(engine="ddp"), 7.8 * B, 8, "ddp"),
         (SFTParams(), 7.8 * B, 8, "ddp"),  # evaluates with the bare model: not FSDP
         (SFTParams(engine="deepspeed"), 7.8 * B, 8, "deepspeed"),
+        (LongContextParams(sequence_parallel=8), 7.8 * B, 8, "fsdp"),  # the ring under FSDP2
+        (LongContextParams(sequence_parallel=8), 0.5 * B, 8, "ddp"),
     ],
 )
 def test_engine_kind(params, n_params, world, expected):
@@ -33,5 +36,5 @@ def test_activation_checkpointing_is_on_from_1b_unless_set():
 
 
 def test_fsdp_is_refused_where_the_stage_uses_the_bare_model():
-    with pytest.raises(ValidationError, match="engine: fsdp is for the pretrain stage"):
+    with pytest.raises(ValidationError, match="engine: fsdp is for the pretrain and longctx stages"):
         SFTParams(engine="fsdp")

@@ -13,15 +13,19 @@ from zhinao_k8s.examples import example_text
 runner = CliRunner()
 
 
-def test_render_prints_pretrain_and_sft_jobs_per_recipe_and_seed(tmp_path):
+def test_render_prints_the_data_jobs_then_pretrain_and_sft_jobs_per_recipe_and_seed(tmp_path):
     spec = tmp_path / "ablation.yaml"
     spec.write_text(example_text("ablation-demo"))
     result = runner.invoke(app, ["render", str(spec)])
     assert result.exit_code == 0, result.output
     objects = list(yaml.safe_load_all(result.output))
     jobs = [o for o in objects if o["kind"] == "PyTorchJob"]
-    assert len(jobs) == 4 * 3 * 2 and len(objects) == 2 * len(jobs)  # each with its stage spec ConfigMap
-    assert [j["metadata"]["name"] for j in jobs[:2]] == ["abl-demo-dedup-on-s0-pretrain", "abl-demo-dedup-on-s0-sft"]
+    # the base and 4 recipes processed by data stages, then 4 recipes x 3 seeds x (pretrain, sft)
+    assert len(jobs) == 5 + 4 * 3 * 2 and len(objects) == 2 * len(jobs)  # each with its stage spec ConfigMap
+    names = [j["metadata"]["name"] for j in jobs]
+    assert names[:3] == ["abl-demo-data-base", "abl-demo-data-recipe-dedup-on", "abl-demo-data-recipe-dedup-off"]
+    assert names[5:7] == ["abl-demo-dedup-on-s0-pretrain", "abl-demo-dedup-on-s0-sft"]
+    assert jobs[0]["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1  # dataJobs.replicas: 2
 
 
 def test_an_invalid_spec_exits_2_with_field_paths(tmp_path):

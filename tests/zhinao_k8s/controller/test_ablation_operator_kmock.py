@@ -83,17 +83,30 @@ def finish_runs(cluster: Cluster, names: list[str]) -> None:
 
 def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMock, operator: Operator) -> None:
     cluster = operator.cluster
-    uid = cluster.create_ablation(NS, ablation_doc())["metadata"]["uid"]
+    doc = ablation_doc()
+    doc["spec"]["recipes"][0] = {"name": "a", "data": {}}  # processed by the data pipeline first
+    doc["spec"]["corpus"] = "s3://bucket/raw"
+    doc["spec"]["dataJobs"] = {"replicas": 2}
+    uid = cluster.create_ablation(NS, doc)["metadata"]["uid"]
+
+    # The data pipeline, owned by the Ablation; the TrainingPipeline controller runs its data stage.
+    data = wait_for("data pipeline", lambda: cluster.get_pipeline(NS, "abl-data"))
+    assert data["metadata"]["ownerReferences"][0]["uid"] == uid
+    assert "abl-prepare" not in cluster.list_ablation_jobs(NS, "abl"), "no preparation before the data is processed"
+    data_job = wait_for("data job", lambda: cluster.list_jobs(NS, "abl-data").get("abl-data-recipe-a"))
+    validate_pytorchjob(data_job)
+    assert data_job["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 1  # 2 ranks: Master + 1 Worker
+    finish_runs(cluster, ["abl-data"])
 
     prepare = wait_for("prepare job", lambda: cluster.list_ablation_jobs(NS, "abl").get("abl-prepare"))
     validate_pytorchjob(prepare)
     assert prepare["metadata"]["ownerReferences"][0]["uid"] == uid
     wait_for("Preparing", lambda: status(cluster).get("phase") == "Preparing")
-    assert cluster.list_ablation_runs(NS, "abl") == {}, "no run before the data is prepared"
+    assert list(cluster.list_ablation_runs(NS, "abl")) == ["abl-data"], "no run before the data is prepared"
 
     set_job_condition(cluster, "abl-prepare", "Succeeded")
-    runs = wait_for("4 runs", lambda: len(r := cluster.list_ablation_runs(NS, "abl")) == 4 and r)
-    assert sorted(runs) == RUNS
+    runs = wait_for("data pipeline and 4 runs", lambda: len(r := cluster.list_ablation_runs(NS, "abl")) == 5 and r)
+    assert sorted(runs) == sorted(["abl-data", *RUNS])
     for _name, body in runs.items():
         assert body["metadata"]["ownerReferences"][0]["uid"] == uid
         assert (
@@ -127,8 +140,10 @@ def test_ablation_prepares_trains_evaluates_and_survives_a_restart(kube: KubeMoc
     ]
     assert final["completionTime"] and final["startTime"]
     # Everything was created exactly once, across the restart.
-    assert creates(kube, "trainingpipelines") == RUNS
-    assert creates(kube, "pytorchjobs") == sorted(["abl-evaluate", "abl-prepare", *(f"{r}-pretrain" for r in RUNS)])
+    assert creates(kube, "trainingpipelines") == sorted(["abl-data", *RUNS])
+    assert creates(kube, "pytorchjobs") == sorted(
+        ["abl-data-recipe-a", "abl-evaluate", "abl-prepare", *(f"{r}-pretrain" for r in RUNS)]
+    )
 
     # The ablation path records the operator's metrics as the pipeline path does (metrics live in
     # the process, so these count from the restart on).

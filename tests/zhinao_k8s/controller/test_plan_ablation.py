@@ -20,6 +20,7 @@ from zhinao_k8s.controller.plan_pipeline import CreateJob, pipeline_from_body
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC
 from zhinao_k8s.render.ablation_runs import expand_runs
 from zhinao_k8s.render.names import LABEL_PIPELINE
+from zhinao_k8s.render.pytorchjob import render_pipeline
 
 NOW = "2026-01-01T01:00:00Z"
 T0 = "2026-01-01T00:00:00Z"
@@ -70,6 +71,19 @@ def ablation_doc() -> dict:
 ABLATION = Ablation.model_validate(ablation_doc())
 
 
+def with_data_doc() -> dict:
+    """Recipe a is processed by a data stage (and the base too); b is a prepared dataset."""
+    doc = ablation_doc()
+    doc["spec"]["base"]["data"] = {}
+    doc["spec"]["recipes"][0] = {"name": "a", "data": {"minhash": {"enabled": False}}}
+    doc["spec"]["corpus"] = "s3://bucket/raw"
+    doc["spec"]["dataJobs"] = {"replicas": 3}
+    return doc
+
+
+WITH_DATA = Ablation.model_validate(with_data_doc())
+
+
 def job(name: str, *true: str, message: str | None = None, deleting: bool = False) -> dict:
     conds = [
         {"type": t, "status": "True", "lastTransitionTime": T1, **({"message": message} if message else {})}
@@ -93,6 +107,7 @@ def done(*kinds: str) -> AblationStatus:
 
 
 PREPARE_OK = {"abl-prepare": job("abl-prepare", "Created", "Succeeded")}
+DATA_OK = {"abl-data": run("abl-data", "Succeeded")}
 
 
 @dataclass
@@ -106,6 +121,7 @@ class Case:
     reason: str = "Running"
     progress: str = "0/4"
     conditions: tuple[str, str, str] = ("Unknown", "Unknown", "Unknown")  # Prepared, Trained, Evaluated
+    ablation: Ablation = field(default_factory=lambda: ABLATION)
 
 
 CASES = [
@@ -120,6 +136,44 @@ CASES = [
     ),
     Case(
         "a failed prepare job being deleted is waited for", {"abl-prepare": job("abl-prepare", "Failed", deleting=True)}
+    ),
+    Case(
+        "recipes to process: the data pipeline first", {}, actions=[("CreatePipeline", "abl-data")], ablation=WITH_DATA
+    ),
+    Case("data pipeline running: nothing to do", {}, {"abl-data": run("abl-data", "Running")}, ablation=WITH_DATA),
+    Case(
+        "data pipeline failed: Failed, no prepare job",
+        {},
+        {"abl-data": run("abl-data", "Failed", "stage 'recipe-a' failed after 1 attempt(s): Error")},
+        phase="Failed",
+        reason="PrepareFailed",
+        conditions=("False", "Unknown", "Unknown"),
+        ablation=WITH_DATA,
+    ),
+    Case(
+        "data pipeline succeeded creates the prepare job",
+        {},
+        DATA_OK,
+        actions=[("CreateJob", "abl-prepare")],
+        ablation=WITH_DATA,
+    ),
+    Case(
+        "data and prepare succeeded create every run",
+        PREPARE_OK,
+        DATA_OK,
+        actions=[("CreatePipeline", n) for n in RUNS],
+        phase="Training",
+        conditions=("True", "Unknown", "Unknown"),
+        ablation=WITH_DATA,
+    ),
+    Case(
+        "prepared earlier and the data pipeline gone: not processed again",
+        {},
+        previous=done(PREPARED),
+        actions=[("CreatePipeline", n) for n in RUNS],
+        phase="Training",
+        conditions=("True", "Unknown", "Unknown"),
+        ablation=WITH_DATA,
     ),
     Case(
         "prepare succeeded creates every run",
@@ -223,7 +277,7 @@ def _key(action) -> tuple[str, str]:
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
 def test_plan_ablation(case: Case) -> None:
-    out = plan_ablation(ABLATION, case.jobs, case.pipelines, case.previous, now=NOW, owner=OWNER)
+    out = plan_ablation(case.ablation, case.jobs, case.pipelines, case.previous, now=NOW, owner=OWNER)
     assert [_key(a) for a in out.actions] == case.actions
     st = out.status
     assert (st.phase, st.reason, st.progress) == (case.phase, case.reason, case.progress)
@@ -231,6 +285,34 @@ def test_plan_ablation(case: Case) -> None:
     assert st.runs.total == 4
     assert (st.report is not None) == (case.phase == "Succeeded")
     assert (st.completion_time is not None) == (case.phase in ("Succeeded", "Failed"))
+
+
+def test_the_data_pipeline_processes_each_corpus_on_the_specs_replicas_and_writes_under_prep() -> None:
+    (create,) = plan_ablation(WITH_DATA, {}, {}, AblationStatus(), now=NOW, owner=OWNER).actions
+    body = create.body
+    assert body["metadata"]["ownerReferences"] == [OWNER]
+    assert body["metadata"]["labels"] == {
+        "team": "data",
+        "zhinao.ai/ablation": "abl",
+        "zhinao.ai/ablation-step": "data",
+    }
+    pipeline = pipeline_from_body(body)
+    stages = {s.name: s for s in pipeline.spec.stages}
+    assert list(stages) == ["base", "recipe-a"]  # b is a prepared dataset: nothing to process
+    assert stages["base"].inputs == {"corpus": "s3://bucket/base"}
+    assert stages["recipe-a"].inputs == {"corpus": "s3://bucket/raw"}
+    assert stages["base"].output == "s3://bucket/abl-runs/abl/prep/base"
+    assert stages["recipe-a"].output == "s3://bucket/abl-runs/abl/prep/recipes/a/data"
+    assert not stages["recipe-a"].params.minhash.enabled  # the recipe's own data params
+    jobs = [o for o in render_pipeline(pipeline) if o["kind"] == "PyTorchJob"]
+    for j in jobs:
+        validate_pytorchjob(j)
+        assert j["spec"]["pytorchReplicaSpecs"]["Worker"]["replicas"] == 2  # dataJobs.replicas 3: Master + 2
+    assert [j["metadata"]["name"] for j in jobs] == ["abl-data-base", "abl-data-recipe-a"]
+    st = plan_ablation(
+        WITH_DATA, {}, {"abl-data": run("abl-data", "Failed", "stage 'base' failed")}, AblationStatus(), now=NOW
+    ).status
+    assert st.message == "TrainingPipeline abl-data failed: stage 'base' failed"
 
 
 def test_failures_name_what_failed() -> None:

@@ -14,6 +14,7 @@ from zhinao.data.demo_corpus import real_documents
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.jobs.ablation_step import EXIT_FAILED, EXIT_SPEC, main
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC
+from zhinao_k8s.render.ablation_runs import expand_runs
 from zhinao_k8s.runner.ablation import threads, train_runs
 
 
@@ -85,7 +86,7 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     # evaluate before the runs have trained: one line naming them, exit 1
     assert main(["evaluate"], env_of(ablation, tmp_path / "eval")) == EXIT_FAILED
     err = capsys.readouterr().err
-    assert err == "ablation evaluate failed: runs not finished (a stage wrote no summary.json): abl-a-s0, abl-b-s0\n"
+    assert err == "ablation evaluate failed: runs not finished (a stage published nothing yet): abl-a-s0, abl-b-s0\n"
 
     with threads(1):
         train_runs(ablation, workdir=tmp_path / "train", in_process=True)
@@ -95,6 +96,11 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     report = json.loads((report_md.parent / "report.json").read_text())
     assert report["ablation"] == "abl" and report["recipes"] == ["a", "b"] and len(report["runs"]) == 2
     assert "valid_loss" in report["metrics"]
+    for run in expand_runs(ablation):  # the valid curve came from the loop: only the checkpoint to resume is left
+        checkpoints = Path(run.output.removeprefix("file://")) / "checkpoints"
+        assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["step-00000010"]
+        result = json.loads((store(ablation) / "runs" / f"{run.name}.json").read_text())
+        assert [p["step"] for p in result["valid_curve"]] == [5, 10]
 
 
 def test_a_bad_or_missing_spec_is_one_line_and_exit_2(ablation: Ablation, tmp_path: Path) -> None:

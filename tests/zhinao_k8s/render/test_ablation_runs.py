@@ -54,16 +54,17 @@ def test_one_pipeline_per_recipe_and_seed_with_deterministic_names_and_distinct_
     assert stage.inputs == {
         "tokenizer": "file:///data/abl/prep/tokenizer",
         "corpus": f"file:///data/abl/prep/recipes/{recipe}/train",
+        "valid": "file:///data/abl/prep/valid",
     }
     assert run.output == f"file:///data/{name}/pretrain"
     assert run.pipeline.metadata.labels[LABEL_RECIPE] == recipe
     assert prep_uri(ab) == "file:///data/abl/prep" and root_uri(ab) == "file:///data/abl"
 
 
-def test_checkpoints_are_kept_every_eval_interval_for_the_valid_curve():
+def test_the_valid_loss_is_computed_in_the_loop_and_only_the_latest_checkpoint_kept():
     ab = parse_ablation(example_text("ablation-demo"))
     params = expand_runs(ab)[0].pipeline.spec.stages[0].params
-    assert (params.max_steps, params.checkpoint_every, params.keep_checkpoints) == (300, 100, 4)
+    assert (params.max_steps, params.eval_every, params.checkpoint_every, params.keep_checkpoints) == (300, 100, 100, 1)
     assert (params.model_size, params.seq_len, params.micro_batch_size) == ("tiny", 128, 8)
     assert len(expand_runs(ab)) == 12
 
