@@ -91,6 +91,30 @@ def child(args: list[str], *, pythonpath: str, extra_env: dict | None = None) ->
 
 def child_pretrain(corpus: str, tokenizer: str, work: str, steps: int) -> dict:
     """One pretrain rank, the whole stage, in this process (world size 1)."""
+    return _pretrain({"tokenizer": f"file://{tokenizer}", "corpus": f"file://{corpus}"}, work, steps)
+
+
+def child_pretrain_tokens(tokens: str, tokenizer: str, work: str, steps: int, copies: int) -> dict:
+    """One pretrain rank reading an already tokenized corpus made of `copies` copies of the shards of
+    `tokens` (an output directory holding tokens/index.json; hard links, so no disk is spent): the
+    training side of a corpus `copies` times larger, without tokenizing it again."""
+    src = Path(tokens) / "tokens"
+    index = json.loads((src / "index.json").read_text())
+    dest = Path(work) / "tokens-in" / "tokens"
+    dest.mkdir(parents=True)
+    shards = []
+    for c in range(copies):
+        for shard in index["shards"]:
+            name = Path(shard["key"]).name.replace("-r00000-", f"-r{c:05d}-")
+            os.link(src / Path(shard["key"]).name, dest / name)
+            shards.append({**shard, "key": f"tokens/{name}"})
+    for field in ("documents", "sequences", "tokens"):
+        index[field] *= copies
+    (dest / "index.json").write_text(json.dumps({**index, "shards": shards}))
+    return _pretrain({"tokenizer": f"file://{tokenizer}", "tokens": f"file://{dest.parent}"}, work, steps)
+
+
+def _pretrain(inputs: dict, work: str, steps: int) -> dict:
     from zhinao.config.pretrain import PretrainParams
     from zhinao.config.runtime import StageRuntime
     from zhinao.stages import pretrain
@@ -104,12 +128,16 @@ def child_pretrain(corpus: str, tokenizer: str, work: str, steps: int) -> dict:
         stage="pretrain",
         kind="pretrain",
         params=params.to_wire(),
-        inputs={"tokenizer": f"file://{tokenizer}", "corpus": f"file://{corpus}"},
+        inputs=inputs,
         output=f"file://{work}/out",
     )
-    began = time.perf_counter()
+    began, cpu0 = time.perf_counter(), time.process_time()
     pretrain.run(rt, params)
-    return {"seconds": time.perf_counter() - began, "peak_rss_mb": max_rss_mb()}
+    return {
+        "seconds": time.perf_counter() - began,
+        "cpu_seconds": time.process_time() - cpu0,
+        "peak_rss_mb": max_rss_mb(),
+    }
 
 
 def child_first_batch(tokens: str, work: str) -> dict:
@@ -238,6 +266,7 @@ def _litdata_tokenize(path: str, *, tok):
 
 CHILDREN = {
     "pretrain": child_pretrain,
+    "pretrain_tokens": child_pretrain_tokens,
     "first_batch": child_first_batch,
     "tokenize_ours": child_tokenize_ours,
     "tokenize_hf": child_tokenize_hf,
@@ -263,6 +292,8 @@ def main() -> None:
     ap.add_argument("--sides", default="baseline,ours", help="which sides of the RSS comparison to run")
     ap.add_argument("--litdata", default=None, help="a directory litdata is pip-installed in (--target)")
     ap.add_argument("--workdir", default=None, help="where corpora and outputs go (default: a temp dir)")
+    ap.add_argument("--rss-only", action="store_true", help="only the peak-RSS comparison (no tokenize/litdata)")
+    ap.add_argument("--results", default=str(RESULTS), help="where the JSON results go")
     args = ap.parse_args()
 
     sys.path.insert(0, str(HERE))
@@ -296,7 +327,20 @@ def main() -> None:
             first = child(["first_batch", str(work / "out"), str(root / f"first-{side}-{mb}")], pythonpath=path)
             result[f"{side}_{mb}mb"] = {"pretrain": run, "first_batch": first}
             print(side, mb, "MB:", run, first, flush=True)
-    small = root / f"corpus-{sizes[0]}"
+    for side in sides:
+        a, b = (result[f"{side}_{mb}mb"]["pretrain"]["peak_rss_mb"] for mb in sizes)
+        result[f"{side}_rss_growth"] = b / a
+    result["load_average"] = os.getloadavg()
+    if not args.rss_only:
+        tokenize_and_litdata(args, result, root, tokenizer, trees, sizes[0])
+    Path(args.results).parent.mkdir(exist_ok=True)
+    Path(args.results).write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(result, indent=2))
+
+
+def tokenize_and_litdata(args, result: dict, root: Path, tokenizer: Path, trees: dict, small_mb: int) -> None:
+    """Tokenization throughput (ours vs datasets.map) and litdata, on the smaller corpus."""
+    small = root / f"corpus-{small_mb}"
     result["tokenize_ours"] = child(
         ["tokenize_ours", str(small), str(tokenizer), str(root / "tok-ours")], pythonpath=trees["ours"]
     )
@@ -309,17 +353,10 @@ def main() -> None:
         )
     for side in ("tokenize_ours", "tokenize_hf"):
         r = result[side]
-        r["mb_per_cpu_second"] = sizes[0] / r["cpu_seconds"]
+        r["mb_per_cpu_second"] = small_mb / r["cpu_seconds"]
     result["tokenize_ratio_per_cpu"] = (
         result["tokenize_ours"]["mb_per_cpu_second"] / result["tokenize_hf"]["mb_per_cpu_second"]
     )
-    for side in sides:
-        a, b = (result[f"{side}_{mb}mb"]["pretrain"]["peak_rss_mb"] for mb in sizes)
-        result[f"{side}_rss_growth"] = b / a
-    result["load_average"] = os.getloadavg()
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(result, indent=2))
 
 
 if __name__ == "__main__":

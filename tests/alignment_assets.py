@@ -71,9 +71,12 @@ def crash_on_step(monkeypatch, n: int) -> None:
 
 
 def hf_weights(uri: str) -> dict:
-    from safetensors.torch import load_file
+    """The exported weights of a file:// stage output (of what it published, if it did)."""
+    from zhinao.artifacts import published_store
+    from zhinao.storage import open_store
+    from zhinao.training.hf_export import read_export
 
-    return load_file(uri.removeprefix("file://") + "/hf/model.safetensors")
+    return read_export(Path(published_store(open_store(uri)).uri.removeprefix("file://")) / "hf")
 
 
 def assert_same_weights(a: dict, b: dict) -> None:

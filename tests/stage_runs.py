@@ -2,12 +2,13 @@
 (tests/zhinao/stages, tests/zhinao/longctx; tests/ is on sys.path).
 
     run(spec, workdir)            parse a TrainingPipeline (JSON) and run its stages: (pipeline, result)
-    stage_output(pipeline, name)  the ObjectStore a stage wrote
+    stage_output(pipeline, name)  the ObjectStore of what a stage published
     step_records(store, rank)     the per-step records of one rank's metrics log
     run_killing_a_rank(...)       run while one rank's training process is SIGKILLed mid-run
     assert_restarted_and_resumed(...)   what the runner and the stage must do about that kill
 """
 
+import glob
 import json
 import os
 import signal
@@ -17,6 +18,7 @@ from pathlib import Path
 
 import psutil
 
+from zhinao.artifacts import published_store
 from zhinao.storage import ObjectStore, open_store
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import PipelineResult, run_training_pipeline
@@ -29,7 +31,12 @@ def run(spec: str, workdir: Path, listener=None, secrets=None):
 
 
 def stage_output(pipeline, stage: str) -> ObjectStore:
-    return open_store(pipeline.output_of(pipeline.stage(stage)))
+    return published_store(open_store(pipeline.output_of(pipeline.stage(stage))))
+
+
+def in_any_generation(output: Path, key: str) -> Path:
+    """A pattern for `key` inside whichever generation of a file:// output a run writes."""
+    return output / "_gen" / "*" / key
 
 
 def step_records(store: ObjectStore, rank: int = 0) -> list[dict]:
@@ -38,8 +45,8 @@ def step_records(store: ObjectStore, rank: int = 0) -> list[dict]:
 
 
 def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: str = "worker-0", timeout: float = 300):
-    """Run `spec`, SIGKILLing the training process of `replica` as soon as the file `once_exists`
-    appears (a stage's checkpoints/latest in a file:// store): a node lost mid-run, which the
+    """Run `spec`, SIGKILLing the training process of `replica` as soon as a file matching the
+    pattern `once_exists` appears (a stage's checkpoints/latest in a file:// store): a node lost mid-run, which the
     runner answers as Kubeflow does: the failed containers (the killed one's, then those of the
     ranks that lose their peer) restart in place. Returns (pipeline, result, whether it killed)."""
     pids: dict[str, int] = {}
@@ -51,7 +58,7 @@ def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: 
 
     def killer():
         deadline = time.time() + timeout
-        while not once_exists.exists():
+        while not glob.glob(str(once_exists)):
             if time.time() > deadline:
                 return
             time.sleep(0.02)

@@ -3,7 +3,9 @@
 The stage comes from the file ZHINAO_STAGE_SPEC_FILE names (a ConfigMap the PyTorchJob renderer
 mounts), so the container command is the same for every stage and the job is reproducible from
 its manifests alone. Before the stage runs, rank 0 takes the output's single-writer lease and
-checks the output's fingerprint (zhinao.lease, zhinao.fingerprint). A failing process leaves its
+checks the output's fingerprint (zhinao.lease, zhinao.fingerprint); the stage then writes under
+its own generation of the output, which rank 0 publishes once every rank has finished
+(zhinao.publication). A failing process leaves its
 reason as one line in the termination log (Kubernetes shows it in the pod's status; the local
 runner in its summary).
 """
@@ -19,9 +21,11 @@ from pathlib import Path
 
 from zhinao.config.runtime import DEFAULT_TERMINATION_LOG, ENV_TERMINATION_LOG, StageRuntime
 from zhinao.fingerprint import FINGERPRINT_KEY, OutputMismatch, check_or_record, stage_fingerprint
-from zhinao.lease import LEASE_KEY, hold, writer_id
+from zhinao.lease import hold, writer_id
+from zhinao.publication import Staged, finish, staged
 from zhinao.stages import run_stage
 from zhinao.storage import ObjectStore, open_store, sweep_stale_temp
+from zhinao.terminate import sigterm_raises
 
 log = logging.getLogger("zhinao")
 # Kubernetes keeps at most 4096 bytes of a termination message for all containers of a pod.
@@ -59,20 +63,29 @@ def sweep_leftovers(rt: StageRuntime) -> None:
 
 
 @contextlib.contextmanager
-def claimed_output(rt: StageRuntime, rank: int) -> Iterator[None]:
+def claimed_output(rt: StageRuntime, rank: int) -> Iterator[Staged]:
     """Rank 0 takes the output's single-writer lease for the whole run and checks (or records) the
     output's fingerprint; the other ranks start writing only once rank 0 has recorded the very
-    fingerprint they compute themselves."""
+    fingerprint they compute themselves. Yields where this run writes and reads."""
     store = open_store(rt.output)
     fingerprint = stage_fingerprint(rt)
     if rank != 0:
         wait_for_fingerprint(store, fingerprint)
-        yield
+        yield staged(rt, fingerprint)
         return
     with hold(store, writer_id()):
-        outcome = check_or_record(store, fingerprint, overwrite=rt.overwrite, keep=(LEASE_KEY,))
+        outcome = check_or_record(store, fingerprint, overwrite=rt.overwrite)
         log.info("output %s: %s (writer %s)", store.uri, outcome, writer_id())
-        yield
+        yield staged(rt, fingerprint)
+
+
+def run_and_publish(rt: StageRuntime, rank: int, world_size: int) -> None:
+    with claimed_output(rt, rank) as run:
+        if run.published:
+            log.info("%s already holds this stage's result (same fingerprint): nothing to do", rt.output)
+            return
+        run_stage(run.runtime)
+        finish(open_store(rt.output), run, rank=rank, world_size=world_size)
 
 
 def wait_for_fingerprint(store: ObjectStore, fingerprint: dict) -> None:
@@ -92,8 +105,8 @@ def main() -> int:
     try:
         rt = StageRuntime.from_file()
         sweep_leftovers(rt)
-        with claimed_output(rt, int(os.environ.get("RANK", "0"))):
-            run_stage(rt)
+        with sigterm_raises():
+            run_and_publish(rt, int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1")))
     except SystemExit as exc:
         if exc.code not in (0, None):
             record_failure(exc)

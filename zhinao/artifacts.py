@@ -1,5 +1,11 @@
 """The layout of a stage's output prefix, owned here and nowhere else.
 
+A run writes under a generation of the output (`_gen/<id>/`, named after its fingerprint) and makes
+it visible by writing `_published.json` last (zhinao.publication): a reader never sees a mix of an
+old and a new run's files, and an output being rewritten keeps serving the old result until then.
+Readers go through `StageOutput`, which resolves the published generation; the layout inside one
+generation is:
+
     <output>/summary.json                 what the stage reports; its presence means "finished"
     <output>/metrics/rank-R.jsonl         every rank's step and event records (zhinao.metrics)
     <output>/checkpoints/                 resumable training state (zhinao.checkpoint)
@@ -8,10 +14,16 @@
     <output>/tokens/index.json + shards   packed token sequences (pretrain, longctx; docs/data.md)
     <output>/records/<set>/index.json + shards  prepared alignment data (sft, reward, rlhf; docs/data.md)
     <output>/report/                      plots and markdown that go into the run's REPORT.md
-    <output>/_fingerprint.json            what produced the output (zhinao.fingerprint), recorded at start
+
+and next to the generations, at the output prefix itself:
+
+    <output>/_published.json              the manifest: which generation is the output (written last)
+    <output>/_gen/<id>/                   one run's files, as above
+    <output>/_fingerprint.json            what the current writer runs (zhinao.fingerprint), recorded at start
     <output>/_lease.json                  the single writer's lease while a run writes (zhinao.lease)
 
-A prefix without `hf/config.json` that holds `config.json` itself is accepted as an export too
+A prefix without `_published.json` is read as one generation (a model uploaded by hand, an output
+of an earlier release). A prefix without `hf/config.json` that holds `config.json` itself is accepted as an export too
 (a model uploaded by hand), and so is a tokenizer prefix without `tokenizer/`.
 """
 
@@ -36,6 +48,8 @@ RECORDS = "records"
 REPORT = "report"
 FINGERPRINT = "_fingerprint.json"
 LEASE = "_lease.json"
+MANIFEST = "_published.json"
+GENERATIONS = "_gen"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja")
 """The files of an HF export that make up its tokenizer (the rest is weights and config)."""
 
@@ -58,11 +72,29 @@ class HFExport:
     """The tokenizer files only (re-exported with the next stage's model)."""
 
 
+def published_manifest(store: ObjectStore) -> dict | None:
+    """The output's publication manifest, or None when nothing was published through one."""
+    return json.loads(store.get_bytes(MANIFEST)) if store.exists(MANIFEST) else None
+
+
+def generation_key(generation: str) -> str:
+    return f"{GENERATIONS}/{generation}"
+
+
+def published_store(store: ObjectStore) -> ObjectStore:
+    """The generation an output publishes (the prefix itself when it has no manifest)."""
+    manifest = published_manifest(store)
+    return store.child(generation_key(manifest["generation"])) if manifest else store
+
+
 class StageOutput:
-    """One stage's output prefix: read and write its parts by meaning, never by key."""
+    """One stage's output prefix: read and write its parts by meaning, never by key.
+
+    Given an output's prefix it reads the published generation; a writer is given its generation's
+    prefix itself (zhinao.publication), which holds no manifest."""
 
     def __init__(self, store: ObjectStore):
-        self.store = store
+        self.store = published_store(store)
 
     @classmethod
     def at(cls, uri: str) -> "StageOutput":
@@ -74,7 +106,8 @@ class StageOutput:
 
     # -- summary
     def is_finished(self) -> bool:
-        """A stage writes its summary last, so its presence means the stage finished."""
+        """A stage writes its summary last in its generation, which is published only after it: its
+        presence means the stage finished."""
         return self.store.exists(SUMMARY)
 
     def read_summary(self) -> dict:

@@ -3,7 +3,8 @@
 The fingerprint is the stage's kind and resolved params, a digest of each input (the recorded
 fingerprint of an input another stage produced; the object names and sizes of any other input),
 and the code version. A rerun with the same fingerprint resumes; a different one is refused with
-the fields that differ, unless the user asked to overwrite the output.
+the fields that differ, unless the user asked to overwrite the output. The fingerprint also names
+the generation a run writes (zhinao.publication).
 """
 
 import hashlib
@@ -11,7 +12,7 @@ import json
 from typing import Any
 
 import zhinao
-from zhinao.artifacts import FINGERPRINT
+from zhinao.artifacts import FINGERPRINT, GENERATIONS, LEASE, generation_key, published_manifest
 from zhinao.config.runtime import StageRuntime
 from zhinao.storage import ObjectStore, open_store
 
@@ -22,22 +23,27 @@ class OutputMismatch(RuntimeError):
     """The output was written by a run with a different fingerprint."""
 
 
-def _digest(obj: Any) -> str:
+def digest(obj: Any) -> str:
+    """A short, stable name of a JSON value (a fingerprint's names its generation)."""
     return hashlib.sha256(json.dumps(obj, sort_keys=True, separators=(",", ":")).encode()).hexdigest()[:16]
 
 
-def input_digest(store: ObjectStore) -> str:
-    """An upstream stage's recorded fingerprint, else the input's object names and sizes."""
+def inputdigest(store: ObjectStore) -> str:
+    """The fingerprint of what an upstream stage published (while a rerun rewrites it, the old one
+    is still what a reader gets), else its recorded fingerprint, else its object names and sizes."""
+    manifest = published_manifest(store)
+    if manifest is not None:
+        return digest(manifest["fingerprint"])
     if store.exists(FINGERPRINT_KEY):
-        return _digest(json.loads(store.get_bytes(FINGERPRINT_KEY)))
-    return _digest(sorted(store.sizes().items()))
+        return digest(json.loads(store.get_bytes(FINGERPRINT_KEY)))
+    return digest(sorted(store.sizes().items()))
 
 
 def stage_fingerprint(rt: StageRuntime) -> dict:
     return {
         "kind": rt.kind,
         "params": rt.params,
-        "inputs": {name: input_digest(open_store(uri)) for name, uri in sorted(rt.inputs.items())},
+        "inputs": {name: inputdigest(open_store(uri)) for name, uri in sorted(rt.inputs.items())},
         "code": zhinao.__version__,
     }
 
@@ -62,14 +68,15 @@ def differences(recorded: Any, current: Any, path: str = "") -> list[str]:
     return [f"{path}: {json.dumps(recorded)} -> {json.dumps(current)}"]
 
 
-def check_or_record(store: ObjectStore, fingerprint: dict, *, overwrite: bool, keep: tuple[str, ...] = ()) -> str:
+def check_or_record(store: ObjectStore, fingerprint: dict, *, overwrite: bool) -> str:
     """Record the fingerprint in a new output; accept the same one (a resume); refuse a different
-    one with the differing fields -- or, with `overwrite`, empty the output (all but `keep`) and
-    record the new one. Returns what happened: new, resume or overwritten."""
+    one with the differing fields -- or, with `overwrite`, record the new one and drop the
+    generations other runs left unpublished. What is published stays readable until the new run
+    publishes (zhinao.publication). Returns what happened: new, resume or overwritten."""
     recorded = json.loads(store.get_bytes(FINGERPRINT_KEY)) if store.exists(FINGERPRINT_KEY) else None
     if recorded == fingerprint:
         return "resume"
-    leftovers = [k for k in store.list() if k not in keep]
+    leftovers = [k for k in store.list() if k != LEASE]
     if leftovers and not overwrite:
         why = (
             "; ".join(differences(recorded, fingerprint))
@@ -80,7 +87,10 @@ def check_or_record(store: ObjectStore, fingerprint: dict, *, overwrite: bool, k
             f"{store.uri} was written by a different run: {why}. Resuming would mix the two: "
             "rerun with --overwrite STAGE to replace it, or give the stage another output"
         )
+    manifest = published_manifest(store)
+    live = generation_key(manifest["generation"]) + "/" if manifest else None
     for key in leftovers:
-        store.delete(key)
+        if key.startswith(f"{GENERATIONS}/") and not (live and key.startswith(live)):
+            store.delete(key)
     store.put_bytes(FINGERPRINT_KEY, json.dumps(fingerprint, sort_keys=True, indent=2).encode())
     return "overwritten" if leftovers else "new"

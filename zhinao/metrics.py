@@ -285,6 +285,9 @@ class TrainingMetrics:
         self._samples_total = counter("zhinao_samples_total", "Samples trained on by this process.")
         self._steps_total = counter("zhinao_steps_total", "Optimizer steps recorded by this process.")
         self._ckpt_seconds = gauge("zhinao_checkpoint_seconds", "Seconds the last checkpoint took.")
+        self._ckpt_blocking = gauge(
+            "zhinao_checkpoint_blocking_seconds", "Seconds the last checkpoint held training up (its staging)."
+        )
         self._ckpt_hist = Histogram(
             "zhinao_checkpoint_duration_seconds",
             "Checkpoint save durations.",
@@ -412,11 +415,14 @@ class TrainingMetrics:
             self._write(record)
         return record
 
-    def record_checkpoint(self, seconds: float, step: int) -> None:
-        """Record how long saving the checkpoint at `step` took."""
+    def record_checkpoint(self, seconds: float, step: int, *, blocking_seconds: float | None = None) -> None:
+        """Record how long saving the checkpoint at `step` took, and how much of it training waited
+        for (a background save: only the staging to host memory; a synchronous one: all of it)."""
         seconds = float(seconds)
+        blocking = seconds if blocking_seconds is None else float(blocking_seconds)
         with self._lock:
             self._ckpt_seconds.labels(**self._labels).set(seconds)
+            self._ckpt_blocking.labels(**self._labels).set(blocking)
             self._ckpt_hist.observe(seconds)
             self._write(
                 {
@@ -424,6 +430,7 @@ class TrainingMetrics:
                     "ts": time.time(),
                     "step": int(step),
                     "seconds": seconds,
+                    "blocking_seconds": blocking,
                     "pipeline": self.pipeline,
                     "stage": self.stage,
                     "rank": self.rank,

@@ -14,7 +14,7 @@ import sys
 import time
 from collections.abc import Callable
 
-from zhinao.artifacts import SUMMARY, StageOutput
+from zhinao.artifacts import MANIFEST, StageOutput
 from zhinao.config.runtime import StageRuntime
 from zhinao.storage import StorageError
 
@@ -25,8 +25,8 @@ REPORT_EVERY_SECONDS = 300.0
 
 
 def marker_uri(uri: str) -> str:
-    """The success marker: the summary every stage writes last."""
-    return f"{uri.rstrip('/')}/{SUMMARY}"
+    """The success marker: the manifest that publishes a finished run (zhinao.publication)."""
+    return f"{uri.rstrip('/')}/{MANIFEST}"
 
 
 def ready(uri: str) -> bool:

@@ -1,5 +1,6 @@
 """Stage output fingerprints: the same run resumes, a different one is refused naming what
-differs, --overwrite replaces the output (nothing of the old run is left to be read)."""
+differs, --overwrite starts a new run in the output while the published one stays readable
+(zhinao.publication publishes the new run when it has finished)."""
 
 import json
 
@@ -7,6 +8,7 @@ import pytest
 
 from zhinao.config.runtime import StageRuntime
 from zhinao.fingerprint import FINGERPRINT_KEY, OutputMismatch, check_or_record, differences, stage_fingerprint
+from zhinao.publication import generation_of, publish
 from zhinao.storage import FileStore
 
 
@@ -47,14 +49,22 @@ def test_a_changed_corpus_is_refused(tmp_path, corpus):
         check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False)
 
 
-def test_overwrite_removes_every_object_of_the_old_run(tmp_path, corpus):
+def test_overwrite_drops_unpublished_runs_and_keeps_the_published_one_readable(tmp_path, corpus):
     out = FileStore(tmp_path / "out")
-    check_or_record(out, stage_fingerprint(runtime(tmp_path)), overwrite=False)
-    out.put_bytes("docs/part-0.jsonl", b"old")
+    old = stage_fingerprint(runtime(tmp_path))
+    check_or_record(out, old, overwrite=False)
+    out.put_bytes(f"_gen/{generation_of(old)}/summary.json", b"{}")
+    publish(out, generation_of(old), old)
+    out.put_bytes("_gen/0123456789abcdef/docs/part-0.jsonl", b"a killed run that never published")
     out.put_bytes("_lease.json", b"{}")
     new = stage_fingerprint(runtime(tmp_path, lr=1e-3))
-    assert check_or_record(out, new, overwrite=True, keep=("_lease.json",)) == "overwritten"
-    assert out.list() == ["_fingerprint.json", "_lease.json"]
+    assert check_or_record(out, new, overwrite=True) == "overwritten"
+    assert out.list() == [
+        "_fingerprint.json",
+        f"_gen/{generation_of(old)}/summary.json",
+        "_lease.json",
+        "_published.json",
+    ]
     assert json.loads(out.get_bytes(FINGERPRINT_KEY)) == new
 
 
@@ -73,4 +83,20 @@ def test_an_upstream_stage_is_known_by_its_fingerprint(tmp_path, corpus):
     up.put_bytes("metrics/rank-0.jsonl", b"more lines")  # the same run going on: same input
     assert stage_fingerprint(rt) == before
     up.put_bytes(FINGERPRINT_KEY, b'{"params": {"vocabSize": 600}}')
+    assert differences(before, stage_fingerprint(rt)) == ["inputs.tokenizer: changed"]
+
+
+def test_a_downstream_stage_sees_the_upstream_change_only_once_it_is_published(tmp_path, corpus):
+    up = FileStore(tmp_path / "up")
+    first = {"params": {"vocabSize": 512}}
+    up.put_bytes(FINGERPRINT_KEY, json.dumps(first).encode())
+    up.put_bytes(f"_gen/{generation_of(first)}/summary.json", b"{}")
+    publish(up, generation_of(first), first)
+    rt = runtime(tmp_path).model_copy(update={"inputs": {"tokenizer": up.uri}})
+    before = stage_fingerprint(rt)
+    second = {"params": {"vocabSize": 600}}
+    up.put_bytes(FINGERPRINT_KEY, json.dumps(second).encode())  # an overwrite under way
+    assert stage_fingerprint(rt) == before
+    up.put_bytes(f"_gen/{generation_of(second)}/summary.json", b"{}")
+    publish(up, generation_of(second), second)
     assert differences(before, stage_fingerprint(rt)) == ["inputs.tokenizer: changed"]

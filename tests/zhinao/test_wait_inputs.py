@@ -1,5 +1,5 @@
 """The init container of every stage's pods (`python -m zhinao.wait_inputs`) on the real S3 server:
-it waits until the upstream stage's success marker exists, then lets the pod start; it gives up at
+it waits until the upstream stage has published its run (zhinao.publication), then lets the pod start; it gives up at
 its timeout with one line naming the missing input."""
 
 import os
@@ -10,6 +10,7 @@ import uuid
 
 from zhinao.artifacts import StageOutput
 from zhinao.config.runtime import StageRuntime
+from zhinao.publication import publish
 
 
 def spec_file(tmp_path, upstream_uri: str) -> dict[str, str]:
@@ -39,19 +40,22 @@ def waiter(env: dict[str, str], *args: str) -> subprocess.Popen:
 def test_waits_for_the_success_marker_then_lets_the_pod_start(s3_server, tmp_path):
     bucket = f"wait-{uuid.uuid4().hex[:8]}"
     upstream = s3_server.store(f"s3://{bucket}/runs/p/tok")
-    upstream.put_bytes("tokenizer.json", b"{}")  # output being written: not done yet
+    run = upstream.child("_gen/0123456789abcdef")
+    run.put_bytes("tokenizer/tokenizer.json", b"{}")  # output being written: not done yet
     proc = waiter({**s3_server.env(), **spec_file(tmp_path, upstream.uri)}, "--timeout", "120")
     try:
-        time.sleep(3)
+        time.sleep(2)
+        StageOutput(run).write_summary({"done": True})  # finished, but not yet published
+        time.sleep(2)
         assert proc.poll() is None, proc.communicate()[0]
-        StageOutput(upstream).write_summary({"done": True})
+        publish(upstream, "0123456789abcdef", {"kind": "tokenizer"})
         out, _ = proc.communicate(timeout=60)
     finally:
         proc.kill()
         s3_server.drop_bucket(bucket)
     assert proc.returncode == 0, out
     assert "stage pt waits for input tokenizer" in out
-    assert f"input tokenizer is ready ({upstream.uri}/summary.json)" in out
+    assert f"input tokenizer is ready ({upstream.uri}/_published.json)" in out
 
 
 def test_times_out_with_one_line_naming_the_missing_input(s3_server, tmp_path):
@@ -63,7 +67,7 @@ def test_times_out_with_one_line_naming_the_missing_input(s3_server, tmp_path):
         out.strip()
         .splitlines()[-1]
         .endswith(
-            f"timed out after 1s: input tokenizer of stage pt is not ready: {uri}/summary.json does not exist "
+            f"timed out after 1s: input tokenizer of stage pt is not ready: {uri}/_published.json does not exist "
             "(the stage that writes it has not succeeded)"
         )
     )

@@ -44,7 +44,7 @@ from zhinao.ablation.mixture import (
     write_parts,
 )
 from zhinao.ablation.sft_eval import write_builtin
-from zhinao.artifacts import StageOutput
+from zhinao.artifacts import StageOutput, published_store
 from zhinao.config.ablation import BASE_DATA, AblationParams, Recipe, recipe_data
 from zhinao.corpus import corpus_keys, jsonl_lines
 from zhinao.data.packing import iter_packed
@@ -101,14 +101,14 @@ def is_held_out(topic: str, share: float, seed: int) -> bool:
 
 
 def processed(prep: ObjectStore, prefix: str, what: str) -> ObjectStore:
-    """The data stage's output at `prefix` of the preparation root; it must have finished."""
-    out = prep.child(prefix)
-    if not StageOutput(out).is_finished():
+    """What the data stage published at `prefix` of the preparation root; it must have finished."""
+    out = StageOutput(prep.child(prefix))
+    if not out.is_finished():
         raise ValueError(
-            f"{what}: {out.uri} holds no finished data-stage output (summary.json): the ablation's data "
-            "pipeline `<ablation>-data` processes it first"
+            f"{what}: {prep.child(prefix).uri} holds no finished data-stage output (_published.json): the "
+            "ablation's data pipeline `<ablation>-data` processes it first"
         )
-    return out
+    return out.store
 
 
 def train_tokenizer(params: AblationParams, texts: Iterable[str], out: ObjectStore) -> None:
@@ -190,7 +190,11 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     if prep.exists("done.json"):
         return json.loads(prep.get_bytes("done.json"))
     vl = params.evaluations.valid_loss
-    base_store = processed(prep, BASE_DATA, "base") if params.base.data is not None else open_store(params.base.corpus)
+    base_store = (
+        processed(prep, BASE_DATA, "base")
+        if params.base.data is not None
+        else published_store(open_store(params.base.corpus))
+    )
     base = Split(base_store, vl, params.seed)
 
     notify("prep", {"step": "tokenizer"})
@@ -233,7 +237,7 @@ def prepare_recipe(
     if rdir.exists("train/mix.json"):  # finished by an earlier attempt
         return json.loads(rdir.get_bytes("train/mix.json"))
     source = (
-        open_store(recipe.dataset)
+        published_store(open_store(recipe.dataset))
         if recipe.dataset is not None
         else processed(prep, recipe_data(recipe.name), f"recipe {recipe.name!r}")
     )

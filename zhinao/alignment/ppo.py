@@ -22,11 +22,10 @@ class ActorCritic(torch.nn.Module):
         values = self.critic(input_ids=input_ids, attention_mask=attention_mask).logits[..., 0].float()
         return logits, values
 
-    def save_pretrained(self, path, state_dict=None, **kwargs):
-        """Exports the policy only: the next stage needs it; the critic lives on in checkpoints."""
-        if state_dict is not None:
-            state_dict = {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
-        self.policy.save_pretrained(path, state_dict=state_dict, **kwargs)
+    def exported(self, state_dict: dict) -> tuple[torch.nn.Module, dict]:
+        """What the hf/ export holds: the policy and its weights. The next stage needs the policy;
+        the critic lives on in checkpoints."""
+        return self.policy, {k[len("policy.") :]: v for k, v in state_dict.items() if k.startswith("policy.")}
 
 
 def whiten(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

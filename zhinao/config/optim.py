@@ -86,6 +86,21 @@ class OptimParams(SpecModel):
     keep_checkpoints: int = Field(default=2, ge=1)
     """Older checkpoints beyond this many are deleted after a new one is committed."""
 
+    async_checkpoint: bool = True
+    """Save checkpoints in the background: training waits only while the state is copied into host
+    memory; writing, the sha256 manifest, the upload and the `latest` pointer follow on a thread, one
+    save in flight at a time, and the stage's end (or SIGTERM) waits for it. Costs one host-memory
+    copy of this rank's share of the state. DeepSpeed engines save synchronously either way. false:
+    training waits for the whole save."""
+
+    export_dtype: Precision = "auto"
+    """Precision of the hf/ export's weights. `auto`: bf16 when the stage computes in bf16 (a GPU
+    under precision auto, or precision bf16), else fp32, so that CPU runs hand the next stage the
+    weights they trained."""
+
+    export_shard_mb: int = Field(default=5000, ge=1)
+    """Largest safetensors shard of the hf/ export, in MB (10^6 bytes; Hugging Face's 5GB default)."""
+
     log_every: int = Field(default=1, ge=1)
     """Log a progress line every N steps (the JSONL record and Prometheus are updated every step)."""
 

@@ -23,6 +23,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import orjson
 import zstandard
 
 from zhinao.config.data import InputConfig
@@ -249,8 +250,31 @@ def _read_lines(f, file_idx: int, cfg: InputConfig, owned, limit: int, lines: li
         yield _parse_line(raw, make_gid(file_idx, line_no), cfg)
 
 
-def _parse_line(raw: bytes, gid: int, cfg: InputConfig) -> Doc | Rejected:
-    body = raw.rstrip(b"\r\n")
+def _fast_loads(body: bytes) -> object:
+    """The record as orjson reads it (2x the standard module on web text), or `_SLOW` where it might
+    differ from `json.loads`: orjson refuses NaN, Infinity, lone surrogates and a BOM, which json
+    accepts, and reads an integer beyond 64 bits as a float, so any refusal and any record holding a
+    float take the standard path."""
+    try:
+        obj = orjson.loads(body)
+        return _SLOW if _has_float(obj) else obj
+    except (orjson.JSONDecodeError, RecursionError):  # orjson nests 1,024 deep, Python recurses 1,000
+        return _SLOW
+
+
+_SLOW = object()
+
+
+def _has_float(value: object) -> bool:
+    if isinstance(value, dict):
+        return any(_has_float(v) for v in value.values())
+    if isinstance(value, list):
+        return any(_has_float(v) for v in value)
+    return isinstance(value, float)
+
+
+def _slow_loads(body: bytes, gid: int, cfg: InputConfig) -> object:
+    """The record by the standard module, or the line's `Rejected`."""
     try:
         line = body.decode("utf-8")
     except UnicodeDecodeError:
@@ -259,9 +283,18 @@ def _parse_line(raw: bytes, gid: int, cfg: InputConfig) -> Doc | Rejected:
     if not line.strip():
         return Rejected(gid, "blank_line", "", len(body))
     try:
-        obj = json.loads(line)
+        return json.loads(line)
     except (json.JSONDecodeError, RecursionError):
         return Rejected(gid, "malformed_json", *_reject_raw(body, cfg.reject_raw_bytes))
+
+
+def _parse_line(raw: bytes, gid: int, cfg: InputConfig) -> Doc | Rejected:
+    body = raw.rstrip(b"\r\n")
+    obj = _fast_loads(body)
+    if obj is _SLOW:
+        obj = _slow_loads(body, gid, cfg)
+        if isinstance(obj, Rejected):
+            return obj
     doc = parse_record(obj, gid, cfg)
     if isinstance(doc, str):
         return Rejected(gid, doc, *_reject_raw(body, cfg.reject_raw_bytes))

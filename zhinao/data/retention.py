@@ -196,11 +196,9 @@ def read_retention(store: ObjectStore) -> dict:
     return json.loads(store.get_bytes(f"{REPORT_PREFIX}/retention.json"))
 
 
-def show_retention(output_uri: str) -> str:
-    """What `zhinao-k8s data report <output>` prints: the cascade table and where the files are."""
-    from zhinao.storage import open_store
-
-    store = open_store(output_uri)
+def show_retention(store: ObjectStore) -> str:
+    """What `zhinao-k8s data report <output>` prints: the cascade table and where the files are
+    (store: what the data stage published)."""
     report = read_retention(store)
     where = "\n".join(f"{n}: {store.url(f'{REPORT_PREFIX}/retention.{n}')}" for n in ("json", "md", "png"))
     return format_table(report) + "\n" + where + "\n"

@@ -218,7 +218,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     # The export loads anywhere with standard attention; the ring is only this job's business.
     if sp.size > 1:
         engine.model.set_attn_implementation(attention_implementation("sdpa"))
-    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
+    hf = session.export_hf(engine, params, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     result = None
     if params.needle.enabled and isinstance(engine, FSDPEngine):

@@ -162,7 +162,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     )
     stream.close()
 
-    hf = session.export_hf(engine, tokenizer_dir=tok_dir)
+    hf = session.export_hf(engine, params, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
         write_summary(session.output, params, env.world_size, hf)

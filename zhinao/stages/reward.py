@@ -143,7 +143,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
     loop.run(step, eval_fn=evaluate, checkpoint_meta=lambda _: {"data": train.state_dict()})
     train.close()
 
-    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
+    hf = session.export_hf(engine, params, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:
         steps = session.output.step_records()

@@ -188,7 +188,7 @@ def run(rt: StageRuntime, params: RLHFParams) -> None:
     if can_eval:
         rollouts.sync(actor())  # offline steps do not sync
         eval_after = evaluate(rollouts, eval_prompts, scorer, params, tokenizer, device)
-    hf = session.export_hf(engine, tokenizer_dir=tok_dir)
+    hf = session.export_hf(engine, params, tokenizer_dir=tok_dir)
     session.upload_metrics()
     if env.is_main:
         steps = session.output.step_records()

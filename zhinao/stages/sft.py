@@ -157,7 +157,7 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     train.close()
 
     eval_after = held_out()
-    hf = session.export_hf(engine, tokenizer_dir=base.tokenizer_dir)
+    hf = session.export_hf(engine, params, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     if env.is_main:
         steps = session.output.step_records()

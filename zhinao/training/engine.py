@@ -4,6 +4,7 @@ All expose the same four operations the loop needs, so stages never branch on th
 """
 
 import contextlib
+import copy
 import logging
 import random
 from abc import ABC, abstractmethod
@@ -14,6 +15,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.staging import AsyncStager
 
 from zhinao.distributed import DistEnv
 from zhinao.training.chunked_loss import ChunkedLossLM
@@ -41,6 +43,53 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
+def host_copy(obj: Any, reuse: Any = None, memo: dict | None = None) -> Any:
+    """`obj` (nested dicts, lists, tuples) with every tensor copied into host memory; tensors shared
+    within `obj` (tied weights) stay shared. Where `reuse` (an earlier copy of the same structure)
+    has a tensor of the same shape and dtype in the same place, the copy goes into it."""
+    memo = {} if memo is None else memo
+    if isinstance(obj, torch.Tensor):
+        if id(obj) not in memo:
+            fits = isinstance(reuse, torch.Tensor) and (reuse.shape, reuse.dtype) == (obj.shape, obj.dtype)
+            memo[id(obj)] = reuse.copy_(obj.detach()) if fits else obj.detach().to("cpu", copy=True)
+        return memo[id(obj)]
+    if isinstance(obj, dict):
+        reuse = reuse if isinstance(reuse, dict) else {}
+        return type(obj)((k, host_copy(v, reuse.get(k), memo)) for k, v in obj.items())
+    if isinstance(obj, list | tuple):
+        reuse = reuse if isinstance(reuse, list | tuple) and len(reuse) == len(obj) else [None] * len(obj)
+        return type(obj)(host_copy(v, r, memo) for v, r in zip(obj, reuse, strict=True))
+    return copy.deepcopy(obj)
+
+
+class HostStager(AsyncStager):
+    """Stages state dicts into host buffers kept from one checkpoint to the next (a DCP AsyncStager,
+    so FSDP2's `async_save` uses it too). After the first save, staging is a copy into
+    memory that is already paged in; a fresh copy faults in and zeroes every page first, which on a
+    loaded host took 10x longer. The previous save's write must be done before the next `stage`:
+    the session runs one save at a time."""
+
+    _synchronize_after_execute = False  # staging is a blocking copy: nothing to wait for after
+
+    def __init__(self) -> None:
+        self._buffers: Any = None
+
+    def stage(self, state_dict: dict) -> dict:
+        self._buffers = host_copy(state_dict, self._buffers)
+        return self._buffers
+
+    def close(self) -> None:
+        """The buffers stay for the next save."""
+
+
+def write_parts(directory: Path, staged: dict[str, Any]) -> dict[str, Path]:
+    """torch.save each staged object as its part file under `directory`; returns {name: file}."""
+    directory.mkdir(parents=True, exist_ok=True)
+    for name, obj in staged.items():
+        torch.save(obj, directory / name)
+    return {name: directory / name for name in staged}
+
+
 class Engine(ABC):
     model: torch.nn.Module
     """The unwrapped model (what gets exported)."""
@@ -66,7 +115,16 @@ class Engine(ABC):
 
     @abstractmethod
     def save(self, directory: Path) -> dict[str, Path]:
-        """Write this rank's share of the training state; returns {part name: file}."""
+        """Write this rank's share of the training state now, straight from the live state; returns
+        {part name: file}."""
+
+    @abstractmethod
+    def stage(self, directory: Path, *, group: dist.ProcessGroup | None = None) -> Callable[[], dict[str, Path]]:
+        """Copy this rank's share of the training state into host memory now, so that training may
+        change it right after; the returned function writes that copy under `directory` and returns
+        {part name: file}. It may run on another thread while training goes on: its collectives then
+        use `group` (a gloo group of its own, so they never interleave with training's). The host
+        buffers are reused: call the function before the next `stage`."""
 
     @abstractmethod
     def load(self, directory: Path) -> None:
@@ -141,10 +199,9 @@ class Engine(ABC):
         dist.all_reduce(t)
         return t.item() / self.env.world_size
 
-    def _save_rng(self, directory: Path) -> dict[str, Path]:
-        path = directory / f"rng-rank{self.env.rank}.pt"
-        torch.save(rng_state(), path)
-        return {path.name: path}
+    def _rng_part(self) -> dict[str, dict]:
+        """This rank's RNG state as a staged part (the getters return copies)."""
+        return {f"rng-rank{self.env.rank}.pt": rng_state()}
 
     def _load_rng(self, directory: Path) -> None:
         path = directory / f"rng-rank{self.env.rank}.pt"
@@ -166,6 +223,7 @@ class DDPEngine(Engine):
         # No-op moves are skipped: FakeTensor parameters (the memory planner) cannot be swapped in place.
         self.model = model if next(model.parameters()).device == device else model.to(device)
         self.optimizer, self.scheduler, self.grad_clip = optimizer, scheduler, grad_clip
+        self._stager = HostStager()
         forward = ChunkedLossLM(self.model, chunk=loss_chunk) if loss_chunk else self.model
         self.wrapped = (
             torch.nn.parallel.DistributedDataParallel(
@@ -192,18 +250,22 @@ class DDPEngine(Engine):
         self.optimizer.zero_grad(set_to_none=True)
         return self._mean_across_ranks(total), grad_norm
 
-    def save(self, directory):
-        directory.mkdir(parents=True, exist_ok=True)
-        parts = self._save_rng(directory)
+    def _parts(self) -> dict[str, Any]:
+        parts = self._rng_part()
         if self.env.is_main:  # DDP replicas are identical: one copy of the state suffices
-            for name, obj in (
-                ("model.pt", self.model.state_dict()),
-                ("optimizer.pt", self.optimizer.state_dict()),
-                ("scheduler.pt", self.scheduler.state_dict()),
-            ):
-                torch.save(obj, directory / name)
-                parts[name] = directory / name
+            parts |= {
+                "model.pt": self.model.state_dict(),
+                "optimizer.pt": self.optimizer.state_dict(),
+                "scheduler.pt": self.scheduler.state_dict(),
+            }
         return parts
+
+    def save(self, directory):
+        return write_parts(directory, self._parts())
+
+    def stage(self, directory, *, group=None):
+        staged = self._stager.stage(self._parts())
+        return lambda: write_parts(directory, staged)
 
     def load(self, directory):
         self.model.load_state_dict(torch.load(directory / "model.pt", map_location=self.device))
@@ -269,8 +331,15 @@ class DeepSpeedEngine(Engine):
         self.engine.save_checkpoint(str(directory), tag=self.TAG)
         # Each rank saves into its own directory, so every file there is this rank's part.
         parts = {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
-        parts.update(self._save_rng(directory))
+        parts.update(write_parts(directory, self._rng_part()))
         return parts
+
+    def stage(self, directory, *, group=None):
+        # Written now: DeepSpeed's saver reads the partitioned state straight from its buffers and
+        # runs collectives on the training group, so it cannot be moved to another thread; staging
+        # it to host memory would mean re-implementing its checkpoint layout.
+        parts = self.save(directory)
+        return lambda: parts
 
     def load(self, directory):
         self.engine.load_checkpoint(str(directory), tag=self.TAG)

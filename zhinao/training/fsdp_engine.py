@@ -27,7 +27,7 @@ from torch.distributed.tensor import DTensor
 
 from zhinao.model import transformer_blocks
 from zhinao.training.chunked_loss import ChunkedLossLM
-from zhinao.training.engine import Engine
+from zhinao.training.engine import Engine, HostStager, host_copy, write_parts
 
 OptimizerFactory = Callable[[torch.nn.Module], tuple[torch.optim.Optimizer, object]]
 """model with sharded parameters -> (optimizer, scheduler): built after sharding, over the sharded parameters."""
@@ -63,6 +63,7 @@ class FSDPEngine(Engine):
         # policy inside the actor-critic root), which would then claim to be the root.
         self.wrapped._get_fsdp_state()._lazy_init()
         self.optimizer, self.scheduler = make_optimizer(model)  # its parameters are the shards now
+        self._stager = HostStager()
 
     def train_step(self, micro_batches, loss_fn=None):
         self.model.train()
@@ -87,16 +88,35 @@ class FSDPEngine(Engine):
             "optimizer": get_optimizer_state_dict(self.wrapped, self.optimizer),
         }
 
+    def _host_parts(self) -> dict:
+        """What travels next to DCP's files: this rank's RNG, and the scheduler (rank 0)."""
+        parts = self._rng_part()
+        if self.env.is_main:
+            parts["scheduler.pt"] = self.scheduler.state_dict()
+        return parts
+
+    @staticmethod
+    def _shards(directory):
+        return {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
+
     def save(self, directory):
         directory.mkdir(parents=True, exist_ok=True)
-        # Each rank passes its own directory: it writes its shard file there, rank 0 adds .metadata.
+        # Each rank passes its own directory: its shard file goes there, rank 0 adds .metadata.
         dcp.save(self._state(), checkpoint_id=directory)
-        parts = {p.name: p for p in sorted(directory.iterdir()) if p.is_file()}
-        if self.env.is_main:
-            torch.save(self.scheduler.state_dict(), directory / "scheduler.pt")
-            parts["scheduler.pt"] = directory / "scheduler.pt"
-        parts.update(self._save_rng(directory))
-        return parts
+        return self._shards(directory) | write_parts(directory, self._host_parts())
+
+    def stage(self, directory, *, group=None):
+        directory.mkdir(parents=True, exist_ok=True)
+        # DCP stages this rank's shards into the stager's host buffers, then writes them on its own
+        # thread, its collectives on `group` (gloo: DCP's background save needs a CPU backend).
+        written = dcp.async_save(self._state(), checkpoint_id=directory, process_group=group, async_stager=self._stager)
+        staged = host_copy(self._host_parts())
+
+        def write():
+            written.result()
+            return self._shards(directory) | write_parts(directory, staged)
+
+        return write
 
     def load(self, directory):
         state = self._state()

@@ -61,6 +61,8 @@ class Schedule:
     """Checkpoint every this many steps; the last step always checkpoints."""
     eval_every: int = 0
     """Call the eval hook every this many steps (0: only after the last step)."""
+    async_checkpoint: bool = False
+    """Save checkpoints in the background: training waits only for the copy into host memory."""
 
     @classmethod
     def of(cls, params, total_steps: int) -> "Schedule":
@@ -70,6 +72,7 @@ class Schedule:
             log_every=params.log_every,
             checkpoint_every=params.checkpoint_every,
             eval_every=getattr(params, "eval_every", 0) or 0,
+            async_checkpoint=params.async_checkpoint,
         )
 
 
@@ -112,7 +115,22 @@ class TrainingLoop:
         eval_fn: EvalFn | None = None,
         checkpoint_meta: Callable[[int], dict] | None = None,
     ) -> None:
-        """Steps `start`+1 .. total_steps. `checkpoint_meta(step)` adds figures to that step's checkpoint."""
+        """Steps `start`+1 .. total_steps. `checkpoint_meta(step)` adds figures to that step's checkpoint.
+        Returns once the last checkpoint is committed."""
+        try:
+            self._run(step_fn, eval_fn, checkpoint_meta)
+        except BaseException as stopped:
+            # Whatever stops training (a failing step; SIGTERM, when the pod is being stopped and
+            # every rank got it), the save in flight is finished first, as a synchronous save would
+            # have been, so that the restart resumes from it. The original error is what propagates.
+            try:
+                self.session.finish_checkpoints()
+            except Exception:
+                log.exception("the checkpoint save in flight failed as well (after %s)", type(stopped).__name__)
+            raise
+        self.session.finish_checkpoints()
+
+    def _run(self, step_fn: StepFn, eval_fn: EvalFn | None, checkpoint_meta: Callable[[int], dict] | None) -> None:
         session, env, schedule = self.session, self.session.env, self.schedule
         # Measuring the peak FLOP/s draws random matrices: it must not move the training RNG.
         with torch.random.fork_rng(devices=[]):
@@ -152,7 +170,7 @@ class TrainingLoop:
                 meta = {**self.meta, "step": step, "world_size": env.world_size}
                 if checkpoint_meta is not None:
                     meta.update(checkpoint_meta(step))
-                session.save_checkpoint(self.engine, step, meta)
+                session.save_checkpoint(self.engine, step, meta, background=schedule.async_checkpoint)
             if result.stop:
                 log.info("step %d: the stage asked to stop", step)
                 break

@@ -5,9 +5,11 @@ object storage), resumable checkpoints, and the Hugging Face export the next sta
 The loop that drives them is zhinao.training.loop; stages own only their model, data and step.
 """
 
+import functools
 import json
 import logging
 import os
+import shutil
 import tempfile
 import time
 from datetime import timedelta
@@ -21,8 +23,10 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.distributed import DistEnv
 from zhinao.metrics import TrainingMetrics, metrics_port_from_env, peak_flops
 from zhinao.storage import ObjectStore, open_store
+from zhinao.training.background import BackgroundJob
 from zhinao.training.engine import Engine
-from zhinao.training.engine_builder import build_engine, model_construction
+from zhinao.training.engine_builder import autocast_dtype, build_engine, model_construction
+from zhinao.training.hf_export import write_export
 
 log = logging.getLogger(__name__)
 
@@ -48,17 +52,19 @@ class TrainingSession:
         self.output = StageOutput(self.out)
         self.checkpoints = self.output.checkpoints(keep=keep_checkpoints)
         self.metrics: TrainingMetrics | None = None
+        self._saving = BackgroundJob("checkpoint-save")
+        self._group: dist.ProcessGroup | None = None
 
     # -- collectives that degrade to no-ops in a single process
-    def barrier(self) -> None:
+    def barrier(self, group: dist.ProcessGroup | None = None) -> None:
         if self.env.world_size > 1:
-            dist.barrier()
+            dist.barrier(group=group)
 
-    def gather(self, obj) -> list:
+    def gather(self, obj, *, group: dist.ProcessGroup | None = None) -> list:
         if self.env.world_size == 1:
             return [obj]
         out = [None] * self.env.world_size
-        dist.all_gather_object(out, obj)
+        dist.all_gather_object(out, obj, group=group)
         return out
 
     # -- the engine every stage trains with
@@ -113,37 +119,99 @@ class TrainingSession:
         log.info("resumed from step %d of %s", loaded.step, self.output.checkpoints_url)
         return loaded.meta
 
-    def save_checkpoint(self, engine: Engine, step: int, meta: dict) -> float:
+    def save_checkpoint(self, engine: Engine, step: int, meta: dict, *, background: bool = False) -> float:
+        """Checkpoint `step`; returns the seconds training was blocked.
+
+        In the background, training waits only for the previous save still in flight (one at a
+        time) and for the engine to copy its state into host memory; the write, the sha256 sums,
+        the upload and the commit follow on a thread, and `finish_checkpoints` waits for them.
+        The commit order is the same either way, so a kill mid-upload leaves `latest` on the
+        previous complete checkpoint."""
         started = time.perf_counter()
+        self.finish_checkpoints()
         local = self.workdir / "ckpt-save" / f"step-{step:08d}" / f"rank-{self.env.rank}"
-        parts = engine.save(local)
-        sums = self.checkpoints.upload_parts(step, parts)
+        group = self._checkpoint_group() if background else None
+        write = engine.stage(local, group=group) if background else functools.partial(engine.save, local)
         # Every rank's log of the steps up to here is stored before `latest` can name this checkpoint
-        # (the gather below orders it before the commit): a rank lost right after the commit makes the
-        # restart resume from here, and the log must not lose the steps it will not redo.
-        self.upload_metrics()
-        merged: dict[str, str] = {}
-        for rank_sums in self.gather(sums):
-            merged.update(rank_sums)
-        if self.env.is_main:
-            self.checkpoints.commit(step, merged, meta)
-        self.barrier()  # nobody moves on until `latest` names a complete checkpoint
-        seconds = time.perf_counter() - started
-        if self.metrics is not None:
-            self.metrics.record_checkpoint(seconds, step)
-        self.upload_metrics()
-        for path in parts.values():
-            path.unlink(missing_ok=True)
+        # (the gather in the commit orders it before): a rank lost right after the commit makes the
+        # restart resume from here, and the log must not lose the steps it will not redo. A copy,
+        # because training goes on appending to the log while the upload runs.
+        log_copy = self._metrics_copy(local.parent / f"metrics-rank-{self.env.rank}.jsonl")
+        blocking = time.perf_counter() - started
+
+        def write_and_commit() -> tuple[int, float, float]:
+            parts = write()
+            sums = self.checkpoints.upload_parts(step, parts)
+            if log_copy is not None:
+                self.output.put_metrics(self.env.rank, log_copy)
+            merged: dict[str, str] = {}
+            for rank_sums in self.gather(sums, group=group):
+                merged.update(rank_sums)
+            if self.env.is_main:
+                self.checkpoints.commit(step, merged, meta)
+            self.barrier(group)  # nobody moves on until `latest` names a complete checkpoint
+            for path in [*parts.values(), log_copy]:
+                if path is not None:
+                    path.unlink(missing_ok=True)
+            return step, time.perf_counter() - started, blocking
+
+        if background:
+            self._saving.start(write_and_commit)
+            return blocking
+        step, seconds, _ = write_and_commit()
+        self._record_checkpoint((step, seconds, seconds))  # training waited for all of it
         return seconds
 
+    def finish_checkpoints(self) -> None:
+        """Wait for the checkpoint save in flight, if any, to be committed (raises its failure)."""
+        done = self._saving.wait()
+        if done is not None:
+            self._record_checkpoint(done)
+
+    def _record_checkpoint(self, done: tuple[int, float, float]) -> None:
+        step, seconds, blocking = done
+        if self.metrics is not None:
+            self.metrics.record_checkpoint(seconds, step, blocking_seconds=blocking)
+        self.upload_metrics()
+
+    def _checkpoint_group(self) -> dist.ProcessGroup | None:
+        """A gloo group for the collectives of background saves (host-memory tensors; a group of
+        their own so they never interleave with training's). Created at the first save, which every
+        rank reaches at the same step; None without a process group (one DDP process)."""
+        if self._group is None and dist.is_initialized():
+            self._group = dist.new_group(backend="gloo")
+        return self._group
+
+    def _metrics_copy(self, dest: Path) -> Path | None:
+        if self.metrics is None:
+            return None
+        self.metrics.flush()
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(self.metrics.log_path, dest)
+        return dest
+
     # -- hand-off to the next stage
-    def export_hf(self, engine: Engine, *, tokenizer_dir: Path | None) -> str | None:
-        """safetensors + config (+ tokenizer) under <output>/hf/, loadable with from_pretrained."""
+    def export_hf(self, engine: Engine, params, *, tokenizer_dir: Path | None) -> str | None:
+        """Sharded safetensors + index + config (+ tokenizer) under <output>/hf/, loadable with
+        from_pretrained, in `params.export_dtype` with shards of at most `params.export_shard_mb`.
+        Collective: the engine gathers the weights into rank 0's host memory only."""
         state = engine.full_state_dict()
         if not self.env.is_main:
             return None
+        dtype = autocast_dtype(params.precision if params.export_dtype == "auto" else params.export_dtype, self.device)
+        # A model made of several (PPO's policy + critic) says which of them is exported.
+        model = engine.model
+        if hasattr(model, "exported"):
+            model, state = model.exported(state)
         with tempfile.TemporaryDirectory(dir=self.workdir) as tmp:
-            engine.model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+            write_export(
+                state,
+                model,
+                Path(tmp),
+                dtype=dtype or torch.float32,
+                max_shard_bytes=params.export_shard_mb * 10**6,
+            )
+            del state
             if tokenizer_dir is not None:
                 for path in tokenizer_dir.iterdir():
                     (Path(tmp) / path.name).write_bytes(path.read_bytes())

@@ -17,11 +17,12 @@ def report(
 ) -> None:
     """Print the retention cascade (documents and bytes in, out and removed per step), like the
     360Zhinao technical report's Figure 1, and where its table and PNG are stored."""
+    from zhinao.artifacts import StageOutput
     from zhinao.data.retention import RETENTION_JSON, has_retention, show_retention
-    from zhinao.storage import open_store
 
     if problem := uri_problem(output):
         die(f"OUTPUT: {problem}", EXIT_SPEC)
-    if not has_retention(open_store(output)):
+    published = StageOutput.at(output).store
+    if not has_retention(published):
         die(f"{output}: no {RETENTION_JSON} here (has the data stage run, and is this its output?)")
-    typer.echo(show_retention(output))
+    typer.echo(show_retention(published))

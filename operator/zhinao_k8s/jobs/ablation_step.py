@@ -54,7 +54,7 @@ def run_step(step: str, ablation: Ablation, workdir: Path) -> dict:
         if not StageOutput.at(run.pipeline.output_of(stage)).is_finished()
     ]
     if unfinished:  # else the first missing checkpoint fails deep inside model loading
-        raise ValueError(f"runs not finished (a stage wrote no summary.json): {', '.join(sorted(set(unfinished)))}")
+        raise ValueError(f"runs not finished (a stage published nothing yet): {', '.join(sorted(set(unfinished)))}")
     evaluate_ablation(ablation, workdir=workdir, listener=_log)
     return {"report": report_uri(ablation)}
 

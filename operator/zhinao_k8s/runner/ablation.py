@@ -4,7 +4,7 @@ The data pipeline (one distributed data stage per corpus) and the runs go throug
 PyTorchJob runner (real torchrun processes, as on a cluster) unless `in_process` is set: then each
 stage runs in this process with world size 1, which is the same code without the process start-up
 (the proof test uses it to stay within its budget). Every step is resumable: processed and
-prepared data, finished runs (summary.json) and evaluated runs (runs/<run>.json) are reused.
+prepared data, finished (published) runs and evaluated runs (runs/<run>.json) are reused.
 """
 
 import json
@@ -58,7 +58,7 @@ def _notify(listener: Listener | None):
 
 
 def unfinished(pipeline: TrainingPipeline) -> list[StageBase]:
-    """The stages whose output has no summary.json yet (stages added later, e.g. sft, run alone)."""
+    """The stages that have published no output yet (stages added later, e.g. sft, run alone)."""
     return [s for s in pipeline.spec.stages if not StageOutput.at(pipeline.output_of(s)).is_finished()]
 
 

@@ -5,9 +5,9 @@ import json
 from pathlib import Path
 
 import pytest
+from stage_runs import stage_output
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import run_training_pipeline
@@ -30,7 +30,7 @@ def test_two_ranks_sequence_parallel_train_export_rope_5e7_and_needle_report(
     assert "rope base 10000 -> 5e+07" in log and "sequence parallel 2 x data parallel 1" in log
     assert f"engine {engine}," in log
 
-    out = open_store(pipeline.output_of(pipeline.stage("longctx")))
+    out = stage_output(pipeline, "longctx")
     summary = json.loads(out.get_bytes("summary.json"))
     assert summary["steps"] == 6 and summary["sequence_parallel"] == 2 and summary["data_parallel"] == 1
     assert summary["tokens"] == 6 * 2 * 256  # one group: 2 sequences of 256 tokens per step

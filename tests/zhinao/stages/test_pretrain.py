@@ -3,14 +3,17 @@
 import json
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file
-from stage_runs import assert_restarted_and_resumed, run, run_killing_a_rank
+from stage_runs import assert_restarted_and_resumed, in_any_generation, run, run_killing_a_rank, stage_output
 from transformers import AutoModelForCausalLM
 
+from zhinao.artifacts import published_store
+from zhinao.publication import writing_store
 from zhinao.storage import StorageError, open_store
+from zhinao.training.hf_export import read_export
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import run_training_pipeline
 
@@ -18,7 +21,7 @@ pytestmark = pytest.mark.slow
 
 
 def weights(uri: str) -> dict[str, torch.Tensor]:
-    return load_file(uri.removeprefix("file://") + "/hf/model.safetensors")
+    return read_export(Path(uri.removeprefix("file://")) / "hf")
 
 
 def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
@@ -30,20 +33,17 @@ def test_sigkill_of_a_rank_resumes_from_checkpoint_with_identical_final_weights(
     pipeline, result, killed = run_killing_a_rank(
         make_pretrain_spec("killed", f"file://{tmp_path}/store", stage_assets),
         tmp_path / "w2",
-        once_exists=tmp_path / "store" / "killed" / "pretrain" / "checkpoints" / "latest",
+        once_exists=in_any_generation(tmp_path / "store" / "killed" / "pretrain", "checkpoints/latest"),
     )
     assert_restarted_and_resumed(result, killed=killed, replica="worker-0", step=10)
 
-    a, b = (
-        weights(ref_pipeline.output_of(ref_pipeline.stage("pretrain"))),
-        weights(pipeline.output_of(pipeline.stage("pretrain"))),
-    )
+    a, b = weights(stage_output(ref_pipeline, "pretrain").uri), weights(stage_output(pipeline, "pretrain").uri)
     assert a.keys() == b.keys()
     for name in a:
         assert torch.equal(a[name], b[name]), name
 
     # The metrics log covers every step once, despite the restart.
-    out = open_store(pipeline.output_of(pipeline.stage("pretrain")))
+    out = stage_output(pipeline, "pretrain")
     steps = [
         json.loads(l)["step"]
         for l in out.get_bytes("metrics/rank-0.jsonl").decode().splitlines()
@@ -68,8 +68,8 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     )
     spec["spec"]["storage"].update(endpoint=server.endpoint, credentials={"secretRef": {"name": "s3"}})
     secrets = {"s3": {"AWS_ACCESS_KEY_ID": server.access_key, "AWS_SECRET_ACCESS_KEY": server.secret_key}}
-    store = server.store("s3://zhinao-ci/runs/outage/pretrain")
-    probe = server.store("s3://zhinao-ci/runs/outage/pretrain", retry=StoreRetry(attempts=1))
+    root = server.store("s3://zhinao-ci/runs/outage/pretrain")
+    probe_root = server.store("s3://zhinao-ci/runs/outage/pretrain", retry=StoreRetry(attempts=1))
     metrics_log = tmp_path / "w" / "scratch" / "outage-pretrain" / "master-0" / "metrics" / "rank-0.jsonl"
     observed_latest: list[str] = []
     outage = threading.Event()
@@ -91,6 +91,9 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
         # Whenever `latest` can be read, the checkpoint it names must be complete.
         while not done.wait(0.05):
             try:
+                probe = writing_store(probe_root)
+                if probe is None:
+                    continue
                 name = probe.get_bytes("checkpoints/latest").decode().strip()
                 manifest = json.loads(probe.get_bytes(f"checkpoints/{name}/manifest.json"))
                 complete = all(probe.exists(f"checkpoints/{name}/{part}") for part in manifest["parts"])
@@ -110,16 +113,17 @@ def test_s3_outage_during_a_checkpoint_is_survived_and_latest_is_never_partial(
     assert outage.is_set()
     assert result.succeeded, result.stages[0][1].reason
     log = (result.stages[0][1].log_dir / "master-0.log").read_text()
+    store = published_store(root)
     assert "retrying" in log.lower() or "retry" in log.lower()
     assert store.get_bytes("checkpoints/latest").decode().strip() == "step-00000030"
     assert observed_latest and all(complete for _, complete in observed_latest), observed_latest
     assert {parse_step_name(n) for n, _ in observed_latest} <= {10, 20, 30}
-    assert store.exists("hf/model.safetensors")
+    assert store.exists("hf/model.safetensors.index.json")
 
 
 def metrics_log(stage_uri: str) -> list[dict]:
     """The step records of rank 0's JSONL metrics log in a stage output."""
-    lines = open_store(stage_uri).get_bytes("metrics/rank-0.jsonl").decode().splitlines()
+    lines = published_store(open_store(stage_uri)).get_bytes("metrics/rank-0.jsonl").decode().splitlines()
     return [r for r in map(json.loads, filter(str.strip, lines)) if r.get("event", "step") == "step"]
 
 
@@ -177,7 +181,7 @@ def test_deepspeed_zero_trains_with_two_ranks_and_checkpoints_every_rank_shard(
     pipeline, result = run(spec, tmp_path / "w")
     job = result.stages[0][1]
     assert result.succeeded, (job.log_dir / "master-0.log").read_text()[-3000:]
-    out = open_store(pipeline.output_of(pipeline.stage("pretrain")))
+    out = stage_output(pipeline, "pretrain")
     manifest = json.loads(out.get_bytes("checkpoints/step-00000006/manifest.json"))
     shards = [p for p in manifest["parts"] if "optim_states" in p]
     assert len(shards) == 2, manifest["parts"]  # one optimizer partition per rank

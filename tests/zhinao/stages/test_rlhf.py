@@ -3,14 +3,16 @@ pretrain -> SFT -> RM -> RLHF through the local PyTorchJob runner."""
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
 from alignment_assets import Crash, assert_same_weights, crash_on_step, hf_weights, run_stage, tiny_policy, write_jsonl
-from safetensors.torch import load_file
+from stage_runs import stage_output
 
 from zhinao.storage import open_store
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, write_demo_alignment_data
+from zhinao.training.hf_export import read_export
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.cli.local import headline
 from zhinao_k8s.runner.pipeline import run_training_pipeline
@@ -195,7 +197,7 @@ def test_offline_preference_optimisation(tmp_path, assets, algorithm):
         assert steps[0]["reward_margin"] == pytest.approx(0.0, abs=1e-5)
     assert steps[-1]["reward_margin"] > steps[0]["reward_margin"]
     assert "pref_accuracy" in steps[-1]
-    load_file(out.removeprefix("file://") + "/hf/model.safetensors")
+    assert read_export(Path(out.removeprefix("file://")) / "hf")
 
 
 # ------------------------------------------------------------------------------ the demo chain
@@ -278,8 +280,7 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
     last = result.stages[-1][1]
     assert result.succeeded, (last.log_dir / "master-0.log").read_text()[-3000:]
     summary = {
-        name: json.loads(open_store(pipeline.output_of(pipeline.stage(name))).get_bytes("summary.json"))
-        for name in ("sft", "rm", "rlhf")
+        name: json.loads(stage_output(pipeline, name).get_bytes("summary.json")) for name in ("sft", "rm", "rlhf")
     }
     print(
         json.dumps(
@@ -301,7 +302,7 @@ def test_demo_chain_pretrain_sft_rm_rlhf_through_the_runner(tmp_path, stage_asse
     assert g["checked_rose_with_rm"] == rose and g["sentence"] in headline(summary["rlhf"])
     assert ("did NOT rise" in g["sentence"]) != rose
     for name, png in (("sft", "sft_loss.png"), ("rm", "rm_accuracy.png"), ("rlhf", "rlhf.png")):
-        assert open_store(pipeline.output_of(pipeline.stage(name))).exists(f"report/{png}")
+        assert stage_output(pipeline, name).exists(f"report/{png}")
 
 
 def test_frozen_models_are_held_in_the_reference_precision(assets):

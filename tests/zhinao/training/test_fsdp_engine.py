@@ -1,8 +1,11 @@
-"""FSDP2 on two gloo ranks trains like one process: same loss curve, same weights, resumable on one rank.
+"""FSDP2 on two gloo ranks trains like one process: same loss curve, same weights, resumable on one
+rank and on four.
 
-Every rank trains on its half of each step's batch; FSDP averages the gradients, so each step
-is the single process's full-batch step up to float rounding. The DCP checkpoint written by the
-two ranks is then loaded by one rank (resharding), which finishes the run like the single process.
+Every rank trains on its share of each step's batch; FSDP averages the gradients, so each step
+is the single process's full-batch step up to float rounding. The DCP checkpoint is saved the way
+background saves run: staged at step SAVE_AT, written only after the next step changed the
+weights (on its own gloo group). One rank and then four load it (resharding) and finish the run
+like the single process, which they could not if the write had picked up the later weights.
 """
 
 import json
@@ -55,10 +58,14 @@ def _worker(rank: int, world: int, port: int, out: str, resume: bool) -> None:
     first = SAVE_AT if resume else 0
     if resume:
         engine.load(Path(out) / "merged")
+    write = None
     for step in range(first, STEPS):
         losses[step + 1], _ = engine.train_step([_rows(batches[step], rank, world)])
+        if write is not None:
+            write()
+            write = None
         if not resume and step + 1 == SAVE_AT:
-            engine.save(Path(out) / f"ckpt-rank-{rank}")
+            write = engine.stage(Path(out) / f"ckpt-rank-{rank}", group=dist.new_group(backend="gloo"))
     state = engine.full_state_dict()
     if rank == 0:
         torch.save(state, Path(out) / f"weights-{world}.pt")
@@ -73,7 +80,7 @@ def _port() -> int:
 
 
 @pytest.mark.slow
-def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_rank(tmp_path):
+def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_and_on_four_ranks(tmp_path):
     reference = _engine("ddp", 0, 1)
     expected = {step + 1: reference.train_step([batch])[0] for step, batch in enumerate(_batches())}
     expected_weights = reference.full_state_dict()
@@ -92,8 +99,12 @@ def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_rank(tmp_path):
     for rank in range(2):
         for part in (tmp_path / f"ckpt-rank-{rank}").iterdir():
             shutil.copy(part, merged / part.name)
-    mp.spawn(_worker, args=(1, _port(), str(tmp_path), True), nprocs=1, join=True)
-    resumed = json.loads((tmp_path / "losses-1.json").read_text())
-    assert sorted(resumed) == [str(s) for s in range(SAVE_AT + 1, STEPS + 1)]
-    for step, loss in resumed.items():
-        assert loss == pytest.approx(expected[int(step)], rel=1e-4), step
+    for world in (1, 4):
+        mp.spawn(_worker, args=(world, _port(), str(tmp_path), True), nprocs=world, join=True)
+        resumed = json.loads((tmp_path / f"losses-{world}.json").read_text())
+        assert sorted(resumed) == [str(s) for s in range(SAVE_AT + 1, STEPS + 1)], world
+        for step, loss in resumed.items():
+            assert loss == pytest.approx(expected[int(step)], rel=1e-4), (world, step)
+        weights = torch.load(tmp_path / f"weights-{world}.pt")
+        for name, value in expected_weights.items():
+            torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-5, msg=f"{world} ranks: {name}")

@@ -1,12 +1,21 @@
 """TrainingSession's checkpoints and metrics log, through a real (tiny, in-process) SFT stage."""
 
+import json
+import os
+import signal
+import time
+from pathlib import Path
+
 import pytest
+import torch
 from alignment_assets import Crash, run_stage, tiny_policy, write_jsonl
 from stage_runs import step_records
 
 from zhinao.checkpoint import CheckpointManager
 from zhinao.storage import open_store
 from zhinao.synthetic import sft_conversations
+from zhinao.terminate import Terminated, sigterm_raises
+from zhinao.training.hf_export import read_export
 
 
 def test_a_rank_lost_right_after_a_checkpoint_commit_keeps_the_steps_before_it_in_the_metrics_log(
@@ -31,3 +40,78 @@ def test_a_rank_lost_right_after_a_checkpoint_commit_keeps_the_steps_before_it_i
     assert store.get_bytes("checkpoints/latest").decode().strip() == "step-00000002"
     run_stage("sft", assets, out, **params)
     assert [r["step"] for r in step_records(store)] == [1, 2, 3, 4]
+
+
+def _sft(tmp_path):
+    assets = {"model": tiny_policy(tmp_path / "policy"), "data": write_jsonl(tmp_path / "data", sft_conversations(40))}
+    return assets, f"file://{tmp_path}/sft", dict(lr=3e-3, maxLen=64, microBatchSize=4, maxSteps=4, checkpointEvery=2)
+
+
+def _checkpoint_events(store) -> list[dict]:
+    lines = store.get_bytes("metrics/rank-0.jsonl").decode().splitlines()
+    return [r for r in map(json.loads, lines) if r.get("event") == "checkpoint"]
+
+
+def _slow_uploads(monkeypatch, seconds: float, before=lambda step: None) -> None:
+    upload = CheckpointManager.upload_parts
+
+    def slow(self, step, files):
+        before(step)
+        time.sleep(seconds)
+        return upload(self, step, files)
+
+    monkeypatch.setattr(CheckpointManager, "upload_parts", slow)
+
+
+@pytest.mark.parametrize("background", [True, False])
+def test_a_background_save_holds_training_up_only_for_the_staging(tmp_path, monkeypatch, background):
+    assets, out, params = _sft(tmp_path)
+    _slow_uploads(monkeypatch, 1.0)
+    run_stage("sft", assets, out, **params, asyncCheckpoint=background, exportDtype="bf16")
+    store = open_store(out)
+    events = _checkpoint_events(store)
+    assert [e["step"] for e in events] == [2, 4]
+    for e in events:
+        assert e["seconds"] >= 1.0
+        assert (e["blocking_seconds"] < 0.5) if background else (e["blocking_seconds"] == e["seconds"])
+    assert CheckpointManager(store).committed_steps() == [2, 4]
+    assert [r["step"] for r in step_records(store)] == [1, 2, 3, 4]
+    # The export: the Hugging Face index over bf16 shards.
+    index = json.loads(store.get_bytes("hf/model.safetensors.index.json"))
+    exported = read_export(Path(out.removeprefix("file://")) / "hf")
+    assert set(index["weight_map"]) == set(exported) and {v.dtype for v in exported.values()} == {torch.bfloat16}
+
+
+def test_a_save_that_fails_in_the_background_fails_the_stage_and_leaves_latest_on_the_previous(tmp_path, monkeypatch):
+    assets, out, params = _sft(tmp_path)
+
+    def die_at_step_4(step):
+        if step == 4:
+            raise Crash("lost during the upload of step 4")
+
+    _slow_uploads(monkeypatch, 0.0, die_at_step_4)
+    with pytest.raises(Crash):
+        run_stage("sft", assets, out, **params)
+    store = open_store(out)
+    assert store.get_bytes("checkpoints/latest").decode() == "step-00000002"
+    assert CheckpointManager(store).committed_steps() == [2]
+
+
+def test_sigterm_during_a_background_upload_waits_for_its_commit_then_exits_143(tmp_path, monkeypatch):
+    assets, out, params = _sft(tmp_path)
+
+    def sigterm_at_step_2(step):
+        if step == 2:  # from the upload thread; the handler raises in the training (main) thread
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    _slow_uploads(monkeypatch, 1.0, sigterm_at_step_2)
+    with sigterm_raises(), pytest.raises(Terminated) as stopped:
+        run_stage("sft", assets, out, **params)
+    assert stopped.value.code == 143
+    store = open_store(out)
+    assert store.get_bytes("checkpoints/latest").decode() == "step-00000002"  # the upload was finished
+    assert CheckpointManager(store).committed_steps() == [2]
+    monkeypatch.undo()
+    run_stage("sft", assets, out, **params)
+    assert [r["step"] for r in step_records(store)] == [1, 2, 3, 4]
+    assert CheckpointManager(store).committed_steps() == [2, 4]

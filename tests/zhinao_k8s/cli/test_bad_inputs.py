@@ -16,6 +16,9 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from zhinao.artifacts import StageOutput
+from zhinao.publication import writing_store
+from zhinao.storage import FileStore
 from zhinao_k8s.cli.app import app
 from zhinao_k8s.examples import example_text
 
@@ -685,8 +688,9 @@ def damaged_corpus_run(tmp_path_factory) -> dict:
     result = _run(_data_spec(tmp, "damaged", corpus), tmp / "w")
     assert result.returncode == 0, result.stdout + result.stderr
     assert "Traceback" not in result.stdout + result.stderr
-    report = json.loads((tmp / "store" / "damaged" / "data" / "report" / "retention.json").read_text())
-    return {"report": report, "md": (tmp / "store" / "damaged" / "data" / "report" / "retention.md").read_text()}
+    published = StageOutput.at(f"file://{tmp / 'store' / 'damaged' / 'data'}").store
+    report = json.loads(published.get_bytes("report/retention.json"))
+    return {"report": report, "md": published.get_bytes("report/retention.md").decode()}
 
 
 @pytest.mark.slow
@@ -712,7 +716,9 @@ def test_a_corpus_of_only_bad_files_fails_the_stage_with_one_line(tmp_path: Path
     assert "data stage: the data stage kept 0 documents" in log and "allowEmpty" in log, log
     # torchrun reports the failed child with a traceback of its own; none may come from our code
     assert "zhinao/data/" not in log and "zhinao/stages/" not in log and "EmptyCorpus" not in log, log
-    report = json.loads((tmp_path / "store" / "allbad" / "data" / "report" / "retention.json").read_text())
+    unpublished = writing_store(FileStore(tmp_path / "store" / "allbad" / "data"))  # a failed run publishes nothing
+    assert not StageOutput(FileStore(tmp_path / "store" / "allbad" / "data")).is_finished()
+    report = json.loads(unpublished.get_bytes("report/retention.json"))
     assert {f["file"] for f in report["files"]["rejected"]} == {
         "plain-text.jsonl.gz",
         "plain-text.jsonl.zst",

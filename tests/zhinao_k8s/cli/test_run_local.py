@@ -7,6 +7,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -15,6 +16,7 @@ import psutil
 import pytest
 import yaml
 
+from zhinao.artifacts import StageOutput
 from zhinao.data.demo_corpus import build_demo_corpus
 
 pytestmark = pytest.mark.slow
@@ -76,7 +78,7 @@ def test_run_on_s3_with_secret_file_credentials_and_a_params_block_over_128_kib(
             timeout=600,
         )
         assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
-        summary = json.loads(s3_server.store(f"s3://{bucket}/runs/s3run/data").get_bytes("summary.json"))
+        summary = StageOutput(s3_server.store(f"s3://{bucket}/runs/s3run/data")).read_summary()
     finally:
         s3_server.drop_bucket(bucket)
     assert "Succeeded" in out.stdout and "Traceback" not in out.stdout + out.stderr
@@ -116,7 +118,7 @@ def test_sigterm_stops_every_replica_and_leaves_no_process(tmp_path):
     assert "terminated" in out and "Traceback" not in out
     alive = [p for p in seen.values() if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
     assert len(seen) >= 4 and not alive, [(p.pid, p.cmdline()) for p in alive]
-    assert not Path(store / "sig" / "data" / "summary.json").exists()
+    assert not Path(store / "sig" / "data" / "_published.json").exists()  # nothing half-done is published
 
 
 def tokenizer_spec(store: Path, vocab: int) -> dict:
@@ -159,7 +161,7 @@ def test_a_rerun_resumes_its_own_output_refuses_another_runs_and_overwrite_repla
     assert "OutputMismatch" in flat and "params.vocabSize: 512 -> 600" in flat and "--overwrite" in flat
     out = run_spec(tmp_path, tokenizer_spec(store, 600), "--overwrite", "tok")
     assert out.returncode == 0, out.stdout[-3000:]
-    assert json.loads((store / "fp" / "tok" / "summary.json").read_text())["vocab_size"] == 600
+    assert StageOutput.at(f"file://{store}/fp/tok").read_summary()["vocab_size"] == 600
 
 
 def test_a_second_writer_of_one_output_fails_naming_the_holder(tmp_path):
@@ -173,4 +175,36 @@ def test_a_second_writer_of_one_output_fails_naming_the_holder(tmp_path):
     assert out.returncode == 1
     flat = " ".join(out.stdout.split())
     assert "LeaseHeld" in flat and "the output is being written by the other run" in flat, flat[-2000:]
-    assert not (store / "fp" / "tok" / "summary.json").exists()
+    assert not (store / "fp" / "tok" / "_published.json").exists()
+
+
+def test_a_reader_during_an_overwrite_sees_the_old_run_or_the_new_one_never_a_mix(tmp_path):
+    """While `run --overwrite` replaces a published tokenizer, a reader keeps resolving the output
+    and reading two of its files: every read is wholly the old run's or wholly the new one's."""
+    store = tmp_path / "store"
+    build_demo_corpus(f"file://{store}", n_docs=60)
+    assert run_spec(tmp_path, tokenizer_spec(store, 512)).returncode == 0
+    seen: list[tuple[int, int]] = []
+    stop = threading.Event()
+
+    def read_until_stopped() -> None:
+        while not stop.is_set():
+            output = StageOutput.at(f"file://{store}/fp/tok")
+            summary = output.read_summary()
+            vocab = json.loads(output.store.get_bytes("tokenizer/tokenizer.json"))["model"]["vocab"]
+            seen.append((summary["vocab_size"], len(vocab)))
+
+    reader = threading.Thread(target=read_until_stopped, daemon=True)
+    reader.start()
+    try:
+        out = run_spec(tmp_path, tokenizer_spec(store, 600), "--overwrite", "tok")
+        time.sleep(0.2)
+    finally:
+        stop.set()
+        reader.join(10)
+    assert out.returncode == 0, out.stdout[-3000:]
+    assert not reader.is_alive()
+    assert {summary for summary, _ in seen} == {512, 600}, "the reader saw both runs"
+    assert all(summary == vocab for summary, vocab in seen), sorted(set(seen))
+    # The new run is published; the one it replaced stays one generation for readers that resolved it.
+    assert len(list((store / "fp" / "tok" / "_gen").iterdir())) == 2

@@ -86,7 +86,7 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     # evaluate before the runs have trained: one line naming them, exit 1
     assert main(["evaluate"], env_of(ablation, tmp_path / "eval")) == EXIT_FAILED
     err = capsys.readouterr().err
-    assert err == "ablation evaluate failed: runs not finished (a stage wrote no summary.json): abl-a-s0, abl-b-s0\n"
+    assert err == "ablation evaluate failed: runs not finished (a stage published nothing yet): abl-a-s0, abl-b-s0\n"
 
     with threads(1):
         train_runs(ablation, workdir=tmp_path / "train", in_process=True)

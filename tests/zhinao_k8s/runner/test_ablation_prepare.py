@@ -8,7 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from zhinao.artifacts import published_store
 from zhinao.data.demo_corpus import build_demo_corpus
+from zhinao.storage import FileStore
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.render.ablation_runs import data_pipeline
 from zhinao_k8s.render.pytorchjob import render_pipeline
@@ -57,6 +59,12 @@ minhash step on 1 rank and 6 on 2 ranks (a cluster of near-duplicate `def conver
 keeps different members): the data stage's own 1-rank == 2-rank property does not hold there yet."""
 
 
+def published(output: Path) -> Path:
+    """Where a data stage's files are: its published generation (a torchrun run), else the prefix
+    (an in-process run)."""
+    return Path(published_store(FileStore(output)).uri.removeprefix("file://"))
+
+
 def jsonl(directory: Path) -> list[dict]:
     return [json.loads(line) for path in sorted(directory.glob("*.jsonl")) for line in path.read_text().splitlines()]
 
@@ -81,7 +89,7 @@ def test_recipes_processed_on_2_ranks_give_the_1_rank_documents_and_mixtures(tmp
         got = prepare_ablation(two, workdir=tmp_path / "w2")  # 2 torchrun ranks per data stage
     prep1, prep2 = (tmp_path / f"store-{r}" / "abl" / "prep" for r in (1, 2))
     for recipe in ("dedup-on", "dedup-off"):
-        data1, data2 = (p / "recipes" / recipe / "data" / "docs" for p in (prep1, prep2))
+        data1, data2 = (published(p / "recipes" / recipe / "data") / "docs" for p in (prep1, prep2))
         assert {p.name.split("-")[1] for p in data2.glob("*.jsonl")} == {"00000", "00001"}  # both ranks wrote
         assert texts(data2) == texts(data1)
         train1, train2 = (p / "recipes" / recipe / "train" / "docs" for p in (prep1, prep2))
@@ -89,7 +97,9 @@ def test_recipes_processed_on_2_ranks_give_the_1_rank_documents_and_mixtures(tmp
             (r["text"], r["ablation_part"]) for r in jsonl(train1)
         )
     assert got == expected
-    on, off = (sum(texts(prep1 / "recipes" / r / "data" / "docs").values()) for r in ("dedup-on", "dedup-off"))
+    on, off = (
+        sum(texts(published(prep1 / "recipes" / r / "data") / "docs").values()) for r in ("dedup-on", "dedup-off")
+    )
     assert on < off  # the recipes differ: deduplication removed the planted copies
     for mix in expected["recipes"].values():  # half of the 60,000 tokens from each side, whole documents
         assert mix["experimental_tokens"] >= 30000 and mix["base_tokens"] >= 30000
