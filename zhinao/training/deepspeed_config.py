@@ -3,6 +3,9 @@
 BUCKET = 500_000_000
 """Elements per reduce / all-gather bucket (DeepSpeed's own default is 5e8): large enough to keep
 NCCL at bandwidth, small enough that two in flight stay a few GB in bf16."""
+PERSISTENCE_THRESHOLD = 1_000_000
+"""ZeRO-3: parameters of fewer elements stay whole on every rank (norms, biases): gathering them
+costs more than it saves."""
 
 
 def deepspeed_config(*, zero_stage: int, micro_batch: int, grad_accum: int, grad_clip: float, bf16: bool) -> dict:
@@ -20,8 +23,7 @@ def deepspeed_config(*, zero_stage: int, micro_batch: int, grad_accum: int, grad
         zero.update(
             {
                 "stage3_prefetch_bucket_size": BUCKET,
-                # Small tensors (norms, biases) stay whole on every rank: gathering them costs more than it saves.
-                "stage3_param_persistence_threshold": 1_000_000,
+                "stage3_param_persistence_threshold": PERSISTENCE_THRESHOLD,
                 "stage3_max_live_parameters": 1_000_000_000,
                 "stage3_max_reuse_distance": 1_000_000_000,
                 # Export gathers parameter by parameter through GatheredParameters, not a 16-bit copy on save.

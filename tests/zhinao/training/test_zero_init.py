@@ -22,6 +22,7 @@ import torch.multiprocessing as mp
 from zhinao.config.pretrain import PretrainParams
 from zhinao.distributed import DistEnv
 from zhinao.model import build_config, build_model
+from zhinao.training import deepspeed_config
 from zhinao.training.engine import DeepSpeedEngine
 from zhinao.training.engine_builder import build_engine, model_construction
 
@@ -47,6 +48,9 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
         MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
     )
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    # Every parameter partitioned, however small, as the 7B's are: the lm_head the chunked loss reads
+    # outside lm_head's own forward included.
+    deepspeed_config.PERSISTENCE_THRESHOLD = 0
     env, params = DistEnv(rank=rank, world_size=world, local_rank=rank), _params(zero_stage=3)
     with model_construction(params, env=env, device=CPU):
         model = _model()
