@@ -149,7 +149,9 @@ class MinHashDedup:
         self.keys.remove()
         owner = self.ctx.sharding.owner
         if self.cfg.threshold > 0:
-            pairs = comm.route("minhash/pairs", pairs, owner(pairs["a"]))
+            # A pair whose documents share keys of bands routed to different ranks arrives once from
+            # each: one copy of each pair, else its shingle set would be sent (and counted) twice.
+            pairs = np.unique(comm.route("minhash/pairs", pairs, owner(pairs["a"])))
             side_a = self._shingles_of(pairs["a"])
             with_a = np.empty(len(side_a), dtype=SHINGLE_OF_PAIR)
             with_a["a"], with_a["b"] = pairs["a"][side_a["pair"]], pairs["b"][side_a["pair"]]

@@ -97,6 +97,20 @@ def _outputs(out: Path) -> tuple[list[str], list[tuple]]:
     return docs, rejects
 
 
+def test_each_near_duplicate_candidate_pair_is_confirmed_once_at_any_world_size(tmp_path):
+    """On the demo corpus, candidate pairs of a near-duplicate cluster share keys of bands that two
+    ranks own: each such pair reached its confirming rank twice, its shingle set was counted twice
+    and its Jaccard overstated, so 2 ranks removed a document 1 rank kept."""
+    from zhinao.data.demo_corpus import build_demo_corpus
+
+    build_demo_corpus(f"file://{tmp_path}", n_docs=150)
+    _run_ranks(_params(), f"file://{tmp_path}/corpus", f"file://{tmp_path}/one", 1)
+    _run_ranks(_params(), f"file://{tmp_path}/corpus", f"file://{tmp_path}/two", 2)
+    one, two = _outputs(tmp_path / "one"), _outputs(tmp_path / "two")
+    assert any(step == "minhash" for step, *_ in one[1])
+    assert one == two
+
+
 @pytest.mark.parametrize("world", [2, 3])  # 3 ranks > 2 files: ranks stripe lines instead of files
 def test_world_size_does_not_change_the_result(tmp_path, world):
     corpus = _write_corpus(tmp_path)

@@ -25,8 +25,8 @@ def ablation(root: Path, corpus: str, replicas: int) -> Ablation:
                 "storage": {"uri": f"file://{root}/store-{replicas}"},
                 "base": {"corpus": corpus},
                 "corpus": corpus,
-                "recipes": [  # near-duplicate removal off in both: see NEAR_DUP below
-                    {"name": "dedup-on", "data": {"minhash": {"enabled": False}}},
+                "recipes": [
+                    {"name": "dedup-on", "data": {}},
                     {
                         "name": "dedup-off",
                         "data": {"exactDedup": {"url": False, "body": False}, "minhash": {"enabled": False}},
@@ -52,11 +52,6 @@ def ablation(root: Path, corpus: str, replicas: int) -> Ablation:
             },
         }
     )
-
-
-NEAR_DUP = """With MinHash on, this corpus (build_demo_corpus, 150 documents) loses 5 documents at the
-minhash step on 1 rank and 6 on 2 ranks (a cluster of near-duplicate `def convert(mo)` code documents
-keeps different members): the data stage's own 1-rank == 2-rank property does not hold there yet."""
 
 
 def published(output: Path) -> Path:
