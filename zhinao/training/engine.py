@@ -350,11 +350,17 @@ class DeepSpeedEngine(Engine):
             return {k: v.detach().cpu() for k, v in self.model.state_dict().items()} if self.env.is_main else None
         import deepspeed
 
-        params = list(self.model.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None):
-            return (
-                {k: v.detach().cpu().clone() for k, v in self.model.state_dict().items()} if self.env.is_main else None
-            )
+        # One parameter gathered at a time: no rank ever holds the whole model on its device, and
+        # only rank 0 keeps a (CPU) copy of each.
+        state = {}
+        for name, tensor in self.model.state_dict(keep_vars=True).items():
+            if hasattr(tensor, "ds_id"):
+                with deepspeed.zero.GatheredParameters([tensor], modifier_rank=None):
+                    if self.env.is_main:
+                        state[name] = tensor.detach().cpu().clone()
+            elif self.env.is_main:
+                state[name] = tensor.detach().cpu()
+        return state if self.env.is_main else None
 
     @property
     def lr(self):
