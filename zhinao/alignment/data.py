@@ -15,7 +15,6 @@ import torch
 from zhinao.chat import ChatEncoder, as_messages
 from zhinao.config.rlhf import RLHFParams
 from zhinao.corpus import corpus_keys, jsonl_lines, lines_of_rank
-from zhinao.data.stream_order import PositionMismatch
 from zhinao.data.token_stream import RecordStream
 from zhinao.storage import ObjectStore, open_store
 
@@ -185,13 +184,6 @@ def open_stream(session, name: str, params, *, world_size: int | None = None, ra
         )
     except ValueError as exc:
         raise SystemExit(f"{session.output.uri}: records/{name}: {exc}") from None
-
-
-def resume_stream(stream: RecordStream, meta: dict, *, samples_done: int) -> None:
-    try:
-        stream.resume(meta, samples_done=samples_done)
-    except PositionMismatch as exc:
-        raise SystemExit(str(exc)) from None
 
 
 def whole_set(session, name: str, params, *, chunk: int) -> Iterator[list[dict]]:

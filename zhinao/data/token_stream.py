@@ -18,7 +18,7 @@ import numpy as np
 from zhinao.artifacts import StageOutput
 from zhinao.config.stream import StreamParams, TokenStreamParams
 from zhinao.data.record_shards import OFFSET, RecordIndex, decode_record, header_bytes
-from zhinao.data.stream_order import StreamOrder, StreamPosition
+from zhinao.data.stream_order import PositionMismatch, StreamOrder, StreamPosition
 from zhinao.data.token_shards import WIRE_DTYPE
 from zhinao.storage import ObjectStore
 
@@ -187,3 +187,33 @@ class RecordStream(ShardStream):
         )
         start = header_bytes(shard.records) + int(lo)
         return decode_record(self.cache.read(shard.key, size=shard.bytes, offset=start, length=int(hi - lo)))
+
+
+def open_token_stream(
+    source: StageOutput,
+    cache_dir: Path,
+    *,
+    seq_len: int,
+    seed: int,
+    rank: int,
+    world_size: int,
+    params: TokenStreamParams,
+) -> TokenStream:
+    """A stage's stream of packed sequences, or one line that ends the stage: a foreign index, a shard
+    of the wrong size, fewer sequences than ranks, or sequences of another length than `seq_len`."""
+    try:
+        stream = TokenStream(source, cache_dir, seed=seed, rank=rank, world_size=world_size, params=params)
+    except ValueError as exc:
+        raise SystemExit(f"{source.uri}: {exc}") from None
+    if stream.seq_len != seq_len:
+        raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {seq_len}")
+    return stream
+
+
+def resume_stream(stream: ShardStream, meta: dict, *, samples_done: int) -> None:
+    """Position `stream` where a checkpoint's meta left it; a position this run cannot take (another
+    world size, another order) ends the stage with its one line."""
+    try:
+        stream.resume(meta, samples_done=samples_done)
+    except PositionMismatch as exc:
+        raise SystemExit(str(exc)) from None

@@ -20,9 +20,8 @@ from zhinao.config.longctx import LongContextParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.corpus import read_documents
 from zhinao.data.packing import TOKEN_DTYPE, pack_source
-from zhinao.data.stream_order import PositionMismatch
 from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes, shard_name
-from zhinao.data.token_stream import TokenStream
+from zhinao.data.token_stream import open_token_stream, resume_stream
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
@@ -153,19 +152,15 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         build_data(corpus, tokenizer, session.output, params)
     session.barrier()
     # Every rank of a sequence-parallel group reads the same sequences and trains on its shard.
-    try:
-        stream = TokenStream(
-            session.output,
-            session.workdir / "tokens",
-            seed=params.seed,
-            rank=sp.dp_rank,
-            world_size=sp.dp_size,
-            params=params.stream,
-        )
-    except ValueError as exc:
-        raise SystemExit(f"{session.output.uri}: {exc}") from None
-    if stream.seq_len != params.seq_len:
-        raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
+    stream = open_token_stream(
+        session.output,
+        session.workdir / "tokens",
+        seq_len=params.seq_len,
+        seed=params.seed,
+        rank=sp.dp_rank,
+        world_size=sp.dp_size,
+        params=params.stream,
+    )
 
     attn = activate_sequence_parallel(sp) if sp.size > 1 else attention_implementation(params.attention)
     model = AutoModelForCausalLM.from_pretrained(str(model_dir), dtype=torch.float32, attn_implementation=attn)
@@ -179,10 +174,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, params.max_steps), seq_len=params.seq_len)
     meta = loop.resume()
     start = meta.get("step", 0)
-    try:
-        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
-    except PositionMismatch as exc:
-        raise SystemExit(str(exc)) from None
+    resume_stream(stream, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
     log.info(
         "long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "
         "parallel %d, steps %d..%d",

@@ -19,8 +19,7 @@ import torch
 from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
-from zhinao.data.stream_order import PositionMismatch
-from zhinao.data.token_stream import TokenStream
+from zhinao.data.token_stream import TokenStream, open_token_stream, resume_stream
 from zhinao.data.tokenize_shards import merge_parts, tokenize_share
 from zhinao.model import build_config, build_model, num_params
 from zhinao.plots import loss_curve_png
@@ -60,20 +59,15 @@ def open_stream(session: TrainingSession, rt: StageRuntime, tokenizer, params: P
         if env.is_main:
             merge_parts(out, world_size=env.world_size, where=corpus.uri)
     session.barrier()
-    try:  # a foreign index, a shard of the wrong size, fewer sequences than ranks: one line
-        stream = TokenStream(
-            tokens,
-            session.workdir / "tokens",
-            seed=params.seed,
-            rank=env.rank,
-            world_size=env.world_size,
-            params=params.stream,
-        )
-    except ValueError as exc:
-        raise SystemExit(f"{tokens.uri}: {exc}") from None
-    if stream.seq_len != params.seq_len:
-        raise SystemExit(f"token shards hold sequences of {stream.seq_len} tokens, but seqLen is {params.seq_len}")
-    return stream
+    return open_token_stream(
+        tokens,
+        session.workdir / "tokens",
+        seq_len=params.seq_len,
+        seed=params.seed,
+        rank=env.rank,
+        world_size=env.world_size,
+        params=params.stream,
+    )
 
 
 VALID_TOKENS = "tokens.npy"
@@ -129,10 +123,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, params.max_steps), seq_len=params.seq_len)
     meta = loop.resume()
     start = meta.get("step", 0)
-    try:
-        stream.resume(meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
-    except PositionMismatch as exc:
-        raise SystemExit(str(exc)) from None
+    resume_stream(stream, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
     log.info(
         "training %s (%.1fM params) on %d sequences of %d tokens per rank and epoch, steps %d..%d, world size %d",
         params.model_size,

@@ -15,12 +15,13 @@ import logging
 import numpy as np
 import torch
 
-from zhinao.alignment.data import EVAL, TRAIN, open_stream, pad_right, pair_sets, resume_stream, steps_for, whole_set
+from zhinao.alignment.data import EVAL, TRAIN, open_stream, pad_right, pair_sets, steps_for, whole_set
 from zhinao.alignment.models import load_reward_model
 from zhinao.artifacts import StageOutput
 from zhinao.config.reward import RewardParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.prepare_records import prepare_record_sets
+from zhinao.data.token_stream import resume_stream
 from zhinao.losses import bradley_terry_loss, pairwise_accuracy
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop

@@ -22,7 +22,7 @@ import torch
 
 from zhinao import reward_guard
 from zhinao.alignment import ppo, remax
-from zhinao.alignment.data import TRAIN, head_prompts, open_stream, pair_sets, prompt_sets, resume_stream
+from zhinao.alignment.data import TRAIN, head_prompts, open_stream, pair_sets, prompt_sets
 from zhinao.alignment.models import frozen, load_causal_lm, load_reward_model
 from zhinao.alignment.preference import preference_batch, preference_loss_fn
 from zhinao.alignment.rollout import evaluate, sampling_of
@@ -32,6 +32,7 @@ from zhinao.chat import ChatEncoder
 from zhinao.config.rlhf import RLHFParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.data.prepare_records import prepare_record_sets
+from zhinao.data.token_stream import resume_stream
 from zhinao.rollout.factory import build_rollout_engine
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.loop import Schedule, StepResult, TrainingLoop

@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import torch
 
-from zhinao.alignment.data import EVAL, TRAIN, open_stream, resume_stream, steps_for, whole_set
+from zhinao.alignment.data import EVAL, TRAIN, open_stream, steps_for, whole_set
 from zhinao.alignment.models import load_causal_lm
 from zhinao.alignment.sft_data import sft_sets
 from zhinao.artifacts import StageOutput
@@ -18,6 +18,7 @@ from zhinao.config.runtime import StageRuntime
 from zhinao.config.sft import SFTParams
 from zhinao.data.prepare_records import prepare_record_sets
 from zhinao.data.sft_packing import Packed, block_causal_mask, flatten_varlen, pack_rows
+from zhinao.data.token_stream import resume_stream
 from zhinao.losses import lm_loss
 from zhinao.plots import loss_curve_png
 from zhinao.tokenizer import load as load_tokenizer
