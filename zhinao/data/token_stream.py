@@ -42,7 +42,9 @@ class ShardCache:
         if key in self._open:
             self._open.move_to_end(key)
             return self._open[key][0]
-        path = self.root / key.replace("/", "__")
+        # The ranks of one pod share its scratch directory, and ranks of a sequence-parallel group read
+        # the same shards: each process downloads into a name of its own.
+        path = self.root / f"{key.replace('/', '__')}.{os.getpid()}"
         self.store.get_file(key, path)
         self.downloads += 1
         got = path.stat().st_size

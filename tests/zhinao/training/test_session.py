@@ -73,7 +73,8 @@ def test_a_background_save_holds_training_up_only_for_the_staging(tmp_path, monk
     assert [e["step"] for e in events] == [2, 4]
     for e in events:
         assert e["seconds"] >= 1.0
-        assert (e["blocking_seconds"] < 0.5) if background else (e["blocking_seconds"] == e["seconds"])
+        # In the background the upload (1 s here) is never part of the time training waited.
+        assert (e["blocking_seconds"] <= e["seconds"] - 0.9) if background else (e["blocking_seconds"] == e["seconds"])
     assert CheckpointManager(store).committed_steps() == [2, 4]
     assert [r["step"] for r in step_records(store)] == [1, 2, 3, 4]
     # The export: the Hugging Face index over bf16 shards.
