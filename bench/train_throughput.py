@@ -1,17 +1,22 @@
-"""Pretraining throughput: our pretrain stage against a plain Hugging Face `Trainer`, in one run.
+"""Pretraining throughput: our pretrain stage, under each engine, against a plain Hugging Face `Trainer`.
 
 Same model (the tiny 360Zhinao config), same packed token sequences, same batch, same optimizer
 settings, both with checkpointing on; ours also serves Prometheus metrics and writes the JSONL log.
-Wall-clock tokens/s of the training call is compared (model and data set-up excluded for both), and
-tokens per CPU second of the process (ours counts its whole stage: set-up, export and the loss plot
-too). The two alternate for `--rounds` rounds and the medians are reported. On a shared machine the
-per-CPU figure is the one to read, with `--threads 1`: with more intra-op threads than free cores,
-torch's thread pool spends CPU time waiting at its barriers, which measures the neighbours.
+Ours runs once per engine in `--engines`: `ddp` (one process: the bare model, as the stage runs
+without a process group) and `fsdp` (FSDP2 over a single-rank gloo group: every block a
+`fully_shard` unit, its all-gathers, reduce-scatters and DCP checkpoints all running). Wall-clock
+tokens/s of the training call is compared (model and data set-up excluded for both), and tokens
+per CPU second of the process (ours counts its whole stage: set-up, export and the loss plot too).
+The runs alternate for `--rounds` rounds and the medians are reported. On a shared machine the
+per-CPU figure is the one to read: with more intra-op threads than free cores, torch's thread pool
+spends CPU time waiting at its barriers, which measures the neighbours.
 
     python bench/train_throughput.py [--steps 60] [--seq-len 256] [--micro-batch 8] [--rounds 3] [--threads 1]
+        [--engines ddp,fsdp]
 """
 
 import argparse
+import contextlib
 import json
 import os
 import platform
@@ -24,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+import torch.distributed as dist
 
 from zhinao.artifacts import StageOutput
 from zhinao.config.pretrain import PretrainParams
@@ -33,7 +39,7 @@ from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes
 from zhinao.model import build_config, build_model
 from zhinao.tokenizer import to_transformers, train_bpe
 
-RESULTS = Path(__file__).parent / "results" / "train_throughput.json"
+RESULTS = Path(__file__).parent / "results"
 
 
 def corpus() -> list[str]:
@@ -102,8 +108,23 @@ def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:
     return tok_dir, seqs, len(tok)
 
 
+@contextlib.contextmanager
+def process_group(engine: str):
+    """FSDP2 needs a process group even for one rank: a single-rank gloo one, as torchrun would
+    set up (the stage's session only creates one for more than one rank)."""
+    if engine != "fsdp":
+        yield
+        return
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    dist.init_process_group("gloo")
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+
+
 def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams) -> tuple[float, float]:
-    """(tokens per wall second, tokens per CPU second) of our pretrain stage, in this process."""
+    """(tokens per wall second, tokens per CPU second) of our pretrain stage under `params.engine`, in this process."""
     # A fixed peak skips the start-up matmul probe, which would only add CPU time to our side.
     os.environ.update(
         ZHINAO_WORKDIR=str(root / "ours-work"),
@@ -121,9 +142,10 @@ def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams)
         inputs={"tokenizer": f"file://{tok_dir}", "tokens": f"file://{data_root / 'packed'}"},
         output=f"file://{root / 'ours'}",
     )
-    cpu = time.process_time()
-    pretrain.run(rt, params)
-    cpu = time.process_time() - cpu  # includes set-up, HF export and the loss plot: against us
+    with process_group(params.engine):
+        cpu = time.process_time()
+        pretrain.run(rt, params)
+        cpu = time.process_time() - cpu  # includes set-up, HF export and the loss plot: against us
     records = StageOutput.at(f"file://{root / 'ours'}").metrics_records()
     steps = [r for r in records if r.get("event") == "step"]
     checkpoints = [r for r in records if r.get("event") == "checkpoint"]
@@ -176,6 +198,64 @@ def run_hf_trainer(root: Path, seqs: np.ndarray, vocab: int, params: PretrainPar
     return tokens / result.metrics["train_runtime"], tokens / cpu
 
 
+def measure(
+    *,
+    steps: int,
+    seq_len: int,
+    micro_batch: int,
+    model_size: str,
+    rounds: int,
+    threads: int,
+    engines: list[str],
+) -> dict:
+    """Alternating rounds of the Trainer and ours under each engine; medians and every run."""
+    torch.set_num_threads(threads)
+    params = PretrainParams(
+        model_size=model_size,
+        seq_len=seq_len,
+        micro_batch_size=micro_batch,
+        max_steps=steps,
+        warmup_steps=max(1, steps // 10),
+        checkpoint_every=max(1, steps // 3),
+        log_every=1,
+    )
+    runs: dict[str, list[tuple[float, float]]] = {"hf_trainer": [], **{e: [] for e in engines}}
+    started = os.getloadavg()
+    with tempfile.TemporaryDirectory() as tmp:
+        tok_dir, seqs, vocab = prepare(Path(tmp), seq_len)
+        # Alternate so that background load on a shared machine hits every side alike.
+        for round_ in range(rounds):
+            runs["hf_trainer"].append(run_hf_trainer(Path(tmp) / f"hf-{round_}", seqs, vocab, params))
+            for engine in engines:
+                ours = params.model_copy(update={"engine": engine})
+                runs[engine].append(run_ours(Path(tmp) / f"{engine}-{round_}", tok_dir, Path(tmp), ours))
+            print(f"round {round_} (tokens/s, tokens/CPU s): { ({k: v[-1] for k, v in runs.items()}) }", flush=True)
+    medians = {k: [float(np.median([r[i] for r in v])) for i in (0, 1)] for k, v in runs.items()}
+    hf_wall, hf_cpu = medians["hf_trainer"]
+    return {
+        "date": date.today().isoformat(),
+        "machine": machine(),
+        "load_average": {"start": started, "end": os.getloadavg()},
+        "torch": torch.__version__,
+        "python": sys.version.split()[0],
+        "config": {
+            "model": model_size,
+            "seq_len": seq_len,
+            "micro_batch": micro_batch,
+            "steps": steps,
+            "checkpoint_every": params.checkpoint_every,
+            "loss_chunk_tokens": params.loss_chunk_tokens,
+            "threads": threads,
+            "rounds": rounds,
+        },
+        "tokens_per_s": {k: round(v[0], 1) for k, v in medians.items()},
+        "tokens_per_cpu_s": {k: round(v[1], 1) for k, v in medians.items()},
+        "ratio_to_trainer": {e: round(medians[e][0] / hf_wall, 3) for e in engines},
+        "cpu_ratio_to_trainer": {e: round(medians[e][1] / hf_cpu, 3) for e in engines},
+        "runs": {k: [[round(x, 1) for x in r] for r in v] for k, v in runs.items()},
+    }
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=60)
@@ -183,62 +263,31 @@ def main() -> None:
     ap.add_argument("--micro-batch", type=int, default=8)
     ap.add_argument("--model-size", default="tiny")
     ap.add_argument("--rounds", type=int, default=3, help="Alternating runs of each; the medians are reported.")
-    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads, both sides")
+    ap.add_argument("--threads", type=int, default=os.cpu_count() or 1, help="torch intra-op threads, every side")
+    ap.add_argument("--engines", default="ddp,fsdp", help="Our engines to run, comma-separated (ddp, fsdp)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="Result file (default: bench/results/train_throughput-<threads>t.json)"
+    )
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    params = PretrainParams(
-        model_size=args.model_size,
+    result = measure(
+        steps=args.steps,
         seq_len=args.seq_len,
-        micro_batch_size=args.micro_batch,
-        max_steps=args.steps,
-        warmup_steps=max(1, args.steps // 10),
-        checkpoint_every=max(1, args.steps // 3),
-        log_every=1,
+        micro_batch=args.micro_batch,
+        model_size=args.model_size,
+        rounds=args.rounds,
+        threads=args.threads,
+        engines=args.engines.split(","),
     )
-    hf_runs, our_runs = [], []
-    with tempfile.TemporaryDirectory() as tmp:
-        tok_dir, seqs, vocab = prepare(Path(tmp), args.seq_len)
-        # Alternate the two so that background load on a shared machine hits both alike.
-        for round_ in range(args.rounds):
-            hf_runs.append(run_hf_trainer(Path(tmp) / f"hf-{round_}", seqs, vocab, params))
-            our_runs.append(run_ours(Path(tmp) / f"ours-{round_}", tok_dir, Path(tmp), params))
-            print(f"round {round_}: HF {hf_runs[-1]}, ours {our_runs[-1]} (tokens/s, tokens/CPU s)", flush=True)
-    hf, ours = (float(np.median([r[0] for r in runs])) for runs in (hf_runs, our_runs))
-    hf_cpu, ours_cpu = (float(np.median([r[1] for r in runs])) for runs in (hf_runs, our_runs))
-    result = {
-        "date": date.today().isoformat(),
-        "machine": machine(),
-        "load_average": os.getloadavg(),
-        "torch": torch.__version__,
-        "python": sys.version.split()[0],
-        "config": {
-            "model": args.model_size,
-            "seq_len": args.seq_len,
-            "micro_batch": args.micro_batch,
-            "steps": args.steps,
-            "checkpoint_every": params.checkpoint_every,
-            "threads": args.threads,
-            "rounds": args.rounds,
-        },
-        "ours_tokens_per_s": round(ours, 1),
-        "hf_trainer_tokens_per_s": round(hf, 1),
-        "ratio": round(ours / hf, 3),
-        "ours_tokens_per_cpu_s": round(ours_cpu, 1),
-        "hf_trainer_tokens_per_cpu_s": round(hf_cpu, 1),
-        "cpu_ratio": round(ours_cpu / hf_cpu, 3),
-        "runs": {
-            "ours": [[round(x, 1) for x in r] for r in our_runs],
-            "hf_trainer": [[round(x, 1) for x in r] for r in hf_runs],
-        },
-    }
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"ours (zhinao pretrain stage)   {ours:10,.0f} tokens/s")
-    print(f"Hugging Face Trainer           {hf:10,.0f} tokens/s")
-    print(f"ratio ours / HF Trainer        {ours / hf:10.2f}x   (wall clock, median of {args.rounds})")
-    print(
-        f"per CPU second: ours {ours_cpu:,.0f}, HF Trainer {hf_cpu:,.0f}, ratio {ours_cpu / hf_cpu:.2f}x   -> {RESULTS}"
-    )
+    out = args.out or RESULTS / f"train_throughput-{args.threads}t.json"
+    out.parent.mkdir(exist_ok=True)
+    out.write_text(json.dumps(result, indent=2) + "\n")
+    hf_wall, hf_cpu = result["tokens_per_s"]["hf_trainer"], result["tokens_per_cpu_s"]["hf_trainer"]
+    print(f"{'':28}{'tokens/s':>12}{'tokens/CPU s':>14}{'ratio/CPU s':>13}")
+    print(f"{'Hugging Face Trainer':28}{hf_wall:12,.0f}{hf_cpu:14,.0f}{1.0:12.2f}x")
+    for engine, cpu_ratio in result["cpu_ratio_to_trainer"].items():
+        wall, cpu = result["tokens_per_s"][engine], result["tokens_per_cpu_s"][engine]
+        print(f"{'ours, ' + engine:28}{wall:12,.0f}{cpu:14,.0f}{cpu_ratio:12.2f}x")
+    print(f"(medians of {args.rounds} alternating rounds, {args.threads} thread(s)) -> {out}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,38 @@
+"""bench/train_throughput.py at toy size: the Trainer and our stage under DDP and under FSDP2 (a
+single-rank gloo group) all train, alternate, and report tokens per second and per CPU second."""
+
+import importlib.util
+import logging
+from pathlib import Path
+
+import pytest
+import torch.distributed as dist
+
+SCRIPT = Path(__file__).parents[2] / "bench" / "train_throughput.py"
+
+
+def load_bench():
+    spec = importlib.util.spec_from_file_location("train_throughput_bench", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_every_engine_and_the_trainer_train_and_are_compared(caplog, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the Trainer may write next to its output_dir
+    with caplog.at_level(logging.INFO, logger="zhinao.training.engine_builder"):
+        result = load_bench().measure(
+            steps=2, seq_len=32, micro_batch=2, model_size="tiny", rounds=1, threads=1, engines=["ddp", "fsdp"]
+        )
+    engines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("engine ")]
+    assert engines == ["engine ddp", "engine fsdp"]  # the stage really built each engine
+    assert not dist.is_initialized()  # the single-rank group is gone after the FSDP2 run
+    for side in ("hf_trainer", "ddp", "fsdp"):
+        wall, cpu = result["runs"][side][0]
+        assert wall > 0 and cpu > 0, side
+        assert result["tokens_per_cpu_s"][side] == cpu
+    for engine in ("ddp", "fsdp"):
+        expected = result["tokens_per_cpu_s"][engine] / result["tokens_per_cpu_s"]["hf_trainer"]
+        assert abs(result["cpu_ratio_to_trainer"][engine] - expected) < 1e-3
+    assert result["config"]["threads"] == 1 and result["config"]["loss_chunk_tokens"] > 0
