@@ -115,12 +115,26 @@ def process_group(engine: str):
     if engine != "fsdp":
         yield
         return
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()), RANK="0", WORLD_SIZE="1", LOCAL_RANK="0")
+    env = {
+        "MASTER_ADDR": "127.0.0.1",
+        "MASTER_PORT": str(free_port()),
+        "RANK": "0",
+        "WORLD_SIZE": "1",
+        "LOCAL_RANK": "0",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
     dist.init_process_group("gloo")
     try:
         yield
     finally:
         dist.destroy_process_group()
+        # Left set, they would make the next round's Trainer start a distributed run of its own.
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k)
+            else:
+                os.environ[k] = v
 
 
 def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams) -> tuple[float, float]:

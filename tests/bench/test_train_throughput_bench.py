@@ -3,6 +3,7 @@ single-rank gloo group) all train, alternate, and report tokens per second and p
 
 import importlib.util
 import logging
+import os
 from pathlib import Path
 
 import pytest
@@ -21,13 +22,17 @@ def load_bench():
 @pytest.mark.slow
 def test_every_engine_and_the_trainer_train_and_are_compared(caplog, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the Trainer may write next to its output_dir
+    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(name, raising=False)
     with caplog.at_level(logging.INFO, logger="zhinao.training.engine_builder"):
         result = load_bench().measure(
             steps=2, seq_len=32, micro_batch=2, model_size="tiny", rounds=1, threads=1, engines=["ddp", "fsdp"]
         )
     engines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("engine ")]
     assert engines == ["engine ddp", "engine fsdp"]  # the stage really built each engine
-    assert not dist.is_initialized()  # the single-rank group is gone after the FSDP2 run
+    # The single-rank group is gone after the FSDP2 run, and so is its environment (which would
+    # make the next round's Trainer start a distributed run).
+    assert not dist.is_initialized() and "WORLD_SIZE" not in os.environ and "LOCAL_RANK" not in os.environ
     for side in ("hf_trainer", "ddp", "fsdp"):
         wall, cpu = result["runs"][side][0]
         assert wall > 0 and cpu > 0, side
