@@ -69,10 +69,10 @@ def candidate_pairs(entries: np.ndarray) -> np.ndarray:
 
 def _maybe_shared(keys: np.ndarray) -> np.ndarray:
     """False for keys that no other entry has (a bucket of one makes no pair: most buckets), true
-    for the rest and for a few unique keys that share a count slot (the key's top bits) with
-    another. Counting is linear, so sorting only what it keeps (a fifth of the bench's entries) is
-    2-3x faster than sorting every key. Slots: 8 per key, at most 2^24 (a 128 MiB count)."""
-    bits = min(_SLOT_BITS, max(1, int(8 * len(keys)).bit_length()))
+    for the rest and for the unique keys that share a count slot (the key's top bits) with another.
+    Counting is linear, so sorting only what it keeps (a quarter of the bench's entries) costs about
+    half of sorting every key. Slots: 4 per key (8 and 16 measured no faster), at most 2^24."""
+    bits = min(_SLOT_BITS, max(1, int(4 * len(keys)).bit_length()))
     slot = (keys >> _U64(64 - bits)).astype(np.intp)
     return np.bincount(slot, minlength=1 << bits)[slot] > 1
 
