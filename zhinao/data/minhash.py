@@ -73,7 +73,7 @@ def _cjk_ranges() -> list[tuple[int, int]]:
 
 def _codepoints(joined: str) -> tuple[np.ndarray, np.ndarray]:
     """(codepoints, their classes) in the narrowest array that holds them: bytes for ASCII, UTF-16
-    code units for BMP text (a third of UTF-32's bytes to encode and read), UTF-32 only when a
+    code units for BMP text (half of UTF-32's bytes to encode and read), UTF-32 only when a
     character lies outside the BMP."""
     table = _char_classes()
     if joined.isascii():
@@ -210,8 +210,8 @@ class MinHasher:
         x = (sh >> _U64(32)).astype(np.uint32)
         docs = np.flatnonzero(per_doc)  # documents with shingles, and where their runs start
         starts = (np.cumsum(per_doc) - per_doc)[docs]
-        # A few permutations at a time over the whole batch, in a buffer that stays in L2; a
-        # document's shingles are contiguous, so its minimum is one reduceat over its run.
+        # As many permutations at a time as fit a buffer of about 1 MiB (at least one), over the
+        # whole batch; a document's shingles are contiguous, so its minimum is one reduceat.
         rows = max(1, _BLOCK // x.size)
         buf = np.empty((rows, x.size), dtype=np.uint32)
         for lo in range(0, self.num_perm, rows):
