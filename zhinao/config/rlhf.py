@@ -74,8 +74,13 @@ class RLHFParams(FinetuneOptimParams):
     """Weight of the reward model's score in the total score (needs inputs.reward when > 0)."""
 
     reference_precision: Precision = "auto"
-    """Precision the frozen reference and reward model are held in: `bf16` halves their memory,
-    `auto` is bf16 on a GPU that supports it and fp32 on CPU."""
+    """Precision the frozen reference and reward model are held (stored) in, not the one they compute
+    in: their forwards always compute in the stage's `precision`, as the policy's do (under bf16,
+    fp32-held weights run under bf16 autocast, or are gathered in bf16 under FSDP2), so attention
+    always gets bf16 (flash-attn takes nothing else). `fp32`: the weights stay as exported, so the
+    reference computes exactly as the policy does before its first update (KL exactly 0 at the
+    start). `bf16`: half the memory; under DDP the reference then differs from the policy by bf16
+    rounding of its weights. `auto`: bf16 on a GPU that supports it, fp32 on CPU."""
 
     offload_frozen: bool = False
     """Keep the reference and reward model in CPU memory and move each onto the GPU only for its
