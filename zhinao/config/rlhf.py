@@ -48,7 +48,8 @@ class RLHFParams(FinetuneOptimParams):
 
     rollout_precision: Precision = "auto"
     """`hf` engine: `bf16` decodes under bf16 autocast (KV cache in bf16), `fp32` in the model's
-    precision, `auto` is bf16 on a GPU that supports it and fp32 on CPU. vLLM always runs bf16."""
+    precision (through SDPA where the model attends with flash-attn, which refuses fp32), `auto` is
+    bf16 on a GPU that supports it and fp32 on CPU. vLLM always runs bf16."""
 
     vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, lt=1)
     """`vllm` engine: share of the GPU's memory its weights and KV cache may take while awake."""
