@@ -118,6 +118,4 @@ def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_and_on_four_ranks(
             assert loss == pytest.approx(expected[int(step)], rel=1e-5), (world, step)
         weights = torch.load(tmp_path / f"weights-{world}.pt")
         for name, value in expected_weights.items():
-            torch.testing.assert_close(
-                weights[name], value, rtol=1e-3, atol=WEIGHT_ATOL, msg=f"{world} ranks: {name}"
-            )
+            torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=WEIGHT_ATOL, msg=f"{world} ranks: {name}")
