@@ -351,6 +351,9 @@ class DeepSpeedEngine(Engine):
         )
         self.model = model
         self.zero_stage = config["zero_optimization"]["stage"]
+        from zhinao.training.deepspeed_staging import StagingCheckpointEngine
+
+        self.engine.checkpoint_engine = self._saver = StagingCheckpointEngine(self.engine._config)
 
     def train_step(self, micro_batches, loss_fn=None):
         self.engine.train()
@@ -367,21 +370,27 @@ class DeepSpeedEngine(Engine):
         return self._mean_across_ranks(total), float(norm if norm is not None else float("nan"))
 
     def save(self, directory):
-        directory.mkdir(parents=True, exist_ok=True)
-        self.engine.save_checkpoint(str(directory), tag=self.TAG)
-        # Each rank saves into its own directory, so every file there is this rank's part.
-        parts = {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
-        parts.update(write_parts(directory, self._rng_part()))
-        return parts
+        return self._save(directory, staging=False)()
 
     def stage(self, directory, *, group=None):
-        # Written now: DeepSpeed's saver reads the partitioned state straight from its buffers and
-        # runs collectives on the training group, so it cannot be moved to another thread; staging
-        # it to host memory would mean re-implementing its checkpoint layout. (Its own decoupled
-        # checkpoint engine writes through the async_io op, which needs libaio, absent on CPU hosts.)
-        # The sums, upload and commit of these files run in the background like every engine's.
-        parts = self.save(directory)
-        return lambda: parts
+        # DeepSpeed's saver reads the partitioned state straight from its buffers and runs collectives
+        # on the training group, so it runs here; its checkpoint engine copies each file's state into
+        # host buffers, and the files are written on the background thread (deepspeed_staging.py).
+        return self._save(directory, staging=True)
+
+    def _save(self, directory: Path, *, staging: bool) -> Callable[[], dict[str, Path]]:
+        directory.mkdir(parents=True, exist_ok=True)
+        self._saver.begin(staging=staging)
+        self.engine.save_checkpoint(str(directory), tag=self.TAG)
+        rng = host_copy(self._rng_part())
+
+        def write() -> dict[str, Path]:
+            self._saver.write_staged()
+            # Each rank saves into its own directory, so every file there is this rank's part.
+            parts = {str(p.relative_to(directory)): p for p in sorted(directory.rglob("*")) if p.is_file()}
+            return parts | write_parts(directory, rng)
+
+        return write
 
     def load(self, directory):
         self.engine.load_checkpoint(str(directory), tag=self.TAG)

@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,6 +18,7 @@ from zhinao.checkpoint import CheckpointManager
 from zhinao.storage import open_store
 from zhinao.synthetic import sft_conversations
 from zhinao.terminate import Terminated, sigterm_raises
+from zhinao.training.deepspeed_staging import StagingCheckpointEngine
 from zhinao.training.hf_export import read_export
 
 
@@ -89,6 +91,14 @@ def _slow_uploads(monkeypatch, seconds: float, before=lambda step: None) -> None
 def test_a_background_save_holds_training_up_only_for_the_staging(tmp_path, monkeypatch, background, engine):
     assets, out, params = _sft(tmp_path)
     _slow_uploads(monkeypatch, 1.0)
+    written_on = []
+    write_staged = StagingCheckpointEngine.write_staged
+
+    def recording(self):
+        written_on.append(threading.current_thread().name)
+        write_staged(self)
+
+    monkeypatch.setattr(StagingCheckpointEngine, "write_staged", recording)
     run_stage("sft", assets, out, **params, **engine, asyncCheckpoint=background, exportDtype="bf16")
     store = open_store(out)
     events = _checkpoint_events(store)
@@ -99,6 +109,9 @@ def test_a_background_save_holds_training_up_only_for_the_staging(tmp_path, monk
         assert (e["blocking_seconds"] <= e["seconds"] - 0.9) if background else (e["blocking_seconds"] == e["seconds"])
     assert CheckpointManager(store).committed_steps() == [2, 4]
     assert [r["step"] for r in step_records(store)] == [1, 2, 3, 4]
+    if engine["engine"] == "deepspeed":
+        # DeepSpeed's files were serialized where the upload ran: off the training thread in the background.
+        assert written_on == (["checkpoint-save"] * 2 if background else ["MainThread"] * 2)
     # The export: the Hugging Face index over bf16 shards.
     index = json.loads(store.get_bytes("hf/model.safetensors.index.json"))
     exported = read_export(Path(out.removeprefix("file://")) / "hf")
