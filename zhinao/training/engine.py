@@ -93,6 +93,9 @@ def write_parts(directory: Path, staged: dict[str, Any]) -> dict[str, Path]:
 class Engine(ABC):
     model: torch.nn.Module
     """The unwrapped model (what gets exported)."""
+    fixed_world_size: str | None = None
+    """Why a checkpoint this engine wrote loads only with the number of ranks that wrote it; None
+    where it loads with any (DDP's state is one replicated copy, FSDP2's DCP files reshard on load)."""
 
     def __init__(self, env: DistEnv, device: torch.device, autocast_dtype: torch.dtype | None):
         self.env = env
@@ -287,6 +290,7 @@ class DDPEngine(Engine):
 
 class DeepSpeedEngine(Engine):
     TAG = "state"
+    fixed_world_size = "DeepSpeed ZeRO cuts the optimizer state into one partition per rank of the run that saved it"
 
     def __init__(
         self,
@@ -306,8 +310,13 @@ class DeepSpeedEngine(Engine):
         import deepspeed
 
         forward = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
+        # One rank trains without a process group (zhinao.training.session); DeepSpeed needs one.
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=forward, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+            model=forward,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=config,
+            dist_init_required=not dist.is_initialized(),
         )
         self.model = model
         self.zero_stage = config["zero_optimization"]["stage"]

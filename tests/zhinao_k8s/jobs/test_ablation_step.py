@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from zhinao.artifacts import StageOutput
 from zhinao.data.demo_corpus import real_documents
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.jobs.ablation_step import EXIT_FAILED, EXIT_SPEC, main
@@ -82,6 +83,9 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     assert json.loads((prep / "done.json").read_text()) == summary
     assert (prep / "tokenizer" / "tokenizer" / "tokenizer.json").is_file()
     assert (prep / "recipes" / "a" / "train" / "docs" / "part-00000.jsonl").is_file()
+    for recipe in ("a", "b"):  # the mixture is tokenized here, once per recipe, into the runs' stream format
+        index = StageOutput.at(f"file://{prep}/recipes/{recipe}/train").read_tokens_index()
+        assert index.seq_len == 32 and index.sequences == summary["recipes"][recipe]["train_sequences"] > 0
 
     # evaluate before the runs have trained: one line naming them, exit 1
     assert main(["evaluate"], env_of(ablation, tmp_path / "eval")) == EXIT_FAILED
@@ -98,6 +102,7 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     assert "valid_loss" in report["metrics"]
     for run in expand_runs(ablation):  # the valid curve came from the loop: only the checkpoint to resume is left
         checkpoints = Path(run.output.removeprefix("file://")) / "checkpoints"
+        assert not StageOutput.at(run.output).has_tokens()  # the run read the preparation's shards, tokenized nothing
         assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["step-00000010"]
         result = json.loads((store(ablation) / "runs" / f"{run.name}.json").read_text())
         assert [p["step"] for p in result["valid_curve"]] == [5, 10]
