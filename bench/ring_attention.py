@@ -253,14 +253,11 @@ def gpu_long_context(seq_len: int = 32768, *, steps: int = 3, device: str = "cud
     }
 
 
-def long_context_check(dry_run: bool) -> dict:
-    """`make gpu-check`'s 32K line (gpu_long_context); the dry run takes the same path on CPU with a
-    toy model at 64 tokens."""
-    if not dry_run:
-        return gpu_long_context()
+def tiny_config():
+    """The toy model the CPU dry run trains: gpu_long_context's code path at 64 tokens."""
     from transformers import Qwen2Config
 
-    tiny = Qwen2Config(
+    return Qwen2Config(
         vocab_size=97,
         hidden_size=32,
         intermediate_size=64,
@@ -270,7 +267,14 @@ def long_context_check(dry_run: bool) -> dict:
         use_cache=False,
         attn_implementation="sdpa",
     )
-    return gpu_long_context(64, steps=1, device="cpu", model_config=tiny)
+
+
+def long_context_check(dry_run: bool) -> dict:
+    """`make gpu-check`'s 32K line (gpu_long_context); the dry run takes the same path on CPU with
+    tiny_config() at 64 tokens."""
+    if not dry_run:
+        return gpu_long_context()
+    return gpu_long_context(64, steps=1, device="cpu", model_config=tiny_config())
 
 
 def main() -> None:

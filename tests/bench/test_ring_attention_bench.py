@@ -4,7 +4,7 @@ compares against loads from git."""
 import importlib.util
 from pathlib import Path
 
-from transformers import Qwen2Config, Qwen2ForCausalLM
+from transformers import Qwen2ForCausalLM
 
 SCRIPT = Path(__file__).parents[2] / "bench" / "ring_attention.py"
 
@@ -17,19 +17,10 @@ def load_bench():
 
 
 def test_gpu_long_context_trains_and_reports_tokens_per_second_on_cpu_at_toy_size():
-    tiny = Qwen2Config(
-        vocab_size=97,
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=2,
-        num_key_value_heads=2,
-        use_cache=False,
-        attn_implementation="sdpa",
-    )
-    result = load_bench().gpu_long_context(64, steps=1, device="cpu", model_config=tiny)
+    bench = load_bench()
+    result = bench.long_context_check(dry_run=True)
     assert result["seq_len"] == 64 and result["tokens_per_second"] > 0 and result["peak_gib"] is None
-    assert result["params"] == Qwen2ForCausalLM(tiny).num_parameters()
+    assert result["params"] == Qwen2ForCausalLM(bench.tiny_config()).num_parameters()
 
 
 def test_baseline_is_the_matmul_ring_from_git(tmp_path):

@@ -37,7 +37,6 @@ from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.causal_lm import causal_lm_step
-from zhinao.training.fsdp_engine import FSDPEngine
 from zhinao.training.loop import Schedule, TrainingLoop
 from zhinao.training.session import TrainingSession
 
@@ -213,10 +212,11 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     hf = session.export_hf(engine, params, tokenizer_dir=base.tokenizer_dir)
     session.upload_metrics()
     result = None
-    if params.needle.enabled and isinstance(engine, FSDPEngine):
-        engine.gather_for_inference()  # the needle runs on the first group only, outside FSDP's collectives
-    if params.needle.enabled and sp.dp_rank == 0 and (sp.size > 1 or env.is_main):
-        result = run_needle(engine.model, tokenizer, corpus, session.output, params, sp)
+    if params.needle.enabled:
+        # Gathered once on every rank, so the first group alone runs the needle with no FSDP collective.
+        with engine.full_weights():
+            if sp.dp_rank == 0 and (sp.size > 1 or env.is_main):
+                result = run_needle(engine.model, tokenizer, corpus, session.output, params, sp)
     if env.is_main:
         write_summary(session.output, params, env.world_size, sp, hf, old_theta, result)
     session.close()

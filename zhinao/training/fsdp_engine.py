@@ -134,15 +134,6 @@ class FSDPEngine(Engine):
         prefix = "lm." if self.wrapped is not self.model else ""
         return {k.removeprefix(prefix): v for k, v in state.items()}
 
-    def gather_for_inference(self) -> None:
-        """All-gather every unit's parameters and keep them gathered (in the compute dtype), so that
-        the bare model runs forward on any subset of the ranks without FSDP collectives: an
-        evaluation after training on one group of ranks. Collective; no training step may follow."""
-        for module in self.wrapped.modules():
-            if isinstance(module, FSDPModule):
-                module.set_reshard_after_forward(False, recurse=False)
-                module.unshard()
-
     @property
     def lr(self):
         return self.scheduler.get_last_lr()[0]

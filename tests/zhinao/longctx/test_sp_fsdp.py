@@ -80,12 +80,12 @@ def _worker(rank: int, world: int, sp_size: int, port: int, out: str) -> None:
         losses.append(loss)
     weights = engine.full_state_dict()
 
-    engine.gather_for_inference()
-    if sp.dp_rank == 0:  # the other groups take no part: no FSDP collective may be left in the forward
-        ids, positions, _ = shard_batch(_batches()[0], sp)
-        with torch.no_grad():
-            logits = engine.model(input_ids=ids, position_ids=positions).logits
-        torch.save(logits, f"{out}/logits-{sp.rank}.pt")
+    with engine.full_weights():
+        if sp.dp_rank == 0:  # the other groups take no part: no FSDP collective may be left in the forward
+            ids, positions, _ = shard_batch(_batches()[0], sp)
+            with torch.no_grad():
+                logits = engine.model(input_ids=ids, position_ids=positions).logits
+            torch.save(logits, f"{out}/logits-{sp.rank}.pt")
     if rank == 0:
         torch.save(weights, f"{out}/weights.pt")
         with open(f"{out}/losses.json", "w") as f:
