@@ -8,7 +8,7 @@ from transformers import AutoModelForCausalLM, AutoModelForSequenceClassificatio
 
 from zhinao.config.rlhf import RLHFParams
 from zhinao.model import attention_implementation, rope_in_compute_dtype
-from zhinao.training.engine import Engine
+from zhinao.training.engine import Engine, computing_in
 from zhinao.training.engine_builder import autocast_dtype
 
 
@@ -44,12 +44,14 @@ class Offloaded(torch.nn.Module):
 def frozen(
     model: torch.nn.Module, params: RLHFParams, device: torch.device, engine: Engine | None = None
 ) -> torch.nn.Module:
-    """The reference or reward model in `referencePrecision`, offloaded to CPU or on the device, where
-    the policy's `engine` places it (sharded under FSDP2)."""
+    """The reference or reward model held in `referencePrecision`, offloaded to CPU or on the device
+    where the policy's `engine` places it (sharded under FSDP2). Its forwards compute in the stage's
+    `precision` wherever they are called from (held-out scoring included), as the policy's do."""
     model = rope_in_compute_dtype(model.eval().requires_grad_(False))
     if autocast_dtype(params.reference_precision, device) == torch.bfloat16:
         model = model.to(torch.bfloat16)
-    if params.offload_frozen and device.type != "cpu":
-        return Offloaded(model, device)
+    compute = autocast_dtype(params.precision, device)
+    if params.offload_frozen and device.type != "cpu":  # a whole copy per rank, not the engine's placement
+        return computing_in(Offloaded(model, device), device, compute)
     model = model.to(device)
-    return engine.place_frozen(model) if engine is not None else model
+    return engine.place_frozen(model) if engine is not None else computing_in(model, device, compute)

@@ -48,7 +48,8 @@ class RLHFParams(FinetuneOptimParams):
 
     rollout_precision: Precision = "auto"
     """`hf` engine: `bf16` decodes under bf16 autocast (KV cache in bf16), `fp32` in the model's
-    precision, `auto` is bf16 on a GPU that supports it and fp32 on CPU. vLLM always runs bf16."""
+    precision (through SDPA where the model attends with flash-attn, which refuses fp32), `auto` is
+    bf16 on a GPU that supports it and fp32 on CPU. vLLM always runs bf16."""
 
     vllm_gpu_memory_utilization: float = Field(default=0.3, gt=0, lt=1)
     """`vllm` engine: share of the GPU's memory its weights and KV cache may take while awake."""
@@ -74,8 +75,13 @@ class RLHFParams(FinetuneOptimParams):
     """Weight of the reward model's score in the total score (needs inputs.reward when > 0)."""
 
     reference_precision: Precision = "auto"
-    """Precision the frozen reference and reward model are held in: `bf16` halves their memory,
-    `auto` is bf16 on a GPU that supports it and fp32 on CPU."""
+    """Precision the frozen reference and reward model are held (stored) in, not the one they compute
+    in: their forwards always compute in the stage's `precision`, as the policy's do (under bf16,
+    fp32-held weights run under bf16 autocast, or are gathered in bf16 under FSDP2), so attention
+    always gets bf16 (flash-attn takes nothing else). `fp32`: the weights stay as exported, so the
+    reference computes exactly as the policy does before its first update (KL exactly 0 at the
+    start). `bf16`: half the memory; under DDP the reference then differs from the policy by bf16
+    rounding of its weights. `auto`: bf16 on a GPU that supports it, fp32 on CPU."""
 
     offload_frozen: bool = False
     """Keep the reference and reward model in CPU memory and move each onto the GPU only for its

@@ -4,7 +4,8 @@ Every prompt of the step goes in at once, left-padded, with its sampled rows and
 the same batch (a per-row greedy flag picks argmax or a draw), so ReMax's two generations cost one
 prefill and one decode loop instead of two `generate` calls per micro-batch. Decoding runs under
 bf16 autocast when asked: the weights are cast once per call (autocast caches the casts of leaf
-parameters for the length of the context) and the KV cache is held in bf16.
+parameters for the length of the context) and the KV cache is held in bf16. Asked for the weights'
+own precision instead, a flash-attn model decodes through SDPA (flash-attn refuses fp32).
 """
 
 import contextlib
@@ -62,7 +63,7 @@ class HFBatchedEngine:
         was_training = model.training
         model.eval()
         try:
-            with self.full_weights(), self._precision():
+            with self.full_weights(), self._precision(model):
                 cache = DynamicCache(config=model.config)
                 logits = model(
                     input_ids=ids,
@@ -93,10 +94,23 @@ class HFBatchedEngine:
         table = torch.stack(picked, dim=1).tolist()
         return [cut_at_stop(row, self.stop_ids) for row in table]
 
-    def _precision(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.dtype)
+    @contextlib.contextmanager
+    def _precision(self, model: torch.nn.Module):
+        if self.dtype is not None:
+            with torch.autocast(self.device.type, dtype=self.dtype):
+                yield
+            return
+        # Decoding in the weights' own precision, fp32 included, which flash-attn refuses: a model
+        # that attends through flash-attn decodes through SDPA (the same attention) meanwhile.
+        config, implementation = model.config, model.config._attn_implementation
+        if not implementation.startswith("flash"):
+            yield
+            return
+        config._attn_implementation = "sdpa"
+        try:
+            yield
+        finally:
+            config._attn_implementation = implementation
 
 
 def pick(logits: torch.Tensor, is_greedy: torch.Tensor, sampling: Sampling) -> torch.Tensor:

@@ -90,6 +90,24 @@ def write_parts(directory: Path, staged: dict[str, Any]) -> dict[str, Path]:
     return {name: directory / name for name in staged}
 
 
+class Autocast(torch.nn.Module):
+    """`module` whose forwards run under autocast to `dtype`: fp32 weights hand bf16 to attention
+    (flash-attn takes nothing else) whether or not the caller is inside autocast."""
+
+    def __init__(self, module: torch.nn.Module, device: torch.device, dtype: torch.dtype):
+        super().__init__()
+        self.module, self.device_type, self.dtype = module, device.type, dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args, **kwargs)
+
+
+def computing_in(module: torch.nn.Module, device: torch.device, dtype: torch.dtype | None) -> torch.nn.Module:
+    """`module` (run on `device`), its forwards computing in `dtype` (None: its weights' own precision)."""
+    return module if dtype is None else Autocast(module, device, dtype)
+
+
 class Engine(ABC):
     model: torch.nn.Module
     """The unwrapped model (what gets exported)."""
@@ -101,6 +119,9 @@ class Engine(ABC):
         self.env = env
         self.device = device
         self.autocast_dtype = autocast_dtype
+        self.compute_dtype = autocast_dtype
+        """The precision the training forwards compute in (bf16, or None: the weights' own), however the
+        engine gets there (autocast here, a sharding policy or a bf16 module in the others)."""
 
     def _autocast(self):
         if self.autocast_dtype is None:
@@ -192,8 +213,9 @@ class Engine(ABC):
 
     def place_frozen(self, model: torch.nn.Module) -> torch.nn.Module:
         """A frozen model (reference, reward model), already on the device, placed the way this engine
-        holds weights: replicated here, sharded under FSDP2."""
-        return model
+        holds weights and computing in `compute_dtype` wherever it is called from: replicated here,
+        under autocast as the training forwards are; sharded under FSDP2."""
+        return computing_in(model, self.device, self.compute_dtype)
 
     def _mean_across_ranks(self, value: float) -> float:
         if self.env.world_size == 1:
@@ -307,6 +329,7 @@ class DeepSpeedEngine(Engine):
     ):
         """`config`: the DeepSpeed config (deepspeed_config.py), which owns precision and clipping."""
         super().__init__(env, device, None)  # DeepSpeed owns mixed precision through its config
+        self.compute_dtype = torch.bfloat16 if config["bf16"]["enabled"] else None
         import deepspeed
 
         forward = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model

@@ -50,6 +50,7 @@ class FSDPEngine(Engine):
         "dp" x "sp" flattened one, zhinao.longctx.sequence_parallel)."""
         # Mixed precision comes from the sharding policy (bf16 compute copies), not from autocast.
         super().__init__(env, device, None)
+        self.compute_dtype = autocast_dtype
         self.model, self.grad_clip = model, grad_clip
         # The mesh holds real rank numbers even while the memory planner runs under FakeTensorMode.
         if mesh is None:
@@ -164,8 +165,10 @@ class FSDPEngine(Engine):
                 unit.set_reshard_after_forward(True, recurse=False)
 
     def place_frozen(self, model):
-        # No optimizer state and no gradients: its weights are all it has, sharded like the policy's.
-        _shard(model, model, self.mesh, MixedPrecisionPolicy())
+        # No optimizer state and no gradients: its weights are all it has, sharded like the policy's
+        # and gathered in the policy's compute dtype (fp32-held weights too), so that a reference held
+        # as the policy is computes exactly as the policy does.
+        _shard(model, model, self.mesh, MixedPrecisionPolicy(param_dtype=self.compute_dtype))
         return model
 
 

@@ -5,6 +5,7 @@ mode decodes in bf16."""
 import pytest
 import torch
 from alignment_assets import tiny_tokenizer
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from zhinao.model import build_config, build_model
 from zhinao.rollout.engine import STOP_TOKENS, Sampling, stop_token_ids
@@ -124,6 +125,23 @@ def test_bf16_mode_decodes_in_bf16_and_leaves_the_fp32_weights(tok, model):
     hook.remove()
     assert set(seen) == {torch.float32}
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_fp32_mode_decodes_a_flash_attention_model_through_sdpa(tok, model, monkeypatch):
+    """flash-attn refuses fp32 (simulated here: flash-attn does not run on CPU): decoding in the
+    weights' fp32, a flash model attends through SDPA, with the same tokens, and stays flash after."""
+    ps, sampling = prompts(tok), Sampling(max_new_tokens=NEW)
+    expected = engine(tok, model).generate(ps, sampled=0, greedy=True, sampling=sampling).greedy
+
+    def flash(module, query, *args, **kwargs):
+        raise ValueError(f"FlashAttention only support fp16 and bf16 data type, got {query.dtype}")
+
+    monkeypatch.setitem(ALL_ATTENTION_FUNCTIONS, "flash_attention_2", flash)
+    model.config._attn_implementation = "flash_attention_2"  # as loaded on a GPU with flash-attn
+    with pytest.raises(ValueError, match="FlashAttention only support"):  # the simulation bites
+        model(input_ids=torch.tensor([ps[0]]))
+    assert engine(tok, model).generate(ps, sampled=0, greedy=True, sampling=sampling).greedy == expected
+    assert model.config._attn_implementation == "flash_attention_2"
 
 
 def test_generate_before_sync_is_refused(tok):

@@ -4,17 +4,28 @@ flash-attn takes only fp16/bf16, so on a GPU any forward that reaches attention 
 A hook on the sdpa entry of transformers' attention table records the dtypes of every call and
 the zhinao functions on the stack at that moment; each stage runs in-process on a tiny model for a
 step with `precision: bf16` (frozen models and rollouts too), and the test asserts that every path
-the table names reached attention and that every call, on any path, was bf16.
+the table names reached attention and that every call, on any path, was bf16: a flash-attn that
+refuses fp32 would have raised on none of them.
+
+Each path runs under DDP (autocast over fp32 weights) and under FSDP2 (bf16 parameter copies from
+the mixed-precision policy, no autocast) on a one-rank gloo group: the dtypes attention sees come
+from the engine's precision handling, not from how many ranks share the shards. The stages with a
+frozen reference or reward model also run with `referencePrecision: fp32` (held in fp32, computed
+in bf16), the held-out reward-model scoring included.
 """
 
+import dataclasses
+import socket
 import sys
 from dataclasses import dataclass
 
 import pytest
 import torch
+import torch.distributed as dist
 from alignment_assets import run_stage, tiny_policy, write_jsonl
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
+from zhinao.artifacts import StageOutput
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, sft_conversations
 
 BF16 = (torch.bfloat16,) * 3
@@ -30,13 +41,18 @@ class Path:
     """zhinao functions (module.qualname) that must reach attention."""
 
 
-TRAIN = "zhinao.training.engine.DDPEngine.train_step"
+TRAIN = "<the engine's train_step>"
+TRAIN_STEP = {
+    "ddp": "zhinao.training.engine.DDPEngine.train_step",
+    "fsdp": "zhinao.training.fsdp_engine.FSDPEngine.train_step",
+}
 DECODE = "zhinao.rollout.hf_batched.HFBatchedEngine._decode"
 LOGPROBS = "zhinao.alignment.rollout.logprobs_of"  # the policy's and the reference's
 SCORE = "zhinao.alignment.scoring.Scorer.__call__"  # the reward model's
 HELD_OUT = "zhinao.alignment.rollout.evaluate"
 ONLINE = dict(maxSteps=1, microBatchSize=2, maxNewTokens=2, evalPrompts=2, evalSamples=1, rules={"arithmetic": 1.0})
 FROZEN_BF16 = dict(referencePrecision="bf16", rolloutPrecision="bf16")
+FROZEN_FP32 = dict(referencePrecision="fp32", rolloutPrecision="bf16")
 
 PATHS = [
     Path(
@@ -103,6 +119,12 @@ PATHS = [
         ("zhinao.alignment.preference.orpo_loss_fn.<locals>.fn",),
     ),
 ]
+# Held in fp32, computed in bf16: the reference's log-probs, DPO's reference and the held-out RM scoring.
+PATHS += [
+    dataclasses.replace(p, name=f"{p.name}-fp32-reference", params={**p.params, **FROZEN_FP32})
+    for p in PATHS
+    if p.name in ("remax", "ppo", "dpo")
+]
 
 
 @pytest.fixture(scope="module")
@@ -144,13 +166,29 @@ def attention_calls(monkeypatch) -> list[tuple[tuple[torch.dtype, ...], frozense
     return calls
 
 
+@pytest.fixture(params=["ddp", "fsdp"])
+def engine(request) -> str:
+    """The engine a stage trains with; FSDP2 needs a process group, here one of one rank."""
+    if request.param == "fsdp":
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
+        request.addfinalizer(dist.destroy_process_group)
+    return request.param
+
+
 @pytest.mark.parametrize("path", PATHS, ids=lambda p: p.name)
-def test_every_forward_of_the_stage_hands_bf16_to_attention(path, inputs, attention_calls, tmp_path):
+def test_every_forward_of_the_stage_hands_bf16_to_attention(path, engine, inputs, attention_calls, tmp_path):
     given = {k: inputs["longctx_model" if (path.kind, k) == ("longctx", "model") else k] for k in path.inputs}
-    run_stage(path.kind, given, f"file://{tmp_path}/out", precision="bf16", attention="sdpa", **path.params)
+    params = dict(precision="bf16", attention="sdpa", engine=engine, **path.params)
+    run_stage(path.kind, given, f"file://{tmp_path}/out", **params)
 
     assert attention_calls, "no forward reached the hooked attention"
-    for name in path.paths:
+    for name in (TRAIN_STEP[engine] if p == TRAIN else p for p in path.paths):
         assert any(name in stack for _, stack in attention_calls), f"{name} never reached attention"
     wrong = sorted({name for dtypes, stack in attention_calls if dtypes != BF16 for name in stack})
     assert not wrong, f"fp32 reached attention from {wrong}"
+    if path.params.get("referencePrecision") == "fp32" and path.params["algorithm"] in ("remax", "ppo"):
+        # Held as the policy's master weights are, the reference computes exactly as the policy does.
+        assert StageOutput.at(f"file://{tmp_path}/out").step_records()[0]["kl"] == 0.0
