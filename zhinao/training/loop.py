@@ -157,7 +157,7 @@ class TrainingLoop:
                 tokens=result.tokens,
                 samples=result.samples,
                 step_seconds=seconds,
-                logged=result.logged,
+                logged={**(result.logged or {}), "world_size": env.world_size},
                 **extra,
             )
             if step % schedule.log_every == 0 and env.is_main:
@@ -178,3 +178,10 @@ class TrainingLoop:
             if result.stop:
                 log.info("step %d: the stage asked to stop", step)
                 break
+
+
+def tokens_trained(step_records: list[dict], world_size: int) -> int:
+    """Tokens trained on by all ranks together. Each record counts one rank's tokens and names the
+    world size of its run (a run resumed on another number of ranks changes it); `world_size` stands
+    in for records written before they named it."""
+    return sum(r["tokens"] * r.get("world_size", world_size) for r in step_records)

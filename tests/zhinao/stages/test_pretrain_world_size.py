@@ -80,8 +80,11 @@ def test_an_elastic_run_stopped_on_2_ranks_resumes_on_1_reading_the_global_prefi
     assert Counter(read) == Counter(order.locate_global(g) for g in range(samples))  # the global prefix
     last = json.loads(out.get_bytes(f"checkpoints/step-{MAX_STEPS:08d}/manifest.json"))["meta"]
     assert last["data"]["sample"] == samples and last["world_size"] == 1
+    seq_len = index.seq_len
+    assert last["tokens"] == samples * seq_len  # 2 ranks' tokens up to the checkpoint, then 1 rank's
     summary = json.loads(out.get_bytes("summary.json"))
     assert summary["steps"] == MAX_STEPS and summary["hf"]
+    assert summary["tokens"] == samples * seq_len
 
 
 def test_the_default_order_resumed_with_another_world_size_is_refused_naming_stream_elastic(
