@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from ablation_specs import cpu_proxy
 
 from zhinao.artifacts import StageOutput
 from zhinao.data.demo_corpus import real_documents
@@ -35,19 +36,7 @@ def ablation(tmp_path_factory) -> Ablation:
                 "base": {"corpus": corpus},
                 "recipes": [{"name": "a", "dataset": corpus}, {"name": "b", "dataset": corpus}],
                 "seeds": 1,
-                "proxy": {
-                    "modelSize": "tiny",
-                    "tokens": 1280,
-                    "seqLen": 32,
-                    "microBatchSize": 4,
-                    "gradAccumSteps": 1,
-                    "replicas": 1,
-                    "nprocPerNode": 1,
-                    "gpu": 0,
-                    "cpu": "1",
-                    "memory": "1Gi",
-                    "warmupSteps": 2,
-                },
+                "proxy": cpu_proxy(tokens=1280, seq_len=32, micro_batch=4),
                 "tokenizer": {"vocabSize": 512},
                 "evaluations": {
                     "validLoss": {"everySteps": 5, "heldOutShare": 0.2, "maxSequences": 16},

@@ -7,6 +7,7 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from ablation_specs import cpu_proxy
 
 from zhinao.artifacts import StageOutput, published_store
 from zhinao.data.demo_corpus import build_demo_corpus
@@ -34,19 +35,7 @@ def ablation(root: Path, corpus: str, replicas: int) -> Ablation:
                 ],
                 "seeds": 1,
                 "dataJobs": {"replicas": replicas, "cpu": "1", "memory": "1Gi"},
-                "proxy": {
-                    "modelSize": "tiny",
-                    "tokens": 60000,
-                    "seqLen": 32,
-                    "microBatchSize": 4,
-                    "gradAccumSteps": 1,
-                    "replicas": 1,
-                    "nprocPerNode": 1,
-                    "gpu": 0,
-                    "cpu": "1",
-                    "memory": "1Gi",
-                    "warmupSteps": 2,
-                },
+                "proxy": cpu_proxy(tokens=60000, seq_len=32, micro_batch=4),
                 "tokenizer": {"vocabSize": 512},
                 "evaluations": {"validLoss": {"everySteps": 5, "heldOutShare": 0.2, "maxSequences": 16}},
             },
