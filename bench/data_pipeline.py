@@ -417,6 +417,7 @@ def main() -> int:
         "speedup": round(t_gopher / t_rules, 2),
     }
 
+    results["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     results["wall_seconds_total"] = round(time.perf_counter() - t0, 1)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")

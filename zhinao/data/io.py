@@ -54,16 +54,20 @@ class Doc:
     fields: dict = field(default_factory=dict)
     """The input record's other fields, passed through to the output."""
     whitelisted: bool = False
-    nbytes: int = -1
+    known_nbytes: int = -1
+    """UTF-8 size of `text` when the reader has measured it; -1 until `nbytes` is first read (a step
+    that never asks, like MinHash on text it was handed, never encodes the text for it)."""
 
-    def __post_init__(self) -> None:
-        if self.nbytes < 0:
-            self.nbytes = len(self.text.encode("utf-8"))
+    @property
+    def nbytes(self) -> int:
+        if self.known_nbytes < 0:
+            self.known_nbytes = len(self.text.encode("utf-8"))
+        return self.known_nbytes
 
     def set_text(self, text: str) -> None:
         if text is not self.text:
             self.text = text
-            self.nbytes = len(text.encode("utf-8"))
+            self.known_nbytes = -1
 
     def to_spill(self) -> str:
         return json.dumps(
@@ -211,7 +215,7 @@ def parse_record(obj: object, gid: int, cfg: InputConfig) -> Doc | str:
         source=source if isinstance(source, str) and source else cfg.default_source,
         url=url if isinstance(url, str) and url else None,
         fields=fields,
-        nbytes=nbytes,
+        known_nbytes=nbytes,
     )
 
 

@@ -3,17 +3,21 @@
 Everything after `str.lower()` is numpy over the whole batch, so the per-document Python cost is a
 few list operations (measured in bench/data_pipeline.py against datasketch and datatrove):
 
-1. The batch is one UTF-32 codepoint array; a lookup table classes each codepoint as separator,
-   word character or CJK character. Tokens are runs of word characters, or single CJK characters.
+1. The batch is one codepoint array (bytes for ASCII, UTF-16 code units for BMP text, UTF-32 only
+   outside the BMP); a lookup table classes each codepoint as separator, word character or CJK
+   character. Tokens are runs of word characters, or single CJK characters.
 2. Token hashes are polynomial hashes mod 2^64 taken from one prefix sum: with Q = P^-1 mod 2^64,
    hash(s..e) = P^(e-1) * (C[e] - C[s]) where C = cumsum(cp[j] * Q^j). Deterministic in every
    process (unlike Python's salted `hash`), which cross-shard LSH needs.
-3. A shingle is n consecutive tokens of one document, hashed as sum(tok[i+k] * R_k) then mixed.
+3. A shingle is n consecutive tokens of one document, hashed as sum(tok[i+k] * R_k) then mixed:
+   n multiply-adds over every window of the batch, then the windows that leave their document are
+   masked out.
 4. Permutation i maps the high 32 bits x of a shingle hash to a_i * x + b_i mod 2^32 (a_i odd: a
    bijection; the mixed hash already carries the randomness, so 32-bit arithmetic suffices and runs
    twice as wide as 64-bit). The permutations are rows and the shingles columns, so each document's
    minimum is a reduction over a contiguous run: about 5x faster than the 64-bit, shingle-major
-   layout this replaced (bench/data_pipeline.py). The signature is the minimum per document.
+   layout this replaced (bench/data_pipeline.py). A few permutations at a time span the whole batch,
+   so one `reduceat` writes their row of every signature. The signature is the minimum per document.
 5. `set_elements`, `grouped_sets` and `exact_jaccard` give the exact Jaccard of shingle sets that
    confirms LSH candidates (lsh.py), computed for candidate pairs only.
 """
@@ -29,7 +33,7 @@ _P = 0x9E3779B97F4A7C15  # odd, so invertible mod 2^64
 _Q = pow(_P, -1, 1 << 64)
 _MIX1 = _U64(0xBF58476D1CE4E5B9)
 _MIX2 = _U64(0x94D049BB133111EB)
-_CHUNK_COLS = 8192  # shingles per permutation block (128 x 8192 x 4 B = 4 MiB): 4096 and 16384 measured slower
+_BLOCK = 1 << 18  # permutation x shingle values per signature step (1 MiB): 2^14-2^20 measured alike, 2^22 1.5x slower
 SENTINEL = np.uint32(0xFFFFFFFF)
 
 
@@ -43,9 +47,13 @@ def _mix(x: np.ndarray) -> np.ndarray:
     return x
 
 
+_SURROGATE = 3  # a UTF-16 code unit of a character outside the BMP (see _codepoints)
+
+
 @lru_cache(maxsize=1)
 def _char_classes() -> np.ndarray:
-    """0 separator, 1 word character, 2 CJK character, for every BMP codepoint."""
+    """0 separator, 1 word character, 2 CJK character, for every BMP codepoint; 3 for the surrogate
+    code units, which only ever come from the UTF-16 encoding of a character outside the BMP."""
     table = np.zeros(0x10000, dtype=np.uint8)
     for cp in range(0x10000):
         ch = chr(cp)
@@ -54,12 +62,33 @@ def _char_classes() -> np.ndarray:
     for lo, hi in _cjk_ranges():
         if lo < 0x10000:
             table[lo : min(hi, 0xFFFF) + 1] = 2
+    table[0xD800:0xE000] = _SURROGATE
     return table
 
 
 def _cjk_ranges() -> list[tuple[int, int]]:
     chars = list(CJK)
     return [(ord(chars[i]), ord(chars[i + 2])) for i in range(0, len(chars), 3)]
+
+
+def _codepoints(joined: str) -> tuple[np.ndarray, np.ndarray]:
+    """(codepoints, their classes) in the narrowest array that holds them: bytes for ASCII, UTF-16
+    code units for BMP text (half of UTF-32's bytes to encode and read), UTF-32 only when a
+    character lies outside the BMP."""
+    table = _char_classes()
+    if joined.isascii():
+        cp = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
+        return cp, np.take(table, cp)
+    cp = np.frombuffer(joined.encode("utf-16-le"), dtype=np.uint16)
+    cls = np.take(table, cp)  # np.take: about half the time of fancy indexing here
+    if cls.max() != _SURROGATE:
+        return cp, cls
+    cp = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    bmp = cp < 0x10000
+    cls = np.zeros(cp.size, dtype=np.uint8)
+    cls[bmp] = table[cp[bmp]]
+    cls[~bmp & (cp >= 0x20000) & (cp <= 0x2FA1F)] = 2
+    return cp, cls
 
 
 class _Powers:
@@ -89,35 +118,28 @@ def token_hashes(texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(hashes of every token of the batch in order, number of tokens per document)."""
     lowered = [t.lower() for t in texts]
     starts_cp = np.zeros(len(lowered) + 1, dtype=np.int64)
-    np.cumsum([len(t) + 1 for t in lowered], out=starts_cp[1:])
+    np.cumsum(np.fromiter(map(len, lowered), dtype=np.int64, count=len(lowered)) + 1, out=starts_cp[1:])
     # "\0" between documents is a separator, so no token spans two documents.
-    joined = "\0".join(lowered)
-    if joined.isascii():  # the same codepoints, a quarter of the bytes to encode, classify and read
-        cp = np.frombuffer(joined.encode("ascii"), dtype=np.uint8)
-    else:
-        cp = np.frombuffer(joined.encode("utf-32-le"), dtype=np.uint32)
+    cp, cls = _codepoints("\0".join(lowered))
     if cp.size == 0:
         return np.zeros(0, dtype=_U64), np.zeros(len(texts), dtype=np.int64)
-    bmp = cp < 0x10000
-    if bmp.all():  # the common case: one table lookup, no masks
-        cls = _char_classes()[cp]
-    else:
-        cls = np.zeros(cp.size, dtype=np.uint8)
-        cls[bmp] = _char_classes()[cp[bmp]]
-        cls[~bmp & (cp >= 0x20000) & (cp <= 0x2FA1F)] = 2
-    # +1 where a run of word characters starts, -1 just past where it ends ("\0" pads both ends).
-    edge = np.diff((cls == 1).view(np.int8), prepend=np.int8(0), append=np.int8(0))
+    # Where a run of word characters starts or ends ("\0" pads both ends): starts and ends alternate.
+    word = np.zeros(cp.size + 2, dtype=bool)
+    np.equal(cls, 1, out=word[1:-1])
+    bounds = np.flatnonzero(word[1:] != word[:-1])
+    tok_start, tok_end = bounds[0::2], bounds[1::2]
     if cls.max() == 2:  # CJK characters are tokens of one character each
         cjk = np.flatnonzero(cls == 2)
-        tok_start = np.union1d(np.flatnonzero(edge == 1), cjk)
-        tok_end = np.union1d(np.flatnonzero(edge == -1), cjk + 1)
-    else:
-        tok_start, tok_end = np.flatnonzero(edge == 1), np.flatnonzero(edge == -1)
+        tok_start, tok_end = np.union1d(tok_start, cjk), np.union1d(tok_end, cjk + 1)
 
     ppow, qpow = _POWERS.upto(cp.size)
-    prefix = np.zeros(cp.size + 1, dtype=_U64)
-    np.cumsum(cp.astype(_U64) * qpow, out=prefix[1:])
-    h = (prefix[tok_end] - prefix[tok_start]) * ppow[tok_end - 1]
+    prefix = np.empty(cp.size + 1, dtype=_U64)
+    prefix[0] = 0
+    np.multiply(cp, qpow, out=prefix[1:], dtype=_U64)
+    np.cumsum(prefix[1:], out=prefix[1:])
+    h = np.take(prefix, tok_end)
+    h -= np.take(prefix, tok_start)
+    h *= np.take(ppow, tok_end - 1)
     # Length in the low bits separates "ab" from a hash-equal string of another length.
     h += (tok_end - tok_start).astype(_U64)
     _mix(h)
@@ -130,35 +152,36 @@ def _shingle_weights(n: int) -> np.ndarray:
     return np.random.default_rng(0x5EED + n).integers(1, 1 << 63, size=n, dtype=np.uint64) * _U64(2) + _U64(1)
 
 
-def _ranges(starts: np.ndarray, lengths: np.ndarray) -> np.ndarray:
-    """arange(s, s + n) for every (s, n), concatenated, without a Python loop."""
-    within = np.arange(lengths.sum()) - np.repeat(np.cumsum(lengths) - lengths, lengths)
-    return np.repeat(starts, lengths) + within
-
-
 def shingle_hashes(texts: list[str], ngram: int) -> tuple[np.ndarray, np.ndarray]:
     """(hashes of every shingle of the batch, shingles per document). A document with fewer than
     `ngram` tokens (but at least one) has one shingle made of all its tokens."""
     tok, per_doc = token_hashes(texts)
     weights = _shingle_weights(ngram)
-    doc_start = np.concatenate([[0], np.cumsum(per_doc)[:-1]]).astype(np.int64)
+    doc_start = np.cumsum(per_doc) - per_doc
     short = (per_doc > 0) & (per_doc < ngram)
     n_sh = np.where(short, 1, np.maximum(per_doc - ngram + 1, 0))
+    total = tok.size - ngram + 1
+    if total > 0:
+        # Every window of the batch at once, then those that lie inside one document.
+        windows = np.multiply(tok[:total], weights[0])
+        term = np.empty_like(windows)
+        for k in range(1, ngram):
+            windows += np.multiply(tok[k : k + total], weights[k], out=term)
+        inside = np.ones(total, dtype=bool)
+        ends = doc_start + per_doc
+        for k in range(1, ngram):  # a window starting in a document's last ngram-1 tokens leaves it
+            last = ends - k
+            inside[last[(last >= doc_start) & (last < total)]] = False
+        windows = windows[inside]
+    else:
+        windows = np.zeros(0, dtype=_U64)
+    if not short.any():
+        return _mix(windows), n_sh
     out = np.empty(int(n_sh.sum()), dtype=_U64)
-    out_start = np.concatenate([[0], np.cumsum(n_sh)[:-1]]).astype(np.int64)
-
-    full_docs = np.flatnonzero(per_doc >= ngram)
-    if full_docs.size:
-        # Every window of the batch at once; only those inside one document are kept.
-        total = tok.size - ngram + 1
-        windows = np.zeros(total, dtype=_U64)
-        for k in range(ngram):
-            windows += tok[k : k + total] * weights[k]
-        lengths = n_sh[full_docs]
-        out[_ranges(out_start[full_docs], lengths)] = windows[_ranges(doc_start[full_docs], lengths)]
-    for d in np.flatnonzero(short):
-        s, m = doc_start[d], per_doc[d]
-        out[out_start[d]] = np.sum(tok[s : s + m] * weights[:m], dtype=_U64)
+    full = np.ones(out.size, dtype=bool)
+    full[(np.cumsum(n_sh) - n_sh)[short]] = False  # a short document's one shingle, in document order
+    out[full] = windows
+    out[~full] = [np.sum(tok[s : s + m] * weights[:m], dtype=_U64) for s, m in zip(doc_start[short], per_doc[short])]
     return _mix(out), n_sh
 
 
@@ -187,31 +210,28 @@ class MinHasher:
         x = (sh >> _U64(32)).astype(np.uint32)
         docs = np.flatnonzero(per_doc)  # documents with shingles, and where their runs start
         starts = (np.cumsum(per_doc) - per_doc)[docs]
-        buf = np.empty((self.num_perm, _CHUNK_COLS), dtype=np.uint32)
-        for lo in range(0, x.size, _CHUNK_COLS):
-            cols = x[lo : lo + _CHUNK_COLS]
-            block = buf[:, : cols.size]
-            np.multiply(self.a[:, None], cols, out=block)
-            block += self.b[:, None]
-            # A document's shingles are contiguous: reduce each document's run inside the block.
-            first = np.searchsorted(starts, lo, side="right") - 1
-            last = np.searchsorted(starts, lo + cols.size, side="left")
-            seg = np.maximum(starts[first:last] - lo, 0)
-            mins = np.minimum.reduceat(block, seg, axis=1)
-            ids = docs[first:last]
-            np.minimum(sig_t[:, ids], mins, out=mins)
-            sig_t[:, ids] = mins
+        # As many permutations at a time as fit a buffer of about 1 MiB (at least one), over the
+        # whole batch; a document's shingles are contiguous, so its minimum is one reduceat.
+        rows = max(1, _BLOCK // x.size)
+        buf = np.empty((rows, x.size), dtype=np.uint32)
+        for lo in range(0, self.num_perm, rows):
+            block = buf[: min(rows, self.num_perm - lo)]
+            np.multiply(self.a[lo : lo + rows, None], x, out=block)
+            block += self.b[lo : lo + rows, None]
+            if docs.size == n_docs:
+                np.minimum.reduceat(block, starts, axis=1, out=sig_t[lo : lo + rows])
+            else:
+                sig_t[lo : lo + rows, docs] = np.minimum.reduceat(block, starts, axis=1)
         return sig_t.T.copy()
 
     def band_keys(self, sig: np.ndarray) -> np.ndarray:
         """(n, bands) uint64: one hash per band of `rows` signature values."""
         n = sig.shape[0]
-        keys = np.empty((n, self.bands), dtype=_U64)
-        for j in range(self.bands):
-            part = sig[:, j * self.rows : (j + 1) * self.rows].astype(_U64)
-            k = (part * self._band_w).sum(axis=1, dtype=_U64) + _U64(j)
-            keys[:, j] = _mix(k)
-        return keys
+        part = sig[:, : self.bands * self.rows].reshape(n, self.bands, self.rows).astype(_U64)
+        part *= self._band_w
+        keys = part.sum(axis=2, dtype=_U64)
+        keys += np.arange(self.bands, dtype=_U64)
+        return _mix(keys)
 
 
 def estimated_jaccard(sig_a: np.ndarray, sig_b: np.ndarray) -> np.ndarray:

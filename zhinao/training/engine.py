@@ -128,6 +128,9 @@ def computing_in(module: torch.nn.Module, device: torch.device, dtype: torch.dty
 class Engine(ABC):
     model: torch.nn.Module
     """The unwrapped model (what gets exported)."""
+    fixed_world_size: str | None = None
+    """Why a checkpoint this engine wrote loads only with the number of ranks that wrote it; None
+    where it loads with any (DDP's state is one replicated copy, FSDP2's DCP files reshard on load)."""
 
     def __init__(self, env: DistEnv, device: torch.device, autocast_dtype: torch.dtype | None):
         self.env = env
@@ -326,6 +329,7 @@ class DDPEngine(Engine):
 
 class DeepSpeedEngine(Engine):
     TAG = "state"
+    fixed_world_size = "DeepSpeed ZeRO cuts the optimizer state into one partition per rank of the run that saved it"
 
     def __init__(
         self,
@@ -346,8 +350,13 @@ class DeepSpeedEngine(Engine):
         import deepspeed
 
         forward = ChunkedLossLM(model, chunk=loss_chunk) if loss_chunk else model
+        # One rank trains without a process group (zhinao.training.session); DeepSpeed needs one.
         self.engine, self.optimizer, _, self.scheduler = deepspeed.initialize(
-            model=forward, optimizer=optimizer, lr_scheduler=scheduler, config=config, dist_init_required=False
+            model=forward,
+            optimizer=optimizer,
+            lr_scheduler=scheduler,
+            config=config,
+            dist_init_required=not dist.is_initialized(),
         )
         self.model = model
         self.zero_stage = config["zero_optimization"]["stage"]
