@@ -5,10 +5,12 @@ on CPU, with its AdamW state populated by one training step, saved through the t
 own path (`TrainingSession.save_checkpoint`: engine staging, torch/DCP files, sha256 manifest,
 upload, `latest` pointer, pruning) to a real S3 server: SeaweedFS `weed mini`, started here as
 the tests start it. Each round saves once synchronously and once in the background; for the
-background save it records the time training was held up (the host-memory staging) and the
-time until the commit.
+background save it records the time training was held up (the host-memory staging; under
+DeepSpeed, its own save to local disk) and the time until the commit.
 
-    python bench/checkpoint_blocking.py [--rounds 3] [--engine ddp|fsdp]
+    python bench/checkpoint_blocking.py [--rounds 3] [--engine ddp|fsdp|deepspeed]
+
+`deepspeed` is ZeRO-2 on one gloo rank, as DeepSpeed runs in-process.
 """
 
 import argparse
@@ -54,7 +56,8 @@ def bench_model() -> torch.nn.Module:
 
 
 def single_process_group() -> None:
-    """FSDP2 and DCP want a process group even for one rank."""
+    """FSDP2, DCP and DeepSpeed want a process group even for one rank."""
+    os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed insists on a launcher's variable
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
@@ -68,7 +71,7 @@ def run(rounds: int, engine_kind: str) -> dict:
 
     with SeaweedS3() as server, tempfile.TemporaryDirectory() as work:
         os.environ.update(server.env() | {"ZHINAO_WORKDIR": work})
-        if engine_kind == "fsdp":
+        if engine_kind in ("fsdp", "deepspeed"):
             single_process_group()
         rt = StageRuntime(
             pipeline="bench", stage="ckpt", kind="pretrain", output=f"s3://bench-{uuid.uuid4().hex[:8]}/run"
@@ -77,7 +80,12 @@ def run(rounds: int, engine_kind: str) -> dict:
         model = bench_model()
         n_params = sum(p.numel() for p in model.parameters())
         params = PretrainParams(
-            engine=engine_kind, warmup_steps=1, max_steps=1000, activation_checkpointing="off", loss_chunk_tokens=0
+            engine=engine_kind,
+            zero_stage=2 if engine_kind == "deepspeed" else 0,
+            warmup_steps=1,
+            max_steps=1000,
+            activation_checkpointing="off",
+            loss_chunk_tokens=0,
         )
         engine = session.build_engine(model, params, warmup=1, total=1000)
         batch = torch.randint(0, 32_000, (1, 64), generator=torch.Generator().manual_seed(0))
@@ -143,7 +151,7 @@ def run(rounds: int, engine_kind: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--engine", choices=("ddp", "fsdp"), default="ddp")
+    parser.add_argument("--engine", choices=("ddp", "fsdp", "deepspeed"), default="ddp")
     args = parser.parse_args()
     result = run(args.rounds, args.engine)
     print(json.dumps(result, indent=2))

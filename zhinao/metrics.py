@@ -343,6 +343,7 @@ class TrainingMetrics:
         tokens: int,
         samples: int,
         step_seconds: float,
+        logged: dict[str, Any] | None = None,
         **extra: float,
     ) -> dict[str, Any]:
         """Update every per-step series and append one JSONL record; returns that record.
@@ -350,7 +351,8 @@ class TrainingMetrics:
         ``tokens``/``samples`` are what this process trained on in this step; ``step_seconds`` its
         wall-clock time. tokens/s, samples/s and MFU are left unset (null in JSONL) when
         ``step_seconds <= 0``; MFU also when flops_per_token or peak_flops is unknown. Each keyword
-        in ``extra`` becomes a gauge ``zhinao_<name>`` and a JSONL field ``<name>``.
+        in ``extra`` becomes a gauge ``zhinao_<name>`` and a JSONL field ``<name>``; ``logged`` holds
+        JSON fields for the record alone (no gauge), e.g. the ids of the samples trained on.
         """
         for name in extra:
             if name in self._STEP_FIELDS or name in self._RESERVED_GAUGES or not _NAME_RE.match(name):
@@ -411,6 +413,7 @@ class TrainingMetrics:
             for kind, value in cuda.items():
                 record[f"memory_{kind}_bytes"] = value
             record.update({name: float(value) for name, value in extra.items()})
+            record.update(logged or {})
             record.update(pipeline=self.pipeline, stage=self.stage, rank=self.rank)
             self._write(record)
         return record

@@ -8,6 +8,9 @@ Layout under the ablation's prep prefix (`<storage>/<ablation>/prep`):
     valid/tokens.npy         (n, seqLen) validation sequences packed from them (the runs' inputs.valid)
     recipes/<r>/data/        the recipe's data-stage output
     recipes/<r>/train/docs/  the run's training documents: experimental + base at the share
+    recipes/<r>/train/tokens/  the mixture packed into token shards + index (the stream format of
+                             zhinao.data.token_shards): every run of the recipe reads them
+                             (pretrain `inputs.tokens`) instead of tokenizing the mixture itself
     recipes/<r>/train/mix.json
     sft/data/, sft/prompts/  the built-in SFT evaluation data (sft_eval.py), when the spec names none
     done.json                marker written last (a finished prep is reused)
@@ -46,8 +49,10 @@ from zhinao.ablation.mixture import (
 from zhinao.ablation.sft_eval import write_builtin
 from zhinao.artifacts import StageOutput, published_store
 from zhinao.config.ablation import BASE_DATA, AblationParams, Recipe, recipe_data
+from zhinao.config.stream import TokenStreamParams
 from zhinao.corpus import corpus_keys, jsonl_lines
 from zhinao.data.packing import iter_packed
+from zhinao.data.tokenize_shards import merge_parts, tokenize_share
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, to_transformers, train_bpe
 from zhinao.tokenizer import load as load_tokenizer
@@ -187,7 +192,7 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     prep = open_store(prep_uri)
     if params.evaluations.sft.enabled:
         write_builtin(params.evaluations.sft, prep_uri, seed=params.seed)
-    if prep.exists("done.json"):
+    if prep.exists("done.json") and all(recipe_tokens(prep, r.name).has_tokens() for r in params.recipes):
         return json.loads(prep.get_bytes("done.json"))
     vl = params.evaluations.valid_loss
     base_store = (
@@ -232,9 +237,10 @@ def prepare_recipe(
     base_take: tuple[np.ndarray, int, int],
 ) -> dict:
     """recipes/<r>/train/docs/: `experimentalShare` of `proxy.tokens` from the recipe's documents
-    outside the held-out topics, the rest from the base's, randomly interleaved; mix.json last."""
+    outside the held-out topics, the rest from the base's, randomly interleaved; then their token
+    shards (train/tokens/); mix.json last."""
     rdir = prep.child(f"recipes/{recipe.name}")
-    if rdir.exists("train/mix.json"):  # finished by an earlier attempt
+    if rdir.exists("train/mix.json") and recipe_tokens(prep, recipe.name).has_tokens():  # an earlier attempt's
         return json.loads(rdir.get_bytes("train/mix.json"))
     source = (
         published_store(open_store(recipe.dataset))
@@ -264,6 +270,22 @@ def prepare_recipe(
         "experimental_docs_available": len(exp_lengths),
         "base_docs_available": len(base_counts),
         "experimental_docs_in_held_out_topics": sum(1 for _ in exp.valid()),
+        **tokenize_mixture(recipe_tokens(prep, recipe.name), tokenizer, params.proxy.seq_len),
     }
     rdir.put_bytes("train/mix.json", json.dumps(info, indent=2).encode())
     return info
+
+
+def recipe_tokens(prep: ObjectStore, recipe: str) -> StageOutput:
+    """recipes/<r>/train/: the recipe's mixed documents and their token shards, the prefix every
+    run of the recipe names as its pretrain stage's `inputs.tokens`."""
+    return StageOutput(prep.child(f"recipes/{recipe}/train"))
+
+
+def tokenize_mixture(train: StageOutput, tokenizer, seq_len: int) -> dict:
+    """Pack the mixture's documents (train/docs/) into token shards + index under train/tokens/, once
+    per recipe: with N seeds the runs would otherwise tokenize the same mixture N times. One process
+    holds one shard at a time (zhinao.data.tokenize_shards), as a run's tokenize step did."""
+    tokenize_share(train.store, tokenizer, train, seq_len=seq_len, params=TokenStreamParams(), rank=0, world_size=1)
+    index = merge_parts(train, world_size=1, where=train.uri)
+    return {"train_sequences": index.sequences, "train_token_shards": len(index.shards)}

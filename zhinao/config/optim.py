@@ -90,8 +90,9 @@ class OptimParams(SpecModel):
     """Save checkpoints in the background: training waits only while the state is copied into host
     memory; writing, the sha256 manifest, the upload and the `latest` pointer follow on a thread, one
     save in flight at a time, and the stage's end (or SIGTERM) waits for it. Costs one host-memory
-    copy of this rank's share of the state. DeepSpeed engines save synchronously either way. false:
-    training waits for the whole save."""
+    copy of this rank's share of the state. Under DeepSpeed the staging is its collective
+    `save_checkpoint`, each file's state copied into host memory (written in the background too).
+    false: training waits for the whole save."""
 
     export_dtype: Precision = "auto"
     """Precision of the hf/ export's weights. `auto`: bf16 when the stage computes in bf16 (a GPU

@@ -26,6 +26,11 @@ class TokenStreamParams(StreamParams):
     """Tokens per shard file the tokenize step writes (rounded down to whole sequences, at least one);
     8M tokens = 32 MiB. A rank holds one shard of each source in memory while it tokenizes."""
 
+    record_samples: bool = False
+    """Record in each step of the metrics log the sequences this rank trained on, as `sample_ids`:
+    [shard, row] pairs (shard: its place in tokens/index.json). To find the data behind a loss
+    spike, or to count what a resumed run read; costs 2 numbers per sequence in the log."""
+
 
 class RecordStreamParams(StreamParams):
     """The alignment stages' data (SFT rows, preference pairs, prompts): prepared once into record

@@ -139,6 +139,8 @@ class TokenStream(ShardStream):
         counts = [s.sequences for s in self.index.shards]
         super().__init__(source.store, counts, cache_dir, seed=seed, rank=rank, world_size=world_size, params=params)
         self.row_bytes = self.seq_len * WIRE_DTYPE.itemsize
+        self.read_ids: list[tuple[int, int]] | None = [] if params.record_samples else None
+        """(shard, row) of each sequence taken since `pop_read_ids`, with `record_samples` on."""
         window_bytes = params.shuffle_window * self.row_bytes
         if window_bytes > self.cache.max_bytes:
             log.warning(
@@ -151,13 +153,23 @@ class TokenStream(ShardStream):
 
     def take(self, n: int) -> np.ndarray:
         out = np.empty((n, self.seq_len), dtype=WIRE_DTYPE)
-        for i, (s, row) in enumerate(self.next_locations(n)):
+        locations = self.next_locations(n)
+        if self.read_ids is not None:
+            self.read_ids.extend(locations)
+        for i, (s, row) in enumerate(locations):
             shard = self.index.shards[s]
             raw = self.cache.read(
                 shard.key, size=shard.sequences * self.row_bytes, offset=row * self.row_bytes, length=self.row_bytes
             )
             out[i] = np.frombuffer(raw, dtype=WIRE_DTYPE)
         return out
+
+    def pop_read_ids(self) -> list[tuple[int, int]] | None:
+        """The (shard, row) of the sequences taken since the last call; None unless recorded."""
+        if self.read_ids is None:
+            return None
+        ids, self.read_ids = self.read_ids, []
+        return ids
 
 
 class RecordStream(ShardStream):

@@ -37,7 +37,7 @@ from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.causal_lm import causal_lm_step
-from zhinao.training.loop import Schedule, TrainingLoop
+from zhinao.training.loop import Schedule, TrainingLoop, tokens_trained
 from zhinao.training.session import TrainingSession
 
 Params = LongContextParams
@@ -200,7 +200,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
         ),
         checkpoint_meta=lambda step: {
             "sequence_parallel": sp.size,
-            "tokens": step * tokens_per_step * env.world_size,
+            "tokens": meta.get("tokens", 0) + (step - start) * tokens_per_step * env.world_size,
             "data": stream.state_dict(),
         },
     )
@@ -233,7 +233,7 @@ def write_summary(
 ) -> dict:
     steps = out.step_records()
     train_seconds = sum(r["step_seconds"] for r in steps)
-    tokens = sum(r["tokens"] for r in steps) * world_size
+    tokens = tokens_trained(steps, world_size)
     index = out.read_tokens_index()
     summary = {
         "steps": len(steps),

@@ -27,7 +27,7 @@ from zhinao.storage import open_store
 from zhinao.tokenizer import load as load_tokenizer
 from zhinao.training.causal_lm import causal_lm_step
 from zhinao.training.engine import Engine
-from zhinao.training.loop import Schedule, TrainingLoop
+from zhinao.training.loop import Schedule, TrainingLoop, tokens_trained
 from zhinao.training.session import TrainingSession
 
 Params = PretrainParams
@@ -149,7 +149,10 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
     loop.run(
         causal_lm_step(engine, stream, params, device=session.device, tokens_per_step=tokens_per_step),
         eval_fn=eval_fn,
-        checkpoint_meta=lambda step: {"tokens": step * tokens_per_step * env.world_size, "data": stream.state_dict()},
+        checkpoint_meta=lambda step: {
+            "tokens": meta.get("tokens", 0) + (step - start) * tokens_per_step * env.world_size,
+            "data": stream.state_dict(),
+        },
     )
     stream.close()
 
@@ -163,7 +166,7 @@ def run(rt: StageRuntime, params: PretrainParams) -> None:
 def write_summary(out: StageOutput, params: PretrainParams, world_size: int, hf_uri: str | None) -> dict:
     steps = out.step_records()
     train_seconds = sum(r["step_seconds"] for r in steps)
-    tokens = sum(r["tokens"] for r in steps) * world_size
+    tokens = tokens_trained(steps, world_size)
     summary = {
         "steps": len(steps),
         "tokens": tokens,

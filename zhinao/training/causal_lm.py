@@ -31,11 +31,13 @@ def causal_lm_step(
 
     def step(index: int) -> StepResult:
         loss, grad_norm = engine.train_step(micro_batches(stream, params, device=device), loss_fn)
+        read = stream.pop_read_ids()  # with stream.recordSamples
         return StepResult(
             loss=loss,
             grad_norm=grad_norm,
             tokens=tokens_per_step,
             samples=params.micro_batch_size * params.grad_accum_steps,
+            logged={} if read is None else {"sample_ids": [list(ids) for ids in read]},
         )
 
     return step

@@ -17,6 +17,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -40,6 +41,8 @@ class StepResult:
     """Sequences (or pairs, prompts) this rank trained on in the step."""
     extra: dict[str, float] = field(default_factory=dict)
     """Stage-specific figures recorded with the step (rm_accuracy, kl, ...)."""
+    logged: dict[str, Any] = field(default_factory=dict)
+    """JSON fields for the step's metrics record only, not figures to chart (e.g. `sample_ids`)."""
     stop: bool = False
     """End training after this step (checkpointed like the last one), e.g. RLHF's klStop. The stage
     records why in the loop's `meta["stopped"]`, so that a resumed run stops too."""
@@ -154,6 +157,7 @@ class TrainingLoop:
                 tokens=result.tokens,
                 samples=result.samples,
                 step_seconds=seconds,
+                logged={**(result.logged or {}), "world_size": env.world_size},
                 **extra,
             )
             if step % schedule.log_every == 0 and env.is_main:
@@ -174,3 +178,10 @@ class TrainingLoop:
             if result.stop:
                 log.info("step %d: the stage asked to stop", step)
                 break
+
+
+def tokens_trained(step_records: list[dict], world_size: int) -> int:
+    """Tokens trained on by all ranks together. Each record counts one rank's tokens and names the
+    world size of its run (a run resumed on another number of ranks changes it); `world_size` stands
+    in for records written before they named it."""
+    return sum(r["tokens"] * r.get("world_size", world_size) for r in step_records)

@@ -115,6 +115,15 @@ class TrainingSession:
             raise RuntimeError(f"ranks disagree on the checkpoint to resume from: {steps}")
         if loaded is None:
             return {}
+        saved = loaded.meta.get("world_size", self.env.world_size)
+        if saved != self.env.world_size and engine.fixed_world_size is not None:
+            raise SystemExit(
+                f"checkpoints: step {loaded.step} of {self.output.checkpoints_url} was written by {saved} ranks and "
+                f"this run has {self.env.world_size}: {engine.fixed_world_size}. Resume with {saved} ranks, or train "
+                "with engine: fsdp or ddp, whose checkpoints load at any world size"
+            )
+        if saved != self.env.world_size:
+            log.info("resuming a checkpoint of %d ranks with %d", saved, self.env.world_size)
         engine.load(loaded.dir)
         log.info("resumed from step %d of %s", loaded.step, self.output.checkpoints_url)
         return loaded.meta

@@ -7,7 +7,7 @@ The data pipeline `<ablation>-data` has one data stage per corpus to process (th
 each, writing under prep/ where zhinao.ablation.prepare reads it (`AblationParams.processed`).
 
 Every run has a pretrain stage reading the ablation's prepared data (prep/: the shared tokenizer,
-the recipe's mixed training documents and the held-out sequences, see zhinao.ablation.prepare). It
+the token shards of the recipe's mixture and the held-out sequences, see zhinao.ablation.prepare). It
 records the validation loss every `validLoss.everySteps` steps in its metrics log, and keeps only
 its latest checkpoint (to resume): the evaluation reads the log and the final hf/ export. With the SFT evaluation
 on, an `sft` stage follows: the same fixed recipe fine-tunes every run's base (with the run's seed).
@@ -156,7 +156,8 @@ def expand_runs(ablation: Ablation) -> list[Run]:
                     **placement,
                     inputs={
                         "tokenizer": f"{prep}/tokenizer",
-                        "corpus": f"{prep}/recipes/{recipe.name}/train",
+                        # Token shards the preparation packed once per recipe: no run tokenizes.
+                        "tokens": f"{prep}/recipes/{recipe.name}/train",
                         **({"valid": f"{prep}/valid"} if valid.enabled else {}),
                     },
                     params=pretrain_params(ablation, seed),

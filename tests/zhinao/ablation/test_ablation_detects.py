@@ -25,6 +25,7 @@ import json
 import random
 
 import pytest
+from ablation_specs import cpu_proxy
 
 from zhinao.data.demo_corpus import real_documents
 from zhinao_k8s.api.ablation import Ablation
@@ -67,20 +68,9 @@ def report(tmp_path_factory):
                     {"name": "good-copy", "dataset": f"file://{root}/clean"},
                     {"name": "shuffled", "dataset": f"file://{root}/shuffled"},
                 ],
-                "proxy": {
-                    "modelSize": "tiny",
-                    "tokens": 300 * 8 * 128,
-                    "seqLen": 128,
-                    "microBatchSize": 8,
-                    "gradAccumSteps": 1,
-                    "replicas": 1,
-                    "nprocPerNode": 1,
-                    "gpu": 0,
-                    "cpu": "1",
-                    "memory": "2Gi",
-                    "lr": 1e-2,
-                    "warmupSteps": 20,
-                },
+                "proxy": cpu_proxy(
+                    tokens=300 * 8 * 128, seq_len=128, micro_batch=8, memory="2Gi", lr=1e-2, warmupSteps=20
+                ),
                 "seeds": 4,
                 "tokenizer": {"vocabSize": 1024},
                 "evaluations": {

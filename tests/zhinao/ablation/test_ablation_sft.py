@@ -5,6 +5,7 @@ import json
 import random
 
 import pytest
+from ablation_specs import cpu_proxy
 from transformers import Qwen2ForSequenceClassification
 
 from zhinao.data.demo_corpus import real_documents
@@ -42,20 +43,7 @@ def ablation_doc(root, sft: dict) -> dict:
                 {"name": "a", "dataset": f"file://{root}/docs"},
                 {"name": "b", "dataset": f"file://{root}/docs"},
             ],
-            "proxy": {
-                "modelSize": "tiny",
-                "tokens": 12 * 4 * 64,
-                "seqLen": 64,
-                "microBatchSize": 4,
-                "gradAccumSteps": 1,
-                "replicas": 1,
-                "nprocPerNode": 1,
-                "gpu": 0,
-                "cpu": "1",
-                "memory": "2Gi",
-                "lr": 3e-3,
-                "warmupSteps": 2,
-            },
+            "proxy": cpu_proxy(tokens=12 * 4 * 64, seq_len=64, micro_batch=4, memory="2Gi", lr=3e-3),
             "seeds": 2,
             "tokenizer": {"vocabSize": 600},
             "evaluations": {

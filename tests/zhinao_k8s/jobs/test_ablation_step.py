@@ -9,7 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from ablation_specs import cpu_proxy
 
+from zhinao.artifacts import StageOutput
 from zhinao.data.demo_corpus import real_documents
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.jobs.ablation_step import EXIT_FAILED, EXIT_SPEC, main
@@ -34,19 +36,7 @@ def ablation(tmp_path_factory) -> Ablation:
                 "base": {"corpus": corpus},
                 "recipes": [{"name": "a", "dataset": corpus}, {"name": "b", "dataset": corpus}],
                 "seeds": 1,
-                "proxy": {
-                    "modelSize": "tiny",
-                    "tokens": 1280,
-                    "seqLen": 32,
-                    "microBatchSize": 4,
-                    "gradAccumSteps": 1,
-                    "replicas": 1,
-                    "nprocPerNode": 1,
-                    "gpu": 0,
-                    "cpu": "1",
-                    "memory": "1Gi",
-                    "warmupSteps": 2,
-                },
+                "proxy": cpu_proxy(tokens=1280, seq_len=32, micro_batch=4),
                 "tokenizer": {"vocabSize": 512},
                 "evaluations": {
                     "validLoss": {"everySteps": 5, "heldOutShare": 0.2, "maxSequences": 16},
@@ -82,6 +72,9 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     assert json.loads((prep / "done.json").read_text()) == summary
     assert (prep / "tokenizer" / "tokenizer" / "tokenizer.json").is_file()
     assert (prep / "recipes" / "a" / "train" / "docs" / "part-00000.jsonl").is_file()
+    for recipe in ("a", "b"):  # the mixture is tokenized here, once per recipe, into the runs' stream format
+        index = StageOutput.at(f"file://{prep}/recipes/{recipe}/train").read_tokens_index()
+        assert index.seq_len == 32 and index.sequences == summary["recipes"][recipe]["train_sequences"] > 0
 
     # evaluate before the runs have trained: one line naming them, exit 1
     assert main(["evaluate"], env_of(ablation, tmp_path / "eval")) == EXIT_FAILED
@@ -98,6 +91,7 @@ def test_prepare_evaluate_and_their_readable_failures(ablation: Ablation, tmp_pa
     assert "valid_loss" in report["metrics"]
     for run in expand_runs(ablation):  # the valid curve came from the loop: only the checkpoint to resume is left
         checkpoints = Path(run.output.removeprefix("file://")) / "checkpoints"
+        assert not StageOutput.at(run.output).has_tokens()  # the run read the preparation's shards, tokenized nothing
         assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir()) == ["step-00000010"]
         result = json.loads((store(ablation) / "runs" / f"{run.name}.json").read_text())
         assert [p["step"] for p in result["valid_curve"]] == [5, 10]

@@ -53,7 +53,7 @@ def test_one_pipeline_per_recipe_and_seed_with_deterministic_names_and_distinct_
     assert stage.kind == "pretrain" and stage.params.seed == seed
     assert stage.inputs == {
         "tokenizer": "file:///data/abl/prep/tokenizer",
-        "corpus": f"file:///data/abl/prep/recipes/{recipe}/train",
+        "tokens": f"file:///data/abl/prep/recipes/{recipe}/train",
         "valid": "file:///data/abl/prep/valid",
     }
     assert run.output == f"file:///data/{name}/pretrain"

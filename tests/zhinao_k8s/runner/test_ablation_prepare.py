@@ -7,8 +7,9 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
+from ablation_specs import cpu_proxy
 
-from zhinao.artifacts import published_store
+from zhinao.artifacts import StageOutput, published_store
 from zhinao.data.demo_corpus import build_demo_corpus
 from zhinao.storage import FileStore
 from zhinao_k8s.api.ablation import Ablation
@@ -34,19 +35,7 @@ def ablation(root: Path, corpus: str, replicas: int) -> Ablation:
                 ],
                 "seeds": 1,
                 "dataJobs": {"replicas": replicas, "cpu": "1", "memory": "1Gi"},
-                "proxy": {
-                    "modelSize": "tiny",
-                    "tokens": 60000,
-                    "seqLen": 32,
-                    "microBatchSize": 4,
-                    "gradAccumSteps": 1,
-                    "replicas": 1,
-                    "nprocPerNode": 1,
-                    "gpu": 0,
-                    "cpu": "1",
-                    "memory": "1Gi",
-                    "warmupSteps": 2,
-                },
+                "proxy": cpu_proxy(tokens=60000, seq_len=32, micro_batch=4),
                 "tokenizer": {"vocabSize": 512},
                 "evaluations": {"validLoss": {"everySteps": 5, "heldOutShare": 0.2, "maxSequences": 16}},
             },
@@ -96,5 +85,11 @@ def test_recipes_processed_on_2_ranks_give_the_1_rank_documents_and_mixtures(tmp
         sum(texts(published(prep1 / "recipes" / r / "data") / "docs").values()) for r in ("dedup-on", "dedup-off")
     )
     assert on < off  # the recipes differ: deduplication removed the planted copies
-    for mix in expected["recipes"].values():  # half of the 60,000 tokens from each side, whole documents
+    for recipe, mix in expected["recipes"].items():  # half of the 60,000 tokens from each side, whole documents
         assert mix["experimental_tokens"] >= 30000 and mix["base_tokens"] >= 30000
+        # packed once into the token shards every run of the recipe streams: the mixture's tokens, but
+        # for each source's last partial sequence
+        index = StageOutput.at(f"file://{prep1}/recipes/{recipe}/train").read_tokens_index()
+        packed = index.sequences * index.seq_len
+        mixed = mix["experimental_tokens"] + mix["base_tokens"]
+        assert index.sequences == mix["train_sequences"] and mixed - 8 * index.seq_len < packed <= mixed
