@@ -109,27 +109,15 @@ def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:
 
 
 @contextlib.contextmanager
-def process_group(engine: str):
-    """FSDP2 needs a process group even for one rank: a single-rank gloo one, as torchrun would
-    set up (the stage's session only creates one for more than one rank)."""
-    if engine != "fsdp":
-        yield
-        return
-    env = {
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(free_port()),
-        "RANK": "0",
-        "WORLD_SIZE": "1",
-        "LOCAL_RANK": "0",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    dist.init_process_group("gloo")
+def environment(**values: str):
+    """`values` set in os.environ while open, the earlier values back after: left set, a single-rank
+    group's variables would make the next round's Trainer start a distributed run, and a metrics port
+    would be reused by whatever runs next in this process."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
     try:
         yield
     finally:
-        dist.destroy_process_group()
-        # Left set, they would make the next round's Trainer start a distributed run of its own.
         for k, v in saved.items():
             if v is None:
                 os.environ.pop(k)
@@ -137,15 +125,25 @@ def process_group(engine: str):
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def process_group(engine: str):
+    """FSDP2 needs a process group even for one rank: a single-rank gloo one, as torchrun would
+    set up (the stage's session only creates one for more than one rank)."""
+    if engine != "fsdp":
+        yield
+        return
+    rank_env = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port()), "RANK": "0", "WORLD_SIZE": "1"}
+    with environment(**rank_env, LOCAL_RANK="0"):
+        dist.init_process_group("gloo")
+        try:
+            yield
+        finally:
+            dist.destroy_process_group()
+
+
 def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams) -> tuple[float, float]:
     """(tokens per wall second, tokens per CPU second) of our pretrain stage under `params.engine`, in this process."""
     # A fixed peak skips the start-up matmul probe, which would only add CPU time to our side.
-    os.environ.update(
-        ZHINAO_WORKDIR=str(root / "ours-work"),
-        ZHINAO_METRICS_PORT=str(free_port()),
-        ZHINAO_METRICS_ADDR="127.0.0.1",
-        ZHINAO_PEAK_FLOPS="1e11",
-    )
     from zhinao.stages import pretrain
 
     rt = StageRuntime(
@@ -156,7 +154,13 @@ def run_ours(root: Path, tok_dir: Path, data_root: Path, params: PretrainParams)
         inputs={"tokenizer": f"file://{tok_dir}", "tokens": f"file://{data_root / 'packed'}"},
         output=f"file://{root / 'ours'}",
     )
-    with process_group(params.engine):
+    run_env = environment(
+        ZHINAO_WORKDIR=str(root / "ours-work"),
+        ZHINAO_METRICS_PORT=str(free_port()),
+        ZHINAO_METRICS_ADDR="127.0.0.1",
+        ZHINAO_PEAK_FLOPS="1e11",
+    )
+    with run_env, process_group(params.engine):
         cpu = time.process_time()
         pretrain.run(rt, params)
         cpu = time.process_time() - cpu  # includes set-up, HF export and the loss plot: against us

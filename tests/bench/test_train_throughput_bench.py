@@ -22,7 +22,16 @@ def load_bench():
 @pytest.mark.slow
 def test_every_engine_and_the_trainer_train_and_are_compared(caplog, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the Trainer may write next to its output_dir
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for name in (
+        "RANK",
+        "WORLD_SIZE",
+        "LOCAL_RANK",
+        "MASTER_ADDR",
+        "MASTER_PORT",
+        "ZHINAO_METRICS_PORT",
+        "ZHINAO_PEAK_FLOPS",
+        "ZHINAO_WORKDIR",
+    ):
         monkeypatch.delenv(name, raising=False)
     with caplog.at_level(logging.INFO, logger="zhinao.training.engine_builder"):
         result = load_bench().measure(
@@ -33,6 +42,8 @@ def test_every_engine_and_the_trainer_train_and_are_compared(caplog, tmp_path, m
     # The single-rank group is gone after the FSDP2 run, and so is its environment (which would
     # make the next round's Trainer start a distributed run).
     assert not dist.is_initialized() and "WORLD_SIZE" not in os.environ and "LOCAL_RANK" not in os.environ
+    # Nor does the stage's environment stay behind (a later test would find its metrics port taken).
+    assert not {"ZHINAO_METRICS_PORT", "ZHINAO_PEAK_FLOPS", "ZHINAO_WORKDIR"} & set(os.environ)
     for side in ("hf_trainer", "ddp", "fsdp"):
         wall, cpu = result["runs"][side][0]
         assert wall > 0 and cpu > 0, side
