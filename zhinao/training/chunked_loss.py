@@ -18,57 +18,41 @@ DEFAULT_CHUNK = 1024
 
 
 class _ChunkedCrossEntropy(torch.autograd.Function):
-    """Sum of -log p(label) over labelled tokens / their count, gradients computed chunk by chunk.
-
-    Every whole-tensor pass on CPU ends at torch's thread barrier, so the work is in as few passes
-    as it can be: per chunk two matmuls and the weight gradient's, one fused log-softmax, its exp
-    and the one-hot subtraction in place. Masking and the 1/count of the mean are left to backward,
-    which applies them with the incoming gradient in one pass over each (small) result.
-    """
+    """Sum of -log p(label) over labelled tokens / their count, gradients computed chunk by chunk."""
 
     @staticmethod
     def forward(ctx, hidden, weight, labels, chunk: int, compute_dtype: torch.dtype):
         mask = labels != IGNORE_INDEX
         count = mask.sum().clamp(min=1).to(torch.float32)
-        # Unlabelled rows zeroed: they then add nothing to the weight's gradient (backward zeroes
-        # their hidden-state gradient); their logits are never read.
-        h_all = hidden.to(compute_dtype).masked_fill(~mask.unsqueeze(1), 0)
         w = weight.to(compute_dtype)
-        targets = labels.masked_fill(~mask, 0).unsqueeze(1)
-        minus_one = torch.full(targets.shape, -1.0, device=hidden.device)
-        target_log_probs = torch.empty(targets.shape, device=hidden.device)
-        grad_hidden = torch.empty(hidden.shape, dtype=compute_dtype, device=hidden.device)
+        grad_hidden = torch.empty_like(hidden)
         # Accumulated in the matmul's dtype, like the lm_head's own weight gradient would be.
-        grad_weight = torch.empty(weight.shape, dtype=compute_dtype, device=weight.device)
+        grad_weight = torch.zeros(weight.shape, dtype=compute_dtype, device=weight.device)
+        total = torch.zeros((), dtype=torch.float32, device=hidden.device)
         for start in range(0, hidden.size(0), chunk):
-            rows = slice(start, start + chunk)
-            h = h_all[rows]
-            # One fused pass (max, sum of exponentials, write), not logsumexp's chain of passes.
-            log_probs = torch.log_softmax(h @ w.t(), dim=-1, dtype=torch.float32)
-            torch.gather(log_probs, 1, targets[rows], out=target_log_probs[rows])
-            # d(-log p(label))/d(logits) = softmax - onehot, built in the log-probs' own buffer, so a
-            # chunk costs one fp32 (chunk, V) tensor (and its compute-dtype copy).
-            grad_logits = log_probs.exp_().scatter_add_(1, targets[rows], minus_one[rows]).to(compute_dtype)
-            del log_probs
-            torch.mm(grad_logits, w, out=grad_hidden[rows])
-            if start == 0:
-                torch.mm(grad_logits.t(), h, out=grad_weight)
-            else:
-                grad_weight.addmm_(grad_logits.t(), h)
-        ctx.mask, ctx.count = mask, count
-        ctx.dtypes = hidden.dtype, weight.dtype
-        ctx.save_for_backward(grad_hidden, grad_weight)
-        return -(target_log_probs.squeeze(1) * mask).sum() / count
+            h = hidden[start : start + chunk].to(compute_dtype)
+            y, m = labels[start : start + chunk], mask[start : start + chunk]
+            logits = (h @ w.t()).float()
+            lse = torch.logsumexp(logits, dim=-1)
+            safe = y.masked_fill(~m, 0).unsqueeze(1)
+            total = total + ((lse - torch.gather(logits, 1, safe).squeeze(1)) * m).sum()
+            # d(loss)/d(logits) = (softmax - onehot) / count on labelled rows, 0 elsewhere; built in
+            # the logits' own buffer, so a chunk costs one fp32 (chunk, V) tensor and its bf16 copy.
+            logits.sub_(lse.unsqueeze(1)).exp_()
+            logits.scatter_add_(1, safe, -torch.ones_like(safe, dtype=logits.dtype))
+            grad_logits = logits.mul_(m.unsqueeze(1) / count).to(compute_dtype)
+            del logits
+            grad_hidden[start : start + chunk] = (grad_logits @ w).to(hidden.dtype)
+            grad_weight.addmm_(grad_logits.t(), h)
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total / count
 
     @staticmethod
     def backward(ctx, grad_output):
         grad_hidden, grad_weight = ctx.saved_tensors
-        hidden_dtype, weight_dtype = ctx.dtypes
-        # In fp32: the sums were accumulated unscaled, in the compute dtype.
-        factor = grad_output.float() / ctx.count
         return (
-            torch.mul(grad_hidden, ctx.mask.unsqueeze(1) * factor).to(hidden_dtype),
-            torch.mul(grad_weight, factor).to(weight_dtype),
+            grad_hidden * grad_output.to(grad_hidden.dtype),
+            grad_weight * grad_output.to(grad_weight.dtype),
             None,
             None,
             None,

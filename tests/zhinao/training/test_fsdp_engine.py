@@ -25,23 +25,12 @@ from zhinao.training.engine_builder import build_engine
 from zhinao.training.fsdp_engine import FSDPEngine
 
 STEPS, SAVE_AT, VOCAB = 5, 3, 96
-LR = 1e-2
-WEIGHT_ATOL = 1e-2 * LR
-"""Weights agree to 1% of one step's learning rate. Adam's update is about lr * g / |g| whatever
-the gradient's size, so an element whose gradient is a near-cancelling sum (down_proj: 9.0e-10 in
-one summation order, 8.6e-10 in another, next to eps 1e-8) moves by a rounding-sized fraction of
-lr, not of g. Measured: one process trained with the chunked loss and again with plain
-`F.cross_entropy` (same math, other rounding) gives losses equal to 1e-7 per step and yet 2 of 11,264
-gate_proj elements 2.7e-5 apart after these 5 steps; a tolerance below that fails on rounding alone.
-The per-step losses (rel 1e-5) are the tight check; a rank training on the wrong rows, or a
-gradient missing a rank's share, changes gradient directions and moves elements by a large
-fraction of lr per step."""
 
 
 def _params(engine: str) -> PretrainParams:
     # Chunked loss and activation checkpointing on, as a 1B+ model would train.
     return PretrainParams(
-        engine=engine, lr=LR, warmup_steps=1, max_steps=STEPS, activation_checkpointing="full", loss_chunk_tokens=16
+        engine=engine, lr=1e-2, warmup_steps=1, max_steps=STEPS, activation_checkpointing="full", loss_chunk_tokens=16
     )
 
 
@@ -99,11 +88,11 @@ def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_and_on_four_ranks(
     mp.spawn(_worker, args=(2, _port(), str(tmp_path), False), nprocs=2, join=True)
     losses = json.loads((tmp_path / "losses-2.json").read_text())
     for step, loss in expected.items():
-        assert losses[str(step)] == pytest.approx(loss, rel=1e-5), step
+        assert losses[str(step)] == pytest.approx(loss, rel=1e-4), step
     weights = torch.load(tmp_path / "weights-2.pt")
     assert weights.keys() == expected_weights.keys()
     for name, value in expected_weights.items():
-        torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=WEIGHT_ATOL, msg=name)
+        torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-5, msg=name)
 
     merged = tmp_path / "merged"  # what the checkpoint manager downloads: every rank's parts in one place
     merged.mkdir()
@@ -115,7 +104,7 @@ def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_and_on_four_ranks(
         resumed = json.loads((tmp_path / f"losses-{world}.json").read_text())
         assert sorted(resumed) == [str(s) for s in range(SAVE_AT + 1, STEPS + 1)], world
         for step, loss in resumed.items():
-            assert loss == pytest.approx(expected[int(step)], rel=1e-5), (world, step)
+            assert loss == pytest.approx(expected[int(step)], rel=1e-4), (world, step)
         weights = torch.load(tmp_path / f"weights-{world}.pt")
         for name, value in expected_weights.items():
-            torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=WEIGHT_ATOL, msg=f"{world} ranks: {name}")
+            torch.testing.assert_close(weights[name], value, rtol=1e-3, atol=1e-5, msg=f"{world} ranks: {name}")
