@@ -96,6 +96,7 @@ def test_an_elastic_run_stopped_on_2_ranks_resumes_on_1_reading_the_global_prefi
             False,
         ),
     ],
+    ids=["default-order", "deepspeed"],
 )
 def test_a_run_that_cannot_resume_with_another_world_size_is_refused_in_one_line(
     tmp_path, stage_assets, make_pretrain_spec, name, params, says, loaded
