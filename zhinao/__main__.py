@@ -32,6 +32,9 @@ log = logging.getLogger("zhinao")
 MAX_REASON_CHARS = 1000
 CLAIM_WAIT_SECONDS = 600.0
 """How long the other ranks wait for rank 0 to claim the output."""
+EXIT_REFUSED = 1
+"""A refused output (another run's fingerprint): permanent under Kubeflow's ExitCode restart policy,
+since a restart would be refused again."""
 
 
 def failure_line(exc: BaseException) -> str:
@@ -111,6 +114,10 @@ def main() -> int:
         if exc.code not in (0, None):
             record_failure(exc)
         raise
+    except OutputMismatch as exc:  # a refusal that names the differing fields: a traceback adds nothing
+        record_failure(exc)
+        log.error("%s", exc)
+        return EXIT_REFUSED
     except BaseException as exc:
         record_failure(exc)
         raise

@@ -15,6 +15,7 @@ from pathlib import Path
 import psutil
 import pytest
 import yaml
+from stage_runs import LIBRARY
 
 from zhinao.artifacts import StageOutput
 from zhinao.data.demo_corpus import build_demo_corpus
@@ -159,6 +160,9 @@ def test_a_rerun_resumes_its_own_output_refuses_another_runs_and_overwrite_repla
     assert out.returncode == 1, out.stdout[-3000:]
     flat = " ".join(out.stdout.split())
     assert "OutputMismatch" in flat and "params.vocabSize: 512 -> 600" in flat and "--overwrite" in flat
+    log = (tmp_path / "w" / "logs" / "fp-tok" / "master-0.log").read_text()
+    # one line; torchrun reports the failed child with a traceback of its own, none comes from our code
+    assert "was written by a different run" in log and f'File "{LIBRARY}' not in log, log[-3000:]
     out = run_spec(tmp_path, tokenizer_spec(store, 600), "--overwrite", "tok")
     assert out.returncode == 0, out.stdout[-3000:]
     assert StageOutput.at(f"file://{store}/fp/tok").read_summary()["vocab_size"] == 600
