@@ -357,6 +357,13 @@ def activate_sequence_parallel(sp: SequenceParallel) -> str:
     return ATTENTION_NAME
 
 
+def deactivate_sequence_parallel() -> None:
+    """Forget the group registered for the ring: it holds the run's process groups, which must be
+    freed before the process exits (zhinao.training.process_group)."""
+    global _active
+    _active = None
+
+
 # --------------------------------------------------------------------------- data and loss
 
 

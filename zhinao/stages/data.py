@@ -44,18 +44,20 @@ def run(rt: StageRuntime, params: DataParams) -> None:
         raise SystemExit("data stage needs inputs.corpus (a URI prefix with JSONL or Parquet documents)")
     dist = DistEnv.from_env()
     owns_group = _init_gloo(dist, params.output.barrier_timeout_s)
+    finished = False
     try:
         output = open_store(rt.output)
         report = run_data_processing(
             params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id()
         )
+        finished = True
     except EmptyCorpus as exc:  # a wrong input, not a bug: one line, no traceback
         raise SystemExit(f"data stage: {exc}") from None
     finally:
         if owns_group:
-            import torch.distributed as td
+            from zhinao.training.process_group import leave_process_group
 
-            td.destroy_process_group()
+            leave_process_group(barrier=finished)  # after a failure the other ranks may never arrive
     if report is not None:
         summary = {
             "docs_written": report["docs_written"],

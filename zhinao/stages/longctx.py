@@ -29,6 +29,7 @@ from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
 from zhinao.longctx.sequence_parallel import (
     SequenceParallel,
     activate_sequence_parallel,
+    deactivate_sequence_parallel,
     init_sequence_parallel,
     sequence_parallel_lm_loss,
 )
@@ -228,6 +229,7 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
                 result = run_needle(engine.model, tokenizer, corpus, session.output, params, sp)
     if env.is_main:
         write_summary(session.output, params, env.world_size, sp, hf, old_theta, result)
+    deactivate_sequence_parallel()
     session.close()
 
 

@@ -27,6 +27,7 @@ from zhinao.training.background import BackgroundJob
 from zhinao.training.engine import Engine
 from zhinao.training.engine_builder import autocast_dtype, build_engine, model_construction
 from zhinao.training.hf_export import write_export
+from zhinao.training.process_group import leave_process_group
 
 log = logging.getLogger(__name__)
 
@@ -230,5 +231,5 @@ class TrainingSession:
         if self.metrics is not None:
             self.upload_metrics()
             self.metrics.close()
-        if self.env.world_size > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        if self.env.world_size > 1:
+            leave_process_group()
