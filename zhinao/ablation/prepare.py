@@ -215,7 +215,7 @@ class Measured:
 
 def measure_share(tokenizer, split: Split, ranks: Ranks, seed: int) -> Measured | None:
     """Every rank tokenizes its share of the source's lines (zhinao.corpus.lines_of_rank); rank 0
-    gathers length and key per training document (16 bytes each) and puts them in one-process order
+    gathers length, key and place of each training document (20 bytes) and puts them in one-process order
     (file, then line). None on the other ranks."""
     files = corpus_keys(split.store)
     file_number = {key: n for n, key in enumerate(files)}
