@@ -66,6 +66,8 @@ from zhinao.tokenizer import load as load_tokenizer
 
 SHARD_TOKENS = TokenStreamParams().shard_tokens
 """Tokens per token shard of a mixture: the tokenize step's default."""
+PREP_DONE = "done.json"
+"""The preparation's summary, written last: its presence means a finished preparation."""
 PREP_TOKENIZER = "tokenizer"
 """The shared tokenizer's prefix under the preparation root, laid out as a tokenizer stage's output."""
 
@@ -292,7 +294,7 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None, ranks: Rank
         summary["recipes"][recipe.name] = prepare_recipe(params, recipe, prep, tokenizer, base, base_take, ranks)
 
     def write_done() -> dict:
-        prep.put_bytes("done.json", json.dumps(summary, indent=2).encode())
+        prep.put_bytes(PREP_DONE, json.dumps(summary, indent=2).encode())
         return summary
 
     return ranks.on_main(write_done)
@@ -302,8 +304,8 @@ def finished(params: AblationParams, prep_uri: str, prep: ObjectStore) -> dict |
     """The summary of an earlier attempt that finished (None: prepare); the built-in SFT data first."""
     if params.evaluations.sft.enabled:
         write_builtin(params.evaluations.sft, prep_uri, seed=params.seed)
-    if prep.exists("done.json") and all(recipe_tokens(prep, r.name).has_tokens() for r in params.recipes):
-        return json.loads(prep.get_bytes("done.json"))
+    if prep.exists(PREP_DONE) and all(recipe_tokens(prep, r.name).has_tokens() for r in params.recipes):
+        return json.loads(prep.get_bytes(PREP_DONE))
     return None
 
 
