@@ -88,6 +88,10 @@ def interleave(a: Iterator, n_a: int, b: Iterator, n_b: int, rng: np.random.Gene
             yield next(b)
 
 
+def part_key(prefix: str, n: int) -> str:
+    return f"{prefix}/part-{n:05d}.jsonl"
+
+
 def write_parts(store: ObjectStore, prefix: str, records: Iterable[dict]) -> list[int]:
     """`<prefix>/part-NNNNN.jsonl` files of at most about PART_BYTES each; returns the documents in each."""
     buf: list[bytes] = []
@@ -96,7 +100,7 @@ def write_parts(store: ObjectStore, prefix: str, records: Iterable[dict]) -> lis
 
     def flush() -> None:
         nonlocal buf, size
-        store.put_bytes(f"{prefix}/part-{len(counts):05d}.jsonl", b"".join(buf))
+        store.put_bytes(part_key(prefix, len(counts)), b"".join(buf))
         counts.append(len(buf))
         buf, size = [], 0
 

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from zhinao.ablation.mixture import part_key
 from zhinao.artifacts import StageOutput
 from zhinao.corpus import jsonl_lines, read_documents
 from zhinao.data.token_shards import (
@@ -88,13 +89,13 @@ class Planner:
         self.plan.offsets.append(dict(self._tokens))
 
 
-def lines_between(docs: StageOutput, parts: list[int], start: int, stop: int) -> Iterator[tuple[str, int, bytes]]:
-    """Lines [start, stop) of the part files, reading only the parts they lie in."""
+def lines_between(train: StageOutput, parts: list[int], start: int, stop: int) -> Iterator[tuple[str, int, bytes]]:
+    """Lines [start, stop) of the mixture's part files, reading only the parts they lie in."""
     first = 0
     for n, count in enumerate(parts):
         lo, hi = max(start, first), min(stop, first + count)
         if lo < hi:
-            lines = jsonl_lines(docs.store, [f"{DOCS}/part-{n:05d}.jsonl"])
+            lines = jsonl_lines(train.store, [part_key(DOCS, n)])
             yield from itertools.islice(lines, lo - first, hi - first)
         first += count
 
