@@ -5,6 +5,8 @@
     stage_output(pipeline, name)  the ObjectStore of what a stage published
     step_records(store, rank)     the per-step records of one rank's metrics log
     run_killing_a_rank(...)       run while one rank's training process is SIGKILLed mid-run
+    stop_after_a_checkpoint(...)  run until a stage's first checkpoint, then kill a rank: the job fails
+    refusal(result)               the one line a stage failed with, and its master's log
     assert_restarted_and_resumed(...)   what the runner and the stage must do about that kill
 """
 
@@ -18,10 +20,14 @@ from pathlib import Path
 
 import psutil
 
+import zhinao
 from zhinao.artifacts import published_store
 from zhinao.storage import ObjectStore, open_store
 from zhinao_k8s.api.load import parse_pipeline
 from zhinao_k8s.runner.pipeline import PipelineResult, run_training_pipeline
+
+LIBRARY = Path(zhinao.__file__).parent
+"""A traceback through the training library names its files: a refusal's log must not."""
 
 
 def run(spec: str, workdir: Path, listener=None, secrets=None):
@@ -72,6 +78,26 @@ def run_killing_a_rank(spec: str, workdir: Path, *, once_exists: Path, replica: 
     pipeline, result = run(spec, workdir, listener)
     thread.join(5)
     return pipeline, result, killed.is_set()
+
+
+def stop_after_a_checkpoint(spec: str, workdir: Path, output: Path) -> int:
+    """Run `spec` (backoffLimit 0: a stopped run stays stopped) until a checkpoint of the stage whose
+    file:// output is `output` is committed, then SIGKILL a rank: the job fails. Returns the step of
+    the checkpoint a resumed run starts from."""
+    _, result, killed = run_killing_a_rank(spec, workdir, once_exists=in_any_generation(output, "checkpoints/latest"))
+    assert killed and not result.succeeded, result.stages[0][1].reason
+    [latest] = output.glob("_gen/*/checkpoints/latest")
+    return int(latest.read_text().strip().removeprefix("step-"))
+
+
+def refusal(result: PipelineResult) -> tuple[str, str]:
+    """(the one line the first stage failed with, its master's log) of a run that must have failed;
+    torchrun reports the failed child with a traceback of its own, none may come from our code."""
+    job = result.stages[0][1]
+    log = (job.log_dir / "master-0.log").read_text()
+    assert not result.succeeded and job.failures[0].exit_code != 0, log[-3000:]
+    assert f'File "{LIBRARY}' not in log, log[-3000:]
+    return job.failures[0].message, log
 
 
 def assert_restarted_and_resumed(result: PipelineResult, *, killed: bool, replica: str, step: int) -> None:

@@ -1,6 +1,8 @@
 """What produced a stage output: its fingerprint, recorded in the output when a run starts.
 
-The fingerprint is the stage's kind and resolved params, a digest of each input (the recorded
+The fingerprint is the stage's kind and resolved params (less the layout fields its params model
+names, such as longctx's sequenceParallel: like the world size, they only spread the same run over
+the ranks, so a rerun with other values resumes), a digest of each input (the recorded
 fingerprint of an input another stage produced; the object names and sizes of any other input),
 and the code version. A rerun with the same fingerprint resumes; a different one is refused with
 the fields that differ, unless the user asked to overwrite the output. The fingerprint also names
@@ -13,6 +15,7 @@ from typing import Any
 
 import zhinao
 from zhinao.artifacts import FINGERPRINT, GENERATIONS, LEASE, generation_key, published_manifest
+from zhinao.config.kinds import STAGE_KINDS
 from zhinao.config.runtime import StageRuntime
 from zhinao.storage import ObjectStore, open_store
 
@@ -39,10 +42,19 @@ def inputdigest(store: ObjectStore) -> str:
     return digest(sorted(store.sizes().items()))
 
 
+def without_layout(kind: str, params: dict) -> dict:
+    """`params` less the layout fields of the kind's params model (by their wire or Python name)."""
+    model = next((k.params for k in STAGE_KINDS if k.kind == kind), None)
+    if model is None:
+        return params
+    names = {n for f in model.LAYOUT_FIELDS for n in (f, model.model_fields[f].alias)}
+    return {k: v for k, v in params.items() if k not in names}
+
+
 def stage_fingerprint(rt: StageRuntime) -> dict:
     return {
         "kind": rt.kind,
-        "params": rt.params,
+        "params": without_layout(rt.kind, rt.params),
         "inputs": {name: inputdigest(open_store(uri)) for name, uri in sorted(rt.inputs.items())},
         "code": zhinao.__version__,
     }

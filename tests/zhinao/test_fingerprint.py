@@ -100,3 +100,14 @@ def test_a_downstream_stage_sees_the_upstream_change_only_once_it_is_published(t
     up.put_bytes(f"_gen/{generation_of(second)}/summary.json", b"{}")
     publish(up, generation_of(second), second)
     assert differences(before, stage_fingerprint(rt)) == ["inputs.tokenizer: changed"]
+
+
+def test_a_layout_field_is_left_out_so_another_sequence_parallel_split_resumes(tmp_path, corpus):
+    def longctx(**params) -> StageRuntime:
+        return StageRuntime(
+            pipeline="p", stage="lc", kind="longctx", params={"lr": 2e-5, **params}, inputs={}, output="file:///x"
+        )
+
+    assert stage_fingerprint(longctx(sequenceParallel=2)) == stage_fingerprint(longctx(sequenceParallel=1))
+    assert stage_fingerprint(longctx(sequence_parallel=4)) == stage_fingerprint(longctx())
+    assert stage_fingerprint(longctx(seqLen=512)) != stage_fingerprint(longctx())

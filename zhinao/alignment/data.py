@@ -61,6 +61,23 @@ def steps_for(n_items: int, params, world_size: int) -> int:
     return max(1, int(np.ceil(params.epochs * n_items / per_step)))
 
 
+def refuse_epochs_at_another_world_size(meta: dict, params, world_size: int, *, stage: str) -> None:
+    """A resumed run (its loop `meta`) counted in `epochs` ends with one line when the checkpoint
+    was written by another number of ranks: `steps_for` counted its steps, and the learning-rate
+    schedule over them, for that world size, so this one would train on another number of samples.
+    With maxSteps the steps do not depend on it (and `stream.elastic` makes the data position not)."""
+    saved = meta.get("world_size", world_size)
+    if saved == world_size or getattr(params, "max_steps", None):
+        return
+    raise SystemExit(
+        f"{stage}: the checkpoint of step {meta['step']} was written by {saved} ranks and this run has "
+        f"{world_size}; with epochs (no maxSteps) its number of steps and learning-rate schedule are counted for "
+        f"{saved} ranks, so another world size would train on another number of samples. Resume with {saved} "
+        "ranks, or start a new run (a fresh output prefix) with maxSteps and stream.elastic, which resume at "
+        "any world size"
+    )
+
+
 # ------------------------------------------------------------------------------ preference pairs
 
 

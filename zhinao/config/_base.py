@@ -1,5 +1,7 @@
 """The one pydantic base every spec model derives from."""
 
+from typing import ClassVar
+
 from pydantic import BaseModel, ConfigDict
 from pydantic.alias_generators import to_camel
 
@@ -16,6 +18,10 @@ class SpecModel(BaseModel):
         # `.inf` and `.nan` are valid YAML floats but no valid hyperparameter (and JSON has no form for them).
         allow_inf_nan=False,
     )
+
+    LAYOUT_FIELDS: ClassVar[tuple[str, ...]] = ()
+    """Fields that only lay the same training out on the ranks, as the world size does: a run may
+    resume with other values, so they are left out of the output's fingerprint (zhinao.fingerprint)."""
 
     def to_wire(self) -> dict:
         """The camelCase JSON-compatible form, as written in a spec file."""

@@ -51,6 +51,10 @@ class NeedleParams(SpecModel):
 
 
 class LongContextParams(OptimParams):
+    # Another split of the same data-parallel streams: the checkpoint reshards (FSDP2) or is replicated
+    # (DDP), and every data-parallel group reads what it would have read (zhinao.longctx.resume_layout).
+    LAYOUT_FIELDS = ("sequence_parallel",)
+
     rope_theta: float = Field(default=50_000_000.0, gt=0)
     """New RoPE base. The report first tried 1e6 for 32K, then settled on 5e7 for 32K and 360K."""
 

@@ -24,6 +24,7 @@ from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes, shard_name
 from zhinao.data.token_stream import open_token_stream, resume_stream
 from zhinao.longctx import needle
 from zhinao.longctx.data import SourceDocument, mix_sequences, render_chat, synthesize_long_qa
+from zhinao.longctx.resume_layout import LayoutMismatch, resume_layout
 from zhinao.longctx.rope import apply_rope_base, ensure_fp32_inv_freq
 from zhinao.longctx.sequence_parallel import (
     SequenceParallel,
@@ -173,6 +174,14 @@ def run(rt: StageRuntime, params: LongContextParams) -> None:
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, params.max_steps), seq_len=params.seq_len)
     meta = loop.resume()
     start = meta.get("step", 0)
+    try:
+        change = resume_layout(
+            meta, world_size=env.world_size, sequence_parallel=sp.size, elastic=params.stream.elastic
+        )
+    except LayoutMismatch as exc:
+        raise SystemExit(str(exc)) from None
+    if change:
+        log.info(change)
     resume_stream(stream, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
     log.info(
         "long-context training: rope base %g -> %g, %d sequences of %d tokens, sequence parallel %d x data "

@@ -15,7 +15,16 @@ import logging
 import numpy as np
 import torch
 
-from zhinao.alignment.data import EVAL, TRAIN, open_stream, pad_right, pair_sets, steps_for, whole_set
+from zhinao.alignment.data import (
+    EVAL,
+    TRAIN,
+    open_stream,
+    pad_right,
+    pair_sets,
+    refuse_epochs_at_another_world_size,
+    steps_for,
+    whole_set,
+)
 from zhinao.alignment.models import load_reward_model
 from zhinao.artifacts import StageOutput
 from zhinao.config.reward import RewardParams
@@ -95,6 +104,7 @@ def run(rt: StageRuntime, params: RewardParams) -> None:
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, total), seq_len=params.max_len)
     meta = loop.resume()
     start = meta.get("step", 0)
+    refuse_epochs_at_another_world_size(meta, params, env.world_size, stage="reward")
     resume_stream(train, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
 
     def held_out() -> tuple[float | None, float | None]:

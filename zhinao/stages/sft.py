@@ -10,7 +10,7 @@ import logging
 import numpy as np
 import torch
 
-from zhinao.alignment.data import EVAL, TRAIN, open_stream, steps_for, whole_set
+from zhinao.alignment.data import EVAL, TRAIN, open_stream, refuse_epochs_at_another_world_size, steps_for, whole_set
 from zhinao.alignment.models import load_causal_lm
 from zhinao.alignment.sft_data import sft_sets
 from zhinao.artifacts import StageOutput
@@ -120,6 +120,7 @@ def run(rt: StageRuntime, params: SFTParams) -> None:
     loop = TrainingLoop.for_model(session, engine, model, Schedule.of(params, total), seq_len=params.max_len)
     meta = loop.resume()
     start = meta.get("step", 0)
+    refuse_epochs_at_another_world_size(meta, params, env.world_size, stage="sft")
     resume_stream(train, meta, samples_done=start * params.micro_batch_size * params.grad_accum_steps)
     pad = tokenizer.pad_token_id
 

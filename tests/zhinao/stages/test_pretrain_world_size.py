@@ -1,13 +1,14 @@
 """A pretrain run stopped after a checkpoint and resumed with another number of ranks, through the
 local PyTorchJob runner: with `stream.elastic` it reads exactly the global prefix of its data (each
-sample once) and finishes; with the default order it is refused with one line naming the setting."""
+sample once) and finishes; with the default order it is refused with one line naming the setting,
+and so is a DeepSpeed ZeRO checkpoint."""
 
 import json
 import re
 from collections import Counter
 
 import pytest
-from stage_runs import in_any_generation, run, run_killing_a_rank, stage_output, step_records
+from stage_runs import refusal, run, stage_output, step_records, stop_after_a_checkpoint
 
 from zhinao.artifacts import StageOutput
 from zhinao.data.stream_order import StreamOrder
@@ -35,19 +36,6 @@ def spec(make_pretrain_spec, stage_assets, tmp_path, name: str, *, replicas: int
     return json.dumps(body)
 
 
-def stop_after_a_checkpoint(text: str, tmp_path, name: str) -> int:
-    """Run `text` until its first checkpoint is committed, then SIGKILL a rank: the job fails.
-    Returns the step of the checkpoint a resumed run starts from."""
-    _, result, killed = run_killing_a_rank(
-        text,
-        tmp_path / f"w-{name}-stopped",
-        once_exists=in_any_generation(tmp_path / "store" / name / "pretrain", "checkpoints/latest"),
-    )
-    assert killed and not result.succeeded, result.stages[0][1].reason
-    [latest] = (tmp_path / "store" / name / "pretrain").glob("_gen/*/checkpoints/latest")
-    return int(latest.read_text().strip().removeprefix("step-"))
-
-
 @pytest.mark.parametrize("engine", ["ddp", "fsdp"])
 def test_an_elastic_run_stopped_on_2_ranks_resumes_on_1_reading_the_global_prefix_once(
     tmp_path, stage_assets, make_pretrain_spec, engine
@@ -57,7 +45,7 @@ def test_an_elastic_run_stopped_on_2_ranks_resumes_on_1_reading_the_global_prefi
     text = lambda replicas: spec(  # noqa: E731
         make_pretrain_spec, stage_assets, tmp_path, name, replicas=replicas, stream=stream, engine=engine
     )
-    stopped = stop_after_a_checkpoint(text(2), tmp_path, name)
+    stopped = stop_after_a_checkpoint(text(2), tmp_path / "w-stopped", tmp_path / "store" / name / "pretrain")
 
     pipeline, result = run(text(1), tmp_path / "w-resumed")
     job = result.stages[0][1]
@@ -87,41 +75,36 @@ def test_an_elastic_run_stopped_on_2_ranks_resumes_on_1_reading_the_global_prefi
     assert summary["tokens"] == samples * seq_len
 
 
-def test_the_default_order_resumed_with_another_world_size_is_refused_naming_stream_elastic(
-    tmp_path, stage_assets, make_pretrain_spec
+@pytest.mark.parametrize(
+    ("name", "params", "says", "loaded"),
+    [
+        # Each rank's share of the default order depends on the world size: refused after the weights
+        # loaded (they would reshard), before any step.
+        (
+            "fixed",
+            {"stream": {}},
+            r"data position: the checkpoint was written by 2 data-parallel ranks and this run has 1; .*stream\.elastic.*",
+            True,
+        ),
+        # ZeRO's optimizer state is cut into one partition per saving rank, and DeepSpeed does not re-cut
+        # it on load: refused before anything is loaded, even with an elastic data order.
+        (
+            "zero",
+            {"stream": {"elastic": True}, "zeroStage": 2},
+            r"checkpoints: step {step} of \S+ was written by 2 ranks and this run has 1: DeepSpeed ZeRO .*"
+            r"engine: fsdp or ddp.*",
+            False,
+        ),
+    ],
+    ids=["default-order", "deepspeed"],
+)
+def test_a_run_that_cannot_resume_with_another_world_size_is_refused_in_one_line(
+    tmp_path, stage_assets, make_pretrain_spec, name, params, says, loaded
 ):
-    text = lambda replicas: spec(make_pretrain_spec, stage_assets, tmp_path, "fixed", replicas=replicas, stream={})  # noqa: E731
-    stopped = stop_after_a_checkpoint(text(2), tmp_path, "fixed")
+    text = lambda replicas: spec(make_pretrain_spec, stage_assets, tmp_path, name, replicas=replicas, **params)  # noqa: E731
+    stopped = stop_after_a_checkpoint(text(2), tmp_path / "w-stopped", tmp_path / "store" / name / "pretrain")
 
     _, result = run(text(1), tmp_path / "w-resumed")
-    job = result.stages[0][1]
-    log = (job.log_dir / "master-0.log").read_text()
-    assert not result.succeeded and job.failures[0].exit_code != 0
-    line = job.failures[0].message
-    assert re.fullmatch(r"rank 0: SystemExit: data position: .*", line), line
-    assert "written by 2 data-parallel ranks and this run has 1" in line and "stream.elastic" in line, line
-    assert f"resumed from step {stopped}" in log
-    # torchrun reports the failed child with a traceback of its own; none may come from our code
-    assert "zhinao/stages/" not in log and "zhinao/data/" not in log and "PositionMismatch" not in log, log[-3000:]
-
-
-def test_a_deepspeed_checkpoint_resumed_with_another_world_size_is_refused_in_one_line(
-    tmp_path, stage_assets, make_pretrain_spec
-):
-    # ZeRO's optimizer state is cut into one partition per saving rank, and DeepSpeed does not
-    # re-cut it on load: refused before anything is loaded, even with an elastic data order.
-    text = lambda replicas: spec(  # noqa: E731
-        make_pretrain_spec, stage_assets, tmp_path, "zero", replicas=replicas, stream={"elastic": True}, zeroStage=2
-    )
-    stopped = stop_after_a_checkpoint(text(2), tmp_path, "zero")
-
-    _, result = run(text(1), tmp_path / "w-resumed")
-    job = result.stages[0][1]
-    log = (job.log_dir / "master-0.log").read_text()
-    assert not result.succeeded and job.failures[0].exit_code != 0
-    line = job.failures[0].message
-    assert re.fullmatch(rf"rank 0: SystemExit: checkpoints: step {stopped} of \S+ was written by 2 ranks .*", line), (
-        line
-    )
-    assert "this run has 1: DeepSpeed ZeRO" in line and "engine: fsdp or ddp" in line, line
-    assert "resumed from step" not in log and "zhinao/training/" not in log, log[-3000:]
+    line, log = refusal(result)
+    assert re.fullmatch(rf"rank 0: SystemExit: {says.format(step=stopped)}", line), line
+    assert (f"resumed from step {stopped}" in log) == loaded, log[-3000:]
