@@ -44,6 +44,7 @@ TOKENIZER = "tokenizer"
 TOKENS = "tokens"
 TOKENS_INDEX = f"{TOKENS}/index.json"
 TOKENS_PARTS = f"{TOKENS}/parts"
+TOKENS_PIECES = f"{TOKENS}/pieces"
 RECORDS = "records"
 REPORT = "report"
 FINGERPRINT = "_fingerprint.json"
@@ -224,6 +225,22 @@ class StageOutput:
     def read_tokens_part(self, rank: int) -> TokenIndex:
         key = f"{TOKENS_PARTS}/rank-{rank:05d}.json"
         return TokenIndex.from_json(self.store.get_bytes(key), where=self.store.url(key))
+
+    def put_token_piece(self, source: str, shard: int, rank: int, data: bytes) -> None:
+        """Part of shard `shard` of `source` that one rank holds (zhinao.ablation.mixture_tokens), kept
+        until rank 0 joins the parts of that shard."""
+        self.store.put_bytes(f"{TOKENS_PIECES}/{shard:09d}-r{rank:05d}/{source}.bin", data)
+
+    def token_pieces(self) -> dict[tuple[str, int], list[str]]:
+        """(source, shard) -> the keys of its pieces, in rank order."""
+        pieces: dict[tuple[str, int], list[str]] = {}
+        for key in sorted(self.store.list(f"{TOKENS_PIECES}/")):
+            head, source = key[len(TOKENS_PIECES) + 1 :].split("/", 1)
+            pieces.setdefault((source.removesuffix(".bin"), int(head.split("-r")[0])), []).append(key)
+        return pieces
+
+    def delete_token_pieces(self) -> None:
+        self.store.delete_prefix(f"{TOKENS_PIECES}/")
 
     # -- prepared records (the format: zhinao.data.record_shards), one set per name (e.g. `train`)
     def has_records(self, name: str) -> bool:

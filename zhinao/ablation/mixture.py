@@ -67,13 +67,14 @@ def copies(lengths: np.ndarray, keys: np.ndarray, budget: int) -> tuple[np.ndarr
     return counts, full * total + int(taken[last]), full + 1
 
 
-def repeat(stream, counts: np.ndarray) -> Iterator[dict]:
-    """The documents of `stream()` (a fresh iterator each call) with their copies: copy k of every
-    document in the k-th read of the stream, so copies of a document are a pass apart."""
+def repeat(stream, counts: np.ndarray) -> Iterator[tuple[int, dict]]:
+    """The documents of `stream()` (a fresh iterator each call) with their copies, each with its
+    position in the stream: copy k of every document in the k-th read of the stream, so copies of a
+    document are a pass apart."""
     for k in range(int(counts.max(initial=0))):
         for i, record in enumerate(stream()):
             if counts[i] > k:
-                yield record
+                yield i, record
 
 
 def interleave(a: Iterator, n_a: int, b: Iterator, n_b: int, rng: np.random.Generator) -> Iterator:
@@ -87,26 +88,31 @@ def interleave(a: Iterator, n_a: int, b: Iterator, n_b: int, rng: np.random.Gene
             yield next(b)
 
 
-def write_parts(store: ObjectStore, prefix: str, records: Iterable[dict]) -> int:
-    """`<prefix>/part-NNNNN.jsonl` files of at most about PART_BYTES each; returns the documents written."""
+def part_key(prefix: str, n: int) -> str:
+    return f"{prefix}/part-{n:05d}.jsonl"
+
+
+def write_parts(store: ObjectStore, prefix: str, records: Iterable[dict]) -> list[int]:
+    """`<prefix>/part-NNNNN.jsonl` files of at most about PART_BYTES each; returns the documents in each."""
     buf: list[bytes] = []
-    size = part = written = 0
+    size = 0
+    counts: list[int] = []
 
     def flush() -> None:
-        nonlocal buf, size, part
-        store.put_bytes(f"{prefix}/part-{part:05d}.jsonl", b"".join(buf))
-        buf, size, part = [], 0, part + 1
+        nonlocal buf, size
+        store.put_bytes(part_key(prefix, len(counts)), b"".join(buf))
+        counts.append(len(buf))
+        buf, size = [], 0
 
     for record in records:
         line = (json.dumps(record, ensure_ascii=False) + "\n").encode("utf-8")
         buf.append(line)
         size += len(line)
-        written += 1
         if size >= PART_BYTES:
             flush()
-    if buf or part == 0:
+    if buf or not counts:
         flush()
-    return written
+    return counts
 
 
 def sample_rows(rows: Iterable[np.ndarray], k: int, rng: np.random.Generator) -> np.ndarray:

@@ -16,9 +16,13 @@ Layout under the ablation's prep prefix (`<storage>/<ablation>/prep`):
     done.json                marker written last (a finished prep is reused)
 
 The data-stage outputs are written before, by the ablation's data pipeline (one distributed
-data-stage PyTorchJob per corpus, `AblationParams.processed`). Everything here streams: documents
-are read from storage, measured or written, and dropped (zhinao.ablation.mixture), so no corpus is
-held in this process's memory; per document it keeps a token length and a copy count.
+data-stage PyTorchJob per corpus, `AblationParams.processed`). The preparation runs on every rank
+of its own job (`zhinao.ablation.ranks`): rank 0 trains the tokenizer and writes the validation set
+and each mixture's documents; every rank measures its share of each source's lines and packs its run
+of each mixture's documents (zhinao.ablation.mixture_tokens); rank 0 gathers lengths and order keys
+to decide the mixture. The files are the same for any number of ranks. Everything here streams:
+documents are read from storage, measured or written, and dropped (zhinao.ablation.mixture), so no
+corpus is held in a process's memory; per document rank 0 keeps a token length and a copy count.
 
 Why one tokenizer: losses are per token, so runs are comparable only if they cut text into the
 same tokens; a recipe-specific tokenizer would change the loss unit. It is trained on the base
@@ -30,7 +34,9 @@ import io
 import itertools
 import json
 import tempfile
+from array import array
 from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -46,17 +52,22 @@ from zhinao.ablation.mixture import (
     sample_rows,
     write_parts,
 )
+from zhinao.ablation.mixture_tokens import DOCS, Plan, Planner, join_and_merge, tokenize_span
+from zhinao.ablation.ranks import Ranks
 from zhinao.ablation.sft_eval import write_builtin
 from zhinao.artifacts import StageOutput, published_store
 from zhinao.config.ablation import BASE_DATA, AblationParams, Recipe, recipe_data
 from zhinao.config.stream import TokenStreamParams
-from zhinao.corpus import corpus_keys, jsonl_lines
+from zhinao.corpus import corpus_keys, jsonl_lines, lines_of_rank
 from zhinao.data.packing import iter_packed
-from zhinao.data.tokenize_shards import merge_parts, tokenize_share
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, to_transformers, train_bpe
 from zhinao.tokenizer import load as load_tokenizer
 
+SHARD_TOKENS = TokenStreamParams().shard_tokens
+"""Tokens per token shard of a mixture: the tokenize step's default."""
+PREP_DONE = "done.json"
+"""The preparation's summary, written last: its presence means a finished preparation."""
 PREP_TOKENIZER = "tokenizer"
 """The shared tokenizer's prefix under the preparation root, laid out as a tokenizer stage's output."""
 
@@ -64,15 +75,22 @@ PREP_TOKENIZER = "tokenizer"
 # ---- documents ---------------------------------------------------------------------------------
 
 
+def record_of(line: bytes) -> dict | None:
+    """The line's JSON object when it has a non-empty `text`, else None."""
+    try:
+        rec = json.loads(line)
+    except ValueError:
+        return None
+    if isinstance(rec, dict) and isinstance(rec.get("text"), str) and rec["text"].strip():
+        return rec
+    return None
+
+
 def iter_records(store: ObjectStore) -> Iterator[dict]:
     """Every JSON object with a non-empty `text` under the prefix (docs/ of a data-stage output first),
     one file in memory at a time."""
     for _key, _number, line in jsonl_lines(store, corpus_keys(store)):
-        try:
-            rec = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(rec, dict) and isinstance(rec.get("text"), str) and rec["text"].strip():
+        if (rec := record_of(line)) is not None:
             yield rec
 
 
@@ -185,15 +203,73 @@ def prepare_valid(params: AblationParams, base: Split, tokenizer, prep: ObjectSt
     return {"valid_docs": docs, "valid_topics": len(topics), "valid_sequences": int(len(valid))}
 
 
-def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
-    """Build everything the runs read from the data pipeline's outputs (or the corpora used as is).
-    Idempotent: a finished preparation (done.json), the tokenizer and finished recipes are reused."""
+@dataclass
+class Measured:
+    """What the mixing decision needs of a source's training documents, in the order one process reads them."""
+
+    lengths: np.ndarray
+    """Tokens of each document, <eod> included."""
+    keys: np.ndarray
+    """Its order key (zhinao.ablation.mixture.measure)."""
+    held_out: int
+    """Documents in the held-out topics (not measured)."""
+
+
+def measure_share(tokenizer, split: Split, ranks: Ranks, seed: int) -> Measured | None:
+    """Every rank tokenizes its share of the source's lines (zhinao.corpus.lines_of_rank); rank 0
+    gathers length, key and place of each training document (20 bytes) and puts them in one-process order
+    (file, then line). None on the other ranks."""
+    files = corpus_keys(split.store)
+    file_number = {key: n for n, key in enumerate(files)}
+    where = array("q")  # file number << 32 | line number of each measured document
+    held_out = 0
+
+    def train() -> Iterator[dict]:
+        nonlocal held_out
+        for key, number, line in lines_of_rank(split.store, files, rank=ranks.rank, world_size=ranks.world_size):
+            if (rec := record_of(line)) is None:
+                continue
+            if split.held_out(rec):
+                held_out += 1
+                continue
+            where.append(file_number[key] << 32 | number)
+            yield rec
+
+    lengths, keys = measure(tokenizer, train(), seed)
+    shares = ranks.gather((np.asarray(where, dtype=np.int64), lengths, keys, held_out))
+    if shares is None:
+        return None
+    order = np.argsort(np.concatenate([s[0] for s in shares]), kind="stable")
+    return Measured(
+        lengths=np.concatenate([s[1] for s in shares])[order],
+        keys=np.concatenate([s[2] for s in shares])[order],
+        held_out=sum(s[3] for s in shares),
+    )
+
+
+@dataclass
+class Take:
+    """How many copies of each document a mixture takes (zhinao.ablation.mixture.copies)."""
+
+    counts: np.ndarray
+    tokens: int
+    passes: int
+    lengths: np.ndarray
+
+    @classmethod
+    def of(cls, measured: Measured, budget: int) -> "Take":
+        return cls(*copies(measured.lengths, measured.keys, budget), measured.lengths)
+
+
+def prepare(params: AblationParams, prep_uri: str, *, listener=None, ranks: Ranks = Ranks()) -> dict:
+    """Build everything the runs read from the data pipeline's outputs (or the corpora used as is),
+    on every rank of `ranks`: the same files for any number of ranks. Idempotent: a finished
+    preparation (done.json), the tokenizer and finished recipes are reused."""
     notify = listener or (lambda event, data: None)
     prep = open_store(prep_uri)
-    if params.evaluations.sft.enabled:
-        write_builtin(params.evaluations.sft, prep_uri, seed=params.seed)
-    if prep.exists("done.json") and all(recipe_tokens(prep, r.name).has_tokens() for r in params.recipes):
-        return json.loads(prep.get_bytes("done.json"))
+    done = ranks.on_main(lambda: finished(params, prep_uri, prep))
+    if done is not None:
+        return done
     vl = params.evaluations.valid_loss
     base_store = (
         processed(prep, BASE_DATA, "base")
@@ -203,21 +279,39 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None) -> dict:
     base = Split(base_store, vl, params.seed)
 
     notify("prep", {"step": "tokenizer"})
-    if not StageOutput(prep.child(PREP_TOKENIZER)).has_tokenizer():
-        train_tokenizer(params, (r["text"] for r in base.train()), prep.child(PREP_TOKENIZER))
+    ranks.on_main(lambda: ensure_tokenizer(params, base, prep))
     with tempfile.TemporaryDirectory() as tmp:
         tokenizer = fetch_prep_tokenizer(prep, Path(tmp) / "tok")
     notify("prep", {"step": "valid"})
-    summary: dict = prepare_valid(params, base, tokenizer, prep)
-    base_lengths, base_keys = measure(tokenizer, base.train(), params.seed)
-    summary.update(base_docs=len(base_lengths) + summary["valid_docs"], base_train_docs=len(base_lengths), recipes={})
+    summary: dict = ranks.on_main(lambda: prepare_valid(params, base, tokenizer, prep))
+    measured = measure_share(tokenizer, base, ranks, params.seed)
+    base_take = None if measured is None else Take.of(measured, base_budget(params))
+    if measured is not None:
+        summary.update(base_docs=len(measured.lengths) + summary["valid_docs"], base_train_docs=len(measured.lengths))
+    summary["recipes"] = {}
     for recipe in params.recipes:
         notify("prep", {"step": f"recipe {recipe.name}"})
-        summary["recipes"][recipe.name] = prepare_recipe(
-            params, recipe, prep, tokenizer, base, copies(base_lengths, base_keys, base_budget(params))
-        )
-    prep.put_bytes("done.json", json.dumps(summary, indent=2).encode())
-    return summary
+        summary["recipes"][recipe.name] = prepare_recipe(params, recipe, prep, tokenizer, base, base_take, ranks)
+
+    def write_done() -> dict:
+        prep.put_bytes(PREP_DONE, json.dumps(summary, indent=2).encode())
+        return summary
+
+    return ranks.on_main(write_done)
+
+
+def finished(params: AblationParams, prep_uri: str, prep: ObjectStore) -> dict | None:
+    """The summary of an earlier attempt that finished (None: prepare); the built-in SFT data first."""
+    if params.evaluations.sft.enabled:
+        write_builtin(params.evaluations.sft, prep_uri, seed=params.seed)
+    if prep.exists(PREP_DONE) and all(recipe_tokens(prep, r.name).has_tokens() for r in params.recipes):
+        return json.loads(prep.get_bytes(PREP_DONE))
+    return None
+
+
+def ensure_tokenizer(params: AblationParams, base: Split, prep: ObjectStore) -> None:
+    if not StageOutput(prep.child(PREP_TOKENIZER)).has_tokenizer():
+        train_tokenizer(params, (r["text"] for r in base.train()), prep.child(PREP_TOKENIZER))
 
 
 def exp_budget(params: AblationParams) -> int:
@@ -234,13 +328,15 @@ def prepare_recipe(
     prep: ObjectStore,
     tokenizer,
     base: Split,
-    base_take: tuple[np.ndarray, int, int],
+    base_take: Take | None,
+    ranks: Ranks,
 ) -> dict:
     """recipes/<r>/train/docs/: `experimentalShare` of `proxy.tokens` from the recipe's documents
-    outside the held-out topics, the rest from the base's, randomly interleaved; then their token
-    shards (train/tokens/); mix.json last."""
+    outside the held-out topics, the rest from the base's, randomly interleaved (rank 0); then their
+    token shards (train/tokens/, every rank its run of documents); mix.json last."""
     rdir = prep.child(f"recipes/{recipe.name}")
-    if rdir.exists("train/mix.json") and recipe_tokens(prep, recipe.name).has_tokens():  # an earlier attempt's
+    train = recipe_tokens(prep, recipe.name)
+    if ranks.on_main(lambda: rdir.exists("train/mix.json") and train.has_tokens()):  # an earlier attempt's
         return json.loads(rdir.get_bytes("train/mix.json"))
     source = (
         published_store(open_store(recipe.dataset))
@@ -248,44 +344,65 @@ def prepare_recipe(
         else processed(prep, recipe_data(recipe.name), f"recipe {recipe.name!r}")
     )
     exp = Split(source, params.evaluations.valid_loss, params.seed)
-    exp_lengths, exp_keys = measure(tokenizer, exp.train(), params.seed)
-    if len(exp_lengths) == 0:
+    measured = measure_share(tokenizer, exp, ranks, params.seed)
+    plan, info = ranks.on_main(
+        lambda: write_mixture(params, recipe, train, exp, measured, base, base_take, world_size=ranks.world_size)
+    )
+    part = tokenize_span(
+        train, tokenizer, plan, rank=ranks.rank, seq_len=params.proxy.seq_len, shard_tokens=SHARD_TOKENS
+    )
+    if not ranks.main:
+        train.put_tokens_part(ranks.rank, part)
+    ranks.barrier()
+
+    def finish() -> dict:
+        index = join_and_merge(train, part, world_size=ranks.world_size, shard_tokens=SHARD_TOKENS)
+        info.update(train_sequences=index.sequences, train_token_shards=len(index.shards))
+        rdir.put_bytes("train/mix.json", json.dumps(info, indent=2).encode())
+        return info
+
+    return ranks.on_main(finish)
+
+
+def write_mixture(
+    params: AblationParams,
+    recipe: Recipe,
+    train: StageOutput,
+    exp: Split,
+    measured: Measured,
+    base: Split,
+    base_take: Take,
+    *,
+    world_size: int,
+) -> tuple[Plan, dict]:
+    """Rank 0: the mixture's documents written, which ranks pack which of them, and its counts."""
+    if len(measured.lengths) == 0:
         raise ValueError(f"recipe {recipe.name!r} has no document outside the held-out topics")
-    exp_counts, exp_tokens, exp_passes = copies(exp_lengths, exp_keys, exp_budget(params))
-    base_counts, base_tokens, base_passes = base_take
+    exp_take = Take.of(measured, exp_budget(params))
     docs = interleave(
-        (dict(r, ablation_part="experimental") for r in repeat(exp.train, exp_counts)),
-        int(exp_counts.sum()),
-        (dict(r, ablation_part="base") for r in repeat(base.train, base_counts)),
-        int(base_counts.sum()),
+        ((dict(r, ablation_part="experimental"), exp_take.lengths[i]) for i, r in repeat(exp.train, exp_take.counts)),
+        int(exp_take.counts.sum()),
+        ((dict(r, ablation_part="base"), base_take.lengths[i]) for i, r in repeat(base.train, base_take.counts)),
+        int(base_take.counts.sum()),
         np.random.default_rng(params.seed),
     )
-    write_parts(rdir, "train/docs", docs)
+    train.delete_token_pieces()  # an earlier attempt's, perhaps of another number of ranks
+    planner = Planner(total_tokens=exp_take.tokens + base_take.tokens, world_size=world_size)
+    plan = planner.finish(write_parts(train.store, DOCS, planner.follow(docs)))
     info = {
-        "experimental_tokens": exp_tokens,
-        "base_tokens": base_tokens,
-        "experimental_share": exp_tokens / max(1, exp_tokens + base_tokens),
-        "experimental_passes": exp_passes,
-        "base_passes": base_passes,
-        "experimental_docs_available": len(exp_lengths),
-        "base_docs_available": len(base_counts),
-        "experimental_docs_in_held_out_topics": sum(1 for _ in exp.valid()),
-        **tokenize_mixture(recipe_tokens(prep, recipe.name), tokenizer, params.proxy.seq_len),
+        "experimental_tokens": exp_take.tokens,
+        "base_tokens": base_take.tokens,
+        "experimental_share": exp_take.tokens / max(1, exp_take.tokens + base_take.tokens),
+        "experimental_passes": exp_take.passes,
+        "base_passes": base_take.passes,
+        "experimental_docs_available": len(measured.lengths),
+        "base_docs_available": len(base_take.counts),
+        "experimental_docs_in_held_out_topics": measured.held_out,
     }
-    rdir.put_bytes("train/mix.json", json.dumps(info, indent=2).encode())
-    return info
+    return plan, info
 
 
 def recipe_tokens(prep: ObjectStore, recipe: str) -> StageOutput:
     """recipes/<r>/train/: the recipe's mixed documents and their token shards, the prefix every
     run of the recipe names as its pretrain stage's `inputs.tokens`."""
     return StageOutput(prep.child(f"recipes/{recipe}/train"))
-
-
-def tokenize_mixture(train: StageOutput, tokenizer, seq_len: int) -> dict:
-    """Pack the mixture's documents (train/docs/) into token shards + index under train/tokens/, once
-    per recipe: with N seeds the runs would otherwise tokenize the same mixture N times. One process
-    holds one shard at a time (zhinao.data.tokenize_shards), as a run's tokenize step did."""
-    tokenize_share(train.store, tokenizer, train, seq_len=seq_len, params=TokenStreamParams(), rank=0, world_size=1)
-    index = merge_parts(train, world_size=1, where=train.uri)
-    return {"train_sequences": index.sequences, "train_token_shards": len(index.shards)}

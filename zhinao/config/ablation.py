@@ -99,11 +99,14 @@ class Proxy(SpecModel):
 
 class DataJobs(SpecModel):
     """The data-stage PyTorchJobs that process the base corpus (when `base.data` is set) and every
-    recipe with `data`: one job each, all in one TrainingPipeline `<ablation>-data`."""
+    recipe with `data`: one job each, all in one TrainingPipeline `<ablation>-data`; then the
+    `<ablation>-prepare` job that mixes and tokenizes every recipe."""
 
     replicas: int = Field(default=4, ge=1, le=1024)
     """Pods (one rank each) per job: each rank processes its share of the input files, and duplicates
-    are found across ranks, so the output is the same for any number of replicas."""
+    are found across ranks, so the output is the same for any number of replicas. The prepare job
+    has as many ranks (with the proxy's cpu and memory): each measures and tokenizes its share, and
+    its mixtures and token shards are the same for any number of replicas too."""
 
     cpu: str = "8"
     memory: str = "32Gi"

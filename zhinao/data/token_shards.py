@@ -126,3 +126,69 @@ class SourcePacker:
         n = len(stream) // self.seq_len
         self._parts, self._held = [], 0
         return stream[: n * self.seq_len].reshape(n, self.seq_len) if n else None
+
+
+class SpanPacker:
+    """One rank's span of one source's token stream, cut where the whole stream is cut.
+
+    Shard j of a source holds tokens [j * shard_tokens, (j + 1) * shard_tokens) of the concatenation of
+    all its documents (each followed by <eod>), as SourcePacker cuts them in one process. A rank whose
+    documents start at token `offset` of that stream returns the shards that lie wholly in its span
+    and, for a shard it holds only part of, that piece (`Piece`); the pieces of one shard, put
+    together in rank order, are the shard. Holds less than one shard between calls.
+    """
+
+    def __init__(self, *, offset: int, seq_len: int, shard_sequences: int, eod_id: int):
+        self.shard_tokens = seq_len * shard_sequences
+        self.seq_len, self.shard_sequences, self.eod = seq_len, shard_sequences, eod_id
+        self.position = offset  # where the held tokens start in the source's stream
+        self.tokens = 0  # tokens added so far
+        self._parts: list[np.ndarray] = []
+        self._held = 0
+
+    def add(self, ids: list[int]) -> list["Piece"]:
+        doc = np.empty(len(ids) + 1, dtype=TOKEN_DTYPE)
+        doc[:-1] = ids
+        doc[-1] = self.eod
+        self._parts.append(doc)
+        self._held += len(doc)
+        self.tokens += len(doc)
+        boundary = (self.position // self.shard_tokens + 1) * self.shard_tokens
+        if self.position + self._held < boundary:
+            return []
+        stream = np.concatenate(self._parts)
+        out = []
+        while self.position + len(stream) >= boundary:
+            cut = boundary - self.position
+            out.append(Piece(self.position // self.shard_tokens, stream[:cut], whole=cut == self.shard_tokens))
+            stream, self.position, boundary = stream[cut:], boundary, boundary + self.shard_tokens
+        self._parts, self._held = [stream], len(stream)
+        return out
+
+    def finish(self) -> "Piece | None":
+        """The tokens held after the last shard boundary: a piece of a shard another rank or the
+        stream's end completes."""
+        stream = np.concatenate(self._parts) if self._parts else np.empty(0, TOKEN_DTYPE)
+        self._parts, self._held = [], 0
+        return Piece(self.position // self.shard_tokens, stream, whole=False) if len(stream) else None
+
+    def shard_of(self, piece: "Piece") -> np.ndarray:
+        """A whole piece as its (shard_sequences, seq_len) shard."""
+        return piece.tokens.reshape(self.shard_sequences, self.seq_len)
+
+
+@dataclass(frozen=True)
+class Piece:
+    shard: int
+    """Which shard of the source's stream (its number as one process names it)."""
+    tokens: np.ndarray
+    whole: bool
+    """The whole shard, or a part that must be joined with the other ranks' parts."""
+
+
+def join_pieces(pieces: list[np.ndarray], *, seq_len: int, shard_sequences: int) -> np.ndarray | None:
+    """One shard from its pieces in rank order: a full shard, or the stream's last one, cut to its
+    whole sequences (None when less than one sequence is left, as SourcePacker.finish)."""
+    stream = np.concatenate(pieces) if pieces else np.empty(0, TOKEN_DTYPE)
+    n = min(len(stream) // seq_len, shard_sequences)
+    return stream[: n * seq_len].reshape(n, seq_len) if n else None

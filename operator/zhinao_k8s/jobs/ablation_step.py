@@ -1,7 +1,8 @@
 """`python -m zhinao_k8s.jobs.ablation_step prepare|evaluate`: what an Ablation's two PyTorchJobs run.
 
 The whole Ablation document arrives in ZHINAO_ABLATION_SPEC (render/ablation.py sets it), so the
-job needs no other input. prepare builds `<storage>/<ablation>/prep/` (zhinao.ablation.prepare);
+job needs no other input. prepare builds `<storage>/<ablation>/prep/` (zhinao.ablation.prepare) on
+every pod of its job, one rank each (RANK/WORLD_SIZE/MASTER_ADDR from the training operator);
 evaluate scores every run and writes `<storage>/<ablation>/report/`. Both resume what an earlier
 attempt wrote. A spec, data or storage problem ends the process with one line on stderr instead of
 a traceback: that line is what `kubectl logs` of the failed job shows.
@@ -43,8 +44,10 @@ def run_step(step: str, ablation: Ablation, workdir: Path) -> dict:
     """The step's summary: prepare's data summary, or where evaluate wrote the report."""
     if step == "prepare":
         from zhinao.ablation.prepare import prepare
+        from zhinao.ablation.ranks import joined
 
-        return prepare(ablation.spec, prep_uri(ablation), listener=_log)
+        with joined() as ranks:  # every pod of the job is a rank (gloo), or one process
+            return prepare(ablation.spec, prep_uri(ablation), listener=_log, ranks=ranks)
     from zhinao_k8s.runner.ablation import evaluate_ablation
 
     unfinished = [

@@ -1,9 +1,11 @@
 """(Ablation, step) -> the PyTorchJob of its `prepare` or `evaluate` step, as a plain dict.
 
-One Master replica in the trainer image runs `python -m zhinao_k8s.jobs.ablation_step <step>`; the whole
-Ablation document travels in the ZHINAO_ABLATION_SPEC env var, so the job needs nothing else. The
-pod is the training pods' own (security context, scratch volumes, storage credentials by
-secretKeyRef), with the proxy's CPU and memory. `prepare` is CPU work; `evaluate` gets one GPU when
+Every replica in the trainer image runs `python -m zhinao_k8s.jobs.ablation_step <step>`, one rank
+per pod; the whole Ablation document travels in the ZHINAO_ABLATION_SPEC env var, so the job needs
+nothing else. `prepare` has `dataJobs.replicas` pods (Master + Workers, a gloo group from the
+operator's RANK/WORLD_SIZE/MASTER_ADDR), like the data stages before it; `evaluate` one. The pod is
+the training pods' own (security context, scratch volumes, storage credentials by secretKeyRef),
+with the proxy's CPU and memory. `prepare` is CPU work; `evaluate` gets one GPU when
 the proxy trains on GPUs (the benchmarks on a 1.8b proxy are slow on CPU), none for a CPU proxy.
 The data stages before `prepare` are a TrainingPipeline of their own (ablation_runs.data_pipeline).
 """
@@ -38,6 +40,10 @@ def step_gpus(ablation: Ablation, step: Step) -> int:
     return min(ablation.spec.proxy.gpu, 1) if step == "evaluate" else 0
 
 
+def step_replicas(ablation: Ablation, step: Step) -> int:
+    return ablation.spec.data_jobs.replicas if step == "prepare" else 1
+
+
 def render_step_job(ablation: Ablation, step: Step) -> dict:
     spec = ablation.spec
     env = [
@@ -61,5 +67,6 @@ def render_step_job(ablation: Ablation, step: Step) -> dict:
         namespace=ablation.metadata.namespace,
         labels=labels,
         template=template,
+        replicas=step_replicas(ablation, step),
         backoff_limit=BACKOFF_LIMIT,
     )

@@ -1,7 +1,7 @@
 """Run an Ablation locally: process and prepare the data, train every recipe x seed, evaluate, report.
 
-The data pipeline (one distributed data stage per corpus) and the runs go through the local
-PyTorchJob runner (real torchrun processes, as on a cluster) unless `in_process` is set: then each
+The data pipeline (one distributed data stage per corpus), the prepare job and the runs go through the
+local PyTorchJob runner (real processes, as on a cluster) unless `in_process` is set: then each
 stage runs in this process with world size 1, which is the same code without the process start-up
 (the proof test uses it to stay within its budget). Every step is resumable: processed and
 prepared data, finished (published) runs and evaluated runs (runs/<run>.json) are reused.
@@ -14,7 +14,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from zhinao.ablation.evaluate import evaluate_run, load_tasks
-from zhinao.ablation.prepare import prepare, read_records
+from zhinao.ablation.prepare import PREP_DONE, prepare, read_records
 from zhinao.ablation.results import RunResult, build_results, write_results
 from zhinao.ablation.sft_eval import evaluate_sft
 from zhinao.ablation.suite import build_suite
@@ -22,8 +22,9 @@ from zhinao.artifacts import StageOutput
 from zhinao.storage import open_store
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.api.v1alpha1 import StageBase, TrainingPipeline
+from zhinao_k8s.render.ablation import render_step_job, step_job_name
 from zhinao_k8s.render.ablation_runs import Run, data_pipeline, expand_runs, prep_uri, root_uri
-from zhinao_k8s.runner.local import Listener
+from zhinao_k8s.runner.local import Listener, LocalJobRunner
 from zhinao_k8s.runner.pipeline import run_training_pipeline
 
 
@@ -80,14 +81,20 @@ def prepare_ablation(
     ablation: Ablation, *, workdir: Path, listener: Listener | None = None, in_process: bool = False
 ) -> dict:
     """The data pipeline (every corpus processed by its own distributed data stage), then the
-    preparation that reads its outputs; returns the preparation's summary."""
+    preparation that reads its outputs (its PyTorchJob of `dataJobs.replicas` ranks, or this
+    process); returns the preparation's summary."""
     notify = _notify(listener)
     data = data_pipeline(ablation)
     todo = unfinished(data) if data is not None else []
     if todo:
         notify("prep", {"step": f"data stages {', '.join(s.name for s in todo)}"})
         run_stages(data, todo, workdir=workdir, in_process=in_process)
-    return prepare(ablation.spec, prep_uri(ablation), listener=notify)
+    if in_process:
+        return prepare(ablation.spec, prep_uri(ablation), listener=notify)
+    result = LocalJobRunner(render_step_job(ablation, "prepare"), workdir=workdir, listener=listener).run()
+    if not result.succeeded:
+        raise AblationFailed(f"{step_job_name(ablation, 'prepare')} failed: {result.reason}")
+    return json.loads(open_store(prep_uri(ablation)).get_bytes(PREP_DONE))
 
 
 def train_runs(
@@ -147,7 +154,7 @@ def evaluate_ablation(ablation: Ablation, *, workdir: Path, listener: Listener |
             result["sft"] = evaluate_sft(run.sft_output, spec.evaluations.sft, prep_uri(ablation), scratch)
             root.put_bytes(key, json.dumps(result, indent=1).encode())
         results.append(RunResult(run.recipe, run.index, run.seed, run.name, result))
-    prep_summary = json.loads(prep.get_bytes("done.json"))
+    prep_summary = json.loads(prep.get_bytes(PREP_DONE))
     report = build_results(
         ablation.metadata.name,
         results,

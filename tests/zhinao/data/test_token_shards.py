@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from zhinao.data.packing import pack_source
-from zhinao.data.token_shards import Shard, SourcePacker, TokenIndex, shard_bytes
+from zhinao.data.token_shards import Shard, SourcePacker, SpanPacker, TokenIndex, join_pieces, shard_bytes
 
 
 def test_the_packer_cuts_the_same_sequences_as_packing_the_whole_source():
@@ -16,6 +16,34 @@ def test_the_packer_cuts_the_same_sequences_as_packing_the_whole_source():
     assert shards and all(s.shape == (5, 8) for s in shards)
     assert tail is not None and 1 <= len(tail) < 5 * 2  # what is left after the last full shard
     np.testing.assert_array_equal(np.concatenate([*shards, tail]), pack_source(docs, seq_len=8, eod_id=0))
+
+
+@pytest.mark.parametrize("cuts", [(), (7,), (3, 4), (20, 21, 40), (0, 59)])
+def test_spans_packed_apart_and_joined_are_the_one_packer_shards(cuts):
+    """Documents split into runs at `cuts` (one run per rank, some empty or one document long), each
+    packed from its offset in the stream: the whole shards plus the joined pieces are SourcePacker's."""
+    rng = np.random.default_rng(1)
+    docs = [rng.integers(1, 100, size=int(n)).tolist() for n in rng.integers(1, 40, size=60)]
+    one = SourcePacker(seq_len=8, shard_sequences=5, eod_id=0)
+    expected = [s for d in docs for s in one.add(d)] + [one.finish()]
+    shards: dict[int, np.ndarray] = {}
+    pieces: dict[int, list[np.ndarray]] = {}
+    offset = 0
+    for start, stop in zip((0, *cuts), (*cuts, len(docs)), strict=True):
+        span = SpanPacker(offset=offset, seq_len=8, shard_sequences=5, eod_id=0)
+        out = [p for d in docs[start:stop] for p in span.add(d)] + [p for p in [span.finish()] if p is not None]
+        for piece in out:
+            if piece.whole:
+                shards[piece.shard] = piece.tokens.reshape(5, 8)
+            else:
+                pieces.setdefault(piece.shard, []).append(piece.tokens)
+        offset += span.tokens
+    assert set(shards).isdisjoint(pieces)
+    for number, parts in pieces.items():
+        shards[number] = join_pieces(parts, seq_len=8, shard_sequences=5)
+    assert sorted(shards) == list(range(len(expected)))
+    for number, shard in enumerate(expected):
+        np.testing.assert_array_equal(shards[number], shard)
 
 
 def test_less_than_one_sequence_leaves_no_shard():

@@ -379,8 +379,9 @@ def test_the_prepare_job_is_a_valid_pytorchjob_running_the_entry_point_with_the_
     labels = body["metadata"]["labels"]
     assert labels["zhinao.ai/ablation"] == "abl" and labels["zhinao.ai/ablation-step"] == "prepare"
     assert LABEL_PIPELINE not in labels  # the TrainingPipeline controller does not take it for one of its jobs
-    assert list(body["spec"]["pytorchReplicaSpecs"]) == ["Master"]
-    container = body["spec"]["pytorchReplicaSpecs"]["Master"]["template"]["spec"]["containers"][0]
+    replicas = body["spec"]["pytorchReplicaSpecs"]  # dataJobs.replicas (default 4) ranks: Master + 3 Workers
+    assert (replicas["Master"]["replicas"], replicas["Worker"]["replicas"]) == (1, 3)
+    container = replicas["Master"]["template"]["spec"]["containers"][0]
     assert [*container["command"], *container["args"]] == ["python", "-m", "zhinao_k8s.jobs.ablation_step", "prepare"]
     env = {e["name"]: e for e in container["env"]}
     assert Ablation.model_validate(json.loads(env[ENV_ABLATION_SPEC]["value"])) == ABLATION

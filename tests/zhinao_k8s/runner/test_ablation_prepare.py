@@ -1,6 +1,6 @@
 """An ablation's data through the local runner: its data pipeline runs every recipe's data stage on 2
-ranks (real torchrun processes, cross-rank dedup), and the result is the 1-rank result: the same kept
-documents, the same mixtures."""
+ranks (real torchrun processes, cross-rank dedup) and its prepare job on 2 pods (the rendered
+PyTorchJob), and the result is the 1-rank result: the same kept documents, the same mixtures."""
 
 import json
 from collections import Counter
@@ -70,7 +70,7 @@ def test_recipes_processed_on_2_ranks_give_the_1_rank_documents_and_mixtures(tmp
 
     with threads(1):
         expected = prepare_ablation(one, workdir=tmp_path / "w1", in_process=True)  # world size 1, this process
-        got = prepare_ablation(two, workdir=tmp_path / "w2")  # 2 torchrun ranks per data stage
+        got = prepare_ablation(two, workdir=tmp_path / "w2")  # 2 ranks per data stage, 2 prepare pods
     prep1, prep2 = (tmp_path / f"store-{r}" / "abl" / "prep" for r in (1, 2))
     for recipe in ("dedup-on", "dedup-off"):
         data1, data2 = (published(p / "recipes" / recipe / "data") / "docs" for p in (prep1, prep2))
@@ -81,6 +81,12 @@ def test_recipes_processed_on_2_ranks_give_the_1_rank_documents_and_mixtures(tmp
             (r["text"], r["ablation_part"]) for r in jsonl(train1)
         )
     assert got == expected
+    for recipe in ("dedup-on", "dedup-off"):  # both prepare pods packed documents; the same token shards
+        train1, train2 = (StageOutput.at(f"file://{p}/recipes/{recipe}/train") for p in (prep1, prep2))
+        assert all(train2.read_tokens_part(r).documents > 0 for r in (0, 1))
+        index = train1.read_tokens_index()
+        assert train2.read_tokens_index() == index
+        assert all(train2.store.get_bytes(s.key) == train1.store.get_bytes(s.key) for s in index.shards)
     on, off = (
         sum(texts(published(prep1 / "recipes" / r / "data") / "docs").values()) for r in ("dedup-on", "dedup-off")
     )

@@ -1,0 +1,84 @@
+"""The ranks of the ablation's prepare job and the few collectives it needs (gloo, Python objects).
+
+The only place in zhinao.ablation that touches torch.distributed. `Ranks()` is one process: every
+collective is then a plain call. `joined()` is the job's group: one process per pod, RANK,
+WORLD_SIZE and MASTER_ADDR/MASTER_PORT from the training operator (or torchrun).
+"""
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import TypeVar
+
+from zhinao.distributed import DistEnv
+
+T = TypeVar("T")
+WAIT = timedelta(hours=12)
+"""How long a rank waits for the others: the workers wait while rank 0 alone trains the tokenizer
+and writes each mixture, hours at the report's scale."""
+
+
+@dataclass(frozen=True)
+class Ranks:
+    rank: int = 0
+    world_size: int = 1
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            import torch.distributed as td
+
+            td.barrier()
+
+    def gather(self, obj: T) -> list[T] | None:
+        """Every rank's `obj` in rank order on rank 0; None on the others."""
+        if self.world_size == 1:
+            return [obj]
+        import torch.distributed as td
+
+        out: list = [None] * self.world_size if self.main else []
+        td.gather_object(obj, out if self.main else None, dst=0)
+        return out if self.main else None
+
+    def on_main(self, fn: Callable[[], T]) -> T:
+        """fn() run on rank 0 alone, its result handed to every rank. When it raises, every rank
+        raises, so none waits for a result that never comes."""
+        if self.world_size == 1:
+            return fn()
+        import torch.distributed as td
+
+        box: list = [None]
+        failure: Exception | None = None
+        if self.main:
+            try:
+                box[0] = (True, fn())
+            except Exception as exc:  # re-raised below, after the others were told
+                failure = exc
+                box[0] = (False, str(exc))
+        td.broadcast_object_list(box, src=0)
+        ok, value = box[0]
+        if failure is not None:
+            raise failure
+        if not ok:
+            raise ValueError(f"rank 0 failed: {value}")
+        return value
+
+
+@contextlib.contextmanager
+def joined() -> Iterator[Ranks]:
+    """This process's place in the job, with a gloo group when there is more than one rank."""
+    env = DistEnv.from_env()
+    if env.world_size == 1:
+        yield Ranks()
+        return
+    import torch.distributed as td
+
+    td.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=WAIT)
+    try:
+        yield Ranks(env.rank, env.world_size)
+    finally:
+        td.destroy_process_group()
