@@ -169,9 +169,10 @@ def reconcile_histogram(metrics_port: int) -> dict | None:
 
 def run(n: int, timeout: float) -> dict:
     from kubernetes import client
-    from servers.kube_mock import KubeMock, free_port
+    from servers.kube_mock import KubeMock
 
     from zhinao_k8s.controller.k8s import JOB_PLURAL, load_client
+    from zhinao_k8s.runner.local import free_port
 
     workdir = Path(tempfile.mkdtemp(prefix="zhinao-opscale-"))
     kube = KubeMock(workdir).start()

@@ -14,7 +14,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 
-from servers.kube_mock import free_port
+from zhinao_k8s.runner.local import free_port
 
 os.environ.setdefault("ZHINAO_RECONCILE_INTERVAL", "2")
 

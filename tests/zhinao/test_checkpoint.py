@@ -307,7 +307,7 @@ def test_custom_prefix_and_child_store(store, tmp_path):
 
 
 def test_storage_outage_while_loading_is_an_error_not_a_fresh_start(tmp_path):
-    from servers.seaweedfs import free_port
+    from zhinao_k8s.runner.local import free_port
 
     dead = open_store(
         "s3://bucket/run", endpoint=f"http://127.0.0.1:{free_port()}", access_key="a", secret_key="b", retry=FAST

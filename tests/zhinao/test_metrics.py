@@ -16,10 +16,11 @@ from pathlib import Path
 
 import pytest
 from prometheus_client import CollectorRegistry
-from servers.prometheus import PrometheusServer, free_port, prometheus  # noqa: F401  (fixture; tests/ is on sys.path)
+from servers.prometheus import PrometheusServer, prometheus  # noqa: F401  (fixture; tests/ is on sys.path)
 
 from zhinao import metrics as zm
 from zhinao.metrics import PICK_FREE_PORT, TrainingMetrics, flops_per_token, metrics_port_from_env, peak_flops
+from zhinao_k8s.runner.local import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 LBL = {"pipeline": "p1", "stage": "pretrain", "rank": "0"}

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import urllib3.exceptions
-from servers.seaweedfs import SeaweedS3, free_port
+from servers.seaweedfs import SeaweedS3
 
 from zhinao.storage import (
     FileStore,
@@ -23,6 +23,7 @@ from zhinao.storage import (
     is_transient,
     open_store,
 )
+from zhinao_k8s.runner.local import free_port
 
 FAST = StoreRetry(attempts=3, base_delay=0.01, max_delay=0.05, connect_timeout=1.0, read_timeout=10.0)
 MiB = 1 << 20

@@ -8,11 +8,12 @@ from pathlib import Path
 import pytest
 import typer
 import yaml
-from servers.kube_mock import KubeMock, free_port  # tests/ is on sys.path (rootdir conftest)
+from servers.kube_mock import KubeMock  # tests/ is on sys.path (rootdir conftest)
 from typer.testing import CliRunner
 
 from zhinao_k8s.cli import cluster as cli
 from zhinao_k8s.cli.cluster import format_api_error, parse_metrics
+from zhinao_k8s.runner.local import free_port
 
 NS = "team-a"
 SPEC = {
