@@ -42,7 +42,9 @@ def _peers_present(rank: int, world_size: int, what: str) -> Iterator[None]:
 @dataclass(frozen=True)
 class Ranks:
     rank: int = 0
+    """This process's rank in the prepare job (RANK)."""
     world_size: int = 1
+    """The job's processes, one per pod (WORLD_SIZE; dataJobs.replicas)."""
 
     @property
     def main(self) -> bool:

@@ -170,6 +170,7 @@ class Piece:
     shard: int
     """Which shard of the source's stream (its number as one process names it)."""
     tokens: np.ndarray
+    """Its tokens, in stream order: the whole shard's shard_sequences x seq_len, or a part's."""
     whole: bool
     """The whole shard, or a part that must be joined with the other ranks' parts."""
 
