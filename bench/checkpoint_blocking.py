@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import sys
 import tempfile
@@ -33,6 +32,7 @@ from transformers import Qwen2Config
 from zhinao.config.pretrain import PretrainParams
 from zhinao.config.runtime import StageRuntime
 from zhinao.model import build_model
+from zhinao_k8s.runner.local import free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))  # servers.seaweedfs: the S3 server the tests use
@@ -58,9 +58,7 @@ def bench_model() -> torch.nn.Module:
 def single_process_group() -> None:
     """FSDP2, DCP and DeepSpeed want a process group even for one rank."""
     os.environ.setdefault("LOCAL_RANK", "0")  # DeepSpeed insists on a launcher's variable
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
 
 

@@ -14,7 +14,6 @@ import argparse
 import json
 import os
 import platform
-import socket
 import statistics
 import time
 from datetime import date
@@ -30,6 +29,7 @@ from zhinao.model import build_model
 from zhinao.rollout.engine import Sampling
 from zhinao.rollout.hf_batched import HFBatchedEngine
 from zhinao.training.engine_builder import build_engine
+from zhinao_k8s.runner.local import free_port
 
 RESULTS = Path(__file__).parent / "results" / "fsdp_generation.json"
 
@@ -99,9 +99,7 @@ def main() -> None:
     parser.add_argument("--prompts", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     RESULTS.parent.mkdir(exist_ok=True)
     mp.spawn(_worker, args=(2, port, args, str(RESULTS)), nprocs=2, join=True)
 

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import resource
-import socket
 import statistics
 import subprocess
 import sys
@@ -38,17 +37,12 @@ import torch.multiprocessing as mp
 
 from zhinao.longctx.block_kernels import CpuFlashKernel
 from zhinao.longctx.sequence_parallel import init_sequence_parallel, ring_attention
+from zhinao_k8s.runner.local import free_port
 
 RESULTS = Path(__file__).parent / "results" / "ring_attention.json"
 BASELINE = "5a79579"
 """The commit whose ring attention (plain fp32 matmuls per block, contiguous shards) is compared."""
 SHARD_LENGTHS = (1024, 2048, 4096, 8192)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def baseline_module(workdir: Path):

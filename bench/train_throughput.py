@@ -20,7 +20,6 @@ import contextlib
 import json
 import os
 import platform
-import socket
 import sys
 import tempfile
 import time
@@ -38,6 +37,7 @@ from zhinao.data.packing import pack_source
 from zhinao.data.token_shards import Shard, TokenIndex, shard_bytes
 from zhinao.model import build_config, build_model
 from zhinao.tokenizer import to_transformers, train_bpe
+from zhinao_k8s.runner.local import free_port
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -87,12 +87,6 @@ def machine() -> str:
         if not torch.cuda.is_available()
         else f"{torch.cuda.get_device_name()}"
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def prepare(root: Path, seq_len: int) -> tuple[Path, np.ndarray, int]:

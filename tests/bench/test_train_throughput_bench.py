@@ -1,22 +1,12 @@
 """bench/train_throughput.py at toy size: the Trainer and our stage under DDP and under FSDP2 (a
 single-rank gloo group) all train, alternate, and report tokens per second and per CPU second."""
 
-import importlib.util
 import logging
 import os
-from pathlib import Path
 
 import pytest
 import torch.distributed as dist
-
-SCRIPT = Path(__file__).parents[2] / "bench" / "train_throughput.py"
-
-
-def load_bench():
-    spec = importlib.util.spec_from_file_location("train_throughput_bench", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from scripts import load_script
 
 
 @pytest.mark.slow
@@ -34,7 +24,7 @@ def test_every_engine_and_the_trainer_train_and_are_compared(caplog, tmp_path, m
     ):
         monkeypatch.delenv(name, raising=False)
     with caplog.at_level(logging.INFO, logger="zhinao.training.engine_builder"):
-        result = load_bench().measure(
+        result = load_script("bench/train_throughput.py").measure(
             steps=2, seq_len=32, micro_batch=2, model_size="tiny", rounds=1, threads=1, engines=["ddp", "fsdp"]
         )
     engines = [r.getMessage().split(",")[0] for r in caplog.records if r.getMessage().startswith("engine ")]

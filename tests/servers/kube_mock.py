@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import itertools
-import socket
 import threading
 import time
 import uuid
@@ -278,12 +277,6 @@ def _info(resource) -> kmock.ResourceInfo:
         else f"{resource.version}/{resource.plural}"
     )
     return RESOURCES.get(key) or kmock.ResourceInfo()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 class KubeMock:

@@ -27,7 +27,6 @@ import json
 import math
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -40,6 +39,8 @@ from typing import Any
 
 import pytest
 
+from zhinao_k8s.runner.local import free_port
+
 JOB = "zhinao"
 Row = tuple[dict[str, str], float]
 
@@ -49,13 +50,6 @@ def prometheus_binary() -> str | None:
     if override:
         return override if os.access(override, os.X_OK) else None
     return shutil.which("prometheus")
-
-
-def free_port() -> int:
-    """A port free on 127.0.0.1 right now (for a metrics server the test then points Prometheus at)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _value(raw: Any) -> float:

@@ -76,13 +76,6 @@ def pick_port_pair(taken: set[int] | None = None) -> int:
     raise RuntimeError("no free port pair found on 127.0.0.1")
 
 
-def free_port() -> int:
-    """A port nothing listens on right now (for 'unreachable endpoint' tests)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 class SeaweedS3:
     """One `weed mini` process with S3 credentials enforced. Use as a context manager or call
     start()/stop(); close() stops it and removes its data directory."""

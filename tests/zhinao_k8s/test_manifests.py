@@ -4,25 +4,18 @@ hold only valid objects, and grant exactly what the chart grants."""
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import pytest
 import yaml
 from schemas import validate_k8s  # tests/ is on sys.path (rootdir conftest)
+from scripts import load_script
 
 REPO = Path(__file__).resolve().parents[2]
 BUNDLE = REPO / "manifests" / "operator"
 
 
-def _load_generate():
-    spec = importlib.util.spec_from_file_location("zhinao_hack_generate_manifests", REPO / "hack" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load_generate()
+generate = load_script("hack/generate.py")
 
 
 def bundle_objects() -> list[dict]:

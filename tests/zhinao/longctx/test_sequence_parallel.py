@@ -6,13 +6,12 @@ trained through the per-rank shard loss, both layouts.
 """
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
+from gloo_ranks import spawn
 from transformers import Qwen2Config, Qwen2ForCausalLM
 
 from zhinao.longctx.sequence_parallel import (
@@ -62,10 +61,9 @@ def _shard_index(seq_len: int, sp: SequenceParallel) -> torch.Tensor:
     return torch.cat([torch.arange(r.start, r.stop) for r in shard_spans(seq_len, sp)])
 
 
-def _attention_worker(rank: int, world: int, port: int, out_dir: str) -> None:
+def _attention_worker(rank: int, world: int, out_dir: str) -> None:
     """Max abs diffs of output and dq/dk/dv on this rank's shard, per layout and dtype."""
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     result: dict[str, float] = {}
     for sharding in SHARDINGS:
         sp = init_sequence_parallel(world, sharding=sharding)
@@ -87,12 +85,10 @@ def _attention_worker(rank: int, world: int, port: int, out_dir: str) -> None:
                 result[f"{key}/d{name}"] = max_diff(a.grad.double(), b.grad[:, :, index])
     with open(f"{out_dir}/rank-{rank}.json", "w") as f:
         json.dump(result, f)
-    dist.destroy_process_group()
 
 
-def _model_worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:
+def _model_worker(rank: int, world: int, out_dir: str, sharding: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     sp = init_sequence_parallel(world, sharding=sharding)
     result: dict[str, float] = {}
 
@@ -124,18 +120,11 @@ def _model_worker(rank: int, world: int, port: int, out_dir: str, sharding: str)
     result["grad_scale"] = max(p.grad.abs().max().item() for p in reference.parameters())
     with open(f"{out_dir}/rank-{rank}.json", "w") as f:
         json.dump(result, f)
-    dist.destroy_process_group()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("world", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_ring_attention_matches_single_process_attention_forward_and_backward(tmp_path, world):
-    mp.spawn(_attention_worker, args=(world, free_port(), str(tmp_path)), nprocs=world, join=True)
+    spawn(_attention_worker, world, str(tmp_path))
     for rank in range(world):
         result = json.loads((tmp_path / f"rank-{rank}.json").read_text())
         print(f"rank {rank}: max abs diffs {result}")
@@ -147,7 +136,7 @@ def test_ring_attention_matches_single_process_attention_forward_and_backward(tm
 
 @pytest.mark.parametrize("sharding", SHARDINGS)
 def test_two_gloo_ranks_match_single_process_model_gradients(tmp_path, sharding):
-    mp.spawn(_model_worker, args=(2, free_port(), str(tmp_path), sharding), nprocs=2, join=True)
+    spawn(_model_worker, 2, str(tmp_path), sharding)
     for rank in range(2):
         result = json.loads((tmp_path / f"rank-{rank}.json").read_text())
         print(f"rank {rank}: max abs diffs {result}")

@@ -9,12 +9,11 @@ gathered model through the ring (what the needle evaluation does) and gets the r
 """
 
 import json
-import socket
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import spawn
 
 from zhinao.config.longctx import LongContextParams
 from zhinao.distributed import DistEnv
@@ -54,9 +53,8 @@ def _batches() -> list[torch.Tensor]:
     return [torch.randint(0, VOCAB, (2, SEQ), generator=gen) for _ in range(STEPS)]
 
 
-def _worker(rank: int, world: int, sp_size: int, port: int, out: str) -> None:
+def _worker(rank: int, world: int, sp_size: int, out: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     sp = init_sequence_parallel(sp_size)
     assert sp.mesh.mesh_dim_names == ("dp", "sp") and sp.shard_mesh.size() == world
     model = _model()
@@ -91,13 +89,6 @@ def _worker(rank: int, world: int, sp_size: int, port: int, out: str) -> None:
         with open(f"{out}/losses.json", "w") as f:
             json.dump(losses, f)
     dist.barrier()
-    dist.destroy_process_group()
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -116,7 +107,7 @@ def test_sequence_parallel_under_fsdp_matches_one_process(tmp_path, dp, sp):
     with torch.no_grad():
         expected_logits = reference.model(input_ids=_batches()[0]).logits
 
-    mp.spawn(_worker, args=(dp * sp, sp, _port(), str(tmp_path)), nprocs=dp * sp, join=True)
+    spawn(_worker, dp * sp, sp, str(tmp_path))
 
     losses = json.loads((tmp_path / "losses.json").read_text())
     assert losses == pytest.approx(expected, rel=1e-5)

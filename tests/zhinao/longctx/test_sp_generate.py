@@ -7,10 +7,9 @@ import json
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import spawn
 from test_needle import ALPHABET, CharTokenizer
-from test_sequence_parallel import free_port, tiny_config
+from test_sequence_parallel import tiny_config
 from transformers import Qwen2ForCausalLM
 
 from zhinao.longctx import sp_generate
@@ -21,9 +20,8 @@ NEW_TOKENS = 8
 PROMPT_LEN = 45  # 45 = 11 * 4 + 1: one token over after the ring prefill on 2 ranks
 
 
-def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> None:
+def _worker(rank: int, world: int, out_dir: str, sharding: str) -> None:
     torch.set_num_threads(1)
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     sp = init_sequence_parallel(world, sharding=sharding)
     torch.manual_seed(5)
     model = Qwen2ForCausalLM(tiny_config("sdpa")).eval()
@@ -63,12 +61,11 @@ def _worker(rank: int, world: int, port: int, out_dir: str, sharding: str) -> No
     result["needle_local"] = evaluate(model, tok, haystack, **cells)["cells"]
     with open(f"{out_dir}/rank-{rank}.json", "w") as f:
         json.dump(result, f)
-    dist.destroy_process_group()
 
 
 @pytest.mark.parametrize("sharding", ["zigzag", "contiguous"])
 def test_two_rank_generation_decodes_the_single_process_tokens(tmp_path, sharding):
-    mp.spawn(_worker, args=(2, free_port(), str(tmp_path), sharding), nprocs=2, join=True)
+    spawn(_worker, 2, str(tmp_path), sharding)
     for rank in range(2):
         result = json.loads((tmp_path / f"rank-{rank}.json").read_text())
         assert result["got"] == result["expected"], rank

@@ -15,7 +15,6 @@ in bf16), the held-out reward-model scoring included.
 """
 
 import dataclasses
-import socket
 import sys
 from dataclasses import dataclass
 
@@ -27,6 +26,7 @@ from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from zhinao.artifacts import StageOutput
 from zhinao.synthetic import all_pairs, preference_pairs, rl_prompts, sft_conversations
+from zhinao_k8s.runner.local import free_port
 
 BF16 = (torch.bfloat16,) * 3
 
@@ -170,9 +170,7 @@ def attention_calls(monkeypatch) -> list[tuple[tuple[torch.dtype, ...], frozense
 def engine(request) -> str:
     """The engine a stage trains with; FSDP2 needs a process group, here one of one rank."""
     if request.param == "fsdp":
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
+        port = free_port()
         dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=0, world_size=1)
         request.addfinalizer(dist.destroy_process_group)
     return request.param

@@ -6,14 +6,12 @@ every forward, so both ranks must run as many). The mean is weighted by tokens a
 """
 
 import json
-import socket
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import spawn
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.distributed import DistEnv
@@ -34,19 +32,14 @@ def _valid_loss(engine: str, rank: int, world: int) -> float:
     return hook(1)["valid_loss"]
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank: int, world: int, out: str) -> None:
     loss = _valid_loss("fsdp", rank, world)
     Path(out, f"rank{rank}.json").write_text(json.dumps(loss))
-    dist.destroy_process_group()
 
 
 @pytest.mark.timeout(300)
 def test_two_fsdp_ranks_score_the_held_out_sequences_as_one_process(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_worker, args=(2, port, str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, 2, str(tmp_path))
     ranks = [json.loads(Path(tmp_path, f"rank{r}.json").read_text()) for r in range(2)]
     alone = _valid_loss("ddp", 0, 1)
     assert ranks[0] == ranks[1]  # all-reduced: every rank records the same figure

@@ -10,13 +10,12 @@ like the single process, which they could not if the write had picked up the lat
 
 import json
 import shutil
-import socket
 from pathlib import Path
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import spawn
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.distributed import DistEnv
@@ -50,8 +49,7 @@ def _rows(batch: torch.Tensor, rank: int, world: int) -> torch.Tensor:
     return batch[rank * per : (rank + 1) * per]
 
 
-def _worker(rank: int, world: int, port: int, out: str, resume: bool) -> None:
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+def _worker(rank: int, world: int, out: str, resume: bool) -> None:
     engine = _engine("fsdp", rank, world)
     assert isinstance(engine, FSDPEngine)
     batches, losses = _batches(), {}
@@ -70,13 +68,6 @@ def _worker(rank: int, world: int, port: int, out: str, resume: bool) -> None:
     if rank == 0:
         torch.save(state, Path(out) / f"weights-{world}.pt")
         (Path(out) / f"losses-{world}.json").write_text(json.dumps(losses))
-    dist.destroy_process_group()
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
@@ -85,7 +76,7 @@ def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_and_on_four_ranks(
     expected = {step + 1: reference.train_step([batch])[0] for step, batch in enumerate(_batches())}
     expected_weights = reference.full_state_dict()
 
-    mp.spawn(_worker, args=(2, _port(), str(tmp_path), False), nprocs=2, join=True)
+    spawn(_worker, 2, str(tmp_path), False)
     losses = json.loads((tmp_path / "losses-2.json").read_text())
     for step, loss in expected.items():
         assert losses[str(step)] == pytest.approx(loss, rel=1e-4), step
@@ -100,7 +91,7 @@ def test_two_rank_fsdp_matches_one_process_and_resumes_on_one_and_on_four_ranks(
         for part in (tmp_path / f"ckpt-rank-{rank}").iterdir():
             shutil.copy(part, merged / part.name)
     for world in (1, 4):
-        mp.spawn(_worker, args=(world, _port(), str(tmp_path), True), nprocs=world, join=True)
+        spawn(_worker, world, str(tmp_path), True)
         resumed = json.loads((tmp_path / f"losses-{world}.json").read_text())
         assert sorted(resumed) == [str(s) for s in range(SAVE_AT + 1, STEPS + 1)], world
         for step, loss in resumed.items():

@@ -1,12 +1,12 @@
 """`make gpu-check`'s CPU dry run: the same script end to end with the tiny model, and its stage-kind check."""
 
-import importlib.util
 import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from scripts import load_script
 
 from zhinao.config.kinds import KIND_NAMES
 from zhinao_k8s.runner.local import JobResult
@@ -39,15 +39,8 @@ def test_dry_run_trains_reports_throughput_mfu_and_memory_and_steps_every_stage_
     assert all(f"stage {kind}: ok" in done.stdout.splitlines() for kind in KIND_NAMES)
 
 
-def load_stage_steps():
-    spec = importlib.util.spec_from_file_location("stage_steps", ROOT / "bench" / "stage_steps.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def test_the_stage_check_covers_every_kind_in_bf16_and_names_the_one_that_failed():
-    steps = load_stage_steps()
+    steps = load_script("bench/stage_steps.py")
     uris = dict.fromkeys(("sft", "preferences", "prompts", "evalPrompts"), "file:///data")
     pipeline = steps.every_kind("file:///store", uris)
     assert [s.kind for s in pipeline.spec.stages] == list(KIND_NAMES)

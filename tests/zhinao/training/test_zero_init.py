@@ -11,13 +11,11 @@ those of one process training on the whole batch.
 import json
 import math
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
+from gloo_ranks import spawn
 
 from zhinao.config.pretrain import PretrainParams
 from zhinao.distributed import DistEnv
@@ -43,11 +41,8 @@ def _model():
     return build_model(build_config("tiny", vocab_size=VOCAB, attention="sdpa"), seed=3)
 
 
-def _worker(rank: int, world: int, port: int, out: str) -> None:
-    os.environ.update(
-        MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank)
-    )
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+def _worker(rank: int, world: int, out: str) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank))  # what DeepSpeed reads
     # Every parameter partitioned, however small, as the 7B's are: the lm_head the chunked loss reads
     # outside lm_head's own forward included.
     deepspeed_config.PERSISTENCE_THRESHOLD = 0
@@ -68,18 +63,11 @@ def _worker(rank: int, world: int, port: int, out: str) -> None:
     if rank == 0:
         torch.save(state, Path(out) / "final.pt")
     (Path(out) / f"rank-{rank}.json").write_text(json.dumps({"held": held, "losses": losses}))
-    dist.destroy_process_group()
-
-
-def _port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.slow
 def test_zero3_builds_the_model_partitioned_and_trains_like_one_process(tmp_path):
-    mp.spawn(_worker, args=(2, _port(), str(tmp_path)), nprocs=2, join=True)
+    spawn(_worker, 2, str(tmp_path))
 
     model = _model()
     model.load_state_dict(torch.load(tmp_path / "initial.pt"))

@@ -1,13 +1,13 @@
 """The generated CRD: structural, valid for the API server, in step with the models and on disk."""
 
 import copy
-import importlib.util
 from pathlib import Path
 
 import jsonschema
 import pytest
 import yaml
 from schemas import validate_k8s, validate_pytorchjob  # tests/ is on sys.path (rootdir conftest)
+from scripts import load_script
 
 from zhinao_k8s.api.ablation import parse_ablation
 from zhinao_k8s.api.crd import ABLATION, PRINTER_COLUMNS, TRAINING_PIPELINE, Resource, crd, structural
@@ -19,14 +19,7 @@ from zhinao_k8s.examples import example_text
 REPO = Path(__file__).resolve().parents[3]
 
 
-def _load_generate():
-    spec = importlib.util.spec_from_file_location("zhinao_hack_generate", REPO / "hack" / "generate.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-generate = _load_generate()
+generate = load_script("hack/generate.py")
 
 
 def root_schema(resource: Resource = TRAINING_PIPELINE) -> dict:
