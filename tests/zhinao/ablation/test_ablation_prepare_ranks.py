@@ -7,7 +7,6 @@ import io
 import json
 import os
 import random
-import socket
 import time
 from pathlib import Path
 
@@ -26,6 +25,7 @@ from zhinao.tokenizer import EOD
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.jobs.ablation_step import main
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC
+from zhinao_k8s.runner.local import free_port
 
 SHARD_TOKENS = 256  # 8 sequences of 32: many shards, several of them split across the two ranks
 SEQ_LEN = 32
@@ -61,9 +61,9 @@ def _rank(rank: int, world: int, port: int, ablation: str, env: dict[str, str]) 
     assert code == 0, f"rank {rank} exited {code}"
 
 
-def _outcome(rank: int, world: int, port: int, ablation: str, env: dict[str, str], out: Path) -> None:
+def _outcome(rank: int, world: int, port: int, ablation: str, envs: list[dict[str, str]], out: Path) -> None:
     """Rank `rank`'s exit code (or what it raised) and stderr, written to out/rank-<r>.json."""
-    os.environ.update(env, RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    os.environ.update(envs[rank], RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     err = io.StringIO()
     with contextlib.redirect_stderr(err):
         try:
@@ -71,12 +71,6 @@ def _outcome(rank: int, world: int, port: int, ablation: str, env: dict[str, str
         except BaseException as exc:  # what the test must not see: a traceback in the pod's log
             code = f"raised {type(exc).__name__}"
     (out / f"rank-{rank}.json").write_text(json.dumps([code, err.getvalue()]))
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def files(store: ObjectStore) -> dict[str, bytes]:
@@ -155,10 +149,7 @@ def test_a_rank_that_fails_ends_every_rank_with_one_line(s3_server, s3_store: Ob
     ablation = spec(s3_store.url("out"), s3_server.endpoint, s3_store.url("corpus"), s3_store.url("corpus"))
     env = s3_server.env()
     envs = [env, {**env, "AWS_SECRET_ACCESS_KEY": "not-the-key"}]
-    port = free_port()
-    for rank in (0, 1):  # each rank its own environment: mp.spawn passes one argument tuple to all
-        (tmp_path / f"env-{rank}.json").write_text(json.dumps(envs[rank]))
-    mp.spawn(_outcome_with_own_env, args=(2, port, ablation, tmp_path), nprocs=2, join=True)
+    mp.spawn(_outcome, args=(2, free_port(), ablation, envs, tmp_path), nprocs=2, join=True)
 
     outcomes = {r: json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)}
     assert [outcomes[r][0] for r in (0, 1)] == [1, 1], outcomes
@@ -166,7 +157,3 @@ def test_a_rank_that_fails_ends_every_rank_with_one_line(s3_server, s3_store: Ob
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (rank, err)
     assert "another rank of the job ended" in outcomes[0][1], outcomes[0][1]
     assert "ablation prepare failed" in outcomes[1][1] and "another rank" not in outcomes[1][1], outcomes[1][1]
-
-
-def _outcome_with_own_env(rank: int, world: int, port: int, ablation: str, out: Path) -> None:
-    _outcome(rank, world, port, ablation, json.loads((out / f"env-{rank}.json").read_text()), out)

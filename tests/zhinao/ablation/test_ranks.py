@@ -3,13 +3,13 @@ as its one line, a SystemExit's included (it is how the token merge says a mixtu
 
 import json
 import os
-import socket
 from pathlib import Path
 
 import pytest
 import torch.multiprocessing as mp
 
 from zhinao.ablation.ranks import joined
+from zhinao_k8s.runner.local import free_port
 
 
 def _rank(rank: int, port: int, out: Path) -> None:
@@ -29,10 +29,7 @@ def _rank(rank: int, port: int, out: Path) -> None:
 
 @pytest.mark.timeout(120)
 def test_a_system_exit_on_rank_0_reaches_every_rank(tmp_path: Path) -> None:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    mp.spawn(_rank, args=(port, tmp_path), nprocs=2, join=True)
+    mp.spawn(_rank, args=(free_port(), tmp_path), nprocs=2, join=True)
     outcomes = [json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)]
     line = "corpus s3://b/r yields no sequence of 32 tokens"
     assert outcomes == [["SystemExit", line], ["ValueError", f"rank 0 failed: {line}"]]
