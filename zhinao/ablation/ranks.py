@@ -29,13 +29,14 @@ class RankLeft(ValueError):
 
 @contextlib.contextmanager
 def _peers_present(rank: int, world_size: int, what: str) -> Iterator[None]:
-    """A gloo error inside a collective as one line: that error is another rank's exit."""
+    """A gloo error inside a collective as one line: that error is another rank's exit (or, after
+    WAIT, its absence)."""
     try:
         yield
     except RuntimeError:
         raise RankLeft(
-            f"rank {rank} of {world_size}: another rank of the job ended while this one waited in {what}; "
-            "that rank's log says why"
+            f"rank {rank} of {world_size}: another rank of the job ended (or did not come within "
+            f"{WAIT.total_seconds() / 3600:g} h) while this one waited in {what}; that rank's log says why"
         ) from None
 
 
