@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from zhinao.config.kinds import STAGE_KINDS
 from zhinao.config.runtime import StageRuntime
 from zhinao.fingerprint import FINGERPRINT_KEY, OutputMismatch, check_or_record, differences, stage_fingerprint
 from zhinao.publication import generation_of, publish
@@ -111,3 +112,9 @@ def test_a_layout_field_is_left_out_so_another_sequence_parallel_split_resumes(t
     assert stage_fingerprint(longctx(sequenceParallel=2)) == stage_fingerprint(longctx(sequenceParallel=1))
     assert stage_fingerprint(longctx(sequence_parallel=4)) == stage_fingerprint(longctx())
     assert stage_fingerprint(longctx(seqLen=512)) != stage_fingerprint(longctx())
+
+
+@pytest.mark.parametrize("kind", STAGE_KINDS, ids=lambda k: k.kind)
+def test_every_layout_field_names_a_field_of_its_params(kind):
+    """A misspelled name would fail every fingerprint of the kind (a KeyError) at the run's start."""
+    assert set(kind.params.LAYOUT_FIELDS) <= set(kind.params.model_fields)

@@ -28,7 +28,7 @@ from zhinao.data.token_shards import (
     shard_bytes,
     shard_name,
 )
-from zhinao.data.tokenize_shards import BATCH_DOCUMENTS, merge_parts
+from zhinao.data.tokenize_shards import merge_parts, pack_documents
 from zhinao.tokenizer import EOD
 
 DOCS = "docs"
@@ -112,29 +112,20 @@ def tokenize_span(
 
     def put(source: str, piece: Piece) -> None:
         if piece.whole:
-            shard = piece.tokens.reshape(shard_sequences, seq_len)
+            shard = packers[source].shard_of(piece)
             key = train.put_token_shard(shard_name(source, rank=0, n=piece.shard), shard_bytes(shard))
             part.shards.append(Shard(key, source, shard_sequences))
         else:
             train.put_token_piece(source, piece.shard, rank, shard_bytes(piece.tokens))
 
+    def packer_for(source: str) -> SpanPacker:
+        offset = plan.offsets[rank].get(source, 0)  # where this rank's first document of it starts
+        packers[source] = SpanPacker(offset=offset, seq_len=seq_len, shard_sequences=shard_sequences, eod_id=eod)
+        return packers[source]
+
     lines = lines_between(train, plan.parts, plan.starts[rank], plan.starts[rank + 1])
     docs = read_documents(train.store, source_field=SOURCE_FIELD, lines=lines)
-    while batch := list(itertools.islice(docs, BATCH_DOCUMENTS)):
-        ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-        for doc, doc_ids in zip(batch, ids, strict=True):
-            packer = packers.get(doc.source)
-            if packer is None:
-                offset = plan.offsets[rank].get(doc.source, 0)
-                packer = packers[doc.source] = SpanPacker(
-                    offset=offset, seq_len=seq_len, shard_sequences=shard_sequences, eod_id=eod
-                )
-            for piece in packer.add(doc_ids):
-                put(doc.source, piece)
-        part.documents += len(batch)
-    for source in sorted(packers):
-        if (tail := packers[source].finish()) is not None:
-            put(source, tail)
+    part.documents = pack_documents(docs, tokenizer, packer_for, put)
     packed = {s: p.tokens for s, p in packers.items()}
     if packed != plan.span(rank):  # the plan's lengths were measured with this tokenizer on these texts
         raise ValueError(

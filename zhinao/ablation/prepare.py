@@ -252,9 +252,13 @@ class Take:
     """How many copies of each document a mixture takes (zhinao.ablation.mixture.copies)."""
 
     counts: np.ndarray
+    """Copies of each document, in one-process stream order."""
     tokens: int
+    """Tokens the copies hold (<eod> included)."""
     passes: int
+    """Passes over the source's documents they take, the last partial."""
     lengths: np.ndarray
+    """Tokens of each document (Measured.lengths): the plan cuts the mixture by them."""
 
     @classmethod
     def of(cls, measured: Measured, budget: int) -> "Take":

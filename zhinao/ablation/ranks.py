@@ -3,6 +3,10 @@
 The only place in zhinao.ablation that touches torch.distributed. `Ranks()` is one process: every
 collective is then a plain call. `joined()` is the job's group: one process per pod, RANK,
 WORLD_SIZE and MASTER_ADDR/MASTER_PORT from the training operator (or torchrun).
+
+A rank that fails ends its process, and a collective the others are in or come to then fails in
+gloo ("Connection reset by peer"); they end with `RankLeft`, one line, while the failed rank's own
+log says why.
 """
 
 import contextlib
@@ -19,10 +23,29 @@ WAIT = timedelta(hours=12)
 and writes each mixture, hours at the report's scale."""
 
 
+class RankLeft(ValueError):
+    """Another rank of the job ended (its own log says why) while this one waited for it."""
+
+
+@contextlib.contextmanager
+def _peers_present(rank: int, world_size: int, what: str) -> Iterator[None]:
+    """A gloo error inside a collective as one line: that error is another rank's exit (or, after
+    WAIT, its absence)."""
+    try:
+        yield
+    except RuntimeError:
+        raise RankLeft(
+            f"rank {rank} of {world_size}: another rank of the job ended (or did not come within "
+            f"{WAIT.total_seconds() / 3600:g} h) while this one waited in {what}; that rank's log says why"
+        ) from None
+
+
 @dataclass(frozen=True)
 class Ranks:
     rank: int = 0
+    """This process's rank in the prepare job (RANK)."""
     world_size: int = 1
+    """The job's processes, one per pod (WORLD_SIZE; dataJobs.replicas)."""
 
     @property
     def main(self) -> bool:
@@ -32,7 +55,8 @@ class Ranks:
         if self.world_size > 1:
             import torch.distributed as td
 
-            td.barrier()
+            with _peers_present(self.rank, self.world_size, "a barrier"):
+                td.barrier()
 
     def gather(self, obj: T) -> list[T] | None:
         """Every rank's `obj` in rank order on rank 0; None on the others."""
@@ -41,12 +65,13 @@ class Ranks:
         import torch.distributed as td
 
         out: list = [None] * self.world_size if self.main else []
-        td.gather_object(obj, out if self.main else None, dst=0)
+        with _peers_present(self.rank, self.world_size, "a gather"):
+            td.gather_object(obj, out if self.main else None, dst=0)
         return out if self.main else None
 
     def on_main(self, fn: Callable[[], T]) -> T:
         """fn() run on rank 0 alone, its result handed to every rank. When it raises, every rank
-        raises, so none waits for a result that never comes."""
+        raises, so none waits for a result that never comes (a SystemExit too: its line is the reason)."""
         if self.world_size == 1:
             return fn()
         import torch.distributed as td
@@ -56,10 +81,11 @@ class Ranks:
         if self.main:
             try:
                 box[0] = (True, fn())
-            except Exception as exc:  # re-raised below, after the others were told
+            except (Exception, SystemExit) as exc:  # re-raised below, after the others were told
                 failure = exc
                 box[0] = (False, str(exc))
-        td.broadcast_object_list(box, src=0)
+        with _peers_present(self.rank, self.world_size, "rank 0's broadcast"):
+            td.broadcast_object_list(box, src=0)
         ok, value = box[0]
         if failure is not None:
             raise failure
@@ -77,8 +103,12 @@ def joined() -> Iterator[Ranks]:
         return
     import torch.distributed as td
 
+    from zhinao.training.process_group import leave_process_group
+
     td.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=WAIT)
+    finished = False
     try:
         yield Ranks(env.rank, env.world_size)
+        finished = True
     finally:
-        td.destroy_process_group()
+        leave_process_group(barrier=finished)  # after a failure the other ranks may never arrive

@@ -92,42 +92,6 @@ def shard_bytes(sequences: np.ndarray) -> bytes:
     return np.ascontiguousarray(sequences, dtype=WIRE_DTYPE).tobytes()
 
 
-class SourcePacker:
-    """Concatenates one source's documents, each followed by <eod>, and cuts full shards off the front.
-
-    Holds less than one shard of tokens between calls (the report's packing, section 2.4, without
-    keeping the source in memory); the incomplete last sequence is dropped at `finish`.
-    """
-
-    def __init__(self, *, seq_len: int, shard_sequences: int, eod_id: int):
-        self.seq_len, self.shard_sequences, self.eod = seq_len, shard_sequences, eod_id
-        self._parts: list[np.ndarray] = []
-        self._held = 0
-
-    def add(self, ids: list[int]) -> list[np.ndarray]:
-        """Appends one document; returns the (shard_sequences, seq_len) shards it completed."""
-        doc = np.empty(len(ids) + 1, dtype=TOKEN_DTYPE)
-        doc[:-1] = ids
-        doc[-1] = self.eod
-        self._parts.append(doc)
-        self._held += len(doc)
-        shard_tokens = self.shard_sequences * self.seq_len
-        if self._held < shard_tokens:
-            return []
-        stream = np.concatenate(self._parts)
-        n = len(stream) // shard_tokens
-        self._parts = [stream[n * shard_tokens :]]
-        self._held = len(self._parts[0])
-        return list(stream[: n * shard_tokens].reshape(n, self.shard_sequences, self.seq_len))
-
-    def finish(self) -> np.ndarray | None:
-        """The whole sequences still held, or None when less than one sequence is left."""
-        stream = np.concatenate(self._parts) if self._parts else np.empty(0, TOKEN_DTYPE)
-        n = len(stream) // self.seq_len
-        self._parts, self._held = [], 0
-        return stream[: n * self.seq_len].reshape(n, self.seq_len) if n else None
-
-
 class SpanPacker:
     """One rank's span of one source's token stream, cut where the whole stream is cut.
 
@@ -177,11 +141,36 @@ class SpanPacker:
         return piece.tokens.reshape(self.shard_sequences, self.seq_len)
 
 
+class SourcePacker:
+    """Concatenates one source's documents, each followed by <eod>, and cuts full shards off the front.
+
+    One process's packing of a whole source: a SpanPacker from the stream's start, whose pieces are
+    then all whole shards but the tail. Holds less than one shard of tokens between calls (the
+    report's packing, section 2.4, without keeping the source in memory); the incomplete last
+    sequence is dropped at `finish`.
+    """
+
+    def __init__(self, *, seq_len: int, shard_sequences: int, eod_id: int):
+        self._span = SpanPacker(offset=0, seq_len=seq_len, shard_sequences=shard_sequences, eod_id=eod_id)
+
+    def add(self, ids: list[int]) -> list[np.ndarray]:
+        """Appends one document; returns the (shard_sequences, seq_len) shards it completed."""
+        return [self._span.shard_of(piece) for piece in self._span.add(ids)]
+
+    def finish(self) -> np.ndarray | None:
+        """The whole sequences still held, or None when less than one sequence is left."""
+        tail = self._span.finish()
+        if tail is None:
+            return None
+        return join_pieces([tail.tokens], seq_len=self._span.seq_len, shard_sequences=self._span.shard_sequences)
+
+
 @dataclass(frozen=True)
 class Piece:
     shard: int
     """Which shard of the source's stream (its number as one process names it)."""
     tokens: np.ndarray
+    """Its tokens, in stream order: the whole shard's shard_sequences x seq_len, or a part's."""
     whole: bool
     """The whole shard, or a part that must be joined with the other ranks' parts."""
 

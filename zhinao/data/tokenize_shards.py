@@ -8,12 +8,12 @@ shard per source. It then writes its index part; rank 0 merges the parts once ev
 
 import itertools
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from zhinao.artifacts import StageOutput
 from zhinao.config.stream import TokenStreamParams
 from zhinao.corpus import Document, corpus_keys, lines_of_rank, read_documents
-from zhinao.data.token_shards import Shard, SourcePacker, TokenIndex, shard_bytes, shard_name
+from zhinao.data.token_shards import Shard, SourcePacker, SpanPacker, TokenIndex, shard_bytes, shard_name
 from zhinao.storage import ObjectStore
 from zhinao.tokenizer import EOD
 
@@ -26,6 +26,28 @@ def documents_of_rank(
 ) -> Iterator[Document]:
     lines = lines_of_rank(corpus, corpus_keys(corpus), rank=rank, world_size=world_size)
     return read_documents(corpus, text_field=text_field, source_field=source_field, lines=lines)
+
+
+def pack_documents(
+    docs: Iterator[Document], tokenizer, packer_for: Callable[[str], SourcePacker | SpanPacker], put: Callable
+) -> int:
+    """Tokenize `docs` in batches and add each to its source's packer (`packer_for(source)`, made at
+    the source's first document: a SourcePacker or a SpanPacker); `put(source, out)` every shard or
+    piece a packer hands out, the packers' tails last in source order. Returns the documents read."""
+    packers: dict[str, SourcePacker | SpanPacker] = {}
+    documents = 0
+    while batch := list(itertools.islice(docs, BATCH_DOCUMENTS)):
+        ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
+        for doc, doc_ids in zip(batch, ids, strict=True):
+            if doc.source not in packers:
+                packers[doc.source] = packer_for(doc.source)
+            for out in packers[doc.source].add(doc_ids):
+                put(doc.source, out)
+        documents += len(batch)
+    for source in sorted(packers):
+        if (tail := packers[source].finish()) is not None:
+            put(source, tail)
+    return documents
 
 
 def tokenize_share(
@@ -43,7 +65,6 @@ def tokenize_share(
     """Tokenize this rank's documents into `out`'s tokens and write its index part."""
     eod = tokenizer.convert_tokens_to_ids(EOD)
     shard_sequences = max(1, params.shard_tokens // seq_len)
-    packers: dict[str, SourcePacker] = {}
     part = TokenIndex(seq_len=seq_len, vocab_size=len(tokenizer))
 
     def put(source: str, seqs) -> None:
@@ -52,19 +73,12 @@ def tokenize_share(
         part.shards.append(Shard(key, source, int(len(seqs))))
 
     docs = documents_of_rank(corpus, rank=rank, world_size=world_size, text_field=text_field, source_field=source_field)
-    while batch := list(itertools.islice(docs, BATCH_DOCUMENTS)):
-        ids = tokenizer([d.text for d in batch], add_special_tokens=False)["input_ids"]
-        for doc, doc_ids in zip(batch, ids, strict=True):
-            packer = packers.setdefault(
-                doc.source, SourcePacker(seq_len=seq_len, shard_sequences=shard_sequences, eod_id=eod)
-            )
-            for shard in packer.add(doc_ids):
-                put(doc.source, shard)
-        part.documents += len(batch)
-    for source in sorted(packers):
-        tail = packers[source].finish()
-        if tail is not None:
-            put(source, tail)
+    part.documents = pack_documents(
+        docs,
+        tokenizer,
+        lambda source: SourcePacker(seq_len=seq_len, shard_sequences=shard_sequences, eod_id=eod),
+        put,
+    )
     out.put_tokens_part(rank, part)
     log.info(
         "rank %d tokenized %d documents into %d sequences of %d tokens (%d shards)",

@@ -2,10 +2,11 @@
 1-rank preparation's files byte for byte: the same mixtures, token shards, validation tokens and
 summaries, and the shards hold exactly the mixture's tokens, packed per source."""
 
+import contextlib
+import io
 import json
 import os
 import random
-import socket
 import time
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from zhinao.tokenizer import EOD
 from zhinao_k8s.api.ablation import Ablation
 from zhinao_k8s.jobs.ablation_step import main
 from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC
+from zhinao_k8s.runner.local import free_port
 
 SHARD_TOKENS = 256  # 8 sequences of 32: many shards, several of them split across the two ranks
 SEQ_LEN = 32
@@ -59,6 +61,18 @@ def _rank(rank: int, world: int, port: int, ablation: str, env: dict[str, str]) 
     assert code == 0, f"rank {rank} exited {code}"
 
 
+def _outcome(rank: int, world: int, port: int, ablation: str, envs: list[dict[str, str]], out: Path) -> None:
+    """Rank `rank`'s exit code (or what it raised) and stderr, written to out/rank-<r>.json."""
+    os.environ.update(envs[rank], RANK=str(rank), WORLD_SIZE=str(world), MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        try:
+            code: int | str = main(["prepare"], {ENV_ABLATION_SPEC: ablation})
+        except BaseException as exc:  # what the test must not see: a traceback in the pod's log
+            code = f"raised {type(exc).__name__}"
+    (out / f"rank-{rank}.json").write_text(json.dumps([code, err.getvalue()]))
+
+
 def files(store: ObjectStore) -> dict[str, bytes]:
     return {key: store.get_bytes(key) for key in store.list()}
 
@@ -85,12 +99,9 @@ def test_two_ranks_prepare_the_one_rank_files(s3_server, s3_store: ObjectStore, 
     started = time.monotonic()
     assert main(["prepare"], {ENV_ABLATION_SPEC: spec(s3_store.url("one"), s3_server.endpoint, base, single)}) == 0
     one_rank_s = time.monotonic() - started
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     started = time.monotonic()
     two = spec(s3_store.url("two"), s3_server.endpoint, base, single)
-    mp.spawn(_rank, args=(2, port, two, s3_server.env()), nprocs=2, join=True)
+    mp.spawn(_rank, args=(2, free_port(), two, s3_server.env()), nprocs=2, join=True)
     print(f"prepare: 1 rank {one_rank_s:.1f} s, 2 ranks {time.monotonic() - started:.1f} s (spawn included)")
 
     prep1, prep2 = s3_store.child("one/abl/prep"), s3_store.child("two/abl/prep")
@@ -127,3 +138,22 @@ def test_two_ranks_prepare_the_one_rank_files(s3_server, s3_store: ObjectStore, 
     redone = files(prep2)
     assert [k for k in same if redone[k] != expected[k]] == []
     assert set(redone) == set(got)
+
+
+@pytest.mark.timeout(300)
+def test_a_rank_that_fails_ends_every_rank_with_one_line(s3_server, s3_store: ObjectStore, tmp_path: Path) -> None:
+    """Rank 1 cannot read the corpus (its credentials are wrong): it ends with the storage line, and
+    rank 0, whose next collective finds rank 1 gone, ends with one line too, not gloo's traceback."""
+    docs = real_documents(40, random.Random(0))
+    s3_store.put_bytes("corpus/part-00000.jsonl", "".join(json.dumps(d) + "\n" for d in docs).encode())
+    ablation = spec(s3_store.url("out"), s3_server.endpoint, s3_store.url("corpus"), s3_store.url("corpus"))
+    env = s3_server.env()
+    envs = [env, {**env, "AWS_SECRET_ACCESS_KEY": "not-the-key"}]
+    mp.spawn(_outcome, args=(2, free_port(), ablation, envs, tmp_path), nprocs=2, join=True)
+
+    outcomes = {r: json.loads((tmp_path / f"rank-{r}.json").read_text()) for r in (0, 1)}
+    assert [outcomes[r][0] for r in (0, 1)] == [1, 1], outcomes
+    for rank, (_, err) in outcomes.items():
+        assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (rank, err)
+    assert "another rank of the job ended" in outcomes[0][1], outcomes[0][1]
+    assert "ablation prepare failed" in outcomes[1][1] and "another rank" not in outcomes[1][1], outcomes[1][1]
