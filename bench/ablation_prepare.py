@@ -114,36 +114,56 @@ def ablation_spec(storage: Path, base: Path, single: Path, *, tokens: int, seq_l
 
 
 class Phases:
-    """Exclusive wall seconds per labelled function: a labelled call inside another counts for its
-    own label only."""
+    """Exclusive wall seconds and peak RSS per labelled function: a labelled call inside another
+    counts for its own label only, time outside any for `other`. The kernel's peak (VmHWM) is reset
+    at each change of label (/proc/self/clear_refs), so a label's peak is the process's while it ran."""
 
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
-        self.stack: list[list] = []  # [label, since] of the calls in progress
+        self.peak_mib: dict[str, float] = defaultdict(float)
+        self.before_mib = rss_mib("VmHWM")  # the imports' peak
+        reset_peak()
+        self.stack: list[list] = [["other", time.perf_counter()]]  # [label, since] of the calls in progress
 
     def wrap(self, label: str, fn):
         @functools.wraps(fn)
         def timed(*args, **kwargs):
-            self._enter(label)
+            self.stack.append([label, self._close_stretch()])
             try:
                 return fn(*args, **kwargs)
             finally:
-                self._leave()
+                now = self._close_stretch()
+                self.stack.pop()
+                self.stack[-1][1] = now
 
         return timed
 
-    def _enter(self, label: str) -> None:
+    def _close_stretch(self) -> float:
+        """The running label's time and peak since it (re)started; returns now."""
         now = time.perf_counter()
-        if self.stack:
-            self.seconds[self.stack[-1][0]] += now - self.stack[-1][1]
-        self.stack.append([label, now])
-
-    def _leave(self) -> None:
-        now = time.perf_counter()
-        label, since = self.stack.pop()
+        label, since = self.stack[-1]
         self.seconds[label] += now - since
-        if self.stack:
-            self.stack[-1][1] = now
+        self.peak_mib[label] = max(self.peak_mib[label], rss_mib("VmHWM"))
+        reset_peak()
+        return now
+
+    def close(self) -> float:
+        """The whole peak, imports included."""
+        self._close_stretch()
+        return max(self.before_mib, *self.peak_mib.values())
+
+
+def rss_mib(field: str) -> float:
+    """This process's resident memory: VmRSS now or VmHWM its peak (its own: ru_maxrss carries the
+    parent's peak over fork and exec)."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} in /proc/self/status")
+
+
+def reset_peak() -> None:
+    Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS (Linux >= 4.0)
 
 
 def instrument() -> Phases:
@@ -152,6 +172,7 @@ def instrument() -> Phases:
 
     phases = Phases()
     for label, name in (
+        ("setup", "finished"),  # the resume check and the built-in SFT data
         ("tokenizer", "ensure_tokenizer"),
         ("valid", "prepare_valid"),
         ("measure", "measure_share"),
@@ -165,25 +186,15 @@ def instrument() -> Phases:
     return phases
 
 
-def rss_mib(field: str) -> float:
-    """This process's resident memory, VmRSS now or VmHWM its peak (its own: ru_maxrss carries the
-    parent's peak over fork and exec)."""
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith(f"{field}:"):
-            return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
 def rank_child(out: Path) -> None:
     from zhinao_k8s.jobs.ablation_step import main
 
-    phases = instrument()  # imports the preparation: what is resident now is the code, not the data
-    at_start = rss_mib("VmRSS")
+    phases = instrument()
+    at_start = rss_mib("VmRSS")  # after the imports: the code, no data yet
     wall, cpu = time.perf_counter(), time.process_time()
     code = main(["prepare"])
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
-    spent = {k: round(v, 2) for k, v in sorted(phases.seconds.items())}
-    spent["other"] = round(wall - sum(phases.seconds.values()), 2)
+    peak = phases.close()
     out.write_text(
         json.dumps(
             {
@@ -191,8 +202,9 @@ def rank_child(out: Path) -> None:
                 "wall_s": round(wall, 2),
                 "cpu_s": round(cpu, 2),
                 "rss_at_start_mib": round(at_start, 1),
-                "peak_rss_mib": round(rss_mib("VmHWM"), 1),
-                "phases": spent,
+                "peak_rss_mib": round(peak, 1),
+                "phases_s": {k: round(v, 2) for k, v in sorted(phases.seconds.items())},
+                "phase_peak_rss_mib": {k: round(v, 1) for k, v in sorted(phases.peak_mib.items())},
             }
         )
     )
@@ -290,9 +302,13 @@ def measure(mb: float, root: Path, *, seq_len: int = SEQ_LEN) -> dict:
 # -- report --------------------------------------------------------------------------------------
 
 
-def table(sizes: list[dict]) -> str:
-    labels = ["tokenizer", "valid", "measure", "mixture", "pack", "merge", "collectives", "other"]
-    head = ["MB", "ranks", "job wall s", "rank", "wall s", "CPU s", "RSS at start MiB", "peak RSS MiB", *labels]
+LABELS = ["setup", "tokenizer", "valid", "measure", "mixture", "pack", "merge", "collectives", "other"]
+
+
+def table(sizes: list[dict], figure: str = "phases_s") -> str:
+    """One row per rank of each job: its time, CPU and peak, and `figure` (phases_s or
+    phase_peak_rss_mib) per phase."""
+    head = ["MB", "ranks", "job wall s", "rank", "wall s", "CPU s", "RSS at start MiB", "peak RSS MiB", *LABELS]
     rows = [head, ["---"] * len(head)]
     for size in sizes:
         for world_size, run in size["runs"].items():
@@ -300,7 +316,7 @@ def table(sizes: list[dict]) -> str:
                 rows.append(
                     [f"{size['corpus_mb']:g}", world_size, f"{run['job_wall_s']:.1f}", str(r), f"{rank['wall_s']:.1f}"]
                     + [f"{rank['cpu_s']:.1f}", f"{rank['rss_at_start_mib']:.0f}", f"{rank['peak_rss_mib']:.0f}"]
-                    + [f"{rank['phases'].get(k, 0.0):.1f}" for k in labels]
+                    + [f"{rank[figure][k]:.1f}" if k in rank[figure] else "" for k in LABELS]
                 )
     return "\n".join("| " + " | ".join(str(c) for c in row) + " |" for row in rows)
 
@@ -313,21 +329,21 @@ def main() -> None:
     if args.rank_child:
         rank_child(args.rank_child)
         return
-    sizes = []
-    for mb in args.sizes_mb:
-        with tempfile.TemporaryDirectory() as tmp:
-            sizes.append(measure(mb, Path(tmp)))
-        if not sizes[-1]["outputs_equal"]:
-            raise SystemExit(f"{mb:g} MB: the 2-rank preparation differs from the 1-rank one")
     result = {
         "date": date.today().isoformat(),
         "machine": MACHINE,
-        "command": "python bench/ablation_prepare.py " + " ".join(sys.argv[1:]),
-        "sizes": sizes,
+        "command": " ".join(["python", "bench/ablation_prepare.py", *sys.argv[1:]]),
+        "sizes": [],
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(table(sizes))
+    for mb in args.sizes_mb:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["sizes"].append(measure(mb, Path(tmp)))
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")  # after each size: a long run keeps what it measured
+        if not result["sizes"][-1]["outputs_equal"]:
+            raise SystemExit(f"{mb:g} MB: the 2-rank preparation differs from the 1-rank one")
+    print("seconds per phase\n" + table(result["sizes"]))
+    print("\npeak RSS per phase (MiB)\n" + table(result["sizes"], "phase_peak_rss_mib"))
 
 
 if __name__ == "__main__":

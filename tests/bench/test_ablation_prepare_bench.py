@@ -15,7 +15,12 @@ def test_one_and_two_ranks_prepare_the_same_files_and_report_their_figures(tmp_p
             assert rank["exit"] == 0 and rank["wall_s"] > 0 and rank["cpu_s"] > 0
             assert rank["peak_rss_mib"] >= rank["rss_at_start_mib"] > 0
     ranks_of_two = result["runs"]["2"]["ranks"]
-    assert ranks_of_two[0]["phases"]["tokenizer"] > 0 and "tokenizer" not in ranks_of_two[1]["phases"]  # rank 0 alone
-    assert all(rank["phases"]["pack"] > 0 and rank["phases"]["measure"] > 0 for rank in ranks_of_two)  # every rank
+    assert (
+        ranks_of_two[0]["phases_s"]["tokenizer"] > 0 and "tokenizer" not in ranks_of_two[1]["phases_s"]
+    )  # rank 0 alone
+    assert all(rank["phases_s"]["pack"] > 0 and rank["phases_s"]["measure"] > 0 for rank in ranks_of_two)  # every rank
+    for rank in ranks_of_two:
+        assert set(rank["phase_peak_rss_mib"]) == set(rank["phases_s"])
+        assert max(rank["phase_peak_rss_mib"].values()) <= rank["peak_rss_mib"]
     assert all(r["train_sequences"] > 0 for r in result["summary"]["recipes"].values())
     assert "| 0.25 | 2 |" in bench.table([result])
