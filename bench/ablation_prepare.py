@@ -1,15 +1,19 @@
 """The ablation's prepare step on 1 rank and on 2 gloo ranks: wall time, CPU seconds and peak RSS of
-each rank, and where each rank's time goes, at two corpus sizes.
+each rank, and where each rank's time and memory go, at several corpus sizes.
 
 The job runs as in its pods: `zhinao_k8s.jobs.ablation_step main(["prepare"])`, one fresh process
 per rank (RANK, WORLD_SIZE, MASTER_ADDR/MASTER_PORT), the Ablation in ZHINAO_ABLATION_SPEC, the
 tokenizer single-threaded (RAYON_NUM_THREADS=1: a rank is a 1-CPU pod). The corpus is the
 standard library's docs and code (zhinao.data.demo_corpus `real_documents`), numbered and cycled to
-the size: the base in 4 files (each rank reads whole files), recipe `a` one file of other documents
-half that size (the ranks take every 2nd line), recipe `b` the base itself. `proxy.tokens` is 90% of
+the size, in files of at most 10 MB as a data stage's bounded parts (each rank reads whole files; of
+a single file, every 2nd line): the base, recipe `a` other documents half that size, recipe `b` the
+base itself. `proxy.tokens` is 90% of
 the base's training tokens, so each mixture is about the size of the corpus; shard and part sizes
 are the defaults. The store is `file://` (the S3 path is the same code; its test covers 2 ranks on
 SeaweedFS). The 2-rank preparation must equal the 1-rank one file for file, or the bench fails.
+
+`--memory-check-mb` then prepares on 1 rank with small buffers (4 MiB part files, 1M-token shards),
+full at every size, so what grows with the corpus is what the preparation keeps per document.
 
 Phases are each rank's exclusive wall seconds in the preparation's steps, timed by wrapping them in
 the child (prepare looks them up at call time; nothing else changes): `tokenizer`, `valid`,
@@ -17,13 +21,14 @@ the child (prepare looks them up at call time; nothing else changes): `tokenizer
 `collectives` is the time in gather/broadcast/barrier (on rank 1 mostly waiting for rank 0), and
 `other` the rest of main() (spec, process group, fetching the tokenizer, the built-in SFT data).
 
-    python bench/ablation_prepare.py [--sizes-mb 10 40]
+    python bench/ablation_prepare.py [--sizes-mb 10 40 80] [--memory-check-mb 10 80]
 """
 
 import argparse
 import functools
 import hashlib
 import json
+import math
 import os
 import random
 import subprocess
@@ -38,7 +43,9 @@ HERE = Path(__file__).parent
 REPO = HERE.parent
 RESULTS = HERE / "results" / "ablation_prepare.json"
 MACHINE = "2-core shared x86_64, no GPU"
-BASE_FILES = 4
+FILE_MB = 10
+SMALL_BUFFERS = "ZHINAO_BENCH_SMALL_BUFFERS"
+SMALL_PART_BYTES, SMALL_SHARD_TOKENS = 4 * 2**20, 1 << 20
 BYTES_PER_TOKEN = 4.4
 """JSONL bytes per token of this text with the default 8,192-token vocabulary (measured once); sets
 `proxy.tokens`, whose coverage the summary's passes report."""
@@ -49,12 +56,13 @@ RANK_ENV = ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 # -- set-up --------------------------------------------------------------------------------------
 
 
-def write_corpus(dest: Path, mb: float, *, files: int, first_cycle: int) -> int:
-    """`mb` MB of JSONL in `files` files, cycling through the real documents; each cycle's documents
-    are numbered and under their own host, so no two are equal and topics do not repeat. Returns the
-    number of documents."""
+def write_corpus(dest: Path, mb: float, *, first_cycle: int) -> int:
+    """`mb` MB of JSONL in files of at most FILE_MB, cycling through the real documents; each cycle's
+    documents are numbered and under their own host, so no two are equal and topics do not repeat.
+    Returns the number of documents."""
     docs = real_docs()
     dest.mkdir(parents=True)
+    files = math.ceil(mb / FILE_MB)
     per_file = mb * 10**6 / files
     n = 0
     for part in range(files):
@@ -83,7 +91,7 @@ def real_docs() -> list[dict]:
     return real_documents(None, random.Random(0))
 
 
-def ablation_spec(storage: Path, base: Path, single: Path, *, tokens: int, seq_len: int) -> str:
+def ablation_spec(storage: Path, base: Path, recipe: Path, *, tokens: int, seq_len: int) -> str:
     from zhinao_k8s.api.ablation import Ablation
 
     ablation = Ablation.model_validate(
@@ -92,7 +100,7 @@ def ablation_spec(storage: Path, base: Path, single: Path, *, tokens: int, seq_l
             "spec": {
                 "storage": {"uri": f"file://{storage}"},
                 "base": {"corpus": f"file://{base}"},
-                "recipes": [{"name": "a", "dataset": f"file://{single}"}, {"name": "b", "dataset": f"file://{base}"}],
+                "recipes": [{"name": "a", "dataset": f"file://{recipe}"}, {"name": "b", "dataset": f"file://{base}"}],
                 "seeds": 1,
                 "proxy": {  # only tokens and seqLen matter here; the rest keeps the runs' budget valid
                     "tokens": tokens,
@@ -189,6 +197,16 @@ def instrument() -> Phases:
 def rank_child(out: Path) -> None:
     from zhinao_k8s.jobs.ablation_step import main
 
+    if os.environ.get(SMALL_BUFFERS):
+        import zhinao.ablation.mixture as mixture
+        import zhinao.ablation.prepare as prepare
+
+        for module, name, value in (
+            (mixture, "PART_BYTES", SMALL_PART_BYTES),
+            (prepare, "SHARD_TOKENS", SMALL_SHARD_TOKENS),
+        ):
+            getattr(module, name)  # renamed: fail here rather than set a constant nothing reads
+            setattr(module, name, value)
     phases = instrument()
     at_start = rss_mib("VmRSS")  # after the imports: the code, no data yet
     wall, cpu = time.perf_counter(), time.process_time()
@@ -213,7 +231,7 @@ def rank_child(out: Path) -> None:
 # -- the job: one process per rank ---------------------------------------------------------------
 
 
-def run_job(spec: str, world_size: int, out: Path) -> dict:
+def run_job(spec: str, world_size: int, out: Path, *, small_buffers: bool = False) -> dict:
     """The prepare job on `world_size` fresh processes; each rank's figures and the job's wall time
     (process start to the last exit, so imports included)."""
     from zhinao_k8s.render.ablation import ENV_ABLATION_SPEC
@@ -227,6 +245,8 @@ def run_job(spec: str, world_size: int, out: Path) -> dict:
         "TOKENIZERS_PARALLELISM": "false",
         "OMP_NUM_THREADS": "1",
     }
+    if small_buffers:
+        env[SMALL_BUFFERS] = "1"
     port = str(free_port())
     load = os.getloadavg()[0]
     started = time.perf_counter()
@@ -268,24 +288,22 @@ def digests(root: Path) -> dict[str, str]:
     }
 
 
-def measure(mb: float, root: Path, *, seq_len: int = SEQ_LEN) -> dict:
-    """A corpus of `mb` MB prepared by 1 rank and by 2; both preparations' figures and whether their
-    files are equal."""
-    base, single = root / "corpus" / "base", root / "corpus" / "single"
-    docs = write_corpus(base, mb, files=BASE_FILES, first_cycle=0)
-    recipe_docs = write_corpus(single, mb / 2, files=1, first_cycle=10_000)
+def measure(
+    mb: float, root: Path, *, seq_len: int = SEQ_LEN, world_sizes: tuple[int, ...] = (1, 2), small_buffers: bool = False
+) -> dict:
+    """A corpus of `mb` MB prepared by each of `world_sizes` ranks: the preparations' figures and,
+    for several, whether their files equal the first's (None for one)."""
+    base, recipe = root / "corpus" / "base", root / "corpus" / "recipe"
+    docs = write_corpus(base, mb, first_cycle=0)
+    recipe_docs = write_corpus(recipe, mb / 2, first_cycle=10_000)
     tokens = int(0.9 * mb * 10**6 / BYTES_PER_TOKEN)
     runs = {}
-    for world_size in (1, 2):
-        storage = root / f"out-{world_size}"
-        runs[str(world_size)] = run_job(
-            ablation_spec(storage, base, single, tokens=tokens, seq_len=seq_len),
-            world_size,
-            root / f"ranks-{world_size}",
-        )
-    prep1, prep2 = (root / f"out-{w}" / "bench" / "prep" for w in (1, 2))
-    one, two = digests(prep1), digests(prep2)
-    summary = json.loads((prep1 / "done.json").read_text())
+    for world_size in world_sizes:
+        spec = ablation_spec(root / f"out-{world_size}", base, recipe, tokens=tokens, seq_len=seq_len)
+        runs[str(world_size)] = run_job(spec, world_size, root / f"ranks-{world_size}", small_buffers=small_buffers)
+    preps = [root / f"out-{w}" / "bench" / "prep" for w in world_sizes]
+    files = [digests(p) for p in preps]
+    summary = json.loads((preps[0] / "done.json").read_text())
     return {
         "corpus_mb": mb,
         "base_documents": docs,
@@ -293,8 +311,8 @@ def measure(mb: float, root: Path, *, seq_len: int = SEQ_LEN) -> dict:
         "proxy_tokens": tokens,
         "seq_len": seq_len,
         "summary": summary,
-        "files_compared": len(one),
-        "outputs_equal": one == two,
+        "files_compared": len(files[0]),
+        "outputs_equal": all(f == files[0] for f in files[1:]) if len(files) > 1 else None,
         "runs": runs,
     }
 
@@ -323,7 +341,8 @@ def table(sizes: list[dict], figure: str = "phases_s") -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[10, 40])
+    parser.add_argument("--sizes-mb", type=float, nargs="+", default=[10, 40, 80])
+    parser.add_argument("--memory-check-mb", type=float, nargs="*", default=[10, 80])
     parser.add_argument("--rank-child", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rank_child:
@@ -334,6 +353,7 @@ def main() -> None:
         "machine": MACHINE,
         "command": " ".join(["python", "bench/ablation_prepare.py", *sys.argv[1:]]),
         "sizes": [],
+        "memory_check": {"part_bytes": SMALL_PART_BYTES, "shard_tokens": SMALL_SHARD_TOKENS, "sizes": []},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     for mb in args.sizes_mb:
@@ -342,8 +362,13 @@ def main() -> None:
         RESULTS.write_text(json.dumps(result, indent=2) + "\n")  # after each size: a long run keeps what it measured
         if not result["sizes"][-1]["outputs_equal"]:
             raise SystemExit(f"{mb:g} MB: the 2-rank preparation differs from the 1-rank one")
+    for mb in args.memory_check_mb:
+        with tempfile.TemporaryDirectory() as tmp:
+            result["memory_check"]["sizes"].append(measure(mb, Path(tmp), world_sizes=(1,), small_buffers=True))
+        RESULTS.write_text(json.dumps(result, indent=2) + "\n")
     print("seconds per phase\n" + table(result["sizes"]))
     print("\npeak RSS per phase (MiB)\n" + table(result["sizes"], "phase_peak_rss_mib"))
+    print("\nsmall buffers: peak RSS per phase (MiB)\n" + table(result["memory_check"]["sizes"], "phase_peak_rss_mib"))
 
 
 if __name__ == "__main__":
