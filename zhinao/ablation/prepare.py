@@ -13,6 +13,7 @@ Layout under the ablation's prep prefix (`<storage>/<ablation>/prep`):
                              (pretrain `inputs.tokens`) instead of tokenizing the mixture itself
     recipes/<r>/train/mix.json
     sft/data/, sft/prompts/  the built-in SFT evaluation data (sft_eval.py), when the spec names none
+    spec.json                the spec values the files are made from (a rerun from others is refused)
     done.json                marker written last (a finished prep is reused)
 
 The data-stage outputs are written before, by the ablation's data pipeline (one distributed
@@ -22,7 +23,8 @@ and each mixture's documents; every rank measures its share of each source's lin
 of each mixture's documents (zhinao.ablation.mixture_tokens); rank 0 gathers lengths and order keys
 to decide the mixture. The files are the same for any number of ranks. Everything here streams:
 documents are read from storage, measured or written, and dropped (zhinao.ablation.mixture), so no
-corpus is held in a process's memory; per document rank 0 keeps a token length and a copy count.
+corpus is held in a process's memory; per document rank 0 keeps its token length, order key and
+copy count (about 3 x 20 bytes at the peak of the gather).
 
 Why one tokenizer: losses are per token, so runs are comparable only if they cut text into the
 same tokens; a recipe-specific tokenizer would change the loss unit. It is trained on the base
@@ -60,6 +62,7 @@ from zhinao.config.ablation import BASE_DATA, AblationParams, Recipe, recipe_dat
 from zhinao.config.stream import TokenStreamParams
 from zhinao.corpus import corpus_keys, jsonl_lines, lines_of_rank
 from zhinao.data.packing import iter_packed
+from zhinao.fingerprint import differences
 from zhinao.storage import ObjectStore, open_store
 from zhinao.tokenizer import EOD, to_transformers, train_bpe
 from zhinao.tokenizer import load as load_tokenizer
@@ -68,6 +71,9 @@ SHARD_TOKENS = TokenStreamParams().shard_tokens
 """Tokens per token shard of a mixture: the tokenize step's default."""
 PREP_DONE = "done.json"
 """The preparation's summary, written last: its presence means a finished preparation."""
+PREP_SPEC = "spec.json"
+"""What the preparation is made from (prep_spec), written first: a rerun from other values is refused
+instead of reusing files that no longer match the spec."""
 PREP_TOKENIZER = "tokenizer"
 """The shared tokenizer's prefix under the preparation root, laid out as a tokenizer stage's output."""
 
@@ -271,6 +277,7 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None, ranks: Rank
     preparation (done.json), the tokenizer and finished recipes are reused."""
     notify = listener or (lambda event, data: None)
     prep = open_store(prep_uri)
+    ranks.on_main(lambda: check_spec(params, prep))
     done = ranks.on_main(lambda: finished(params, prep_uri, prep))
     if done is not None:
         return done
@@ -302,6 +309,33 @@ def prepare(params: AblationParams, prep_uri: str, *, listener=None, ranks: Rank
         return summary
 
     return ranks.on_main(write_done)
+
+
+def prep_spec(params: AblationParams) -> dict:
+    """The spec's values the preparation's files depend on, as written in the spec. Not the seeds, the
+    proxy's model and resources, the data jobs or the benchmarks: changing those reuses the files."""
+    wire = params.model_dump(mode="json", by_alias=True)
+    return {
+        **{key: wire[key] for key in ("base", "corpus", "recipes", "experimentalShare", "seed", "tokenizer")},
+        "proxy": {key: wire["proxy"][key] for key in ("tokens", "seqLen")},
+        "evaluations": {key: wire["evaluations"][key] for key in ("validLoss", "sft")},
+    }
+
+
+def check_spec(params: AblationParams, prep: ObjectStore) -> None:
+    """Record what this preparation is made from, or refuse to continue one made from other values
+    (its tokenizer, mixtures and validation set would silently stand for the old spec)."""
+    current = prep_spec(params)
+    if not prep.exists(PREP_SPEC):
+        prep.put_bytes(PREP_SPEC, json.dumps(current, indent=2, sort_keys=True).encode())
+        return
+    recorded = json.loads(prep.get_bytes(PREP_SPEC))
+    if recorded != current:
+        raise ValueError(
+            f"{prep.uri} was prepared from other values ({'; '.join(differences(recorded, current))}); "
+            "its data does not match this spec. Give the ablation another name, or delete that prefix "
+            "to prepare it again"
+        )
 
 
 def finished(params: AblationParams, prep_uri: str, prep: ObjectStore) -> dict | None:

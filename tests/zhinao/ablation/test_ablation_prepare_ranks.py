@@ -32,7 +32,8 @@ SEQ_LEN = 32
 PART_BYTES = 2048  # the mixtures' documents in several part files, so a rank's run starts inside one
 
 
-def spec(storage: str, endpoint: str, base: str, single_file: str) -> str:
+def spec(storage: str, endpoint: str, base: str, single_file: str, **fields) -> str:
+    """The Ablation's wire form; `fields` replace spec fields (wire names)."""
     ablation = Ablation.model_validate(
         {
             "metadata": {"name": "abl"},
@@ -47,7 +48,8 @@ def spec(storage: str, endpoint: str, base: str, single_file: str) -> str:
                 "proxy": cpu_proxy(tokens=8000, seq_len=SEQ_LEN, micro_batch=4),
                 "tokenizer": {"vocabSize": 512},
                 "evaluations": {"validLoss": {"heldOutShare": 0.2, "maxSequences": 16}},
-            },
+            }
+            | fields,
         }
     )
     return json.dumps(ablation.to_wire())
@@ -157,3 +159,32 @@ def test_a_rank_that_fails_ends_every_rank_with_one_line(s3_server, s3_store: Ob
         assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, (rank, err)
     assert "another rank of the job ended" in outcomes[0][1], outcomes[0][1]
     assert "ablation prepare failed" in outcomes[1][1] and "another rank" not in outcomes[1][1], outcomes[1][1]
+
+
+def test_a_preparation_made_from_other_values_is_refused_in_one_line(
+    s3_server, s3_store: ObjectStore, monkeypatch, capsys
+) -> None:
+    """Another mixture share would reuse the tokenizer, mixtures and validation set made for the old
+    values: refused, naming the field; another number of seeds reuses the preparation."""
+    docs = real_documents(40, random.Random(0))
+    s3_store.put_bytes("corpus/part-00000.jsonl", "".join(json.dumps(d) + "\n" for d in docs).encode())
+    for key, value in s3_server.env().items():
+        monkeypatch.setenv(key, value)
+    for key in ("RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.delenv(key, raising=False)
+    corpus = s3_store.url("corpus")
+
+    def prepare(**fields) -> int:
+        return main(
+            ["prepare"], {ENV_ABLATION_SPEC: spec(s3_store.url("out"), s3_server.endpoint, corpus, corpus, **fields)}
+        )
+
+    assert prepare() == 0
+    done = s3_store.get_bytes("out/abl/prep/done.json")
+    capsys.readouterr()
+    assert prepare(seeds=2) == 0
+    assert s3_store.get_bytes("out/abl/prep/done.json") == done
+    assert prepare(experimentalShare=0.3) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    assert "prepared from other values (experimentalShare: 0.5 -> 0.3)" in err, err
