@@ -4,7 +4,7 @@ preparation tokenizing it once per recipe and every run opening the token shards
 The mixture is the demo ablation's (operator/zhinao_k8s/examples/ablation-demo.yaml): `proxy.tokens`
 of demo-corpus documents, a 2,048-token BPE tokenizer, sequences of 128. Before, a run's pretrain
 stage ran `tokenize_share` + `merge_parts` over the mixture into its own output; now the
-preparation runs them once (`tokenize_mixture`) and a run only opens the stream (`open_token_stream`:
+preparation packs the mixture once (`zhinao.ablation.mixture_tokens`, on its ranks) and a run only opens the stream (`open_token_stream`:
 the index, no shard is read before the first batch). CPU seconds of this process, median of
 `--rounds`; the tokenizer single-threaded (RAYON_NUM_THREADS=1), as a 1-CPU run's is.
 
@@ -24,7 +24,7 @@ os.environ.setdefault("RAYON_NUM_THREADS", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 from zhinao.ablation.mixture import measure, write_parts  # noqa: E402
-from zhinao.ablation.prepare import iter_records, tokenize_mixture  # noqa: E402
+from zhinao.ablation.prepare import iter_records  # noqa: E402
 from zhinao.artifacts import StageOutput  # noqa: E402
 from zhinao.config.stream import TokenStreamParams  # noqa: E402
 from zhinao.data.demo_corpus import build_demo_corpus  # noqa: E402
@@ -77,9 +77,12 @@ def main() -> None:
                 merge_parts(out, world_size=1, where=train.uri)
 
             before.append(cpu(tokenize_in_run))
-            # now: the preparation's shards exist; a run opens its stream on them
+            # now: the preparation packed the mixture once, in the same stream format; a run opens it
             if r == 0:
-                tokenize_mixture(prepared, tokenizer, SEQ_LEN)
+                tokenize_share(
+                    train, tokenizer, prepared, seq_len=SEQ_LEN, params=TokenStreamParams(), rank=0, world_size=1
+                )
+                merge_parts(prepared, world_size=1, where=train.uri)
 
             def open_stream(r=r):
                 open_token_stream(
