@@ -97,18 +97,8 @@ class Ranks:
 @contextlib.contextmanager
 def joined() -> Iterator[Ranks]:
     """This process's place in the job, with a gloo group when there is more than one rank."""
+    from zhinao.training.process_group import cpu_group
+
     env = DistEnv.from_env()
-    if env.world_size == 1:
-        yield Ranks()
-        return
-    import torch.distributed as td
-
-    from zhinao.training.process_group import leave_process_group
-
-    td.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=WAIT)
-    finished = False
-    try:
+    with cpu_group(env, WAIT):
         yield Ranks(env.rank, env.world_size)
-        finished = True
-    finally:
-        leave_process_group(barrier=finished)  # after a failure the other ranks may never arrive

@@ -10,6 +10,8 @@ Every rank reads its share of the input files; the cross-shard steps meet throug
 (`_work/`), with gloo barriers when the job provides MASTER_ADDR and object-store barriers otherwise.
 """
 
+import contextlib
+import importlib.util
 import logging
 import os
 from datetime import timedelta
@@ -25,39 +27,28 @@ Params = DataParams
 log = logging.getLogger(__name__)
 
 
-def _init_gloo(dist: DistEnv, timeout_s: float) -> bool:
-    """A CPU process group for barriers, when torchrun/PyTorchJob gave us a rendezvous."""
-    if dist.world_size == 1 or "MASTER_ADDR" not in os.environ:
-        return False
-    try:
-        import torch.distributed as td
-    except ImportError:
-        return False
-    if td.is_initialized():
-        return False
-    td.init_process_group("gloo", rank=dist.rank, world_size=dist.world_size, timeout=timedelta(seconds=timeout_s))
-    return True
+def _cpu_group(dist: DistEnv, timeout_s: float):
+    """A CPU process group for barriers when torchrun/PyTorchJob gave a rendezvous and torch is
+    installed (the data stage runs without it: its exchange and barriers also go through storage)."""
+    if "MASTER_ADDR" not in os.environ or importlib.util.find_spec("torch") is None:
+        return contextlib.nullcontext(False)
+    from zhinao.training.process_group import cpu_group
+
+    return cpu_group(dist, timedelta(seconds=timeout_s))
 
 
 def run(rt: StageRuntime, params: DataParams) -> None:
     if "corpus" not in rt.inputs:
         raise SystemExit("data stage needs inputs.corpus (a URI prefix with JSONL or Parquet documents)")
     dist = DistEnv.from_env()
-    owns_group = _init_gloo(dist, params.output.barrier_timeout_s)
-    finished = False
-    try:
-        output = open_store(rt.output)
-        report = run_data_processing(
-            params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id()
-        )
-        finished = True
-    except EmptyCorpus as exc:  # a wrong input, not a bug: one line, no traceback
-        raise SystemExit(f"data stage: {exc}") from None
-    finally:
-        if owns_group:
-            from zhinao.training.process_group import leave_process_group
-
-            leave_process_group(barrier=finished)  # after a failure the other ranks may never arrive
+    with _cpu_group(dist, params.output.barrier_timeout_s):
+        try:
+            output = open_store(rt.output)
+            report = run_data_processing(
+                params, corpus=open_store(rt.inputs["corpus"]), output=output, dist=dist, run_id=default_run_id()
+            )
+        except EmptyCorpus as exc:  # a wrong input, not a bug: one line, no traceback
+            raise SystemExit(f"data stage: {exc}") from None
     if report is not None:
         summary = {
             "docs_written": report["docs_written"],

@@ -9,9 +9,14 @@ the main thread waits; the collection after the destroy frees the groups (joinin
 threads) while the interpreter is still whole.
 """
 
+import contextlib
 import gc
+from collections.abc import Iterator
+from datetime import timedelta
 
 import torch.distributed as dist
+
+from zhinao.distributed import DistEnv
 
 
 def leave_process_group(*, barrier: bool = True) -> None:
@@ -23,3 +28,20 @@ def leave_process_group(*, barrier: bool = True) -> None:
         dist.barrier()
     dist.destroy_process_group()
     gc.collect()
+
+
+@contextlib.contextmanager
+def cpu_group(env: DistEnv, timeout: timedelta) -> Iterator[bool]:
+    """A gloo group over the job's ranks for CPU work (barriers, Python objects), from the torchrun or
+    training-operator rendezvous in the environment; yields whether this call made one (not for one
+    rank, nor when a group is already up). Left at the end, with a barrier only if the body finished."""
+    if env.world_size == 1 or dist.is_initialized():
+        yield False
+        return
+    dist.init_process_group("gloo", rank=env.rank, world_size=env.world_size, timeout=timeout)
+    finished = False
+    try:
+        yield True
+        finished = True
+    finally:
+        leave_process_group(barrier=finished)
